@@ -1,0 +1,96 @@
+//! One error type for the whole core, with stable codes that reach JavaScript as
+//! `error.code`. Codes are part of the public interface: never renumber or rename.
+
+use std::io;
+
+/// Errors of predump's core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pid names no process (or it is gone before we could attach).
+    #[error("no such process: {pid}")]
+    NoSuchProcess { pid: i32 },
+
+    /// The pid is a kernel thread: it has no user memory and cannot be traced.
+    #[error("process {pid} is a kernel thread: it has no user memory to dump")]
+    KernelThread { pid: i32 },
+
+    /// The process has exited and waits to be reaped by its parent.
+    #[error("process {pid} is a zombie: it has exited and has no memory left")]
+    Zombie { pid: i32 },
+
+    /// The caller asked to dump itself: freezing ourselves would deadlock.
+    #[error("process {pid} is predump itself: it cannot freeze its own process")]
+    SelfTarget { pid: i32 },
+
+    /// ptrace or process_vm_readv was refused.
+    #[error("not permitted to {action} process {pid}: {source} (run as root, or as the owner with ptrace allowed by /proc/sys/kernel/yama/ptrace_scope)")]
+    Permission {
+        pid: i32,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The process is already traced by another tracer (a debugger, strace, CRIU).
+    #[error("process {pid} (thread {tid}) is already traced by pid {tracer}: detach that tracer first")]
+    AlreadyTraced { pid: i32, tid: i32, tracer: i32 },
+
+    /// The target exited while we were working on it.
+    #[error("process {pid} exited during the pre-dump")]
+    TargetExited { pid: i32 },
+
+    /// A system call failed where it should not; `what` names the step.
+    #[error("{what} failed: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Writing the image failed because the file system is full.
+    #[error("no space left while writing {path}")]
+    NoSpace { path: String },
+
+    /// A text file of /proc did not parse.
+    #[error("cannot parse {file}: {detail}")]
+    Parse { file: String, detail: String },
+
+    /// The caller passed something that cannot work.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// A stable, machine-readable code (`error.code` in JavaScript).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NoSuchProcess { .. } => "ESRCH",
+            Error::KernelThread { .. } => "EKTHREAD",
+            Error::Zombie { .. } => "EZOMBIE",
+            Error::SelfTarget { .. } => "ESELF",
+            Error::Permission { .. } => "EPERM",
+            Error::AlreadyTraced { .. } => "ETRACED",
+            Error::TargetExited { .. } => "EEXITED",
+            Error::Sys { .. } => "ESYS",
+            Error::NoSpace { .. } => "ENOSPC",
+            Error::Parse { .. } => "EPARSE",
+            Error::InvalidArgument(_) => "EINVAL",
+        }
+    }
+
+    /// Wraps an I/O error of step `what`.
+    pub fn sys(what: impl Into<String>, source: impl Into<io::Error>) -> Self {
+        Error::Sys {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+impl From<nix::Error> for Error {
+    fn from(e: nix::Error) -> Self {
+        Error::sys("system call", io::Error::from(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,41 @@
+//! predump-core: freeze a live Linux process, find its present pages, and drain them
+//! into a CRIU pages image. No napi here: the binding crate only converts types.
+
+pub mod drain;
+pub mod error;
+pub mod freeze;
+pub mod maps;
+pub mod pattern;
+pub mod predump;
+pub mod proc;
+pub mod scan;
+
+pub use error::{Error, Result};
+
+/// The size of a base page. predump supports 4 KiB base pages only (x86_64, and
+/// aarch64 kernels built with 4 KiB pages).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// A page-aligned range of a target's address space: `pages` pages from `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageRange {
+    pub start: u64,
+    pub pages: u64,
+}
+
+impl PageRange {
+    pub fn new(start: u64, pages: u64) -> Self {
+        debug_assert_eq!(start % PAGE_SIZE, 0);
+        PageRange { start, pages }
+    }
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.start + self.pages * PAGE_SIZE
+    }
+    pub fn len(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+}

@@ -1,0 +1,128 @@
+//! Read-mode pre-dump, end to end: find the pages while the target is frozen,
+//! thaw it, then copy them with process_vm_readv. The frozen window holds only
+//! the freeze, one read of /proc/PID/maps and the page scan.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::drain::{self, DrainConfig, DrainEnd, DrainStats};
+use crate::freeze::{FreezeTimes, Frozen};
+use crate::scan::{self, ScanMethod, Scanner};
+use crate::{maps, proc, Error, PageRange, Result};
+
+/// How far a pre-dump has come, for a progress bar: readable from any thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of pages to copy, known once the scan is done.
+    pub total: AtomicU64,
+    /// Bytes copied so far.
+    pub done: AtomicU64,
+}
+
+/// What a read-mode pre-dump did.
+#[derive(Debug, Clone)]
+pub struct PreDumpReport {
+    pub pid: i32,
+    /// The target's start time (clock ticks after boot): names it across pid reuse.
+    pub start_time: u64,
+    /// CLOCK_BOOTTIME in µs when it was frozen (CRIU's dump_uptime).
+    pub dump_uptime_us: u64,
+    /// The pages in the pages image, in file order.
+    pub regions: Vec<PageRange>,
+    pub threads: usize,
+    pub scan_method: ScanMethod,
+    pub vmas_scanned: usize,
+    pub vmas_skipped: usize,
+    pub pages_scanned: u64,
+    pub pages_present: u64,
+    pub freeze: FreezeTimes,
+    /// Time spent reading maps and scanning pages, inside the frozen window.
+    pub scan_time: Duration,
+    /// From thaw to the pages image synced.
+    pub drain_time: Duration,
+    pub drain: DrainStats,
+    /// The target exited during the drain: the images hold what was read before.
+    pub partial: bool,
+}
+
+/// Pre-dumps `pid` in read mode into a new pages image at `pages_path`
+/// (created 0600; it must not exist).
+pub fn pre_dump_read(
+    pid: i32,
+    pages_path: &Path,
+    config: &DrainConfig,
+    progress: Option<&Progress>,
+) -> Result<PreDumpReport> {
+    let st = proc::check_target(pid)?;
+    // Everything that can be done before freezing is: smaps is slow (the kernel
+    // walks every page table for its sizes), opening files is not free.
+    let smaps = proc::read_proc(pid, &format!("/proc/{pid}/smaps"))?;
+    let vm_flags = maps::parse_smaps_flags(&smaps)?;
+    let mut scanner = Scanner::open(pid)?;
+    let out = create_image(pages_path)?;
+
+    let frozen = Frozen::freeze(pid)?;
+    let dump_uptime_us = proc::uptime_us();
+    let threads = frozen.tids().count();
+    let scan_started = Instant::now();
+    let found = (|| {
+        let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+        let vmas = maps::parse_maps(&text)?;
+        let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
+        let mut found = scanner.present(&keep)?;
+        found.vmas_skipped = skipped.len();
+        Ok::<_, Error>(found)
+    })();
+    let scan_time = scan_started.elapsed();
+    let freeze = frozen.thaw();
+    let found = found?;
+
+    if let Some(p) = progress {
+        p.total.store(found.pages_present * crate::PAGE_SIZE, Ordering::Relaxed);
+    }
+    let drain_started = Instant::now();
+    let outcome = drain::drain(pid, &found.ranges, &out, config, progress.map(|p| &p.done))?;
+    out.sync_all().map_err(|e| write_error(pages_path, e))?;
+    let drain_time = drain_started.elapsed();
+
+    Ok(PreDumpReport {
+        pid,
+        start_time: st.start_time,
+        dump_uptime_us,
+        regions: outcome.regions,
+        threads,
+        scan_method: scanner.method(),
+        vmas_scanned: found.vmas_scanned,
+        vmas_skipped: found.vmas_skipped,
+        pages_scanned: found.pages_scanned,
+        pages_present: found.pages_present,
+        freeze,
+        scan_time,
+        drain_time,
+        drain: outcome.stats,
+        partial: outcome.end == DrainEnd::TargetExited,
+    })
+}
+
+fn create_image(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| write_error(path, e))
+}
+
+fn write_error(path: &Path, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace {
+            path: path.display().to_string(),
+        },
+        _ => Error::sys(format!("writing {}", path.display()), e),
+    }
+}

@@ -1,0 +1,191 @@
+//! What /proc tells about a process: its state, its threads, its tracer.
+//! Parsing is kept apart from reading so that it can be tested on fixed text.
+
+use std::fs;
+use std::io;
+
+use crate::{Error, Result};
+
+/// `PF_KTHREAD` from include/linux/sched.h: the task is a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The fields of /proc/PID/stat that predump needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub flags: u32,
+    /// Start time after boot, in clock ticks: with the pid it names a process
+    /// uniquely, even after pid reuse.
+    pub start_time: u64,
+}
+
+impl Stat {
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+    pub fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses the text of /proc/PID/stat. `comm` may hold spaces and parentheses,
+/// so the fields after it are found from the *last* ')'.
+pub fn parse_stat(text: &str) -> Result<Stat> {
+    let bad = |detail: &str| Error::Parse {
+        file: "/proc/PID/stat".into(),
+        detail: detail.into(),
+    };
+    let open = text.find('(').ok_or_else(|| bad("no '('"))?;
+    let close = text.rfind(')').ok_or_else(|| bad("no ')'"))?;
+    let pid = text[..open].trim().parse().map_err(|_| bad("bad pid"))?;
+    let comm = text[open + 1..close].to_string();
+    // Fields after comm, numbered from 3 (state) as in proc(5).
+    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3).copied().ok_or_else(|| bad("too few fields"));
+    let state = field(3)?.chars().next().ok_or_else(|| bad("empty state"))?;
+    let ppid = field(4)?.parse().map_err(|_| bad("bad ppid"))?;
+    let flags = field(9)?.parse().map_err(|_| bad("bad flags"))?;
+    let start_time = field(22)?.parse().map_err(|_| bad("bad starttime"))?;
+    Ok(Stat {
+        pid,
+        comm,
+        state,
+        ppid,
+        flags,
+        start_time,
+    })
+}
+
+/// Reads /proc/PID/stat; a missing process is `Error::NoSuchProcess`.
+pub fn stat(pid: i32) -> Result<Stat> {
+    let text = read_proc(pid, &format!("/proc/{pid}/stat"))?;
+    parse_stat(&text)
+}
+
+/// The thread ids of a process, from /proc/PID/task.
+pub fn tasks(pid: i32) -> Result<Vec<i32>> {
+    let dir = fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| not_found(pid, e))?;
+    let mut tids = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(|e| not_found(pid, e))?;
+        if let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// The pid of the thread's tracer, 0 when none (TracerPid of /proc/PID/task/TID/status).
+pub fn tracer_pid(pid: i32, tid: i32) -> Result<i32> {
+    let text = read_proc(pid, &format!("/proc/{pid}/task/{tid}/status"))?;
+    parse_status_field(&text, "TracerPid")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Parse {
+            file: format!("/proc/{pid}/task/{tid}/status"),
+            detail: "no TracerPid".into(),
+        })
+}
+
+/// The value of one `Name:\tvalue` line of a status file.
+pub fn parse_status_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim())
+    })
+}
+
+/// Refuses targets that cannot or must not be pre-dumped, with a message that
+/// says why: ourselves, kernel threads, zombies, missing processes.
+pub fn check_target(pid: i32) -> Result<Stat> {
+    if pid <= 0 {
+        return Err(Error::InvalidArgument(format!(
+            "pid must be a positive integer, got {pid}"
+        )));
+    }
+    if pid == std::process::id() as i32 {
+        return Err(Error::SelfTarget { pid });
+    }
+    let st = stat(pid)?;
+    // A thread id also has a /proc entry; dumping half a process would be wrong.
+    if st.pid != pid {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    if st.is_kernel_thread() {
+        return Err(Error::KernelThread { pid });
+    }
+    if st.is_zombie() {
+        return Err(Error::Zombie { pid });
+    }
+    Ok(st)
+}
+
+/// Seconds since boot as CRIU records `dump_uptime`: microseconds of CLOCK_BOOTTIME.
+pub fn uptime_us() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .expect("CLOCK_BOOTTIME is always available on Linux");
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000
+}
+
+/// Reads a /proc file of process `pid`; ENOENT/ESRCH mean the process is gone.
+pub fn read_proc(pid: i32, path: &str) -> Result<String> {
+    fs::read_to_string(path).map_err(|e| not_found(pid, e))
+}
+
+fn not_found(pid: i32, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission {
+            pid,
+            action: "inspect",
+            source: e,
+        },
+        _ => Error::sys(format!("reading /proc/{pid}"), e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_comm() {
+        let text = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 98765 1000 50 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let st = parse_stat(text).unwrap();
+        assert_eq!(st.pid, 1234);
+        assert_eq!(st.comm, "a) b (c)");
+        assert_eq!(st.state, 'S');
+        assert_eq!(st.ppid, 1);
+        assert_eq!(st.flags, 4194560);
+        assert_eq!(st.start_time, 98765);
+        assert!(!st.is_kernel_thread());
+    }
+
+    #[test]
+    fn kthreadd_is_a_kernel_thread() {
+        let st = stat(2).unwrap();
+        assert!(st.is_kernel_thread(), "{st:?}");
+        assert_eq!(check_target(2).unwrap_err().code(), "EKTHREAD");
+    }
+
+    #[test]
+    fn self_is_refused() {
+        let me = std::process::id() as i32;
+        assert_eq!(check_target(me).unwrap_err().code(), "ESELF");
+    }
+
+    #[test]
+    fn truncated_stat_is_a_parse_error() {
+        assert_eq!(parse_stat("12 (x) S 1").unwrap_err().code(), "EPARSE");
+    }
+
+    #[test]
+    fn status_field() {
+        let text = "Name:\tcat\nTracerPid:\t0\nUid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_status_field(text, "TracerPid"), Some("0"));
+        assert_eq!(parse_status_field(text, "Missing"), None);
+    }
+}

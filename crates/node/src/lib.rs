@@ -1,0 +1,216 @@
+//! The napi-rs binding of predump-core: it converts types and errors, nothing else.
+//!
+//! Every call that ptraces runs on a dedicated OS thread of its own ("tracer"),
+//! never on the libuv pool: ptrace requests are only valid from the thread that
+//! attached, and a long drain must not starve Node's pool. The promise is settled
+//! from that thread through a napi deferred.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::{Env, JsDeferred};
+use napi_derive::napi;
+
+use predump_core::drain::DrainConfig;
+use predump_core::predump::{self as core_predump, PreDumpReport as CoreReport};
+
+/// Options of a read-mode pre-dump.
+#[napi(object)]
+pub struct ReadPreDumpOptions {
+    pub pid: i32,
+    /// Path of the pages image to create (it must not exist).
+    pub pages_path: String,
+    /// Size of each drain buffer; the real size is the pipe's (a power of two).
+    pub buffer_bytes: Option<u32>,
+}
+
+/// What a read-mode pre-dump did. Times in microseconds.
+#[napi(object)]
+pub struct ReadPreDumpReport {
+    pub pid: i32,
+    pub start_time: f64,
+    pub dump_uptime_us: f64,
+    /// The dumped regions as [vaddr, nrPages] pairs, flat, in pages-image order.
+    pub regions: Float64Array,
+    pub threads: u32,
+    pub scan_method: String,
+    pub vmas_scanned: u32,
+    pub vmas_skipped: u32,
+    pub pages_scanned: f64,
+    pub pages_present: f64,
+    pub pages_written: f64,
+    pub pages_gone: f64,
+    pub freezing_us: f64,
+    pub frozen_us: f64,
+    pub stopped_window_us: f64,
+    pub scan_us: f64,
+    pub drain_us: f64,
+    pub read_us: f64,
+    pub write_us: f64,
+    pub readv_calls: f64,
+    pub buffer_bytes: f64,
+    pub partial: bool,
+}
+
+/// Progress of a running pre-dump, polled from JavaScript for a progress bar.
+#[napi]
+pub struct Progress {
+    inner: Arc<core_predump::Progress>,
+}
+
+#[napi]
+impl Progress {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Progress {
+            inner: Arc::new(core_predump::Progress::default()),
+        }
+    }
+    /// Bytes to copy (0 until the scan is done).
+    #[napi(getter)]
+    pub fn total(&self) -> f64 {
+        self.inner.total.load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+    /// Bytes copied so far.
+    #[napi(getter)]
+    pub fn done(&self) -> f64 {
+        self.inner.done.load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+}
+
+/// Pre-dumps a process in read mode, writing its pages image. Rejects with an
+/// Error whose `code` is one of predump-core's stable codes.
+#[napi(ts_return_type = "Promise<ReadPreDumpReport>")]
+pub fn read_pre_dump<'env>(
+    env: &'env Env,
+    options: ReadPreDumpOptions,
+    progress: Option<&Progress>,
+) -> Result<Object<'env>> {
+    let mut config = DrainConfig::default();
+    if let Some(bytes) = options.buffer_bytes {
+        config.buffer_bytes = bytes as usize;
+    }
+    let pid = options.pid;
+    let path = PathBuf::from(options.pages_path);
+    let progress = progress.map(|p| p.inner.clone());
+    on_tracer_thread(env, move || {
+        core_predump::pre_dump_read(pid, &path, &config, progress.as_deref()).map(report)
+    })
+}
+
+fn report(r: CoreReport) -> ReadPreDumpReport {
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    let regions: Vec<f64> = r
+        .regions
+        .iter()
+        .flat_map(|g| [g.start as f64, g.pages as f64])
+        .collect();
+    ReadPreDumpReport {
+        pid: r.pid,
+        start_time: r.start_time as f64,
+        dump_uptime_us: r.dump_uptime_us as f64,
+        regions: Float64Array::new(regions),
+        threads: r.threads as u32,
+        scan_method: r.scan_method.name().to_string(),
+        vmas_scanned: r.vmas_scanned as u32,
+        vmas_skipped: r.vmas_skipped as u32,
+        pages_scanned: r.pages_scanned as f64,
+        pages_present: r.pages_present as f64,
+        pages_written: r.drain.pages_written as f64,
+        pages_gone: r.drain.pages_gone as f64,
+        freezing_us: us(r.freeze.freezing),
+        frozen_us: us(r.freeze.frozen),
+        stopped_window_us: us(r.freeze.stopped_window),
+        scan_us: us(r.scan_time),
+        drain_us: us(r.drain_time),
+        read_us: us(r.drain.read_time),
+        write_us: us(r.drain.write_time),
+        readv_calls: r.drain.readv_calls as f64,
+        buffer_bytes: r.drain.buffer_bytes as f64,
+        partial: r.partial,
+    }
+}
+
+/// Runs `job` on a new, dedicated OS thread and returns a promise of its result.
+fn on_tracer_thread<'env, T, F>(env: &'env Env, job: F) -> Result<Object<'env>>
+where
+    T: ToNapiValue + Send + 'static,
+    F: FnOnce() -> predump_core::Result<T> + Send + 'static,
+{
+    let (deferred, promise): (JsDeferred<T, _>, _) = env.create_deferred()?;
+    std::thread::Builder::new()
+        .name("predump-tracer".into())
+        .spawn(move || {
+            let outcome = job();
+            deferred.resolve(move |env| outcome.map_err(|e| js_error(&env, &e)));
+        })
+        .map_err(|e| Error::from_reason(format!("cannot start the tracer thread: {e}")))?;
+    Ok(promise)
+}
+
+/// A JavaScript Error carrying the core's stable code in `error.code`.
+fn js_error(env: &Env, e: &predump_core::Error) -> Error {
+    let made = env
+        .create_error(Error::new(Status::GenericFailure, e.to_string()))
+        .and_then(|mut obj| {
+            obj.set_named_property("code", e.code())?;
+            Ok(Error::from(obj.into_unknown(env)?))
+        });
+    made.unwrap_or_else(|err| err)
+}
+
+/// The result of checking a pages image against the workload's pattern.
+#[napi(object)]
+pub struct PatternCheck {
+    pub pages_checked: f64,
+    pub pages_skipped: f64,
+    pub mismatches: f64,
+    /// Addresses of the first mismatching pages.
+    pub first_mismatches: Vec<f64>,
+    pub trailing_bytes: f64,
+}
+
+/// Checks every page of a pages image against the bundled workload's pattern.
+/// `regions`: [vaddr, nrPages] pairs in image order; `areas`: [start, bytes]
+/// pairs of pattern memory (epoch 0); `epochs`: [start, pages, epoch] runs of
+/// pages rewritten since. Pages outside `areas` are skipped.
+#[napi(ts_return_type = "Promise<PatternCheck>")]
+pub fn check_pattern<'env>(
+    env: &'env Env,
+    pages_path: String,
+    regions: Float64Array,
+    areas: Float64Array,
+    epochs: Float64Array,
+) -> Result<Object<'env>> {
+    let regions: Vec<predump_core::PageRange> = regions
+        .chunks_exact(2)
+        .map(|p| predump_core::PageRange::new(p[0] as u64, p[1] as u64))
+        .collect();
+    let areas: Vec<(u64, u64)> = areas.chunks_exact(2).map(|a| (a[0] as u64, a[0] as u64 + a[1] as u64)).collect();
+    let mut runs: Vec<(u64, u64, u32)> = epochs
+        .chunks_exact(3)
+        .map(|r| (r[0] as u64, r[0] as u64 + r[1] as u64 * predump_core::PAGE_SIZE, r[2] as u32))
+        .collect();
+    runs.sort_unstable();
+    on_tracer_thread(env, move || {
+        let file = std::fs::File::open(&pages_path).map_err(|e| predump_core::Error::sys(format!("open {pages_path}"), e))?;
+        let expected = |addr: u64| {
+            let i = runs.partition_point(|r| r.0 <= addr);
+            if i > 0 && addr < runs[i - 1].1 {
+                return Some(runs[i - 1].2);
+            }
+            areas.iter().any(|&(s, e)| addr >= s && addr < e).then_some(0)
+        };
+        let r = predump_core::pattern::check_pages_file(std::io::BufReader::new(file), &regions, expected)
+            .map_err(|e| predump_core::Error::sys(format!("reading {pages_path}"), e))?;
+        Ok(PatternCheck {
+            pages_checked: r.pages_checked as f64,
+            pages_skipped: r.pages_skipped as f64,
+            mismatches: r.mismatches as f64,
+            first_mismatches: r.first_mismatches.iter().map(|&a| a as f64).collect(),
+            trailing_bytes: r.trailing_bytes as f64,
+        })
+    })
+}

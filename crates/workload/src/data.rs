@@ -1,0 +1,154 @@
+//! The data region: a big private anonymous mapping filled with the pattern, and the
+//! epoch of each of its pages. Only the main (command) thread touches it, so it needs
+//! no locking; the pre-dumper reads it from outside.
+
+use predump_core::pattern::{fill_page, page_matches};
+use predump_core::PAGE_SIZE;
+
+const P: usize = PAGE_SIZE as usize;
+
+pub struct Data {
+    /// The whole mapping. It is never unmapped: the process exits with it mapped.
+    mem: &'static mut [u8],
+    /// The pattern epoch each page holds now.
+    epochs: Vec<u32>,
+    /// The epoch the next `dirty` command writes.
+    next_epoch: u32,
+}
+
+impl Data {
+    /// Map `bytes` (a multiple of the page size) and fill every page with epoch 0.
+    pub fn new(bytes: usize) -> Data {
+        let base = crate::mem::map_anon(bytes, libc::PROT_READ | libc::PROT_WRITE, 0);
+        // SAFETY: `base` is a fresh read-write mapping of `bytes` bytes that nothing
+        // else references, and it stays mapped for the life of the process.
+        let mem = unsafe { std::slice::from_raw_parts_mut(base, bytes) };
+        let start = mem.as_ptr() as u64;
+        if std::env::var("PW_POP").is_ok() {
+            let t = std::time::Instant::now();
+            unsafe { libc::madvise(base.cast(), bytes, 23) };
+            eprintln!("populate {:?}", t.elapsed());
+        }
+        let t = std::time::Instant::now();
+        // Filling is bound by page faults; spread it over the cores (it runs before
+        // the compute threads start, so it steals nothing from them).
+        if std::env::var("PW_ST").is_ok() { fill_page(start, 0, mem) } else if std::env::var("PW_PP").is_ok() {
+            for_chunks(mem, |offset, chunk| { unsafe { libc::madvise(chunk.as_mut_ptr().cast(), chunk.len(), 23) }; fill_page(start + offset as u64, 0, chunk) });
+        } else {
+        for_chunks(mem, |offset, chunk| fill_page(start + offset as u64, 0, chunk)); }
+        eprintln!("fill {:?}", t.elapsed());
+        let pages = bytes / P;
+        Data { mem, epochs: vec![0; pages], next_epoch: 1 }
+    }
+
+    pub fn start(&self) -> u64 {
+        self.mem.as_ptr() as u64
+    }
+    pub fn bytes(&self) -> usize {
+        self.mem.len()
+    }
+    pub fn pages(&self) -> usize {
+        self.epochs.len()
+    }
+    fn page_addr(&self, index: usize) -> u64 {
+        self.start() + (index * P) as u64
+    }
+
+    /// Rewrite the given pages (ascending indices) with the next epoch. Returns the
+    /// epoch and the runs of consecutive pages as (start address, count).
+    pub fn dirty(&mut self, indices: impl IntoIterator<Item = usize>) -> (u32, Vec<(u64, usize)>) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let mut runs: Vec<(u64, usize)> = Vec::new();
+        for i in indices {
+            let addr = self.page_addr(i);
+            fill_page(addr, epoch, &mut self.mem[i * P..(i + 1) * P]);
+            self.epochs[i] = epoch;
+            match runs.last_mut() {
+                Some((start, n)) if *start + (*n * P) as u64 == addr => *n += 1,
+                _ => runs.push((addr, 1)),
+            }
+        }
+        (epoch, runs)
+    }
+
+    /// Exactly round(pages * permille / 1000) page indices, ascending, chosen
+    /// uniformly from `seed` (selection sampling, Knuth's Algorithm S: one pass,
+    /// no memory, and the same seed always picks the same pages).
+    pub fn select(&self, permille: u32, seed: u64) -> Vec<usize> {
+        let n = self.pages();
+        let mut wanted = (n * permille as usize + 500) / 1000;
+        let mut rng = crate::SplitMix(seed);
+        let mut out = Vec::with_capacity(wanted);
+        for i in 0..n {
+            if wanted == 0 {
+                break;
+            }
+            if rng.next_u64() % ((n - i) as u64) < (wanted as u64) {
+                out.push(i);
+                wanted -= 1;
+            }
+        }
+        out
+    }
+
+    /// Compare every page with its expected epoch: (pages checked, mismatches).
+    pub fn check(&self) -> (u64, u64) {
+        let start = self.start();
+        let bad = std::sync::atomic::AtomicU64::new(0);
+        for_chunks_ro(&self.mem[..], |offset, chunk| {
+            let first = offset / P;
+            let n = chunk
+                .chunks_exact(P)
+                .enumerate()
+                .filter(|(k, page)| !page_matches(start + (offset + k * P) as u64, self.epochs[first + k], page))
+                .count();
+            bad.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        });
+        (self.pages() as u64, bad.into_inner())
+    }
+
+    /// Runs of consecutive pages with the same non-zero epoch: (start, count, epoch).
+    pub fn epoch_runs(&self) -> Vec<(u64, usize, u32)> {
+        let mut runs: Vec<(u64, usize, u32)> = Vec::new();
+        for (i, &e) in self.epochs.iter().enumerate() {
+            if e == 0 {
+                continue;
+            }
+            let addr = self.page_addr(i);
+            match runs.last_mut() {
+                Some((start, n, re)) if *re == e && *start + (*n * P) as u64 == addr => *n += 1,
+                _ => runs.push((addr, 1, e)),
+            }
+        }
+        runs
+    }
+}
+
+/// How many threads to spread fill/check over, and the page-aligned chunk size.
+fn split(len: usize) -> usize {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    len.div_ceil(threads).div_ceil(P).max(1) * P
+}
+
+/// Run `f(offset, chunk)` on page-aligned chunks of `mem`, one thread per core.
+fn for_chunks(mem: &mut [u8], f: impl Fn(usize, &mut [u8]) + Sync) {
+    let size = split(mem.len());
+    std::thread::scope(|s| {
+        for (k, chunk) in mem.chunks_mut(size).enumerate() {
+            let f = &f;
+            s.spawn(move || f(k * size, chunk));
+        }
+    });
+}
+
+/// Read-only twin of [`for_chunks`].
+fn for_chunks_ro(mem: &[u8], f: impl Fn(usize, &[u8]) + Sync) {
+    let size = split(mem.len());
+    std::thread::scope(|s| {
+        for (k, chunk) in mem.chunks(size).enumerate() {
+            let f = &f;
+            s.spawn(move || f(k * size, chunk));
+        }
+    });
+}

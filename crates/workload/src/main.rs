@@ -1,0 +1,238 @@
+//! predump-workload: a target process for predump's tests, benchmarks and demo.
+//!
+//! It fills a data region with a verifiable pattern (see `predump_core::pattern`),
+//! runs compute threads that check their own work, optionally churns its address
+//! space, prints one JSON "ready" line, then answers one-line commands on stdin with
+//! one JSON line each. EOF on stdin exits, so it never outlives whoever started it.
+
+mod churn;
+mod compute;
+mod data;
+mod mem;
+
+use std::fmt::Write as _;
+use std::io::{BufRead, Write};
+use std::sync::atomic::Ordering::Relaxed;
+
+use predump_core::PAGE_SIZE;
+
+const USAGE: &str = "\
+usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
+
+  --size BYTES      data region size; suffixes K, M, G (powers of 1024); default 64M
+  --threads N       compute threads besides the command thread; default 1
+  --churn           run a thread that keeps mapping, mprotecting and unmapping
+  --churn-slots N   slots of 16 pages in the churn area; default 16
+
+Prints one JSON ready line, then answers commands on stdin, one JSON line each:
+  dirty PERMILLE SEED | dirty-range OFFSET_PAGES COUNT | check | epochs | progress | exit
+";
+
+/// splitmix64: a tiny, good-enough deterministic generator for page selection and
+/// churn decisions.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+struct Args {
+    size: usize,
+    threads: usize,
+    churn: bool,
+    churn_slots: usize,
+}
+
+fn parse_size(s: &str) -> Option<usize> {
+    let (num, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    num.parse::<usize>().ok()?.checked_mul(1 << shift).filter(|&n| n > 0)
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16 };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        // Accept both `--opt value` and `--opt=value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| it.next()).ok_or(format!("{name} needs a value"));
+        match name.as_str() {
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--size" => {
+                let v = value()?;
+                a.size = parse_size(&v).ok_or(format!("bad --size {v:?}: want BYTES > 0 with optional K, M or G"))?;
+            }
+            "--threads" => {
+                let v = value()?;
+                a.threads = v.parse().map_err(|_| format!("bad --threads {v:?}"))?;
+            }
+            "--churn-slots" => {
+                let v = value()?;
+                a.churn_slots = v.parse().ok().filter(|&n| n > 0).ok_or(format!("bad --churn-slots {v:?}: want N > 0"))?;
+            }
+            "--churn" if inline.is_none() => a.churn = true,
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    // Round the data region up to whole pages.
+    let p = PAGE_SIZE as usize;
+    a.size = a.size.checked_next_multiple_of(p).ok_or("--size too large")?;
+    Ok(a)
+}
+
+fn hex(addr: u64) -> String {
+    format!("\"{addr:#x}\"")
+}
+
+/// A JSON string literal (escapes quotes, backslashes and control characters).
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32).unwrap(),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Write one line and flush. If stdout is gone, so is whoever reads our answers:
+/// exit quietly, as on EOF.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+struct Workload {
+    data: data::Data,
+    compute: Vec<std::sync::Arc<compute::Stats>>,
+    churn: Option<std::sync::Arc<churn::Churn>>,
+}
+
+impl Workload {
+    fn dirty_answer(epoch: u32, runs: &[(u64, usize)]) -> String {
+        let dirtied: usize = runs.iter().map(|r| r.1).sum();
+        let mut s = format!("{{\"dirtied\":{dirtied},\"epoch\":{epoch},\"pages\":[");
+        for (k, (start, n)) in runs.iter().enumerate() {
+            let sep = if k > 0 { "," } else { "" };
+            write!(s, "{sep}[{},{n}]", hex(*start)).unwrap();
+        }
+        s.push_str("]}");
+        s
+    }
+
+    /// Answer one command line.
+    fn command(&mut self, line: &str) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+        match words.as_slice() {
+            ["dirty", _, _] => {
+                let (Some(permille), Some(seed)) = (num(1), num(2)) else {
+                    return error("usage: dirty PERMILLE SEED (decimal integers)");
+                };
+                if permille > 1000 {
+                    return error("PERMILLE must be 0..=1000");
+                }
+                let pages = self.data.select(permille as u32, seed);
+                let (epoch, runs) = self.data.dirty(pages);
+                Self::dirty_answer(epoch, &runs)
+            }
+            ["dirty-range", _, _] => {
+                let (Some(offset), Some(count)) = (num(1), num(2)) else {
+                    return error("usage: dirty-range OFFSET_PAGES COUNT (decimal integers)");
+                };
+                let total = self.data.pages() as u64;
+                if count > total || offset > total - count {
+                    return error(&format!("range {offset}+{count} is outside the {total} data pages"));
+                }
+                let (epoch, runs) = self.data.dirty(offset as usize..(offset + count) as usize);
+                Self::dirty_answer(epoch, &runs)
+            }
+            ["check"] => {
+                let (mut checked, mut bad) = self.data.check();
+                if let Some(churn) = &self.churn {
+                    let (c, b) = churn.check();
+                    checked += c;
+                    bad += b;
+                }
+                let errors: u64 = self.compute.iter().map(|s| s.errors.load(Relaxed)).sum();
+                let ok = bad == 0 && errors == 0;
+                format!("{{\"ok\":{ok},\"pagesChecked\":{checked},\"mismatches\":{bad},\"computeErrors\":{errors}}}")
+            }
+            ["epochs"] => {
+                let mut s = String::from("{\"pages\":[");
+                for (k, (start, n, e)) in self.data.epoch_runs().iter().enumerate() {
+                    let sep = if k > 0 { "," } else { "" };
+                    write!(s, "{sep}[{},{n},{e}]", hex(*start)).unwrap();
+                }
+                s.push_str("]}");
+                s
+            }
+            ["progress"] => {
+                let iters: Vec<String> = self.compute.iter().map(|s| s.iterations.load(Relaxed).to_string()).collect();
+                let ops = self.churn.as_ref().map_or(0, |c| c.ops());
+                format!("{{\"compute\":[{}],\"churnOps\":{ops}}}", iters.join(","))
+            }
+            ["exit"] => std::process::exit(0),
+            _ => error(&format!("unknown command {line:?}")),
+        }
+    }
+}
+
+fn error(msg: &str) -> String {
+    format!("{{\"error\":{}}}", json_str(msg))
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|msg| {
+        eprintln!("predump-workload: {msg}\n{USAGE}");
+        std::process::exit(2)
+    });
+
+    let data = data::Data::new(args.size);
+    let churn = args.churn.then(|| churn::Churn::new(args.churn_slots));
+    let compute = compute::spawn(args.threads);
+    if let Some(c) = &churn {
+        c.spawn();
+    }
+
+    let churn_json = churn
+        .as_ref()
+        .map_or("null".to_string(), |c| format!("{{\"start\":{},\"bytes\":{}}}", hex(c.start() as u64), c.bytes()));
+    say(&format!(
+        "{{\"ready\":true,\"pid\":{},\"data\":{{\"start\":{},\"bytes\":{}}},\"churn\":{churn_json},\"threads\":{},\"pageSize\":{PAGE_SIZE}}}",
+        std::process::id(),
+        hex(data.start()),
+        data.bytes(),
+        args.threads,
+    ));
+
+    let mut w = Workload { data, compute, churn };
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        say(&w.command(&line));
+    }
+    // EOF (or an unreadable stdin): whoever drove us is gone.
+    std::process::exit(0)
+}

@@ -1,0 +1,41 @@
+/**
+ * The predump command line. One file per command in this directory.
+ */
+import yargs from 'yargs';
+import { EXIT } from '../errors.js';
+import * as demo from './demo.js';
+import * as preDump from './pre-dump.js';
+import * as show from './show.js';
+
+export async function main(argv: string[]): Promise<void> {
+  await yargs(argv)
+    .scriptName('predump')
+    .usage(
+      'predump: CRIU-compatible memory pre-dumps of live processes\n\n' +
+        "A pre-dump copies a running process's memory into CRIU image files while\n" +
+        'stopping it as briefly as possible. Run as root (or as the owner with ptrace allowed).\n\n' +
+        'Usage: $0 <command> [options]',
+    )
+    .command(preDump)
+    .command(show)
+    .command(demo)
+    .demandCommand(1, 'Say which command to run; see the list above.')
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias('help', 'h')
+    .version()
+    .wrap(Math.min(100, process.stdout.columns ?? 100))
+    .epilogue(
+      'Exit status: 0 ok, 1 the operation failed (nothing complete was written), 2 bad command\n' +
+        'line, 3 partial pre-dump (the target exited while its pages were copied).',
+    )
+    .fail((msg, err, y) => {
+      if (err) throw err;
+      process.stderr.write(
+        `${y.help() ? '' : ''}predump: ${msg}\nRun 'predump --help' for usage.\n`,
+      );
+      process.exit(EXIT.usage);
+    })
+    .parseAsync();
+}

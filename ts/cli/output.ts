@@ -1,0 +1,84 @@
+/**
+ * How the CLI talks: results on stdout (JSON with --json), everything meant for a
+ * person on stderr, a progress bar only on a terminal.
+ */
+import type { Argv, ArgumentsCamelCase } from 'yargs';
+import { EXIT, PredumpError } from '../errors.js';
+
+/** Writes a line for a person (stderr). */
+export function say(message: string): void {
+  process.stderr.write(`${message}\n`);
+}
+
+/** Writes the machine-readable result (stdout). */
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${u === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
+}
+
+export function formatMs(ms: number): string {
+  return ms < 10
+    ? `${ms.toFixed(2)} ms`
+    : ms < 10_000
+      ? `${ms.toFixed(1)} ms`
+      : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/**
+ * A one-line progress bar on stderr, drawn only when stderr is a terminal and the
+ * work has lasted long enough (half a second) to be worth watching.
+ */
+export class ProgressBar {
+  private readonly started = performance.now();
+  private drawn = false;
+  private readonly enabled: boolean;
+
+  constructor(private readonly label: string) {
+    this.enabled = process.stderr.isTTY === true;
+  }
+
+  update(done: number, total: number): void {
+    if (!this.enabled || total <= 0 || performance.now() - this.started < 500) return;
+    const width = 30;
+    const frac = Math.min(1, done / total);
+    const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
+    process.stderr.write(
+      `\r${this.label} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(done)} / ${formatBytes(total)}`,
+    );
+    this.drawn = true;
+  }
+
+  clear(): void {
+    if (this.drawn) process.stderr.write('\r\x1b[K');
+    this.drawn = false;
+  }
+}
+
+/** Reports a failure as the user should see it; returns the exit status. */
+export function reportError(err: unknown, json: boolean): number {
+  const e =
+    err instanceof PredumpError
+      ? err
+      : new PredumpError('EINTERNAL', err instanceof Error ? err.message : String(err));
+  if (json) printJson({ ok: false, error: { code: e.code, message: e.message } });
+  say(`predump: error: ${e.message}`);
+  if (e.code === 'EINTERNAL' && err instanceof Error && err.stack && process.env.PREDUMP_DEBUG) {
+    say(err.stack);
+  }
+  return EXIT.failed;
+}
+
+/** The parsed arguments of a command, as its yargs builder declares them. */
+export type ArgsOf<B extends (yargs: Argv) => Argv<unknown>> = ArgumentsCamelCase<
+  ReturnType<B> extends Argv<infer T> ? T : never
+>;

@@ -1,0 +1,411 @@
+/**
+ * The image set of one pre-dump directory, as CRIU 4.2's `criu pre-dump` leaves it:
+ *
+ *   pages-ID.img      raw pages of the PE_PRESENT entries, in pagemap order (written by Rust)
+ *   pagemap-PID.img   pagemap_head{pages_id}, then one pagemap_entry per run of pages
+ *   stats-dump        stats_entry{dump}
+ *   inventory.img     inventory_entry{img_version 0, dump_uptime, pre_dump_mode, plugins {}}
+ *   parent            optional relative symlink to the previous pre-dump directory
+ *
+ * inventory.img is written last: a directory without it is incomplete. Every file is written
+ * under a temporary name, fsync'ed, made 0600 and renamed, so a final name never holds a
+ * half-written file.
+ */
+import { randomBytes } from 'node:crypto';
+import { lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import {
+  decodeImage,
+  encodeImage,
+  ImageError,
+  PE_LAZY,
+  PE_PARENT,
+  PE_PRESENT,
+  type ImageKind,
+} from './format.js';
+import {
+  decodeInventory,
+  decodePagemapEntry,
+  decodePagemapHead,
+  decodeStats,
+  encodeInventory,
+  encodePagemapEntry,
+  encodePagemapHead,
+  encodeStats,
+  type DumpStatsEntry,
+} from './proto.js';
+
+export const PAGE_SIZE = 4096;
+export const INVENTORY_FILE = 'inventory.img';
+export const STATS_FILE = 'stats-dump';
+export const PARENT_LINK = 'parent';
+/** CRIU's pre-dump leaves inventory_entry.img_version unset: 0 (a full dump writes 2). */
+export const PRE_DUMP_IMG_VERSION = 0;
+
+export const PRE_DUMP_MODE = { splice: 1, read: 2 } as const;
+export type PreDumpMode = (typeof PRE_DUMP_MODE)[keyof typeof PRE_DUMP_MODE];
+
+/** A run of `nrPages` pages at `vaddr`; flags = PE_* bits. */
+export interface PagemapEntry {
+  vaddr: number;
+  nrPages: number;
+  flags: number;
+}
+
+/** dump_stats_entry; times in µs. Optional fields absent here are absent in the image. */
+export interface DumpStats {
+  freezingTime: number;
+  frozenTime: number;
+  memdumpTime: number;
+  memwriteTime: number;
+  pagesScanned: number;
+  pagesSkippedParent: number;
+  pagesWritten: number;
+  /** Required on the wire (written as 0 when undefined). */
+  pagesLazy?: number;
+  pagePipes?: number;
+  pagePipeBufs?: number;
+  irmapResolve?: number;
+  shpagesScanned?: number;
+  shpagesSkippedParent?: number;
+  shpagesWritten?: number;
+}
+
+export interface PreDumpImages {
+  pid: number;
+  pagesId: number;
+  entries: PagemapEntry[];
+  stats: DumpStats;
+  inventory: {
+    /** µs since boot, as CRIU (it reads /proc/uptime: 10 ms resolution). */
+    dumpUptime: bigint | number;
+    preDumpMode: PreDumpMode;
+  };
+}
+
+export interface PreDumpInventory {
+  imgVersion: number;
+  dumpUptime?: number;
+  /** Absent in the inventory of a full dump. */
+  preDumpMode?: PreDumpMode;
+}
+
+export interface PreDumpDir {
+  /** inventory.img exists. */
+  complete: boolean;
+  inventory?: PreDumpInventory;
+  pid?: number;
+  pagesId?: number;
+  entries: PagemapEntry[];
+  stats?: DumpStats;
+  /** Size of pages-ID.img, if it exists. */
+  pagesFileBytes?: number;
+  /** Target of the `parent` symlink, as stored (usually relative to the directory). */
+  parent?: string;
+}
+
+export interface PageSizeOption {
+  /** Page size of the dumped process (default 4096). */
+  pageSize?: number;
+}
+
+export function pagesFileName(pagesId: number): string {
+  return `pages-${pagesId}.img`;
+}
+
+export function pagemapFileName(pid: number): string {
+  return `pagemap-${pid}.img`;
+}
+
+const PAGEMAP_RE = /^pagemap-(\d+)\.img$/;
+
+/** Number of pages the entries put in the pages file (those with PE_PRESENT). */
+export function presentPages(entries: readonly PagemapEntry[]): number {
+  return entries.reduce((n, e) => ((e.flags & PE_PRESENT) !== 0 ? n + e.nrPages : n), 0);
+}
+
+/**
+ * Throws a RangeError naming the first bad entry: entries must be page-aligned, non-empty,
+ * sorted by vaddr and non-overlapping, with known flags and not both PE_PARENT and PE_PRESENT.
+ */
+export function validateEntries(entries: readonly PagemapEntry[], pageSize = PAGE_SIZE): void {
+  let prevEnd = 0;
+  entries.forEach((e, i) => {
+    const at = `pagemap entry ${i} (vaddr 0x${e.vaddr.toString(16)}, ${e.nrPages} pages)`;
+    if (!Number.isSafeInteger(e.vaddr) || e.vaddr < 0 || e.vaddr % pageSize !== 0) {
+      throw new RangeError(`${at}: vaddr must be a page-aligned address`);
+    }
+    if (!Number.isSafeInteger(e.nrPages) || e.nrPages <= 0) {
+      throw new RangeError(`${at}: nrPages must be a positive integer`);
+    }
+    if ((e.flags & ~(PE_PARENT | PE_LAZY | PE_PRESENT)) !== 0 || e.flags === 0) {
+      throw new RangeError(`${at}: flags ${e.flags} are not a combination of PE_* bits`);
+    }
+    if ((e.flags & PE_PARENT) !== 0 && (e.flags & PE_PRESENT) !== 0) {
+      throw new RangeError(`${at}: PE_PARENT and PE_PRESENT exclude each other`);
+    }
+    const end = e.vaddr + e.nrPages * pageSize;
+    if (!Number.isSafeInteger(end)) throw new RangeError(`${at}: end address overflows`);
+    if (i > 0 && e.vaddr < prevEnd) {
+      const how = e.vaddr < entries[i - 1]!.vaddr ? 'is not sorted by vaddr' : 'overlaps';
+      throw new RangeError(
+        `${at} ${how}: the previous entry ends at 0x${prevEnd.toString(16)} (entries must be sorted and non-overlapping)`,
+      );
+    }
+    prevEnd = end;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+function toSafeNumber(name: string, v: bigint | number): number {
+  const n = typeof v === 'bigint' ? Number(v) : v;
+  if (!Number.isSafeInteger(n) || n < 0 || (typeof v === 'bigint' && BigInt(n) !== v)) {
+    throw new RangeError(`${name} must be a non-negative safe integer, got ${v}`);
+  }
+  return n;
+}
+
+function statsToEntry(s: DumpStats): DumpStatsEntry {
+  const { pagesLazy, ...rest } = s;
+  return { ...rest, pagesLazy: pagesLazy ?? 0 };
+}
+
+/** Writes `data` to dir/name through a temporary name: mode 0600, fsync'ed, then renamed. */
+async function writeFileAtomic(dir: string, name: string, data: Uint8Array): Promise<void> {
+  const tmp = join(dir, `.${name}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+  const fh = await open(tmp, 'wx', 0o600);
+  try {
+    try {
+      await fh.chmod(0o600); // whatever the umask
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, join(dir, name));
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function sizeIfExists(path: string): Promise<number | undefined> {
+  try {
+    return (await lstat(path)).size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Writes pagemap-PID.img and stats-dump, then inventory.img, into `dir` (which must exist).
+ * Refuses a directory that already has an inventory.img (code 'EEXIST'). If pages-ID.img is
+ * already there, its size must match the present pages (else EIMAGE, and nothing is written).
+ */
+export async function writePreDumpImages(
+  dir: string,
+  images: PreDumpImages,
+  options: PageSizeOption = {},
+): Promise<void> {
+  const pageSize = options.pageSize ?? PAGE_SIZE;
+  const { pid, pagesId, entries, stats, inventory } = images;
+  if (!Number.isInteger(pid) || pid <= 0 || pid > 0xffff_ffff) {
+    throw new RangeError(`pid must be a positive integer, got ${pid}`);
+  }
+  if (!Number.isInteger(pagesId) || pagesId < 0 || pagesId > 0xffff_ffff) {
+    throw new RangeError(`pagesId must be a uint32, got ${pagesId}`);
+  }
+  if (
+    inventory.preDumpMode !== PRE_DUMP_MODE.splice &&
+    inventory.preDumpMode !== PRE_DUMP_MODE.read
+  ) {
+    throw new RangeError(
+      `preDumpMode must be 1 (splice) or 2 (read), got ${inventory.preDumpMode}`,
+    );
+  }
+  validateEntries(entries, pageSize);
+  for (const e of entries) {
+    if (e.nrPages > 0xffff_ffff) {
+      throw new RangeError(
+        `pagemap entry at 0x${e.vaddr.toString(16)}: split it, ${e.nrPages} pages do not fit compat_nr_pages`,
+      );
+    }
+  }
+
+  // Encode everything before touching the directory: a bad value fails with nothing written.
+  const pagemap = encodeImage('PAGEMAP', [
+    encodePagemapHead({ pagesId }),
+    // Both page counts: field 5 for CRIU >= 4.0, field 2 for older readers (crit 3.17).
+    ...entries.map((e) =>
+      encodePagemapEntry({
+        vaddr: e.vaddr,
+        compatNrPages: e.nrPages,
+        flags: e.flags,
+        nrPages: e.nrPages,
+      }),
+    ),
+  ]);
+  const statsDump = encodeImage('STATS', [encodeStats({ dump: statsToEntry(stats) })]);
+  const inventoryImg = encodeImage('INVENTORY', [
+    encodeInventory({
+      imgVersion: PRE_DUMP_IMG_VERSION,
+      dumpUptime: toSafeNumber('dumpUptime', inventory.dumpUptime),
+      preDumpMode: inventory.preDumpMode,
+      plugins: [],
+    }),
+  ]);
+
+  if ((await sizeIfExists(join(dir, INVENTORY_FILE))) !== undefined) {
+    const err: NodeJS.ErrnoException = new Error(
+      `${join(dir, INVENTORY_FILE)} already exists: write a pre-dump into a fresh directory`,
+    );
+    err.code = 'EEXIST';
+    throw err;
+  }
+  const pagesName = pagesFileName(pagesId);
+  const pagesBytes = await sizeIfExists(join(dir, pagesName));
+  const expected = presentPages(entries) * pageSize;
+  if (pagesBytes !== undefined && pagesBytes !== expected) {
+    throw new ImageError(
+      join(dir, pagesName),
+      `holds ${pagesBytes} bytes, but the pagemap lists ${presentPages(entries)} present pages (${expected} bytes)`,
+    );
+  }
+
+  await writeFileAtomic(dir, pagemapFileName(pid), pagemap);
+  await writeFileAtomic(dir, STATS_FILE, statsDump);
+  await fsyncDir(dir); // the renames above are durable before inventory.img can appear
+  await writeFileAtomic(dir, INVENTORY_FILE, inventoryImg);
+  await fsyncDir(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+async function readImage(path: string, kind: ImageKind): Promise<Uint8Array[]> {
+  return decodeImage(await readFile(path), path, kind).records;
+}
+
+/** Runs a protobuf decode, turning its errors into an ImageError naming the file and record. */
+function record<T>(file: string, index: number, decode: () => T): T {
+  try {
+    return decode();
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new ImageError(file, `record ${index}: ${msg}`, { cause: err });
+  }
+}
+
+/** CRIU's compatibility rules for entries written by older versions (criu/pagemap.c). */
+function entryFromRecord(r: ReturnType<typeof decodePagemapEntry>): PagemapEntry {
+  let flags = r.flags ?? PE_PRESENT;
+  if (r.inParent === true) flags |= PE_PARENT;
+  // CRIU >= 4.0 writes the count in field 5 and leaves field 2 at 0.
+  return { vaddr: r.vaddr, nrPages: r.nrPages ?? r.compatNrPages, flags };
+}
+
+/**
+ * Reads the images of one pre-dump directory. A directory without inventory.img is reported
+ * with complete: false and whatever final-named images it holds. Throws an ImageError (code
+ * 'EIMAGE') for a corrupt image, more than one pagemap, or — in a complete directory — a
+ * missing pagemap or a pages file whose size does not match the present pages.
+ */
+export async function readPreDumpDir(
+  dir: string,
+  options: PageSizeOption = {},
+): Promise<PreDumpDir> {
+  const pageSize = options.pageSize ?? PAGE_SIZE;
+  const names = await readdir(dir);
+  const complete = names.includes(INVENTORY_FILE);
+  const result: PreDumpDir = { complete, entries: [] };
+
+  if (complete) {
+    const file = join(dir, INVENTORY_FILE);
+    const recs = await readImage(file, 'INVENTORY');
+    if (recs.length !== 1) throw new ImageError(file, `expected 1 record, found ${recs.length}`);
+    const inv = record(file, 0, () => decodeInventory(recs[0]!));
+    const out: PreDumpInventory = { imgVersion: inv.imgVersion };
+    if (inv.dumpUptime !== undefined) out.dumpUptime = inv.dumpUptime;
+    if (inv.preDumpMode !== undefined) {
+      if (inv.preDumpMode !== PRE_DUMP_MODE.splice && inv.preDumpMode !== PRE_DUMP_MODE.read) {
+        throw new ImageError(
+          file,
+          `pre_dump_mode ${inv.preDumpMode} is neither 1 (splice) nor 2 (read)`,
+        );
+      }
+      out.preDumpMode = inv.preDumpMode;
+    }
+    result.inventory = out;
+  }
+
+  const pagemaps = names.filter((n) => PAGEMAP_RE.test(n)).sort();
+  if (pagemaps.length > 1) {
+    throw new ImageError(
+      dir,
+      `${pagemaps.length} pagemap images (${pagemaps.join(', ')}); expected exactly one`,
+    );
+  }
+  const pagemapName = pagemaps[0];
+  if (pagemapName === undefined) {
+    if (complete) throw new ImageError(dir, `has ${INVENTORY_FILE} but no pagemap-PID.img`);
+  } else {
+    const file = join(dir, pagemapName);
+    const recs = await readImage(file, 'PAGEMAP');
+    if (recs.length === 0) throw new ImageError(file, 'no pagemap_head record');
+    result.pid = Number(PAGEMAP_RE.exec(pagemapName)![1]);
+    result.pagesId = record(file, 0, () => decodePagemapHead(recs[0]!)).pagesId;
+    result.entries = recs
+      .slice(1)
+      .map((r, i) => entryFromRecord(record(file, i + 1, () => decodePagemapEntry(r))));
+    try {
+      validateEntries(result.entries, pageSize);
+    } catch (err) {
+      throw new ImageError(file, (err as Error).message, { cause: err });
+    }
+
+    const pagesName = pagesFileName(result.pagesId);
+    const pagesPath = join(dir, pagesName);
+    const bytes = await sizeIfExists(pagesPath);
+    const present = presentPages(result.entries);
+    if (bytes !== undefined) result.pagesFileBytes = bytes;
+    if (complete && bytes === undefined && present > 0) {
+      throw new ImageError(pagesPath, `missing, but ${pagemapName} lists ${present} present pages`);
+    }
+    if (complete && bytes !== undefined && bytes !== present * pageSize) {
+      throw new ImageError(
+        pagesPath,
+        `size mismatch: ${bytes} bytes, but ${pagemapName} lists ${present} present pages × ${pageSize} = ${present * pageSize} bytes`,
+      );
+    }
+  }
+
+  if (names.includes(STATS_FILE)) {
+    const file = join(dir, STATS_FILE);
+    const recs = await readImage(file, 'STATS');
+    if (recs.length !== 1) throw new ImageError(file, `expected 1 record, found ${recs.length}`);
+    const dump = record(file, 0, () => decodeStats(recs[0]!)).dump;
+    if (dump !== undefined) result.stats = dump;
+  }
+
+  if (names.includes(PARENT_LINK)) {
+    try {
+      result.parent = await readlink(join(dir, PARENT_LINK));
+    } catch (err) {
+      throw new ImageError(join(dir, PARENT_LINK), 'is not a symlink', { cause: err });
+    }
+  }
+  return result;
+}

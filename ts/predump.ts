@@ -1,0 +1,164 @@
+/**
+ * A pre-dump, from the caller's options to a complete image directory:
+ * the Rust core freezes, scans, thaws and drains the pages into pages-1.img;
+ * this side lays out the CRIU images around it (pagemap, stats, inventory last).
+ */
+import { fromNative, PredumpError } from './errors.js';
+import { discardImages, openImagesDir } from './images-dir.js';
+import {
+  PE_PRESENT,
+  PRE_DUMP_MODE,
+  pagesFileName,
+  writePreDumpImages,
+  type PagemapEntry,
+} from './images/index.js';
+import { native } from './native.js';
+import path from 'node:path';
+
+export type PreDumpModeName = 'read' | 'splice';
+
+export interface PreDumpOptions {
+  /** The process to pre-dump. */
+  pid: number;
+  /** Where the images go: created 0700 if missing; must hold no images. */
+  imagesDir: string;
+  /** How pages are drained. Only 'read' is available in this version. */
+  mode?: PreDumpModeName;
+  /** Size of each drain buffer in bytes (default 4 MiB, rounded to the pipe size). */
+  bufferBytes?: number;
+  /** Called about every 100 ms while pages are copied. */
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+/** What a pre-dump did. Times in milliseconds. */
+export interface PreDumpResult {
+  pid: number;
+  imagesDir: string;
+  mode: PreDumpModeName;
+  /** The target exited while its pages were copied: the images hold only what was read. */
+  partial: boolean;
+  threads: number;
+  /** How present pages were found: PAGEMAP_SCAN or pagemap. */
+  scanMethod: string;
+  pagemapEntries: number;
+  pagesScanned: number;
+  /** Present pages found while frozen. */
+  pagesPresent: number;
+  pagesWritten: number;
+  /** Pages that were unmapped or made unreadable between the scan and the copy. */
+  pagesGone: number;
+  pagesSkippedParent: number;
+  bytesWritten: number;
+  /** Time to stop every thread. */
+  freezingMs: number;
+  /** Time every thread was stopped (CRIU's frozen_time). */
+  frozenMs: number;
+  /** Time any thread was stopped: freezing plus frozen. */
+  stoppedWindowMs: number;
+  scanMs: number;
+  /** From thaw until the pages image is on disk. */
+  drainMs: number;
+  totalMs: number;
+  /** Pages copied per second of drain, in MB/s (10^6 bytes). */
+  drainMBps: number;
+  bufferBytes: number;
+  readvCalls: number;
+}
+
+const PAGE = 4096;
+
+/** Pre-dumps a live process into a new CRIU image directory. */
+export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
+  const mode = options.mode ?? 'read';
+  if (mode !== 'read') {
+    throw new PredumpError(
+      'EUNSUPPORTED',
+      `pre-dump mode '${mode}' is not available yet: use --pre-dump-mode read`,
+    );
+  }
+  const { pid } = options;
+  if (!Number.isInteger(pid) || pid <= 0) {
+    throw new PredumpError('EINVAL', `pid must be a positive integer, got ${pid}`);
+  }
+  const started = performance.now();
+  const dir = await openImagesDir(options.imagesDir);
+  const pagesId = 1;
+  const progress = new native.Progress();
+  const ticker = options.onProgress
+    ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
+    : undefined;
+  try {
+    const report = await native
+      .readPreDump(
+        {
+          pid,
+          pagesPath: path.join(dir.path, pagesFileName(pagesId)),
+          bufferBytes: options.bufferBytes,
+        },
+        progress,
+      )
+      .catch((err: unknown) => {
+        throw fromNative(err);
+      });
+    const entries: PagemapEntry[] = [];
+    for (let i = 0; i < report.regions.length; i += 2) {
+      entries.push({ vaddr: report.regions[i], nrPages: report.regions[i + 1], flags: PE_PRESENT });
+    }
+    const us = (x: number): number => Math.round(x);
+    await writePreDumpImages(dir.path, {
+      pid,
+      pagesId,
+      entries,
+      stats: {
+        freezingTime: us(report.freezingUs),
+        frozenTime: us(report.frozenUs),
+        memdumpTime: us(report.scanUs),
+        memwriteTime: us(report.drainUs),
+        pagesScanned: report.pagesScanned,
+        pagesSkippedParent: 0,
+        pagesWritten: report.pagesWritten,
+        pagesLazy: 0,
+        pagePipes: 1,
+        pagePipeBufs: entries.length,
+      },
+      inventory: { dumpUptime: BigInt(report.dumpUptimeUs), preDumpMode: PRE_DUMP_MODE.read },
+    }).catch((err: unknown) => {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+        throw new PredumpError('ENOSPC', `no space left while writing images into ${dir.path}`);
+      }
+      throw err;
+    });
+    const ms = (x: number): number => x / 1000;
+    const bytesWritten = report.pagesWritten * PAGE;
+    return {
+      pid,
+      imagesDir: dir.path,
+      mode,
+      partial: report.partial,
+      threads: report.threads,
+      scanMethod: report.scanMethod,
+      pagemapEntries: entries.length,
+      pagesScanned: report.pagesScanned,
+      pagesPresent: report.pagesPresent,
+      pagesWritten: report.pagesWritten,
+      pagesGone: report.pagesGone,
+      pagesSkippedParent: 0,
+      bytesWritten,
+      freezingMs: ms(report.freezingUs),
+      frozenMs: ms(report.frozenUs),
+      stoppedWindowMs: ms(report.stoppedWindowUs),
+      scanMs: ms(report.scanUs),
+      drainMs: ms(report.drainUs),
+      totalMs: performance.now() - started,
+      drainMBps: report.drainUs > 0 ? bytesWritten / report.drainUs : 0,
+      bufferBytes: report.bufferBytes,
+      readvCalls: report.readvCalls,
+    };
+  } catch (err) {
+    await discardImages(dir);
+    throw err;
+  } finally {
+    if (ticker) clearInterval(ticker);
+  }
+}

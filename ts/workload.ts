@@ -1,0 +1,180 @@
+/**
+ * The bundled workload: a process whose memory predump can check page by page.
+ * Used by `predump demo`, the benchmarks and the tests. It exits when its stdin
+ * closes, so it never outlives the process that started it.
+ */
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { createInterface, type Interface } from 'node:readline';
+import type { Readable, Writable } from 'node:stream';
+import { PredumpError } from './errors.js';
+import { native, packageRoot } from './native.js';
+
+export interface WorkloadOptions {
+  /** Bytes of pattern memory (default 64 MiB). */
+  sizeBytes?: number;
+  /** Compute threads besides the command thread (default 1). */
+  threads?: number;
+  /** Keep mapping, mprotecting and unmapping an area of its own. */
+  churn?: boolean;
+}
+
+export interface Area {
+  start: number;
+  bytes: number;
+}
+
+/** A run of pages rewritten at `epoch`. */
+export interface EpochRun {
+  start: number;
+  pages: number;
+  epoch: number;
+}
+
+export interface SelfCheck {
+  ok: boolean;
+  pagesChecked: number;
+  mismatches: number;
+  computeErrors: number;
+}
+
+export interface PatternCheckResult {
+  pagesChecked: number;
+  pagesSkipped: number;
+  mismatches: number;
+  firstMismatches: number[];
+  trailingBytes: number;
+}
+
+export function workloadBinary(): string {
+  const bin = path.join(packageRoot, 'target', 'release', 'predump-workload');
+  if (!existsSync(bin)) {
+    throw new PredumpError(
+      'ENOWORKLOAD',
+      `the workload program ${bin} is missing: run \`npm install\` (or \`npm run build\`) in ${packageRoot}`,
+    );
+  }
+  return bin;
+}
+
+export class Workload {
+  readonly pid: number;
+  readonly data: Area;
+  readonly churnArea: Area | null;
+  readonly threads: number;
+  private readonly lines: AsyncIterator<string>;
+  private exited: Promise<number | null>;
+
+  private constructor(
+    private readonly child: ChildProcessByStdio<Writable, Readable, null>,
+    rl: Interface,
+    ready: ReadyLine,
+  ) {
+    this.lines = rl[Symbol.asyncIterator]();
+    this.pid = ready.pid;
+    this.data = { start: Number(ready.data.start), bytes: ready.data.bytes };
+    this.churnArea = ready.churn
+      ? { start: Number(ready.churn.start), bytes: ready.churn.bytes }
+      : null;
+    this.threads = ready.threads;
+    this.exited = new Promise((resolve) => {
+      if (child.exitCode !== null) resolve(child.exitCode);
+      else child.once('exit', (code) => resolve(code));
+    });
+  }
+
+  /** Starts the workload and waits for its ready line (no sleeping: it says when). */
+  static async start(options: WorkloadOptions = {}): Promise<Workload> {
+    const args = [
+      '--size',
+      String(options.sizeBytes ?? 64 * 1024 * 1024),
+      '--threads',
+      String(options.threads ?? 1),
+    ];
+    if (options.churn) args.push('--churn');
+    const child = spawn(workloadBinary(), args, { stdio: ['pipe', 'pipe', 'inherit'] });
+    const rl = createInterface({ input: child.stdout });
+    const first = await new Promise<string>((resolve, reject) => {
+      rl.once('line', resolve);
+      child.once('error', reject);
+      child.once('exit', (code) =>
+        reject(new Error(`workload exited with ${code} before it was ready`)),
+      );
+    });
+    const ready = JSON.parse(first) as ReadyLine;
+    return new Workload(child, rl, ready);
+  }
+
+  /** Sends one command and returns its one-line JSON answer. */
+  async command<T>(line: string): Promise<T> {
+    this.child.stdin.write(`${line}\n`);
+    const next = await this.lines.next();
+    if (next.done) throw new Error(`workload ${this.pid} exited while answering '${line}'`);
+    const answer = JSON.parse(next.value) as T & { error?: string };
+    if (answer.error !== undefined) throw new Error(`workload: ${answer.error}`);
+    return answer;
+  }
+
+  /** The workload verifies its own memory and its threads' results. */
+  selfCheck(): Promise<SelfCheck> {
+    return this.command<SelfCheck>('check');
+  }
+
+  /** Rewrites permille/1000 of the data pages (chosen from seed) with a new epoch. */
+  dirty(
+    permille: number,
+    seed = 1,
+  ): Promise<{ dirtied: number; epoch: number; pages: [string, number][] }> {
+    return this.command(`dirty ${permille} ${seed}`);
+  }
+
+  /** Pages whose contents changed since start. */
+  async epochs(): Promise<EpochRun[]> {
+    const a = await this.command<{ pages: [string, number, number][] }>('epochs');
+    return a.pages.map(([start, pages, epoch]) => ({ start: Number(start), pages, epoch }));
+  }
+
+  /**
+   * Checks every page of a pages image that falls in the workload's pattern
+   * memory against the contents it must hold.
+   */
+  async checkImage(
+    pagesPath: string,
+    entries: { vaddr: number; nrPages: number }[],
+  ): Promise<PatternCheckResult> {
+    const regions = new Float64Array(entries.flatMap((e) => [e.vaddr, e.nrPages]));
+    const areas = [this.data, ...(this.churnArea ? [this.churnArea] : [])];
+    const runs = await this.epochs();
+    return native.checkPattern(
+      pagesPath,
+      regions,
+      new Float64Array(areas.flatMap((a) => [a.start, a.bytes])),
+      new Float64Array(runs.flatMap((r) => [r.start, r.pages, r.epoch])),
+    );
+  }
+
+  /** Asks it to exit, and kills it (by pid) if it does not. */
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.stdin.end('exit\n');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 5000);
+    await this.exited;
+    clearTimeout(timer);
+  }
+
+  /** Kills it at once (SIGKILL), for tests of a target that dies. */
+  async kill(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
+interface ReadyLine {
+  ready: true;
+  pid: number;
+  data: { start: string; bytes: number };
+  churn: { start: string; bytes: number } | null;
+  threads: number;
+}
