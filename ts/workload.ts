@@ -64,7 +64,8 @@ export class Workload {
   readonly churnArea: Area | null;
   readonly threads: number;
   private readonly lines: AsyncIterator<string>;
-  private exited: Promise<number | null>;
+  /** Settles when the workload's stdout closes: it has exited. */
+  private readonly closed: Promise<void>;
 
   private constructor(
     private readonly child: ChildProcessByStdio<Writable, Readable, null>,
@@ -78,9 +79,9 @@ export class Workload {
       ? { start: Number(ready.churn.start), bytes: ready.churn.bytes }
       : null;
     this.threads = ready.threads;
-    this.exited = new Promise((resolve) => {
-      if (child.exitCode !== null) resolve(child.exitCode);
-      else child.once('exit', (code) => resolve(code));
+    this.closed = new Promise((resolve) => {
+      if (child.stdout.readableEnded) resolve();
+      else child.stdout.once('close', () => resolve());
     });
   }
 
@@ -93,13 +94,16 @@ export class Workload {
       String(options.threads ?? 1),
     ];
     if (options.churn) args.push('--churn');
+    // Not our child: Node's waitpid on a child would take the ptrace stops of
+    // the freeze (and report them as an exit).
+    args.push('--grandchild');
     const child = spawn(workloadBinary(), args, { stdio: ['pipe', 'pipe', 'inherit'] });
     const rl = createInterface({ input: child.stdout });
     const first = await new Promise<string>((resolve, reject) => {
       rl.once('line', resolve);
       child.once('error', reject);
-      child.once('exit', (code) =>
-        reject(new Error(`workload exited with ${code} before it was ready`)),
+      child.stdout.once('close', () =>
+        reject(new Error('the workload exited before it was ready')),
       );
     });
     const ready = JSON.parse(first) as ReadyLine;
@@ -154,20 +158,26 @@ export class Workload {
     );
   }
 
-  /** Asks it to exit, and kills it (by pid) if it does not. */
+  /** Asks it to exit, and kills it (by pid) if it does not within 5 s. */
   async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
     this.child.stdin.end('exit\n');
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 5000);
-    await this.exited;
+    const timer = setTimeout(() => this.signal('SIGKILL'), 5000);
+    await this.closed;
     clearTimeout(timer);
   }
 
-  /** Kills it at once (SIGKILL), for tests of a target that dies. */
+  /** Kills it at once (SIGKILL, by pid), for tests of a target that dies. */
   async kill(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.child.kill('SIGKILL');
-    await this.exited;
+    this.signal('SIGKILL');
+    await this.closed;
+  }
+
+  private signal(sig: NodeJS.Signals): void {
+    try {
+      process.kill(this.pid, sig);
+    } catch {
+      // already gone
+    }
   }
 }
 

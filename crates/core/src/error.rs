@@ -22,6 +22,11 @@ pub enum Error {
     #[error("process {pid} is predump itself: it cannot freeze its own process")]
     SelfTarget { pid: i32 },
 
+    /// The target is a child of the calling process, whose own wait calls would
+    /// take the target's ptrace stops.
+    #[error("process {pid} is a child of this process: its parent's waitpid (Node's child_process does one) would take the ptrace stops predump waits for; start it through a launcher that exits (double fork), or run the predump CLI")]
+    OwnChild { pid: i32 },
+
     /// ptrace or process_vm_readv was refused.
     #[error("not permitted to {action} process {pid}: {source} (run as root, or as the owner with ptrace allowed by /proc/sys/kernel/yama/ptrace_scope)")]
     Permission {
@@ -68,6 +73,7 @@ impl Error {
             Error::KernelThread { .. } => "EKTHREAD",
             Error::Zombie { .. } => "EZOMBIE",
             Error::SelfTarget { .. } => "ESELF",
+            Error::OwnChild { .. } => "ECHILDTARGET",
             Error::Permission { .. } => "EPERM",
             Error::AlreadyTraced { .. } => "ETRACED",
             Error::TargetExited { .. } => "EEXITED",

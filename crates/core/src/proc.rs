@@ -120,6 +120,12 @@ pub fn check_target(pid: i32) -> Result<Stat> {
     if st.is_zombie() {
         return Err(Error::Zombie { pid });
     }
+    // Any thread of a parent may collect its children's ptrace stops with
+    // waitpid, and event loops do (libuv reads a stop as an exit): our own stop
+    // notifications would be stolen and the freeze would never see them.
+    if st.ppid == std::process::id() as i32 {
+        return Err(Error::OwnChild { pid });
+    }
     Ok(st)
 }
 

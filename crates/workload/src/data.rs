@@ -24,19 +24,9 @@ impl Data {
         // else references, and it stays mapped for the life of the process.
         let mem = unsafe { std::slice::from_raw_parts_mut(base, bytes) };
         let start = mem.as_ptr() as u64;
-        if std::env::var("PW_POP").is_ok() {
-            let t = std::time::Instant::now();
-            unsafe { libc::madvise(base.cast(), bytes, 23) };
-            eprintln!("populate {:?}", t.elapsed());
-        }
-        let t = std::time::Instant::now();
         // Filling is bound by page faults; spread it over the cores (it runs before
         // the compute threads start, so it steals nothing from them).
-        if std::env::var("PW_ST").is_ok() { fill_page(start, 0, mem) } else if std::env::var("PW_PP").is_ok() {
-            for_chunks(mem, |offset, chunk| { unsafe { libc::madvise(chunk.as_mut_ptr().cast(), chunk.len(), 23) }; fill_page(start + offset as u64, 0, chunk) });
-        } else {
-        for_chunks(mem, |offset, chunk| fill_page(start + offset as u64, 0, chunk)); }
-        eprintln!("fill {:?}", t.elapsed());
+        for_chunks(mem, |offset, chunk| fill_page(start + offset as u64, 0, chunk));
         let pages = bytes / P;
         Data { mem, epochs: vec![0; pages], next_epoch: 1 }
     }

@@ -23,6 +23,11 @@ usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
   --threads N       compute threads besides the command thread; default 1
   --churn           run a thread that keeps mapping, mprotecting and unmapping
   --churn-slots N   slots of 16 pages in the churn area; default 16
+  --grandchild      run in a forked child while the first process only waits for
+                    it and exits with its status: the workload is then not a child
+                    of its starter, whose own waitpid would take the ptrace stops
+                    of a child it also traces (Node's child_process reads them as
+                    exits); stdin and stdout are shared
 
 Prints one JSON ready line, then answers commands on stdin, one JSON line each:
   dirty PERMILLE SEED | dirty-range OFFSET_PAGES COUNT | check | epochs | progress | exit
@@ -47,6 +52,7 @@ struct Args {
     threads: usize,
     churn: bool,
     churn_slots: usize,
+    grandchild: bool,
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -60,7 +66,7 @@ fn parse_size(s: &str) -> Option<usize> {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16 };
+    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, grandchild: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         // Accept both `--opt value` and `--opt=value`.
@@ -87,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
                 a.churn_slots = v.parse().ok().filter(|&n| n > 0).ok_or(format!("bad --churn-slots {v:?}: want N > 0"))?;
             }
             "--churn" if inline.is_none() => a.churn = true,
+            "--grandchild" if inline.is_none() => a.grandchild = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -204,11 +211,43 @@ fn error(msg: &str) -> String {
     format!("{{\"error\":{}}}", json_str(msg))
 }
 
+/// Forks; the first process waits for the child and exits as it did. A real
+/// parent's waitpid sees only the child's exit (ptrace stops go to the tracer),
+/// so it never disturbs a tracer.
+fn become_grandchild() {
+    // SAFETY: called first thing in main, while the process has a single thread,
+    // so the child inherits no lock held by another thread.
+    let child = unsafe { libc::fork() };
+    match child {
+        -1 => {
+            eprintln!("predump-workload: fork: {}", std::io::Error::last_os_error());
+            std::process::exit(3);
+        }
+        0 => {}
+        _ => {
+            let mut status = 0;
+            // SAFETY: waits for our own child; `status` is a valid out pointer.
+            while unsafe { libc::waitpid(child, &mut status, 0) } == -1 {
+                if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    std::process::exit(3);
+                }
+            }
+            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+            // SAFETY: _exit skips atexit handlers and stdio flushing: stdout is
+            // the child's to flush.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
 fn main() {
     let args = parse_args().unwrap_or_else(|msg| {
         eprintln!("predump-workload: {msg}\n{USAGE}");
         std::process::exit(2)
     });
+    if args.grandchild {
+        become_grandchild();
+    }
 
     let data = data::Data::new(args.size);
     let churn = args.churn.then(|| churn::Churn::new(args.churn_slots));
