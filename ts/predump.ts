@@ -28,6 +28,13 @@ export interface PreDumpOptions {
   bufferBytes?: number;
   /** Called about every 100 ms while pages are copied. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
+  /**
+   * Aborting removes the incomplete images and rejects with EINTERRUPTED. The
+   * copy itself goes on in its thread until the process exits; the target runs
+   * from the moment it is thawed (and a process that exits while it holds the
+   * target frozen has it thawed by the kernel).
+   */
+  signal?: AbortSignal;
 }
 
 /** What a pre-dump did. Times in milliseconds. */
@@ -88,18 +95,19 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
     : undefined;
   try {
-    const report = await native
-      .readPreDump(
+    const report = await abortable(
+      native.readPreDump(
         {
           pid,
           pagesPath: path.join(dir.path, pagesFileName(pagesId)),
           bufferBytes: options.bufferBytes,
         },
         progress,
-      )
-      .catch((err: unknown) => {
-        throw fromNative(err);
-      });
+      ),
+      options.signal,
+    ).catch((err: unknown) => {
+      throw fromNative(err);
+    });
     const entries: PagemapEntry[] = [];
     for (let i = 0; i < report.regions.length; i += 2) {
       entries.push({ vaddr: report.regions[i], nrPages: report.regions[i + 1], flags: PE_PRESENT });
@@ -161,4 +169,17 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   } finally {
     if (ticker) clearInterval(ticker);
   }
+}
+
+/** Rejects with EINTERRUPTED as soon as `signal` aborts. */
+function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return work;
+  const interrupted = (): PredumpError =>
+    new PredumpError('EINTERRUPTED', `interrupted (${String(signal.reason ?? 'aborted')})`);
+  if (signal.aborted) return Promise.reject(interrupted());
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(interrupted());
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }

@@ -55,6 +55,11 @@ export async function handler(args: Args): Promise<void> {
 
 async function run(args: Args): Promise<number> {
   const bar = new ProgressBar('draining');
+  // Ctrl-C or a kill: remove the incomplete images, then exit. Exiting is what
+  // makes it safe at any moment: the kernel thaws a tracer's tracees when it dies.
+  const abort = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => abort.abort(sig);
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   let result: PreDumpResult;
   try {
     result = await preDump({
@@ -62,12 +67,19 @@ async function run(args: Args): Promise<number> {
       imagesDir: args.imagesDir,
       mode: args.preDumpMode,
       onProgress: (done, total) => bar.update(done, total),
+      signal: abort.signal,
     });
   } catch (err) {
     bar.clear();
-    return reportError(err, args.json);
+    const status = reportError(err, args.json);
+    if (abort.signal.aborted) {
+      say('predump: the target was left running; the incomplete images were removed');
+      process.exit(abort.signal.reason === 'SIGINT' ? 130 : 143);
+    }
+    return status;
   } finally {
     bar.clear();
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
   }
   if (args.json) printJson({ ok: true, ...result });
   say(summary(result));

@@ -85,7 +85,13 @@ pub fn pre_dump_read(
         p.total.store(found.pages_present * crate::PAGE_SIZE, Ordering::Relaxed);
     }
     let drain_started = Instant::now();
-    let outcome = drain::drain(pid, &found.ranges, &out, config, progress.map(|p| &p.done))?;
+    let outcome = drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
+        .map_err(|e| match e {
+            Error::NoSpace { .. } => Error::NoSpace {
+                path: pages_path.display().to_string(),
+            },
+            e => e,
+        })?;
     out.sync_all().map_err(|e| write_error(pages_path, e))?;
     let drain_time = drain_started.elapsed();
 
@@ -125,4 +131,63 @@ fn write_error(path: &Path, e: io::Error) -> Error {
         },
         _ => Error::sys(format!("writing {}", path.display()), e),
     }
+}
+
+/// The drain, with a test hook: when `PREDUMP_TEST_DRAIN_GATE` names a FIFO, the
+/// first buffer's worth of pages is copied, then the drain waits for one byte
+/// from the FIFO before the rest. Tests use it to act in the middle of a drain
+/// (kill the target, unmap memory) without guessing with sleeps.
+fn drain_gated(
+    pid: i32,
+    ranges: &[PageRange],
+    out: &File,
+    config: &DrainConfig,
+    progress: Option<&AtomicU64>,
+) -> Result<drain::DrainOutcome> {
+    let Some(gate) = std::env::var_os("PREDUMP_TEST_DRAIN_GATE") else {
+        return drain::drain(pid, ranges, out, config, progress);
+    };
+    let (first, rest) = split_ranges(ranges, (config.buffer_bytes as u64 / crate::PAGE_SIZE).max(1));
+    let mut outcome = drain::drain(pid, &first, out, config, progress)?;
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut File::open(&gate).map_err(|e| Error::sys("opening the drain gate", e))?, &mut byte)
+        .map_err(|e| Error::sys("waiting at the drain gate", e))?;
+    if outcome.end == DrainEnd::Complete {
+        let second = drain::drain(pid, &rest, out, config, progress)?;
+        for r in second.regions {
+            match outcome.regions.last_mut() {
+                Some(last) if last.end() == r.start => last.pages += r.pages,
+                _ => outcome.regions.push(r),
+            }
+        }
+        let (a, b) = (&mut outcome.stats, second.stats);
+        a.pages_requested += b.pages_requested;
+        a.pages_written += b.pages_written;
+        a.pages_gone += b.pages_gone;
+        a.bytes_written += b.bytes_written;
+        a.read_time += b.read_time;
+        a.write_time += b.write_time;
+        a.readv_calls += b.readv_calls;
+        outcome.end = second.end;
+    }
+    Ok(outcome)
+}
+
+/// Splits sorted ranges after `pages` pages.
+fn split_ranges(ranges: &[PageRange], mut pages: u64) -> (Vec<PageRange>, Vec<PageRange>) {
+    let mut first = Vec::new();
+    let mut rest = Vec::new();
+    for r in ranges {
+        if pages >= r.pages {
+            pages -= r.pages;
+            first.push(*r);
+        } else if pages > 0 {
+            first.push(PageRange::new(r.start, pages));
+            rest.push(PageRange::new(r.start + pages * crate::PAGE_SIZE, r.pages - pages));
+            pages = 0;
+        } else {
+            rest.push(*r);
+        }
+    }
+    (first, rest)
 }
