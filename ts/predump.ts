@@ -70,6 +70,8 @@ export interface PreDumpResult {
   drainMBps: number;
   bufferBytes: number;
   readvCalls: number;
+  /** Peak resident memory of this process so far (the tool's own footprint). */
+  peakRssBytes: number;
 }
 
 const PAGE = 4096;
@@ -162,6 +164,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       drainMBps: report.drainUs > 0 ? bytesWritten / report.drainUs : 0,
       bufferBytes: report.bufferBytes,
       readvCalls: report.readvCalls,
+      peakRssBytes: process.resourceUsage().maxRSS * 1024,
     };
   } catch (err) {
     await discardImages(dir);

@@ -18,6 +18,17 @@ export declare class Progress {
  */
 export declare function checkPattern(pagesPath: string, regions: Float64Array, areas: Float64Array, epochs: Float64Array): Promise<PatternCheck>
 
+/** Times a memcpy of `bytes` (fresh and warm destination) on its own thread. */
+export declare function memcpyReference(bytes: number): Promise<MemcpyReference>
+
+/** Reference figures for benchmarks, in milliseconds. */
+export interface MemcpyReference {
+  /** memcpy into a fresh destination (paying its page faults, like a new image). */
+  freshMs: number
+  /** memcpy into the same destination again. */
+  warmMs: number
+}
+
 /** The result of checking a pages image against the workload's pattern. */
 export interface PatternCheck {
   pagesChecked: number
@@ -68,4 +79,12 @@ export interface ReadPreDumpReport {
   readvCalls: number
   bufferBytes: number
   partial: boolean
+}
+
+export declare function readvReference(pid: number): Promise<ReadvReference>
+
+/** process_vm_readv alone over every present page of `pid`, nothing written. */
+export interface ReadvReference {
+  ms: number
+  bytes: number
 }

@@ -214,3 +214,42 @@ pub fn check_pattern<'env>(
         })
     })
 }
+
+/// Reference figures for benchmarks, in milliseconds.
+#[napi(object)]
+pub struct MemcpyReference {
+    /// memcpy into a fresh destination (paying its page faults, like a new image).
+    pub fresh_ms: f64,
+    /// memcpy into the same destination again.
+    pub warm_ms: f64,
+}
+
+/// Times a memcpy of `bytes` (fresh and warm destination) on its own thread.
+#[napi(ts_return_type = "Promise<MemcpyReference>")]
+pub fn memcpy_reference<'env>(env: &'env Env, bytes: f64) -> Result<Object<'env>> {
+    on_tracer_thread(env, move || {
+        let t = predump_core::bench::memcpy(bytes as usize)?;
+        Ok(MemcpyReference {
+            fresh_ms: t.fresh.as_secs_f64() * 1e3,
+            warm_ms: t.warm.as_secs_f64() * 1e3,
+        })
+    })
+}
+
+/// process_vm_readv alone over every present page of `pid`, nothing written.
+#[napi(object)]
+pub struct ReadvReference {
+    pub ms: f64,
+    pub bytes: f64,
+}
+
+#[napi(ts_return_type = "Promise<ReadvReference>")]
+pub fn readv_reference<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
+    on_tracer_thread(env, move || {
+        let (t, bytes) = predump_core::bench::readv_reference(pid)?;
+        Ok(ReadvReference {
+            ms: t.as_secs_f64() * 1e3,
+            bytes: bytes as f64,
+        })
+    })
+}

@@ -1,0 +1,328 @@
+/**
+ * Shared helpers of the end-to-end tests: running the CLI as a subprocess, temporary
+ * directories, the workload's life cycle, the state of a target in /proc, crit.
+ *
+ * Every process a test starts is stopped by pid in a teardown; nothing here ever
+ * signals a process by name.
+ */
+import type { ExecutionContext } from 'ava';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+import {
+  PE_PRESENT,
+  pagemapFileName,
+  pagesFileName,
+  readPreDumpDir,
+  type PreDumpDir,
+} from '../ts/images/index.js';
+import { Workload, type WorkloadOptions } from '../ts/workload.js';
+
+export const execFileP = promisify(execFile);
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const BIN = path.join(ROOT, 'bin', 'predump.js');
+export const NODE = process.execPath;
+export const PAGE = 4096;
+export const MiB = 1024 * 1024;
+export const CRIT = ['/usr/bin/crit', '/usr/local/bin/crit'].find((p) => existsSync(p));
+
+type T = ExecutionContext<unknown>;
+
+// ---- the CLI ---------------------------------------------------------------------------------
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunningCli {
+  child: ChildProcess;
+  done: Promise<CliResult>;
+}
+
+/** Starts `command args…` with its output collected. */
+export function startProcess(
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): RunningCli {
+  const child = spawn(command, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const done = new Promise<CliResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+  return { child, done };
+}
+
+/** Starts `node bin/predump.js args…`. */
+export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): RunningCli {
+  return startProcess(NODE, [BIN, ...args], env);
+}
+
+/** Runs `node bin/predump.js args…` to its end. */
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return startCli(args, env).done;
+}
+
+/** The one JSON object of a `--json` run's stdout. */
+export function parseJson<J = Record<string, unknown>>(t: T, r: CliResult): J {
+  try {
+    return JSON.parse(r.stdout) as J;
+  } catch (err) {
+    t.fail(`stdout is not one JSON object: ${(err as Error).message}\n${r.stdout}\n${r.stderr}`);
+    throw err;
+  }
+}
+
+export interface ErrorJson {
+  ok: false;
+  error: { code: string; message: string };
+}
+
+/** Asserts a failed `--json` run: exit status, error code, message on stderr and in JSON. */
+export function assertCliError(
+  t: T,
+  r: CliResult,
+  expected: { exit: number; code: string; message: RegExp },
+): ErrorJson {
+  const why = `stdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
+  t.is(r.code, expected.exit, why);
+  t.regex(r.stderr, expected.message, why);
+  t.regex(r.stderr, /predump: error: /, why);
+  const j = parseJson<ErrorJson>(t, r);
+  t.is(j.ok, false);
+  t.is(j.error.code, expected.code, why);
+  t.regex(j.error.message, expected.message);
+  return j;
+}
+
+// ---- temporary directories and mounts -------------------------------------------------------
+
+/** A new temporary directory, removed when the test ends. */
+export async function tempDir(t: T, prefix = 'predump-test-'): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Mounts a tmpfs on `dir` (options as for mount -o); unmounted when the test ends. */
+export async function mountTmpfs(t: T, dir: string, options: string): Promise<void> {
+  await execFileP('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', dir]);
+  t.teardown(async () => {
+    await execFileP('umount', [dir]);
+  });
+}
+
+export function mkfifo(file: string): Promise<unknown> {
+  return execFileP('mkfifo', ['-m', '0600', file]);
+}
+
+// ---- the workload ----------------------------------------------------------------------------
+
+export interface Target {
+  w: Workload;
+  pid: number;
+  /** Kills it now (SIGKILL by pid) and waits until it is gone. */
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts the bundled workload (a grandchild of this process); it is stopped when the test
+ * ends unless the test killed it through `kill()`.
+ */
+export async function startWorkload(t: T, options: WorkloadOptions): Promise<Target> {
+  const w = await Workload.start(options);
+  let gone = false;
+  const target: Target = {
+    w,
+    pid: w.pid,
+    async kill() {
+      if (gone) return;
+      gone = true;
+      await w.kill();
+    },
+  };
+  t.teardown(async () => {
+    if (gone) return;
+    gone = true;
+    await w.stop();
+  });
+  return target;
+}
+
+// ---- /proc -----------------------------------------------------------------------------------
+
+export interface ProcState {
+  state: string;
+  tracerPid: number;
+}
+
+/** State and TracerPid of a thread (or of the main thread), or undefined if it is gone. */
+export async function procState(pid: number, tid = pid): Promise<ProcState | undefined> {
+  const text = await readFile(`/proc/${pid}/task/${tid}/status`, 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  const field = (name: string): string => {
+    const m = new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(text);
+    if (!m) throw new Error(`no ${name} in /proc/${pid}/task/${tid}/status`);
+    return m[1]!.trim();
+  };
+  return { state: field('State').charAt(0), tracerPid: Number(field('TracerPid')) };
+}
+
+/** The state letter of /proc/PID/stat (after the last ')'), or undefined if it is gone. */
+export async function statState(pid: number): Promise<string | undefined> {
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  return text.slice(text.lastIndexOf(')') + 2).charAt(0);
+}
+
+/** Asserts that every thread of `pid` exists, is not stopped nor a zombie, and is untraced. */
+export async function assertRunningUntraced(t: T, pid: number): Promise<void> {
+  const tids = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  t.true(tids.length > 0, `process ${pid} is gone`);
+  for (const tid of tids) {
+    const s = await procState(pid, Number(tid));
+    if (s === undefined) continue; // a thread that exited meanwhile
+    t.false(['t', 'T', 'Z', 'X'].includes(s.state), `thread ${tid} of ${pid} is in state ${s.state}`);
+    t.is(s.tracerPid, 0, `thread ${tid} of ${pid} is traced by ${s.tracerPid}`);
+  }
+}
+
+export interface ProcSnapshot {
+  maps: string;
+  fds: Record<string, string>;
+}
+
+/** The memory map and the open files (fd → readlink) of a process. */
+export async function snapshot(pid: number): Promise<ProcSnapshot> {
+  const maps = await readFile(`/proc/${pid}/maps`, 'utf8');
+  const fds: Record<string, string> = {};
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    fds[fd] = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '?');
+  }
+  return { maps, fds };
+}
+
+/** A pid that names no process now: one of a child of ours that has exited and been reaped. */
+export async function freePid(): Promise<number> {
+  for (let i = 0; i < 20; i++) {
+    const p = startProcess('true', []);
+    const pid = p.child.pid!;
+    await p.done;
+    if (!existsSync(`/proc/${pid}`)) return pid;
+  }
+  throw new Error('no free pid found');
+}
+
+// ---- images ----------------------------------------------------------------------------------
+
+export type Json = Record<string, unknown>;
+
+/** `crit decode -i FILE` as JSON. */
+export async function crit(file: string): Promise<{ magic: string; entries: Json[] }> {
+  const { stdout } = await execFileP(CRIT!, ['decode', '-i', file], { maxBuffer: 64 * MiB });
+  return JSON.parse(stdout) as { magic: string; entries: Json[] };
+}
+
+export interface CheckedDir {
+  dir: PreDumpDir;
+  presentPages: number;
+}
+
+/**
+ * Checks a complete pre-dump directory of `pid`: the set of files, modes 0600, entries sorted
+ * and non-overlapping, the pages file size, and crit's decoding of every image.
+ */
+export async function checkImagesDir(t: T, dir: string, pid: number): Promise<CheckedDir> {
+  const names = (await readdir(dir)).sort();
+  t.deepEqual(
+    names.filter((n) => !n.startsWith('notes')),
+    ['inventory.img', pagemapFileName(pid), pagesFileName(1), 'stats-dump'].sort(),
+    `files of ${dir}`,
+  );
+  for (const name of names.filter((n) => !n.startsWith('notes'))) {
+    const st = await stat(path.join(dir, name));
+    t.is(st.mode & 0o777, 0o600, `mode of ${name}`);
+    t.true(st.isFile(), `${name} is a regular file`);
+  }
+
+  const d = await readPreDumpDir(dir);
+  t.true(d.complete);
+  t.is(d.pid, pid);
+  t.is(d.pagesId, 1);
+  t.is(d.parent, undefined);
+  t.true(d.entries.length > 0);
+  let prevEnd = 0;
+  for (const e of d.entries) {
+    t.true(e.vaddr % PAGE === 0 && e.nrPages > 0, `entry 0x${e.vaddr.toString(16)}`);
+    t.true(e.vaddr >= prevEnd, `entry 0x${e.vaddr.toString(16)} is sorted and not overlapping`);
+    t.is(e.flags, PE_PRESENT);
+    prevEnd = e.vaddr + e.nrPages * PAGE;
+  }
+  const presentPages = d.entries.reduce((n, e) => n + e.nrPages, 0);
+  const pagesBytes = (await stat(path.join(dir, pagesFileName(1)))).size;
+  t.is(pagesBytes, presentPages * PAGE, 'pages file size = present pages × 4096');
+  t.is(d.pagesFileBytes, pagesBytes);
+  t.is(d.stats?.pagesWritten, presentPages);
+
+  if (CRIT !== undefined) {
+    const inv = await crit(path.join(dir, 'inventory.img'));
+    t.is(inv.magic, 'INVENTORY');
+    t.is(inv.entries.length, 1);
+    t.is(inv.entries[0]!['pre_dump_mode'], 2);
+    t.is(inv.entries[0]!['img_version'], 0);
+    t.true(Number(inv.entries[0]!['dump_uptime']) > 0);
+
+    const pm = await crit(path.join(dir, pagemapFileName(pid)));
+    t.is(pm.magic, 'PAGEMAP');
+    t.deepEqual(pm.entries[0], { pages_id: 1 });
+    // crit 3.17 knows field 2 only, as nr_pages (CRIU 4.2 calls it compat_nr_pages).
+    t.deepEqual(
+      pm.entries.slice(1).map((e) => ({
+        vaddr: Number(e['vaddr']),
+        nrPages: Number(e['nr_pages'] ?? e['compat_nr_pages']),
+        flags: e['flags'],
+      })),
+      d.entries.map((e) => ({ vaddr: e.vaddr, nrPages: e.nrPages, flags: PE_PRESENT })),
+    );
+
+    const st = await crit(path.join(dir, 'stats-dump'));
+    t.is(st.magic, 'STATS');
+    const dump = st.entries[0]!['dump'] as Json;
+    t.is(dump['pages_written'], presentPages);
+    t.is(dump['pages_skipped_parent'], 0);
+    t.true(Number(dump['pages_scanned']) >= presentPages);
+  }
+  return { dir: d, presentPages };
+}
+
+/** sha256 and mtime of every file of a directory. */
+export async function fingerprint(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const name of (await readdir(dir)).sort()) {
+    const file = path.join(dir, name);
+    const st = await stat(file);
+    const hash = createHash('sha256')
+      .update(await readFile(file))
+      .digest('hex');
+    out[name] = `${hash} ${st.mtimeMs} ${st.mode.toString(8)} ${st.size}`;
+  }
+  return out;
+}

@@ -1,0 +1,93 @@
+//! Reference figures measured beside a pre-dump, so that its times can be read
+//! as ratios on a noisy machine: a memcpy of the same size, and
+//! process_vm_readv alone (no image written).
+
+use std::time::{Duration, Instant};
+
+use crate::drain::{self, MAX_IOVS};
+use crate::{Error, PageRange, Result};
+
+/// memcpy of `bytes` from a warm source into a fresh destination (which pays for
+/// its page faults, as a new image file does) and again into the same, now warm,
+/// destination.
+#[derive(Debug, Clone, Copy)]
+pub struct MemcpyTimes {
+    pub fresh: Duration,
+    pub warm: Duration,
+}
+
+pub fn memcpy(bytes: usize) -> Result<MemcpyTimes> {
+    let src = Anon::new(bytes)?;
+    // SAFETY: `src` is a fresh private mapping of `bytes` bytes, ours alone.
+    unsafe { std::ptr::write_bytes(src.ptr, 0x5a, bytes) };
+    let dst = Anon::new(bytes)?;
+    let copy = || {
+        let t = Instant::now();
+        // SAFETY: two distinct live mappings of `bytes` bytes each.
+        unsafe { std::ptr::copy_nonoverlapping(src.ptr, dst.ptr, bytes) };
+        // Keep the copy from being optimised out.
+        // SAFETY: dst is readable and at least one byte long.
+        unsafe { std::ptr::read_volatile(dst.ptr.add(bytes - 1)) };
+        t.elapsed()
+    };
+    let fresh = copy();
+    let warm = copy();
+    Ok(MemcpyTimes { fresh, warm })
+}
+
+/// process_vm_readv of every present page of `pid` (found without freezing it)
+/// into one reused 4 MiB buffer: the floor of read mode's drain, nothing written.
+/// Returns the time and the bytes read.
+pub fn readv_reference(pid: i32) -> Result<(Duration, u64)> {
+    let text = crate::proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+    let vmas = crate::maps::parse_maps(&text)?;
+    let (keep, _) = crate::scan::select(&vmas, &Default::default(), true);
+    let found = crate::scan::Scanner::open(pid)?.present(&keep)?;
+    let t = readv_only(pid, &found.ranges)?;
+    Ok((t, found.pages_present * crate::PAGE_SIZE))
+}
+
+fn readv_only(pid: i32, ranges: &[PageRange]) -> Result<Duration> {
+    let cap = 4 << 20;
+    let buf = Anon::new(cap)?;
+    // SAFETY: `buf` is a live private mapping of `cap` bytes, used only here.
+    let slice = unsafe { std::slice::from_raw_parts_mut(buf.ptr, cap) };
+    let t = Instant::now();
+    for batch in drain::batches(ranges, MAX_IOVS, cap as u64) {
+        drain::fill_userbuf(pid, &batch, slice)?;
+    }
+    Ok(t.elapsed())
+}
+
+/// A private anonymous mapping, unmapped on drop.
+struct Anon {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Anon {
+    fn new(len: usize) -> Result<Anon> {
+        // SAFETY: a fresh anonymous mapping; the kernel picks the address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::sys("mmap", std::io::Error::last_os_error()));
+        }
+        Ok(Anon { ptr: p.cast(), len })
+    }
+}
+
+impl Drop for Anon {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no slice outlives self.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
