@@ -37,7 +37,9 @@ pub enum Error {
     },
 
     /// The process is already traced by another tracer (a debugger, strace, CRIU).
-    #[error("process {pid} (thread {tid}) is already traced by pid {tracer}: detach that tracer first")]
+    #[error(
+        "process {pid} (thread {tid}) is already traced by pid {tracer}: detach that tracer first"
+    )]
     AlreadyTraced { pid: i32, tid: i32, tracer: i32 },
 
     /// The target exited while we were working on it.

@@ -116,9 +116,9 @@ fn is_header(line: &str) -> bool {
     let Some((range, _)) = line.split_once(' ') else {
         return false;
     };
-    range
-        .split_once('-')
-        .is_some_and(|(a, b)| !a.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit()))
+    range.split_once('-').is_some_and(|(a, b)| {
+        !a.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit())
+    })
 }
 
 /// Why a mapping is left out of a pre-dump; `None` means it is dumped.
@@ -205,7 +205,10 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
                 Some(Skip::KernelArea)
             ]
         );
-        let io = VmFlags { io: true, ..Default::default() };
+        let io = VmFlags {
+            io: true,
+            ..Default::default()
+        };
         assert_eq!(skip_reason(&vmas[1], Some(io), true), Some(Skip::Device));
     }
 

@@ -82,7 +82,8 @@ pub fn pre_dump_read(
     let found = found?;
 
     if let Some(p) = progress {
-        p.total.store(found.pages_present * crate::PAGE_SIZE, Ordering::Relaxed);
+        p.total
+            .store(found.pages_present * crate::PAGE_SIZE, Ordering::Relaxed);
     }
     let drain_started = Instant::now();
     let outcome = drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
@@ -147,11 +148,17 @@ fn drain_gated(
     let Some(gate) = std::env::var_os("PREDUMP_TEST_DRAIN_GATE") else {
         return drain::drain(pid, ranges, out, config, progress);
     };
-    let (first, rest) = split_ranges(ranges, (config.buffer_bytes as u64 / crate::PAGE_SIZE).max(1));
+    let (first, rest) = split_ranges(
+        ranges,
+        (config.buffer_bytes as u64 / crate::PAGE_SIZE).max(1),
+    );
     let mut outcome = drain::drain(pid, &first, out, config, progress)?;
     let mut byte = [0u8; 1];
-    std::io::Read::read_exact(&mut File::open(&gate).map_err(|e| Error::sys("opening the drain gate", e))?, &mut byte)
-        .map_err(|e| Error::sys("waiting at the drain gate", e))?;
+    std::io::Read::read_exact(
+        &mut File::open(&gate).map_err(|e| Error::sys("opening the drain gate", e))?,
+        &mut byte,
+    )
+    .map_err(|e| Error::sys("waiting at the drain gate", e))?;
     if outcome.end == DrainEnd::Complete {
         let second = drain::drain(pid, &rest, out, config, progress)?;
         for r in second.regions {
@@ -183,7 +190,10 @@ fn split_ranges(ranges: &[PageRange], mut pages: u64) -> (Vec<PageRange>, Vec<Pa
             first.push(*r);
         } else if pages > 0 {
             first.push(PageRange::new(r.start, pages));
-            rest.push(PageRange::new(r.start + pages * crate::PAGE_SIZE, r.pages - pages));
+            rest.push(PageRange::new(
+                r.start + pages * crate::PAGE_SIZE,
+                r.pages - pages,
+            ));
             pages = 0;
         } else {
             rest.push(*r);

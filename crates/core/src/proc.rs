@@ -44,7 +44,11 @@ pub fn parse_stat(text: &str) -> Result<Stat> {
     let comm = text[open + 1..close].to_string();
     // Fields after comm, numbered from 3 (state) as in proc(5).
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    let field = |n: usize| rest.get(n - 3).copied().ok_or_else(|| bad("too few fields"));
+    let field = |n: usize| {
+        rest.get(n - 3)
+            .copied()
+            .ok_or_else(|| bad("too few fields"))
+    };
     let state = field(3)?.chars().next().ok_or_else(|| bad("empty state"))?;
     let ppid = field(4)?.parse().map_err(|_| bad("bad ppid"))?;
     let flags = field(9)?.parse().map_err(|_| bad("bad flags"))?;

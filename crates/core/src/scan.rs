@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use crate::maps::{Skip, Vma, VmFlags};
+use crate::maps::{Skip, VmFlags, Vma};
 use crate::{Error, PageRange, Result, PAGE_SIZE};
 
 /// include/uapi/linux/fs.h
@@ -40,7 +40,10 @@ struct PmScanArg {
 }
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
+const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
+    | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16)
+    | ((b'f' as libc::c_ulong) << 8)
+    | 16;
 
 pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
@@ -109,15 +112,16 @@ impl Scanner {
 
     /// Like `open`, forcing a method (tests and the kernel matrix use it).
     pub fn open_with(pid: i32, force: Option<ScanMethod>) -> Result<Scanner> {
-        let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
-            Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission {
-                pid,
-                action: "read the page map of",
-                source: e,
-            },
-            _ => Error::sys(format!("open /proc/{pid}/pagemap"), e),
-        })?;
+        let pagemap =
+            File::open(format!("/proc/{pid}/pagemap")).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
+                Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission {
+                    pid,
+                    action: "read the page map of",
+                    source: e,
+                },
+                _ => Error::sys(format!("open /proc/{pid}/pagemap"), e),
+            })?;
         let mut scanner = Scanner {
             pagemap,
             method: ScanMethod::PagemapScan,
@@ -163,7 +167,9 @@ impl Scanner {
     fn scan_ioctl(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
         let mut at = start;
         while at < end {
-            let (n, walk_end) = self.scan_call(at, end).map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
+            let (n, walk_end) = self
+                .scan_call(at, end)
+                .map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
             for r in &self.vec[..n] {
                 push_merged(out, r.start, (r.end - r.start) / PAGE_SIZE);
             }
@@ -192,7 +198,13 @@ impl Scanner {
         // SAFETY: `arg` is a properly sized pm_scan_arg whose `vec` points to
         // `vec_len` writable PageRegion entries owned by `self.vec`, alive for the
         // whole call; the kernel writes only within them and into `arg`.
-        let n = unsafe { libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) };
+        let n = unsafe {
+            libc::ioctl(
+                self.pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -276,7 +288,11 @@ pub fn select<'a>(
     let mut keep = Vec::new();
     let mut skipped = Vec::new();
     for vma in vmas {
-        match crate::maps::skip_reason(vma, flags.get(&(vma.start, vma.end)).copied(), need_readable) {
+        match crate::maps::skip_reason(
+            vma,
+            flags.get(&(vma.start, vma.end)).copied(),
+            need_readable,
+        ) {
             None => keep.push(vma),
             Some(why) => skipped.push((vma, why)),
         }
@@ -340,7 +356,11 @@ mod tests {
             PageRange::new(base + 63 * PAGE_SIZE, 1),
         ];
         let mut ioctl = Scanner::open(me).unwrap();
-        assert_eq!(ioctl.method(), ScanMethod::PagemapScan, "this kernel has PAGEMAP_SCAN");
+        assert_eq!(
+            ioctl.method(),
+            ScanMethod::PagemapScan,
+            "this kernel has PAGEMAP_SCAN"
+        );
         let a = ioctl.present(&[&vma]).unwrap();
         let mut read = Scanner::open_with(me, Some(ScanMethod::PagemapRead)).unwrap();
         let b = read.present(&[&vma]).unwrap();
@@ -358,6 +378,9 @@ mod tests {
         push_merged(&mut v, 0x1000, 2);
         push_merged(&mut v, 0x3000, 1);
         push_merged(&mut v, 0x5000, 1);
-        assert_eq!(v, vec![PageRange::new(0x1000, 3), PageRange::new(0x5000, 1)]);
+        assert_eq!(
+            v,
+            vec![PageRange::new(0x1000, 3), PageRange::new(0x5000, 1)]
+        );
     }
 }

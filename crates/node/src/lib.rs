@@ -188,23 +188,40 @@ pub fn check_pattern<'env>(
         .chunks_exact(2)
         .map(|p| predump_core::PageRange::new(p[0] as u64, p[1] as u64))
         .collect();
-    let areas: Vec<(u64, u64)> = areas.chunks_exact(2).map(|a| (a[0] as u64, a[0] as u64 + a[1] as u64)).collect();
+    let areas: Vec<(u64, u64)> = areas
+        .chunks_exact(2)
+        .map(|a| (a[0] as u64, a[0] as u64 + a[1] as u64))
+        .collect();
     let mut runs: Vec<(u64, u64, u32)> = epochs
         .chunks_exact(3)
-        .map(|r| (r[0] as u64, r[0] as u64 + r[1] as u64 * predump_core::PAGE_SIZE, r[2] as u32))
+        .map(|r| {
+            (
+                r[0] as u64,
+                r[0] as u64 + r[1] as u64 * predump_core::PAGE_SIZE,
+                r[2] as u32,
+            )
+        })
         .collect();
     runs.sort_unstable();
     on_tracer_thread(env, move || {
-        let file = std::fs::File::open(&pages_path).map_err(|e| predump_core::Error::sys(format!("open {pages_path}"), e))?;
+        let file = std::fs::File::open(&pages_path)
+            .map_err(|e| predump_core::Error::sys(format!("open {pages_path}"), e))?;
         let expected = |addr: u64| {
             let i = runs.partition_point(|r| r.0 <= addr);
             if i > 0 && addr < runs[i - 1].1 {
                 return Some(runs[i - 1].2);
             }
-            areas.iter().any(|&(s, e)| addr >= s && addr < e).then_some(0)
+            areas
+                .iter()
+                .any(|&(s, e)| addr >= s && addr < e)
+                .then_some(0)
         };
-        let r = predump_core::pattern::check_pages_file(std::io::BufReader::new(file), &regions, expected)
-            .map_err(|e| predump_core::Error::sys(format!("reading {pages_path}"), e))?;
+        let r = predump_core::pattern::check_pages_file(
+            std::io::BufReader::new(file),
+            &regions,
+            expected,
+        )
+        .map_err(|e| predump_core::Error::sys(format!("reading {pages_path}"), e))?;
         Ok(PatternCheck {
             pages_checked: r.pages_checked as f64,
             pages_skipped: r.pages_skipped as f64,
