@@ -90,6 +90,10 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     throw new PredumpError('EINVAL', `pid must be a positive integer, got ${pid}`);
   }
   const started = performance.now();
+  // A target that cannot be pre-dumped is reported before the directory is touched.
+  await native.checkTarget(pid).catch((err: unknown) => {
+    throw fromNative(err);
+  });
   const dir = await openImagesDir(options.imagesDir);
   const pagesId = 1;
   const progress = new native.Progress();

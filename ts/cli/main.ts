@@ -30,11 +30,11 @@ export async function main(argv: string[]): Promise<void> {
       'Exit status: 0 ok, 1 the operation failed (nothing complete was written), 2 bad command\n' +
         'line, 3 partial pre-dump (the target exited while its pages were copied).',
     )
-    .fail((msg, err, y) => {
-      if (err) throw err;
-      process.stderr.write(
-        `${y.help() ? '' : ''}predump: ${msg}\nRun 'predump --help' for usage.\n`,
-      );
+    // Handlers report their own failures; what reaches here is a bad command line
+    // (a yargs message, or an Error thrown by a command's .check()).
+    .fail((msg: string | undefined, err: Error | undefined, y) => {
+      y.showHelp();
+      process.stderr.write(`\npredump: ${msg ?? err?.message ?? 'bad command line'}\n`);
       process.exit(EXIT.usage);
     })
     .parseAsync();

@@ -46,7 +46,13 @@ export function builder(yargs: Argv) {
       describe: 'print the result as one JSON object on stdout',
     })
     .example('predump pre-dump -t 4242 -D /tmp/img', 'pre-dump pid 4242 into /tmp/img')
-    .example('predump pre-dump -t 4242 -D /tmp/img --json | jq .frozenMs', 'frozen time only');
+    .example('predump pre-dump -t 4242 -D /tmp/img --json', 'the result as JSON on stdout')
+    .check((argv) => {
+      if (!Number.isInteger(argv.tree) || argv.tree <= 0) {
+        throw new Error('-t/--tree must be a pid: a positive integer');
+      }
+      return true;
+    });
 }
 
 export async function handler(args: Args): Promise<void> {

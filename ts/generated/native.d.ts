@@ -18,6 +18,12 @@ export declare class Progress {
  */
 export declare function checkPattern(pagesPath: string, regions: Float64Array, areas: Float64Array, epochs: Float64Array): Promise<PatternCheck>
 
+/**
+ * Checks that `pid` can be pre-dumped (exists, is not us, not a kernel
+ * thread, not a zombie, not our child) without touching it.
+ */
+export declare function checkTarget(pid: number): Promise<void>
+
 /** Times a memcpy of `bytes` (fresh and warm destination) on its own thread. */
 export declare function memcpyReference(bytes: number): Promise<MemcpyReference>
 

@@ -95,7 +95,7 @@ pub fn read_pre_dump<'env>(
     let pid = options.pid;
     let path = PathBuf::from(options.pages_path);
     let progress = progress.map(|p| p.inner.clone());
-    on_tracer_thread(env, move || {
+    on_own_thread(env, move || {
         core_predump::pre_dump_read(pid, &path, &config, progress.as_deref()).map(report)
     })
 }
@@ -134,7 +134,9 @@ fn report(r: CoreReport) -> ReadPreDumpReport {
 }
 
 /// Runs `job` on a new, dedicated OS thread and returns a promise of its result.
-fn on_tracer_thread<'env, T, F>(env: &'env Env, job: F) -> Result<Object<'env>>
+/// For the pre-dump itself that thread is the tracer: every ptrace request of
+/// the job comes from it.
+fn on_own_thread<'env, T, F>(env: &'env Env, job: F) -> Result<Object<'env>>
 where
     T: ToNapiValue + Send + 'static,
     F: FnOnce() -> predump_core::Result<T> + Send + 'static,
@@ -203,7 +205,7 @@ pub fn check_pattern<'env>(
         })
         .collect();
     runs.sort_unstable();
-    on_tracer_thread(env, move || {
+    on_own_thread(env, move || {
         let file = std::fs::File::open(&pages_path)
             .map_err(|e| predump_core::Error::sys(format!("open {pages_path}"), e))?;
         let expected = |addr: u64| {
@@ -244,7 +246,7 @@ pub struct MemcpyReference {
 /// Times a memcpy of `bytes` (fresh and warm destination) on its own thread.
 #[napi(ts_return_type = "Promise<MemcpyReference>")]
 pub fn memcpy_reference<'env>(env: &'env Env, bytes: f64) -> Result<Object<'env>> {
-    on_tracer_thread(env, move || {
+    on_own_thread(env, move || {
         let t = predump_core::bench::memcpy(bytes as usize)?;
         Ok(MemcpyReference {
             fresh_ms: t.fresh.as_secs_f64() * 1e3,
@@ -262,11 +264,18 @@ pub struct ReadvReference {
 
 #[napi(ts_return_type = "Promise<ReadvReference>")]
 pub fn readv_reference<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
-    on_tracer_thread(env, move || {
+    on_own_thread(env, move || {
         let (t, bytes) = predump_core::bench::readv_reference(pid)?;
         Ok(ReadvReference {
             ms: t.as_secs_f64() * 1e3,
             bytes: bytes as f64,
         })
     })
+}
+
+/// Checks that `pid` can be pre-dumped (exists, is not us, not a kernel
+/// thread, not a zombie, not our child) without touching it.
+#[napi(ts_return_type = "Promise<void>")]
+pub fn check_target<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
+    on_own_thread(env, move || predump_core::proc::check_target(pid).map(|_| ()))
 }
