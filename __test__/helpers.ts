@@ -8,9 +8,18 @@
 import type { ExecutionContext } from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { constants, existsSync } from 'node:fs';
+import {
+  mkdtemp,
+  open,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  type FileHandle,
+} from 'node:fs/promises';
+import { setPriority, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -54,9 +63,10 @@ export function startProcess(
   command: string,
   args: string[],
   env: NodeJS.ProcessEnv = {},
+  cwd = ROOT,
 ): RunningCli {
   const child = spawn(command, args, {
-    cwd: ROOT,
+    cwd,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -72,13 +82,17 @@ export function startProcess(
 }
 
 /** Starts `node bin/predump.js args…`. */
-export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): RunningCli {
-  return startProcess(NODE, [BIN, ...args], env);
+export function startCli(args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT): RunningCli {
+  return startProcess(NODE, [BIN, ...args], env, cwd);
 }
 
 /** Runs `node bin/predump.js args…` to its end. */
-export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
-  return startCli(args, env).done;
+export function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  cwd = ROOT,
+): Promise<CliResult> {
+  return startCli(args, env, cwd).done;
 }
 
 /** The one JSON object of a `--json` run's stdout. */
@@ -134,13 +148,32 @@ export function mkfifo(file: string): Promise<unknown> {
   return execFileP('mkfifo', ['-m', '0600', file]);
 }
 
+/** Opens the gate FIFO for writing: returns once the CLI waits at it (first part drained). */
+export async function reachGate(gate: string, cli: RunningCli): Promise<FileHandle> {
+  const opening = open(gate, 'w');
+  const first = await Promise.race([
+    opening.then((fh) => ({ fh })),
+    cli.done.then((r: CliResult) => ({ r })),
+  ]);
+  if ('fh' in first) return first.fh;
+  // The CLI ended before the gate: release our pending open, then fail.
+  const rd = await open(gate, constants.O_RDONLY | constants.O_NONBLOCK);
+  await (await opening).close();
+  await rd.close();
+  throw new Error(`the CLI exited before the gate (${first.r.code}): ${first.r.stderr}`);
+}
+
 // ---- the workload ----------------------------------------------------------------------------
 
 export interface Target {
   w: Workload;
   pid: number;
+  /** Threads it has when idle: the command thread, compute threads, the churn thread. */
+  threads: number;
   /** Kills it now (SIGKILL by pid) and waits until it is gone. */
   kill(): Promise<void>;
+  /** Waits until only its long-lived threads are left (a bounded number of looks). */
+  settle(): Promise<void>;
 }
 
 /**
@@ -150,21 +183,61 @@ export interface Target {
 export async function startWorkload(t: T, options: WorkloadOptions): Promise<Target> {
   const w = await Workload.start(options);
   let gone = false;
-  const target: Target = {
-    w,
-    pid: w.pid,
-    async kill() {
-      if (gone) return;
-      gone = true;
-      await w.kill();
-    },
-  };
   t.teardown(async () => {
     if (gone) return;
     gone = true;
     await w.stop();
   });
+  const threads = w.threads + 1 + (options.churn ? 1 : 0);
+  const target: Target = {
+    w,
+    pid: w.pid,
+    threads,
+    async kill() {
+      if (gone) return;
+      gone = true;
+      await w.kill();
+    },
+    async settle() {
+      // The workload fills and checks its memory with short-lived helper threads, which
+      // may still be exiting (unmapping their signal stacks) after it has answered.
+      for (let i = 0; i < 1000; i++) {
+        const n = (await readdir(`/proc/${w.pid}/task`)).length;
+        if (n === threads) return;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      throw new Error(`workload ${w.pid} still does not have ${threads} threads`);
+    },
+  };
+  // The ready line comes before the compute threads have started (each maps its signal
+  // stack, and may make a malloc arena, as it starts): wait until every one has done a pass,
+  // so that the target's memory map is settled before a test looks at it.
+  if (!(await computing(w))) throw new Error(`workload ${w.pid}: compute threads do not run`);
+  await target.settle();
+  // Its compute threads spin on every core; the CLI processes under test (and the other test
+  // files) start faster when they come first. Per thread: setpriority on a pid is per task.
+  for (const tid of await readdir(`/proc/${w.pid}/task`)) {
+    try {
+      setPriority(Number(tid), 19);
+    } catch {
+      // a helper thread that just exited
+    }
+  }
   return target;
+}
+
+/**
+ * Waits until every compute thread of `w` has made progress since the call (a bounded
+ * number of looks at its counters); false if one did not.
+ */
+export async function computing(w: Workload): Promise<boolean> {
+  const first = (await w.command<{ compute: number[] }>('progress')).compute;
+  for (let i = 0; i < 1000; i++) {
+    const now = (await w.command<{ compute: number[] }>('progress')).compute;
+    if (now.every((n, k) => n > first[k]!)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return false;
 }
 
 // ---- /proc -----------------------------------------------------------------------------------
@@ -200,7 +273,10 @@ export async function assertRunningUntraced(t: T, pid: number): Promise<void> {
   for (const tid of tids) {
     const s = await procState(pid, Number(tid));
     if (s === undefined) continue; // a thread that exited meanwhile
-    t.false(['t', 'T', 'Z', 'X'].includes(s.state), `thread ${tid} of ${pid} is in state ${s.state}`);
+    t.false(
+      ['t', 'T', 'Z', 'X'].includes(s.state),
+      `thread ${tid} of ${pid} is in state ${s.state}`,
+    );
     t.is(s.tracerPid, 0, `thread ${tid} of ${pid} is traced by ${s.tracerPid}`);
   }
 }
@@ -212,7 +288,8 @@ export interface ProcSnapshot {
 
 /** The memory map and the open files (fd → readlink) of a process. */
 export async function snapshot(pid: number): Promise<ProcSnapshot> {
-  const maps = await readFile(`/proc/${pid}/maps`, 'utf8');
+  // " (deleted)": someone rebuilt the binary meanwhile; the mapping is the same.
+  const maps = (await readFile(`/proc/${pid}/maps`, 'utf8')).replace(/ \(deleted\)$/gm, '');
   const fds: Record<string, string> = {};
   for (const fd of await readdir(`/proc/${pid}/fd`)) {
     fds[fd] = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '?');
@@ -250,7 +327,12 @@ export interface CheckedDir {
  * Checks a complete pre-dump directory of `pid`: the set of files, modes 0600, entries sorted
  * and non-overlapping, the pages file size, and crit's decoding of every image.
  */
-export async function checkImagesDir(t: T, dir: string, pid: number): Promise<CheckedDir> {
+export async function checkImagesDir(
+  t: T,
+  dir: string,
+  pid: number,
+  options: { crit?: boolean } = {},
+): Promise<CheckedDir> {
   const names = (await readdir(dir)).sort();
   t.deepEqual(
     names.filter((n) => !n.startsWith('notes')),
@@ -282,7 +364,7 @@ export async function checkImagesDir(t: T, dir: string, pid: number): Promise<Ch
   t.is(d.pagesFileBytes, pagesBytes);
   t.is(d.stats?.pagesWritten, presentPages);
 
-  if (CRIT !== undefined) {
+  if (CRIT !== undefined && options.crit !== false) {
     const inv = await crit(path.join(dir, 'inventory.img'));
     t.is(inv.magic, 'INVENTORY');
     t.is(inv.entries.length, 1);

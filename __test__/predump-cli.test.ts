@@ -3,7 +3,7 @@
  * leaves (checked page by page, and by crit), `predump show`, and `predump demo`.
  */
 import test from 'ava';
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { pagesFileName } from '../ts/images/index.js';
@@ -43,110 +43,145 @@ interface PreDumpJson {
   drainMBps: number;
 }
 
-test.serial('pre-dump of a 128 MiB workload through the CLI: complete, correct, CRIU-readable images', async (t) => {
-  const size = 128 * MiB;
-  const target = await startWorkload(t, { sizeBytes: size, threads: 2 });
-  const before = await snapshot(target.pid);
-  const tmp = await tempDir(t);
-  const dir = path.join(tmp, 'images');
+test.serial(
+  'pre-dump of a 128 MiB workload through the CLI: complete, correct, CRIU-readable images',
+  async (t) => {
+    const size = 128 * MiB;
+    const target = await startWorkload(t, { sizeBytes: size, threads: 2 });
+    const before = await snapshot(target.pid);
+    const tmp = await tempDir(t);
+    const dir = path.join(tmp, 'images');
 
-  const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir, '--json']);
-  t.is(r.code, 0, r.stderr);
-  const j = parseJson<PreDumpJson>(t, r);
-  t.is(j.ok, true);
-  t.is(j.pid, target.pid);
-  t.is(j.imagesDir, dir);
-  t.is(j.mode, 'read');
-  t.false(j.partial);
-  t.is(j.threads, 3, 'the command thread and 2 compute threads');
-  t.regex(j.scanMethod, /^(PAGEMAP_SCAN|pagemap)$/);
-  t.is(j.pagesGone, 0);
-  t.is(j.pagesWritten, j.pagesPresent);
-  t.true(j.pagesScanned >= j.pagesPresent);
-  t.is(j.bytesWritten, j.pagesWritten * PAGE);
-  for (const k of ['freezingMs', 'frozenMs', 'stoppedWindowMs', 'scanMs', 'drainMs', 'totalMs']) {
-    const v = j[k as keyof PreDumpJson] as number;
-    t.true(Number.isFinite(v) && v >= 0, `${k} = ${v}`);
-  }
-  t.regex(r.stderr, new RegExp(`pre-dumped pid ${target.pid} \\(3 threads\\) into `));
-
-  // The directory the tool made is 0700; the files are 0600 (checked in checkImagesDir).
-  t.is((await stat(dir)).mode & 0o777, 0o700);
-  const { dir: d, presentPages } = await checkImagesDir(t, dir, target.pid);
-  t.is(presentPages, j.pagesWritten, '--json pagesWritten = pages in the image');
-  t.is(d.entries.length, j.pagemapEntries);
-  t.is(d.stats?.pagesScanned, j.pagesScanned);
-
-  // Every page of the workload's pattern memory holds what it must.
-  const check = await target.w.checkImage(path.join(dir, pagesFileName(1)), d.entries);
-  t.is(check.mismatches, 0, `first wrong pages: ${check.firstMismatches.map((a) => a.toString(16))}`);
-  t.is(check.trailingBytes, 0);
-  t.true(check.pagesChecked >= size / PAGE, `${check.pagesChecked} pages checked`);
-
-  // predump show agrees with the images.
-  const s = await runCli(['show', dir, '--json']);
-  t.is(s.code, 0, s.stderr);
-  const shown = parseJson<ImagesSummary>(t, s);
-  t.true(shown.complete);
-  t.is(shown.kind, 'pre-dump');
-  t.is(shown.mode, 'read');
-  t.is(shown.pid, target.pid);
-  t.is(shown.pagesPresent, presentPages);
-  t.is(shown.pagesInParent, 0);
-  t.is(shown.pagesFileBytes, presentPages * PAGE);
-  t.is(shown.stats?.pagesWritten, j.pagesWritten);
-  t.deepEqual(
-    shown.entries.map((e) => [e.vaddr, e.nrPages, e.flags, e.flagNames.join('|')]),
-    d.entries.map((e) => [e.vaddr, e.nrPages, e.flags, 'PE_PRESENT']),
-  );
-  const human = await runCli(['show', dir]);
-  t.is(human.code, 0, human.stderr);
-  t.regex(human.stdout, /: complete pre-dump/);
-  t.regex(human.stdout, new RegExp(`pages present\\s+${presentPages}\\b`));
-
-  // The target runs on as before.
-  await assertRunningUntraced(t, target.pid);
-  t.deepEqual(await snapshot(target.pid), before);
-  t.like(await target.w.selfCheck(), { ok: true, mismatches: 0, computeErrors: 0 });
-});
-
-test.serial('pre-dump into an existing empty directory keeps its mode and other files', async (t) => {
-  const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
-  const dir = await tempDir(t);
-  await chmod(dir, 0o755);
-  await writeFile(path.join(dir, 'notes.txt'), 'not an image\n');
-
-  const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir]);
-  t.is(r.code, 0, r.stderr);
-  t.is(r.stdout, '', 'without --json nothing goes to stdout');
-  t.regex(r.stderr, /pre-dumped pid \d+ \(2 threads\)/);
-  t.is((await stat(dir)).mode & 0o777, 0o755);
-  t.is(await readFile(path.join(dir, 'notes.txt'), 'utf8'), 'not an image\n');
-  const { dir: d } = await checkImagesDir(t, dir, target.pid);
-  const check = await target.w.checkImage(path.join(dir, pagesFileName(1)), d.entries);
-  t.is(check.mismatches, 0);
-  t.true(check.pagesChecked >= (16 * MiB) / PAGE);
-  await assertRunningUntraced(t, target.pid);
-  t.true((await target.w.selfCheck()).ok);
-});
-
-test.serial('a second pre-dump after the target rewrote pages holds the new contents', async (t) => {
-  const target = await startWorkload(t, { sizeBytes: 32 * MiB, threads: 2 });
-  const tmp = await tempDir(t);
-  for (let round = 1; round <= 3; round++) {
-    const dirtied = await target.w.dirty(200, round);
-    t.true(dirtied.dirtied > 0);
-    const dir = path.join(tmp, `round-${round}`);
     const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir, '--json']);
     t.is(r.code, 0, r.stderr);
-    t.is(parseJson<PreDumpJson>(t, r).pagesGone, 0);
+    const j = parseJson<PreDumpJson>(t, r);
+    t.is(j.ok, true);
+    t.is(j.pid, target.pid);
+    t.is(j.imagesDir, dir);
+    t.is(j.mode, 'read');
+    t.false(j.partial);
+    t.is(j.threads, 3, 'the command thread and 2 compute threads');
+    t.regex(j.scanMethod, /^(PAGEMAP_SCAN|pagemap)$/);
+    t.is(j.pagesGone, 0);
+    t.is(j.pagesWritten, j.pagesPresent);
+    t.true(j.pagesScanned >= j.pagesPresent);
+    t.is(j.bytesWritten, j.pagesWritten * PAGE);
+    for (const k of ['freezingMs', 'frozenMs', 'stoppedWindowMs', 'scanMs', 'drainMs', 'totalMs']) {
+      const v = j[k as keyof PreDumpJson] as number;
+      t.true(Number.isFinite(v) && v >= 0, `${k} = ${v}`);
+    }
+    t.regex(r.stderr, new RegExp(`pre-dumped pid ${target.pid} \\(3 threads\\) into `));
+
+    // The directory the tool made is 0700; the files are 0600 (checked in checkImagesDir).
+    t.is((await stat(dir)).mode & 0o777, 0o700);
+    const { dir: d, presentPages } = await checkImagesDir(t, dir, target.pid);
+    t.is(presentPages, j.pagesWritten, '--json pagesWritten = pages in the image');
+    t.is(d.entries.length, j.pagemapEntries);
+    t.is(d.stats?.pagesScanned, j.pagesScanned);
+
+    // Every page of the workload's pattern memory holds what it must.
+    const check = await target.w.checkImage(path.join(dir, pagesFileName(1)), d.entries);
+    t.is(
+      check.mismatches,
+      0,
+      `first wrong pages: ${check.firstMismatches.map((a) => a.toString(16))}`,
+    );
+    t.is(check.trailingBytes, 0);
+    t.true(check.pagesChecked >= size / PAGE, `${check.pagesChecked} pages checked`);
+
+    // predump show agrees with the images.
+    const s = await runCli(['show', dir, '--json']);
+    t.is(s.code, 0, s.stderr);
+    const shown = parseJson<ImagesSummary>(t, s);
+    t.true(shown.complete);
+    t.is(shown.kind, 'pre-dump');
+    t.is(shown.mode, 'read');
+    t.is(shown.pid, target.pid);
+    t.is(shown.pagesPresent, presentPages);
+    t.is(shown.pagesInParent, 0);
+    t.is(shown.pagesFileBytes, presentPages * PAGE);
+    t.is(shown.stats?.pagesWritten, j.pagesWritten);
+    t.deepEqual(
+      shown.entries.map((e) => [e.vaddr, e.nrPages, e.flags, e.flagNames.join('|')]),
+      d.entries.map((e) => [e.vaddr, e.nrPages, e.flags, 'PE_PRESENT']),
+    );
+    const human = await runCli(['show', dir]);
+    t.is(human.code, 0, human.stderr);
+    t.regex(human.stdout, /: complete pre-dump/);
+    t.regex(human.stdout, new RegExp(`pages present\\s+${presentPages}\\b`));
+
+    // The target runs on as before.
+    await assertRunningUntraced(t, target.pid);
+    t.deepEqual(await snapshot(target.pid), before);
+    t.like(await target.w.selfCheck(), { ok: true, mismatches: 0, computeErrors: 0 });
+  },
+);
+
+test.serial(
+  'pre-dump into an existing empty directory keeps its mode and other files',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
+    const dir = await tempDir(t);
+    await chmod(dir, 0o755);
+    await writeFile(path.join(dir, 'notes.txt'), 'not an image\n');
+
+    const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir]);
+    t.is(r.code, 0, r.stderr);
+    t.is(r.stdout, '', 'without --json nothing goes to stdout');
+    t.regex(r.stderr, /pre-dumped pid \d+ \(2 threads\)/);
+    t.is((await stat(dir)).mode & 0o777, 0o755);
+    t.is(await readFile(path.join(dir, 'notes.txt'), 'utf8'), 'not an image\n');
     const { dir: d } = await checkImagesDir(t, dir, target.pid);
     const check = await target.w.checkImage(path.join(dir, pagesFileName(1)), d.entries);
-    t.is(check.mismatches, 0, `round ${round}`);
-    t.true(check.pagesChecked >= (32 * MiB) / PAGE);
+    t.is(check.mismatches, 0);
+    t.true(check.pagesChecked >= (16 * MiB) / PAGE);
     await assertRunningUntraced(t, target.pid);
-  }
-  t.true((await target.w.selfCheck()).ok);
+    t.true((await target.w.selfCheck()).ok);
+  },
+);
+
+test.serial(
+  'a second pre-dump after the target rewrote pages holds the new contents',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 32 * MiB, threads: 2 });
+    const tmp = await tempDir(t);
+    for (let round = 1; round <= 3; round++) {
+      const dirtied = await target.w.dirty(200, round);
+      t.true(dirtied.dirtied > 0);
+      const dir = path.join(tmp, `round-${round}`);
+      const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir, '--json']);
+      t.is(r.code, 0, r.stderr);
+      t.is(parseJson<PreDumpJson>(t, r).pagesGone, 0);
+      const { dir: d } = await checkImagesDir(t, dir, target.pid);
+      const check = await target.w.checkImage(path.join(dir, pagesFileName(1)), d.entries);
+      t.is(check.mismatches, 0, `round ${round}`);
+      t.true(check.pagesChecked >= (32 * MiB) / PAGE);
+      await assertRunningUntraced(t, target.pid);
+    }
+    t.true((await target.w.selfCheck()).ok);
+  },
+);
+
+test.serial('a relative images directory is taken from the working directory', async (t) => {
+  const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 1 });
+  const cwd = await tempDir(t);
+  const r = await runCli(
+    ['pre-dump', '-t', String(target.pid), '-D', 'rel/images', '--json'],
+    {},
+    cwd,
+  );
+  t.is(r.code, 1, 'the parent rel/ does not exist');
+  t.is(parseJson<{ error: { code: string } }>(t, r).error.code, 'EDIR');
+  const ok = await runCli(
+    ['pre-dump', '-t', String(target.pid), '-D', 'images', '--json'],
+    {},
+    cwd,
+  );
+  t.is(ok.code, 0, ok.stderr);
+  const j = parseJson<PreDumpJson>(t, ok);
+  t.is(j.imagesDir, path.join(cwd, 'images'), 'reported as an absolute path');
+  await checkImagesDir(t, path.join(cwd, 'images'), target.pid, { crit: false });
+  await assertRunningUntraced(t, target.pid);
 });
 
 test.serial('predump demo runs with no arguments', async (t) => {
@@ -178,4 +213,29 @@ test.serial('predump demo --json prints one JSON object', async (t) => {
   const s = parseJson<ImagesSummary>(t, await runCli(['show', dir, '--json']));
   t.true(s.complete);
   t.is(s.pagesPresent, j.result.pagesWritten);
+});
+
+test.serial('predump show: missing, incomplete and corrupt directories', async (t) => {
+  const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 1 });
+  const tmp = await tempDir(t);
+  const missing = await runCli(['show', path.join(tmp, 'nothing'), '--json']);
+  t.is(missing.code, 1);
+  t.is(parseJson<{ error: { code: string } }>(t, missing).error.code, 'EDIR');
+  t.regex(missing.stderr, /no such directory/);
+
+  const dir = path.join(tmp, 'images');
+  t.is((await runCli(['pre-dump', '-t', String(target.pid), '-D', dir])).code, 0);
+  await rm(path.join(dir, 'inventory.img'));
+  const incomplete = await runCli(['show', dir, '--json']);
+  t.is(incomplete.code, 0, incomplete.stderr);
+  const s = parseJson<ImagesSummary>(t, incomplete);
+  t.false(s.complete);
+  t.is(s.pid, target.pid);
+  t.regex((await runCli(['show', dir])).stdout, /INCOMPLETE \(no inventory\.img\)/);
+
+  await writeFile(path.join(dir, 'inventory.img'), 'junk');
+  const corrupt = await runCli(['show', dir, '--json']);
+  t.is(corrupt.code, 1);
+  t.is(parseJson<{ error: { code: string } }>(t, corrupt).error.code, 'EIMAGE');
+  t.regex(corrupt.stderr, /inventory\.img: not a CRIU image/);
 });

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import type * as Binding from './generated/native.js';
 
-export type { ReadPreDumpReport, ReadPreDumpOptions } from './generated/native.js';
+export type { PreDumpReport, PreDumpOptions } from './generated/native.js';
 
 /** The package's top directory (dist/.. or ts/..). */
 export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

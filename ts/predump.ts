@@ -22,7 +22,11 @@ export interface PreDumpOptions {
   pid: number;
   /** Where the images go: created 0700 if missing; must hold no images. */
   imagesDir: string;
-  /** How pages are drained. Only 'read' is available in this version. */
+  /**
+   * How pages are drained: 'read' (default) copies them with process_vm_readv
+   * after thaw; 'splice' references them into pipes while frozen (CRIU's
+   * default), falling back to read mode where vmsplice is refused.
+   */
   mode?: PreDumpModeName;
   /** Size of each drain buffer in bytes (default 4 MiB, rounded to the pipe size). */
   bufferBytes?: number;
@@ -41,7 +45,17 @@ export interface PreDumpOptions {
 export interface PreDumpResult {
   pid: number;
   imagesDir: string;
+  /** The mode used ('read' after a splice fallback). */
   mode: PreDumpModeName;
+  requestedMode: PreDumpModeName;
+  /** Why splice mode fell back to read mode. */
+  fallback: string | null;
+  /** Splice mode: pipes used and the bytes of the target pinned in them until drained. */
+  pipes: number;
+  pinnedBytes: number;
+  /** Splice mode: system calls run inside the frozen target, and their time. */
+  injectedCalls: number;
+  injectMs: number;
   /** The target exited while its pages were copied: the images hold only what was read. */
   partial: boolean;
   threads: number;
@@ -79,11 +93,8 @@ const PAGE = 4096;
 /** Pre-dumps a live process into a new CRIU image directory. */
 export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const mode = options.mode ?? 'read';
-  if (mode !== 'read') {
-    throw new PredumpError(
-      'EUNSUPPORTED',
-      `pre-dump mode '${mode}' is not available yet: use --pre-dump-mode read`,
-    );
+  if (mode !== 'read' && mode !== 'splice') {
+    throw new PredumpError('EINVAL', `unknown pre-dump mode '${String(mode)}': use read or splice`);
   }
   const { pid } = options;
   if (!Number.isInteger(pid) || pid <= 0) {
@@ -102,9 +113,10 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     : undefined;
   try {
     const report = await abortable(
-      native.readPreDump(
+      native.preDump(
         {
           pid,
+          mode,
           pagesPath: path.join(dir.path, pagesFileName(pagesId)),
           bufferBytes: options.bufferBytes,
         },
@@ -132,10 +144,13 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
         pagesSkippedParent: 0,
         pagesWritten: report.pagesWritten,
         pagesLazy: 0,
-        pagePipes: 1,
+        pagePipes: Math.max(1, report.pipes),
         pagePipeBufs: entries.length,
       },
-      inventory: { dumpUptime: BigInt(report.dumpUptimeUs), preDumpMode: PRE_DUMP_MODE.read },
+      inventory: {
+        dumpUptime: BigInt(report.dumpUptimeUs),
+        preDumpMode: report.mode === 'splice' ? PRE_DUMP_MODE.splice : PRE_DUMP_MODE.read,
+      },
     }).catch((err: unknown) => {
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
@@ -148,7 +163,13 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     return {
       pid,
       imagesDir: dir.path,
-      mode,
+      mode: report.mode as PreDumpModeName,
+      requestedMode: mode,
+      fallback: report.fallback ?? null,
+      pipes: report.pipes,
+      pinnedBytes: report.pinnedBytes,
+      injectedCalls: report.injectedCalls,
+      injectMs: report.injectUs / 1000,
       partial: report.partial,
       threads: report.threads,
       scanMethod: report.scanMethod,

@@ -18,6 +18,8 @@ export interface WorkloadOptions {
   threads?: number;
   /** Keep mapping, mprotecting and unmapping an area of its own. */
   churn?: boolean;
+  /** A seccomp filter makes vmsplice fail with EPERM (as container profiles do). */
+  denyVmsplice?: boolean;
 }
 
 export interface Area {
@@ -94,6 +96,7 @@ export class Workload {
       String(options.threads ?? 1),
     ];
     if (options.churn) args.push('--churn');
+    if (options.denyVmsplice) args.push('--deny-vmsplice');
     // Not our child: Node's waitpid on a child would take the ptrace stops of
     // the freeze (and report them as an exit).
     args.push('--grandchild');

@@ -3,6 +3,7 @@
  */
 import yargs from 'yargs';
 import { EXIT } from '../errors.js';
+import { printJson } from './output.js';
 import * as demo from './demo.js';
 import * as preDump from './pre-dump.js';
 import * as show from './show.js';
@@ -33,8 +34,11 @@ export async function main(argv: string[]): Promise<void> {
     // Handlers report their own failures; what reaches here is a bad command line
     // (a yargs message, or an Error thrown by a command's .check()).
     .fail((msg: string | undefined, err: Error | undefined, y) => {
+      const message = msg ?? err?.message ?? 'bad command line';
+      // Scripts asked for JSON: they get the error as JSON too.
+      if (argv.includes('--json')) printJson({ ok: false, error: { code: 'EUSAGE', message } });
       y.showHelp();
-      process.stderr.write(`\npredump: ${msg ?? err?.message ?? 'bad command line'}\n`);
+      process.stderr.write(`\npredump: ${message}\n`);
       process.exit(EXIT.usage);
     })
     .parseAsync();

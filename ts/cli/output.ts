@@ -72,6 +72,7 @@ export function reportError(err: unknown, json: boolean): number {
       : new PredumpError('EINTERNAL', err instanceof Error ? err.message : String(err));
   if (json) printJson({ ok: false, error: { code: e.code, message: e.message } });
   say(`predump: error: ${e.message}`);
+  if (e.code === 'EUSAGE') return EXIT.usage;
   if (e.code === 'EINTERNAL' && err instanceof Error && err.stack && process.env.PREDUMP_DEBUG) {
     say(err.stack);
   }

@@ -38,7 +38,9 @@ export function builder(yargs: Argv) {
       choices: ['read', 'splice'] as const,
       default: 'read' as const,
       describe:
-        'read: find pages while frozen, copy them after thaw with process_vm_readv (the default)',
+        'read: find the pages while frozen, copy them after thaw with process_vm_readv. ' +
+        'splice: also reference them into pipes while frozen, by vmsplice run inside the target ' +
+        "(CRIU's default; longer frozen, pins the memory until written)",
     })
     .option('json', {
       type: 'boolean',
@@ -88,6 +90,9 @@ async function run(args: Args): Promise<number> {
     process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
   }
   if (args.json) printJson({ ok: true, ...result });
+  if (result.fallback) {
+    say(`predump: warning: splice mode is not possible here (${result.fallback}): used read mode`);
+  }
   say(summary(result));
   if (result.partial) {
     say(
@@ -103,7 +108,13 @@ export function summary(r: PreDumpResult): string {
   const gone = r.pagesGone > 0 ? `, ${r.pagesGone} pages gone before they were copied` : '';
   return [
     `pre-dumped pid ${r.pid} (${r.threads} thread${r.threads === 1 ? '' : 's'}) into ${r.imagesDir}`,
-    `  frozen   ${formatMs(r.stoppedWindowMs)} (freezing ${formatMs(r.freezingMs)}, scan ${formatMs(r.scanMs)} with ${r.scanMethod})`,
+    `  frozen   ${formatMs(r.stoppedWindowMs)} (freezing ${formatMs(r.freezingMs)}, scan ${formatMs(r.scanMs)} with ${r.scanMethod}` +
+      (r.mode === 'splice'
+        ? `, ${r.injectedCalls} calls injected in ${formatMs(r.injectMs)})`
+        : ')'),
+    ...(r.mode === 'splice'
+      ? [`  pipes    ${r.pipes}, ${formatBytes(r.pinnedBytes)} pinned until written`]
+      : []),
     `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}`,
     `  drain    ${formatMs(r.drainMs)}, ${r.drainMBps.toFixed(0)} MB/s; total ${formatMs(r.totalMs)}`,
   ].join('\n');

@@ -46,22 +46,38 @@ export interface PatternCheck {
 }
 
 /**
- * Pre-dumps a process in read mode, writing its pages image. Rejects with an
- * Error whose `code` is one of predump-core's stable codes.
+ * Pre-dumps a process, writing its pages image. Rejects with an Error whose
+ * `code` is one of predump-core's stable codes.
  */
-export declare function readPreDump(options: ReadPreDumpOptions, progress?: Progress | undefined | null): Promise<ReadPreDumpReport>
+export declare function preDump(options: PreDumpOptions, progress?: Progress | undefined | null): Promise<PreDumpReport>
 
-/** Options of a read-mode pre-dump. */
-export interface ReadPreDumpOptions {
+/** Options of a pre-dump. */
+export interface PreDumpOptions {
   pid: number
+  /** "read" (default) or "splice". */
+  mode?: string
   /** Path of the pages image to create (it must not exist). */
   pagesPath: string
   /** Size of each drain buffer; the real size is the pipe's (a power of two). */
   bufferBytes?: number
 }
 
-/** What a read-mode pre-dump did. Times in microseconds. */
-export interface ReadPreDumpReport {
+/** What a pre-dump did. Times in microseconds. */
+export interface PreDumpReport {
+  /** The mode used: "read" after a splice fallback. */
+  mode: string
+  requestedMode: string
+  /** Why splice mode fell back to read mode. */
+  fallback?: string
+  /**
+   * Splice mode: pipes used, their size, bytes pinned in them until drained,
+   * system calls injected into the target, and the time that took (frozen).
+   */
+  pipes: number
+  pipeBytes: number
+  pinnedBytes: number
+  injectedCalls: number
+  injectUs: number
   pid: number
   startTime: number
   dumpUptimeUs: number

@@ -10,6 +10,10 @@ pub enum Error {
     #[error("no such process: {pid}")]
     NoSuchProcess { pid: i32 },
 
+    /// The id names a thread, not a process.
+    #[error("{pid} is a thread of process {tgid}, not a process: pre-dump process {tgid}")]
+    NotAProcess { pid: i32, tgid: i32 },
+
     /// The pid is a kernel thread: it has no user memory and cannot be traced.
     #[error("process {pid} is a kernel thread: it has no user memory to dump")]
     KernelThread { pid: i32 },
@@ -72,6 +76,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::NoSuchProcess { .. } => "ESRCH",
+            Error::NotAProcess { .. } => "ETHREAD",
             Error::KernelThread { .. } => "EKTHREAD",
             Error::Zombie { .. } => "EZOMBIE",
             Error::SelfTarget { .. } => "ESELF",

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
-use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::{proc, Error, Result};
@@ -28,7 +26,8 @@ const PTRACE_EVENT_STOP: i32 = 128;
 #[derive(Debug, Clone, Copy)]
 struct Held {
     tid: i32,
-    signal: Option<Signal>,
+    /// A raw signal number: real-time signals have no name in nix's enum.
+    signal: i32,
 }
 
 /// Every thread of a process, stopped under ptrace. Dropping it thaws.
@@ -77,18 +76,34 @@ impl Frozen {
                 break;
             }
             let mut seized = Vec::with_capacity(new.len());
+            let mut failed = None;
             for tid in new {
                 seen.insert(tid);
-                if frozen.seize(tid)? {
-                    seized.push(tid);
+                match frozen.seize(tid) {
+                    Ok(true) => seized.push(tid),
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
+            // Every thread seized is waited for and held, even after a failure,
+            // so that dropping `frozen` detaches it: none is left traced.
             for tid in seized {
-                match wait_for_stop(tid)? {
-                    Some(signal) => frozen.held.push(Held { tid, signal }),
-                    None if tid == pid => return Err(Error::TargetExited { pid }),
-                    None => {} // the thread exited before it stopped
+                match wait_for_stop(tid) {
+                    Ok(Some(signal)) => frozen.held.push(Held { tid, signal }),
+                    Ok(None) if tid == pid => {
+                        failed.get_or_insert(Error::TargetExited { pid });
+                    }
+                    Ok(None) => {} // the thread exited before it stopped
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         if frozen.held.is_empty() {
@@ -160,7 +175,14 @@ impl Frozen {
         for h in &self.held {
             // ESRCH: the thread died while stopped (SIGKILL still works on a
             // traced thread); nothing is left to thaw.
-            let _ = ptrace::detach(Pid::from_raw(h.tid), h.signal);
+            // SAFETY: PTRACE_DETACH takes a tid and a signal number, no pointer.
+            let r =
+                unsafe { libc::ptrace(libc::PTRACE_DETACH, h.tid, 0, h.signal as libc::c_long) };
+            if r == -1 && Errno::last() == Errno::ESRCH {
+                // Killed while we held it: a traced thread's exit is reported to
+                // its tracer first, and its parent hears of it only once we reap.
+                reap(h.tid);
+            }
         }
     }
 }
@@ -172,19 +194,41 @@ impl Drop for Frozen {
 }
 
 /// Waits until a seized, interrupted thread stops. Returns the signal to hand
-/// back at detach (`Some(None)` for none), or `None` if the thread exited.
-fn wait_for_stop(tid: i32) -> Result<Option<Option<Signal>>> {
+/// back at detach (0 for none), or `None` if the thread exited. Raw waitpid:
+/// a stop at a real-time signal has no name in nix's `Signal`.
+fn wait_for_stop(tid: i32) -> Result<Option<i32>> {
     loop {
-        match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)) {
-            Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => return Ok(Some(None)),
+        let mut status = 0;
+        // SAFETY: waits for one tid; `status` is a valid out pointer.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r == -1 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::ECHILD => return Ok(None),
+                e => return Err(Error::sys(format!("waitpid of thread {tid}"), e)),
+            }
+        }
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return Ok(None);
+        }
+        if libc::WIFSTOPPED(status) {
+            // PTRACE_EVENT_STOP: our interrupt, or a group stop of a seized thread.
+            if status >> 16 == PTRACE_EVENT_STOP {
+                return Ok(Some(0));
+            }
             // A signal arrived before our interrupt: the thread stopped to deliver
             // it. It is stopped all the same; the signal goes back at detach.
-            Ok(WaitStatus::Stopped(_, sig)) => return Ok(Some(Some(sig))),
-            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return Ok(None),
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECHILD) => return Ok(None),
-            Err(e) => return Err(Error::sys(format!("waitpid of thread {tid}"), e)),
+            return Ok(Some(libc::WSTOPSIG(status)));
         }
     }
+}
+
+/// Collects the exit of a thread that died while traced.
+fn reap(tid: i32) {
+    let mut status = 0;
+    // SAFETY: waits for one tid; `status` is a valid out pointer. The thread is
+    // dying (SIGKILL is the only way out of a ptrace stop), so this returns.
+    while unsafe { libc::waitpid(tid, &mut status, libc::__WALL) } == -1
+        && Errno::last() == Errno::EINTR
+    {}
 }

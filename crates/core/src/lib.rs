@@ -5,11 +5,13 @@ pub mod bench;
 pub mod drain;
 pub mod error;
 pub mod freeze;
+pub mod inject;
 pub mod maps;
 pub mod pattern;
 pub mod predump;
 pub mod proc;
 pub mod scan;
+pub mod splice;
 
 pub use error::{Error, Result};
 

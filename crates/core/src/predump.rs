@@ -1,6 +1,8 @@
-//! Read-mode pre-dump, end to end: find the pages while the target is frozen,
-//! thaw it, then copy them with process_vm_readv. The frozen window holds only
-//! the freeze, one read of /proc/PID/maps and the page scan.
+//! A pre-dump, end to end. Read mode finds the pages while the target is frozen,
+//! thaws it, then copies them with process_vm_readv: the frozen window holds only
+//! the freeze, one read of /proc/PID/maps and the page scan. Splice mode also
+//! references the pages into pipes while frozen (see `splice`), and falls back to
+//! read mode where vmsplice is refused.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::drain::{self, DrainConfig, DrainEnd, DrainStats};
 use crate::freeze::{FreezeTimes, Frozen};
 use crate::scan::{self, ScanMethod, Scanner};
-use crate::{maps, proc, Error, PageRange, Result};
+use crate::{maps, proc, splice, Error, PageRange, Result};
 
 /// How far a pre-dump has come, for a progress bar: readable from any thread.
 #[derive(Debug, Default)]
@@ -23,9 +25,42 @@ pub struct Progress {
     pub done: AtomicU64,
 }
 
-/// What a read-mode pre-dump did.
+/// How pages are drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Read,
+    Splice,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Read => "read",
+            Mode::Splice => "splice",
+        }
+    }
+}
+
+/// What splice mode did while the target was frozen.
+#[derive(Debug, Clone, Default)]
+pub struct SpliceStats {
+    pub pipes: usize,
+    pub pipe_bytes: usize,
+    /// Bytes of the target's pages held in pipes until drained.
+    pub pinned_bytes: u64,
+    pub injected_calls: u64,
+    pub inject_time: Duration,
+}
+
+/// What a pre-dump did.
 #[derive(Debug, Clone)]
 pub struct PreDumpReport {
+    /// The mode asked for, and the mode used (read after a splice fallback).
+    pub requested_mode: Mode,
+    pub mode: Mode,
+    /// Why splice mode fell back to read mode.
+    pub fallback: Option<String>,
+    pub splice: Option<SpliceStats>,
     pub pid: i32,
     /// The target's start time (clock ticks after boot): names it across pid reuse.
     pub start_time: u64,
@@ -57,6 +92,18 @@ pub fn pre_dump_read(
     config: &DrainConfig,
     progress: Option<&Progress>,
 ) -> Result<PreDumpReport> {
+    pre_dump(pid, pages_path, Mode::Read, config, progress)
+}
+
+/// Pre-dumps `pid` into a new pages image at `pages_path` (created 0600; it must
+/// not exist).
+pub fn pre_dump(
+    pid: i32,
+    pages_path: &Path,
+    mode: Mode,
+    config: &DrainConfig,
+    progress: Option<&Progress>,
+) -> Result<PreDumpReport> {
     let st = proc::check_target(pid)?;
     // Everything that can be done before freezing is: smaps is slow (the kernel
     // walks every page table for its sizes), opening files is not free.
@@ -78,29 +125,78 @@ pub fn pre_dump_read(
         Ok::<_, Error>(found)
     })();
     let scan_time = scan_started.elapsed();
+    // Splice mode references the pages while still frozen (after the scan, so
+    // that the injector's scratch mapping is not in the scan).
+    let referenced = match (&found, mode) {
+        (Ok(found), Mode::Splice) => Some(splice::reference(&frozen, &found.ranges)),
+        _ => None,
+    };
     let freeze = frozen.thaw();
     let found = found?;
+    let (pinned, fallback) = match referenced.transpose()? {
+        Some(Ok(pinned)) => (Some(pinned), None),
+        Some(Err(refused)) => (None, Some(refused.reason)),
+        None => (None, None),
+    };
 
     if let Some(p) = progress {
         p.total
             .store(found.pages_present * crate::PAGE_SIZE, Ordering::Relaxed);
     }
+    let no_space = |e| match e {
+        Error::NoSpace { .. } => Error::NoSpace {
+            path: pages_path.display().to_string(),
+        },
+        e => e,
+    };
     let drain_started = Instant::now();
-    let outcome = drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
-        .map_err(|e| match e {
-            Error::NoSpace { .. } => Error::NoSpace {
-                path: pages_path.display().to_string(),
-            },
-            e => e,
-        })?;
+    let (regions, drain, partial, splice) = match pinned {
+        Some(pinned) => {
+            let stats = SpliceStats {
+                pipes: pinned.pipes(),
+                pipe_bytes: pinned.pipe_bytes,
+                pinned_bytes: pinned.pinned_bytes,
+                injected_calls: pinned.injected_calls,
+                inject_time: pinned.inject_time,
+            };
+            let gone = pinned.pages_gone;
+            let (regions, write_time) =
+                splice::drain_pipes(pinned, &out, progress.map(|p| &p.done)).map_err(no_space)?;
+            let written: u64 = regions.iter().map(|r| r.pages).sum();
+            let drain = DrainStats {
+                pages_requested: found.pages_present,
+                pages_written: written,
+                pages_gone: gone,
+                bytes_written: written * crate::PAGE_SIZE,
+                write_time,
+                buffer_bytes: stats.pipe_bytes,
+                ..Default::default()
+            };
+            (regions, drain, false, Some(stats))
+        }
+        None => {
+            let outcome = drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
+                .map_err(no_space)?;
+            let partial = outcome.end == DrainEnd::TargetExited;
+            (outcome.regions, outcome.stats, partial, None)
+        }
+    };
     out.sync_all().map_err(|e| write_error(pages_path, e))?;
     let drain_time = drain_started.elapsed();
 
     Ok(PreDumpReport {
+        requested_mode: mode,
+        mode: if splice.is_some() {
+            Mode::Splice
+        } else {
+            Mode::Read
+        },
+        fallback,
+        splice,
         pid,
         start_time: st.start_time,
         dump_uptime_us,
-        regions: outcome.regions,
+        regions,
         threads,
         scan_method: scanner.method(),
         vmas_scanned: found.vmas_scanned,
@@ -110,8 +206,8 @@ pub fn pre_dump_read(
         freeze,
         scan_time,
         drain_time,
-        drain: outcome.stats,
-        partial: outcome.end == DrainEnd::TargetExited,
+        drain,
+        partial,
     })
 }
 

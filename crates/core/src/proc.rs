@@ -114,9 +114,17 @@ pub fn check_target(pid: i32) -> Result<Stat> {
         return Err(Error::SelfTarget { pid });
     }
     let st = stat(pid)?;
-    // A thread id also has a /proc entry; dumping half a process would be wrong.
-    if st.pid != pid {
-        return Err(Error::NoSuchProcess { pid });
+    // A thread id has a /proc entry of its own (hidden from listings): dumping
+    // a process through one of its threads would name the images wrongly.
+    let status = read_proc(pid, &format!("/proc/{pid}/status"))?;
+    let tgid: i32 = parse_status_field(&status, "Tgid")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Parse {
+            file: format!("/proc/{pid}/status"),
+            detail: "no Tgid".into(),
+        })?;
+    if tgid != pid {
+        return Err(Error::NotAProcess { pid, tgid });
     }
     if st.is_kernel_thread() {
         return Err(Error::KernelThread { pid });

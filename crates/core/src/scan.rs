@@ -170,13 +170,18 @@ impl Scanner {
             let (n, walk_end) = self
                 .scan_call(at, end)
                 .map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
+            let mut reported = at;
             for r in &self.vec[..n] {
                 push_merged(out, r.start, (r.end - r.start) / PAGE_SIZE);
+                reported = reported.max(r.end);
             }
-            if walk_end <= at {
+            // When the vector fills up, Linux 6.18 can return a walk_end below the
+            // end of ranges it has already reported: go on after both.
+            let next = walk_end.max(reported);
+            if next <= at {
                 break; // no progress: never loop forever on a kernel surprise
             }
-            at = walk_end;
+            at = next;
         }
         Ok(())
     }
@@ -235,11 +240,19 @@ impl Scanner {
     }
 }
 
-/// Appends a range, extending the last one when they touch.
+/// Appends a range, extending the last one when they touch; a part already
+/// covered by the last range is dropped, so the output stays sorted and disjoint
+/// whatever the kernel repeats.
 fn push_merged(out: &mut Vec<PageRange>, start: u64, pages: u64) {
-    if pages == 0 {
+    let end = start + pages * PAGE_SIZE;
+    let start = match out.last() {
+        Some(last) if last.end() > start => last.end(),
+        _ => start,
+    };
+    if end <= start {
         return;
     }
+    let pages = (end - start) / PAGE_SIZE;
     if let Some(last) = out.last_mut() {
         if last.end() == start {
             last.pages += pages;
@@ -372,6 +385,55 @@ mod tests {
         assert_eq!(a.pages_present, 5);
     }
 
+    /// More separate runs than one PAGEMAP_SCAN vector holds: the continuation
+    /// must neither repeat nor miss a range.
+    #[test]
+    fn sparse_memory_needs_several_calls() {
+        let pages = 4 * SCAN_VEC_LEN;
+        let len = pages * PAGE_SIZE as usize;
+        // SAFETY: a private anonymous mapping used only here and unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        for i in (0..pages as u64).step_by(2) {
+            // SAFETY: page i lies inside the mapping.
+            unsafe { std::ptr::write_volatile((base + i * PAGE_SIZE) as *mut u8, 1) };
+        }
+        let vma = Vma {
+            start: base,
+            end: base + len as u64,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            inode: 0,
+            name: String::new(),
+        };
+        let me = std::process::id() as i32;
+        let a = Scanner::open(me).unwrap().present(&[&vma]).unwrap();
+        let b = Scanner::open_with(me, Some(ScanMethod::PagemapRead))
+            .unwrap()
+            .present(&[&vma])
+            .unwrap();
+        // SAFETY: unmapping the test's own mapping.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        let expect: Vec<PageRange> = (0..pages as u64)
+            .step_by(2)
+            .map(|i| PageRange::new(base + i * PAGE_SIZE, 1))
+            .collect();
+        assert_eq!(a.ranges.len(), expect.len());
+        assert_eq!(a.ranges, expect);
+        assert_eq!(b.ranges, expect);
+    }
+
     #[test]
     fn merging() {
         let mut v = Vec::new();
@@ -381,6 +443,13 @@ mod tests {
         assert_eq!(
             v,
             vec![PageRange::new(0x1000, 3), PageRange::new(0x5000, 1)]
+        );
+        // A repeat, and a range overlapping the last one, keep the list disjoint.
+        push_merged(&mut v, 0x5000, 1);
+        push_merged(&mut v, 0x4000, 3);
+        assert_eq!(
+            v,
+            vec![PageRange::new(0x1000, 3), PageRange::new(0x5000, 2)]
         );
     }
 }

@@ -15,19 +15,33 @@ use napi_derive::napi;
 use predump_core::drain::DrainConfig;
 use predump_core::predump::{self as core_predump, PreDumpReport as CoreReport};
 
-/// Options of a read-mode pre-dump.
+/// Options of a pre-dump.
 #[napi(object)]
-pub struct ReadPreDumpOptions {
+pub struct PreDumpOptions {
     pub pid: i32,
+    /// "read" (default) or "splice".
+    pub mode: Option<String>,
     /// Path of the pages image to create (it must not exist).
     pub pages_path: String,
     /// Size of each drain buffer; the real size is the pipe's (a power of two).
     pub buffer_bytes: Option<u32>,
 }
 
-/// What a read-mode pre-dump did. Times in microseconds.
+/// What a pre-dump did. Times in microseconds.
 #[napi(object)]
-pub struct ReadPreDumpReport {
+pub struct PreDumpReport {
+    /// The mode used: "read" after a splice fallback.
+    pub mode: String,
+    pub requested_mode: String,
+    /// Why splice mode fell back to read mode.
+    pub fallback: Option<String>,
+    /// Splice mode: pipes used, their size, bytes pinned in them until drained,
+    /// system calls injected into the target, and the time that took (frozen).
+    pub pipes: u32,
+    pub pipe_bytes: f64,
+    pub pinned_bytes: f64,
+    pub injected_calls: f64,
+    pub inject_us: f64,
     pub pid: i32,
     pub start_time: f64,
     pub dump_uptime_us: f64,
@@ -80,14 +94,24 @@ impl Progress {
     }
 }
 
-/// Pre-dumps a process in read mode, writing its pages image. Rejects with an
-/// Error whose `code` is one of predump-core's stable codes.
-#[napi(ts_return_type = "Promise<ReadPreDumpReport>")]
-pub fn read_pre_dump<'env>(
+/// Pre-dumps a process, writing its pages image. Rejects with an Error whose
+/// `code` is one of predump-core's stable codes.
+#[napi(ts_return_type = "Promise<PreDumpReport>")]
+pub fn pre_dump<'env>(
     env: &'env Env,
-    options: ReadPreDumpOptions,
+    options: PreDumpOptions,
     progress: Option<&Progress>,
 ) -> Result<Object<'env>> {
+    let mode = match options.mode.as_deref() {
+        None | Some("read") => core_predump::Mode::Read,
+        Some("splice") => core_predump::Mode::Splice,
+        Some(other) => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("unknown pre-dump mode '{other}': use read or splice"),
+            ))
+        }
+    };
     let mut config = DrainConfig::default();
     if let Some(bytes) = options.buffer_bytes {
         config.buffer_bytes = bytes as usize;
@@ -96,18 +120,27 @@ pub fn read_pre_dump<'env>(
     let path = PathBuf::from(options.pages_path);
     let progress = progress.map(|p| p.inner.clone());
     on_own_thread(env, move || {
-        core_predump::pre_dump_read(pid, &path, &config, progress.as_deref()).map(report)
+        core_predump::pre_dump(pid, &path, mode, &config, progress.as_deref()).map(report)
     })
 }
 
-fn report(r: CoreReport) -> ReadPreDumpReport {
+fn report(r: CoreReport) -> PreDumpReport {
     let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
     let regions: Vec<f64> = r
         .regions
         .iter()
         .flat_map(|g| [g.start as f64, g.pages as f64])
         .collect();
-    ReadPreDumpReport {
+    let splice = r.splice.clone().unwrap_or_default();
+    PreDumpReport {
+        mode: r.mode.name().to_string(),
+        requested_mode: r.requested_mode.name().to_string(),
+        fallback: r.fallback.clone(),
+        pipes: splice.pipes as u32,
+        pipe_bytes: splice.pipe_bytes as f64,
+        pinned_bytes: splice.pinned_bytes as f64,
+        injected_calls: splice.injected_calls as f64,
+        inject_us: us(splice.inject_time),
         pid: r.pid,
         start_time: r.start_time as f64,
         dump_uptime_us: r.dump_uptime_us as f64,
@@ -277,5 +310,7 @@ pub fn readv_reference<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
 /// thread, not a zombie, not our child) without touching it.
 #[napi(ts_return_type = "Promise<void>")]
 pub fn check_target<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
-    on_own_thread(env, move || predump_core::proc::check_target(pid).map(|_| ()))
+    on_own_thread(env, move || {
+        predump_core::proc::check_target(pid).map(|_| ())
+    })
 }

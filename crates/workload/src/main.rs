@@ -9,6 +9,7 @@ mod churn;
 mod compute;
 mod data;
 mod mem;
+mod seccomp;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -18,11 +19,13 @@ use predump_core::PAGE_SIZE;
 
 const USAGE: &str = "\
 usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
+                        [--deny-vmsplice] [--grandchild]
 
   --size BYTES      data region size; suffixes K, M, G (powers of 1024); default 64M
   --threads N       compute threads besides the command thread; default 1
   --churn           run a thread that keeps mapping, mprotecting and unmapping
   --churn-slots N   slots of 16 pages in the churn area; default 16
+  --deny-vmsplice   install a seccomp filter making vmsplice fail with EPERM
   --grandchild      run in a forked child while the first process only waits for
                     it and exits with its status: the workload is then not a child
                     of its starter, whose own waitpid would take the ptrace stops
@@ -53,6 +56,7 @@ struct Args {
     churn: bool,
     churn_slots: usize,
     grandchild: bool,
+    deny_vmsplice: bool,
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -66,7 +70,7 @@ fn parse_size(s: &str) -> Option<usize> {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, grandchild: false };
+    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, grandchild: false, deny_vmsplice: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         // Accept both `--opt value` and `--opt=value`.
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--churn" if inline.is_none() => a.churn = true,
             "--grandchild" if inline.is_none() => a.grandchild = true,
+            "--deny-vmsplice" if inline.is_none() => a.deny_vmsplice = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -240,6 +245,18 @@ fn become_grandchild() {
     }
 }
 
+/// Waits (bounded) until /proc/self/task lists exactly `want` threads.
+fn settle_threads(want: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let n = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(want);
+        if n == want {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
 fn main() {
     let args = parse_args().unwrap_or_else(|msg| {
         eprintln!("predump-workload: {msg}\n{USAGE}");
@@ -248,6 +265,12 @@ fn main() {
     if args.grandchild {
         become_grandchild();
     }
+    if args.deny_vmsplice {
+        if let Err(msg) = seccomp::deny_vmsplice() {
+            eprintln!("predump-workload: {msg}");
+            std::process::exit(3);
+        }
+    }
 
     let data = data::Data::new(args.size);
     let churn = args.churn.then(|| churn::Churn::new(args.churn_slots));
@@ -255,6 +278,9 @@ fn main() {
     if let Some(c) = &churn {
         c.spawn();
     }
+    // "ready" promises a stable thread list: the fill threads have exited (a
+    // joined thread can linger in /proc for a moment) and the others exist.
+    settle_threads(1 + args.threads + usize::from(args.churn));
 
     let churn_json = churn
         .as_ref()

@@ -1,0 +1,1069 @@
+//! Syscall injection against real processes (the predump-testee binary).
+//!
+//! Each blocking-call case runs twice: freeze → thaw (the baseline: what a
+//! debugger stop does to the call), and freeze → injected calls into the blocked
+//! worker and into the main thread (blocked in read(0)) → restore → thaw. The
+//! worker's report of its call's return must be the same in both, and the one
+//! the kernel's restart rules predict. Around every injection the thread's whole
+//! state (registers, FP registers, signal mask, stop siginfo), the code bytes,
+//! /proc/PID/maps and /proc/PID/fd must come back identical.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use predump_core::freeze::Frozen;
+use predump_core::inject::{pidfd_getfd, thread_state, Injector};
+use predump_core::{proc, Error};
+
+const TESTEE: &str = env!("CARGO_BIN_EXE_predump-testee");
+
+/// The system call glibc's epoll_wait() makes.
+#[cfg(target_arch = "x86_64")]
+const SYS_EPOLL_WAIT: i64 = libc::SYS_epoll_wait;
+#[cfg(not(target_arch = "x86_64"))]
+const SYS_EPOLL_WAIT: i64 = libc::SYS_epoll_pwait;
+
+/// A testee process: killed by pid and reaped when the test ends, pass or fail.
+struct Testee {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    pid: i32,
+    main: i32,
+    workers: Vec<i32>,
+    fds: BTreeMap<String, i32>,
+    addrs: BTreeMap<String, u64>,
+    /// Other lines before "ready".
+    notes: Vec<String>,
+}
+
+impl Testee {
+    fn spawn(args: &[&str]) -> Testee {
+        let mut child = Command::new(TESTEE)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn predump-testee");
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as i32;
+        let mut t = Testee {
+            child,
+            stdin,
+            lines,
+            pid,
+            main: 0,
+            workers: Vec::new(),
+            fds: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            notes: Vec::new(),
+        };
+        loop {
+            let line = t.line(Duration::from_secs(10));
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["tid", "main", n] => t.main = n.parse().unwrap(),
+                ["tid", "worker", n] => t.workers.push(n.parse().unwrap()),
+                ["fd", name, n] => {
+                    t.fds.insert(name.to_string(), n.parse().unwrap());
+                }
+                ["addr", name, n] => {
+                    t.addrs.insert(name.to_string(), n.parse().unwrap());
+                }
+                ["ready"] => break,
+                _ => t.notes.push(line),
+            }
+        }
+        assert_eq!(t.main, pid);
+        t
+    }
+
+    fn worker(&self) -> i32 {
+        self.workers[0]
+    }
+
+    fn line(&self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("testee {} said nothing for {timeout:?}", self.pid)
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!("testee {} closed its stdout", self.pid),
+        }
+    }
+
+    /// The next line, which must start with `prefix`.
+    fn expect(&self, prefix: &str) -> String {
+        let l = self.line(Duration::from_secs(10));
+        assert!(l.starts_with(prefix), "expected {prefix:?}, got {l:?}");
+        l
+    }
+
+    /// No line within `d`.
+    fn silent_for(&self, d: Duration) {
+        if let Ok(l) = self.lines.recv_timeout(d) {
+            panic!("unexpected testee line {l:?}");
+        }
+    }
+
+    /// Asks for the signal counts until `ok` holds (handlers of other threads
+    /// run asynchronously), at most 5 s; returns the last answer.
+    fn count_until(&mut self, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.send("count");
+            let l = self.expect("count");
+            if ok(&l) || Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Writes into the testee's pipe `name` from outside, as another process would.
+    fn write_pipe(&self, name: &str, data: &str) {
+        let path = format!("/proc/{}/fd/{}", self.pid, self.fds[name]);
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all(data.as_bytes()).unwrap();
+    }
+
+    fn signal(&self, tid: i32, sig: i32) {
+        // SAFETY: tgkill with integer arguments.
+        let r = unsafe { libc::syscall(libc::SYS_tgkill, self.pid, tid, sig) };
+        assert_eq!(r, 0, "tgkill");
+    }
+
+    fn kill(&self, sig: i32) {
+        // SAFETY: kill with integer arguments, on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid, sig) }, 0, "kill");
+    }
+}
+
+impl Drop for Testee {
+    fn drop(&mut self) {
+        // By pid, never by name.
+        // SAFETY: kill with integer arguments, on our own (unreaped) child.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_string()
+}
+
+fn num(line: &str, key: &str) -> i64 {
+    field(line, key).parse().unwrap()
+}
+
+fn state(pid: i32, tid: i32) -> char {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    proc::parse_stat(&text).unwrap().state
+}
+
+/// Waits until thread `tid` sleeps inside system call `nr` (/proc/…/syscall).
+fn wait_blocked(pid: i32, tid: i32, nr: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sc =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+        if sc.split_whitespace().next() == Some(&nr.to_string()) && state(pid, tid) == 'S' {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "thread {tid} never blocked in syscall {nr}: {sc:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits (bounded) until thread `tid` is in state `want`.
+fn settles_to(pid: i32, tid: i32, want: char) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if state(pid, tid) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+fn maps(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
+
+/// fd number → what it points to.
+fn fds(pid: i32) -> BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_str().unwrap().parse().unwrap();
+            let target = std::fs::read_link(e.path()).unwrap();
+            (n, target.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+fn status_field(path: &str, key: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {path}"))
+        .trim()
+        .to_string()
+}
+
+fn tracer(pid: i32, tid: i32) -> i32 {
+    proc::tracer_pid(pid, tid).unwrap()
+}
+
+/// Reads `n` bytes of the target at `addr` with process_vm_readv.
+fn bytes_at(pid: i32, addr: u64, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    predump_core::inject::read_memory(pid, addr, &mut b).unwrap();
+    b
+}
+
+/// The injected sequence of the brief, into thread `tid`: getpid, mmap + write +
+/// read back + munmap, pipe2 (taken with pidfd_getfd and used) + close, restore;
+/// then checks that thread state and code bytes are exactly as before.
+fn inject_sequence(frozen: &Frozen, tid: i32) {
+    let pid = frozen.pid();
+    let before = thread_state(frozen, tid).unwrap();
+    let code_before = bytes_at(pid, before.pc.saturating_sub(16) & !7, 48);
+    let others: Vec<i32> = frozen.tids().filter(|&t| t != tid).collect();
+
+    let mut inj = Injector::new(frozen, tid).unwrap();
+    assert_eq!(inj.getpid().unwrap(), pid);
+
+    let len = 3 * 4096;
+    let a = inj
+        .mmap(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        )
+        .unwrap();
+    assert!(
+        maps(pid).contains(&format!("{a:x}-{:x} rw-p", a + len)),
+        "the mapping is there"
+    );
+    inj.write_memory(a + 4090, b"across pages").unwrap();
+    assert_eq!(bytes_at(pid, a + 4090, 12), b"across pages");
+    inj.munmap(a, len).unwrap();
+
+    let [r, w] = inj.pipe2(libc::O_CLOEXEC).unwrap();
+    assert!(
+        fds(pid)[&r].starts_with("pipe:"),
+        "injected pipe2 made fd {r}"
+    );
+    // The pipe works from our side: write through our copy of the write end,
+    // read through our copy of the read end.
+    let ours_w = std::fs::File::from(pidfd_getfd(pid, w).unwrap());
+    let ours_r = std::fs::File::from(pidfd_getfd(pid, r).unwrap());
+    (&ours_w).write_all(b"through").unwrap();
+    let mut got = [0u8; 7];
+    std::io::Read::read_exact(&mut &ours_r, &mut got).unwrap();
+    assert_eq!(&got, b"through");
+    // FD_CLOEXEC came from the injected flags.
+    assert_eq!(
+        inj.fcntl(r, libc::F_GETFD, 0).unwrap(),
+        libc::FD_CLOEXEC as i64
+    );
+    // -errno comes back raw from syscall() and as an error from syscall_ok().
+    assert_eq!(
+        inj.syscall(libc::SYS_close, &[999_999]).unwrap(),
+        -(libc::EBADF as i64)
+    );
+    let e = inj.syscall_ok(libc::SYS_close, &[999_999]).unwrap_err();
+    assert!(e.to_string().contains("close"), "{e}");
+    inj.close(r).unwrap();
+    inj.close(w).unwrap();
+
+    // The other threads stayed stopped the whole time.
+    for &t in &others {
+        assert_eq!(state(pid, t), 't', "thread {t} stays in its tracing stop");
+    }
+    inj.restore().unwrap();
+
+    let after = thread_state(frozen, tid).unwrap();
+    assert_eq!(before, after, "thread {tid}: state after restore");
+    assert_eq!(
+        bytes_at(pid, before.pc.saturating_sub(16) & !7, 48),
+        code_before,
+        "code bytes"
+    );
+}
+
+/// What a case does after thaw to let the worker's call finish.
+#[derive(Clone, Copy)]
+enum Finish {
+    /// Nothing: the call ends by itself (sleeps).
+    None,
+    /// Write into the testee's pipe.
+    Pipe,
+    /// The testee's main thread wakes the futex.
+    Wake,
+    /// The testee's main thread makes the eventfd readable.
+    Ready,
+}
+
+/// Runs one blocking-call case; returns the worker's result lines.
+/// `frozen_signal`: a signal sent to the worker while it is frozen.
+fn run_case(
+    args: &[&str],
+    nr: i64,
+    inject: bool,
+    frozen_signal: Option<i32>,
+    finish: Finish,
+) -> Vec<String> {
+    let mut t = Testee::spawn(args);
+    let worker = t.worker();
+    wait_blocked(t.pid, worker, nr);
+    wait_blocked(t.pid, t.main, libc::SYS_read);
+    // Let sleeps run a while so that "remaining time" differs from "full time".
+    std::thread::sleep(Duration::from_millis(200));
+
+    let frozen = Frozen::freeze(t.pid).unwrap();
+    let maps_before = maps(t.pid);
+    let fds_before = fds(t.pid);
+    if let Some(sig) = frozen_signal {
+        t.signal(worker, sig);
+    }
+    let before: Vec<_> = [worker, t.main]
+        .iter()
+        .map(|&tid| thread_state(&frozen, tid).unwrap())
+        .collect();
+    if inject {
+        inject_sequence(&frozen, worker);
+        inject_sequence(&frozen, t.main);
+    }
+    let after: Vec<_> = [worker, t.main]
+        .iter()
+        .map(|&tid| thread_state(&frozen, tid).unwrap())
+        .collect();
+    assert_eq!(
+        before, after,
+        "full register sets just after freeze and just before thaw"
+    );
+    assert_eq!(maps(t.pid), maps_before, "/proc/PID/maps");
+    assert_eq!(fds(t.pid), fds_before, "/proc/PID/fd");
+    frozen.thaw();
+
+    for tid in [t.main, worker] {
+        assert_eq!(tracer(t.pid, tid), 0, "thread {tid} not traced");
+        assert_ne!(state(t.pid, tid), 't', "thread {tid} not in a tracing stop");
+    }
+    assert!(!status_field(&format!("/proc/{}/status", t.pid), "State:").starts_with('T'));
+
+    // The main thread's read(0) (an empty pipe when frozen) returns our bytes.
+    t.send("echo after-thaw");
+    let mut results: Vec<String> = Vec::new();
+    let mut echoed = false;
+    let take = |l: String, results: &mut Vec<String>, echoed: &mut bool| {
+        if l == "echo after-thaw" {
+            *echoed = true;
+        } else if l.starts_with("result") {
+            results.push(l);
+        } else if !(l.starts_with("woken") || l.starts_with("made ready")) {
+            panic!("unexpected testee line {l:?}");
+        }
+    };
+    // Whatever the testee says in the first 150 ms after thaw: an EINTR shows here.
+    let window = Instant::now() + Duration::from_millis(150);
+    while let Ok(l) = t
+        .lines
+        .recv_timeout(window.saturating_duration_since(Instant::now()))
+    {
+        take(l, &mut results, &mut echoed);
+    }
+    let done = |r: &[String]| r.last().is_some_and(|l| num(l, "ret") >= 0);
+    match finish {
+        Finish::None => {}
+        // Still blocked (restarted): now give it bytes. An EINTR'd read is done.
+        Finish::Pipe if results.is_empty() => t.write_pipe("pipe_w", "data"),
+        Finish::Pipe => {}
+        Finish::Wake => t.send("wake"),
+        Finish::Ready => t.send("ready"),
+    }
+    while !(echoed && (done(&results) || (matches!(finish, Finish::Pipe) && !results.is_empty()))) {
+        let l = t.line(Duration::from_secs(10));
+        take(l, &mut results, &mut echoed);
+    }
+    results
+}
+
+/// Runs a case with and without injection; both must report the same, and the
+/// same as `expect` says. Returns the injected run's lines.
+fn both(
+    args: &[&str],
+    nr: i64,
+    frozen_signal: Option<i32>,
+    finish: Finish,
+    expect: impl Fn(&[String]),
+) -> Vec<String> {
+    let base = run_case(args, nr, false, frozen_signal, finish);
+    expect(&base);
+    let inj = run_case(args, nr, true, frozen_signal, finish);
+    expect(&inj);
+    let strip = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .map(|l| {
+                l.split_whitespace()
+                    .filter(|w| !w.starts_with("ms="))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&base),
+        strip(&inj),
+        "baseline {base:?} vs injected {inj:?}"
+    );
+    eprintln!("{}: baseline {base:?}, injected {inj:?}", args.join(" "));
+    inj
+}
+
+/// A sleep of 800 ms interrupted after ~200: returns 0 after ~800 ms in total
+/// (the remaining time, not 800 more).
+fn sleeps_its_time(v: &[String]) {
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(num(&v[0], "ret"), 0, "{v:?}");
+    let ms = num(&v[0], "ms");
+    assert!((800..990).contains(&ms), "slept {ms} ms: {v:?}");
+}
+
+#[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "arm64 restarts an interrupted call from the start after injection (inject/aarch64.rs)"
+)]
+fn nanosleep_sleeps_its_remaining_time() {
+    both(
+        &["nanosleep", "800"],
+        libc::SYS_nanosleep,
+        None,
+        Finish::None,
+        sleeps_its_time,
+    );
+}
+
+#[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "arm64 restarts an interrupted call from the start after injection (inject/aarch64.rs)"
+)]
+fn clock_nanosleep_sleeps_its_remaining_time() {
+    both(
+        &["clock_nanosleep", "800"],
+        libc::SYS_clock_nanosleep,
+        None,
+        Finish::None,
+        sleeps_its_time,
+    );
+}
+
+#[test]
+fn clock_nanosleep_absolute_sleeps_until_its_deadline() {
+    both(
+        &["clock_nanosleep_abs", "800"],
+        libc::SYS_clock_nanosleep,
+        None,
+        Finish::None,
+        sleeps_its_time,
+    );
+}
+
+#[test]
+fn read_on_an_empty_pipe_returns_the_later_bytes() {
+    both(&["read"], libc::SYS_read, None, Finish::Pipe, |v| {
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(num(&v[0], "ret"), 4, "{v:?}");
+        assert_eq!(field(&v[0], "data"), "data");
+    });
+}
+
+#[test]
+fn futex_wait_returns_0_when_woken() {
+    both(&["futex"], libc::SYS_futex, None, Finish::Wake, |v| {
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(num(&v[0], "ret"), 0, "{v:?}");
+        assert_eq!(num(&v[0], "word"), 1, "{v:?}");
+    });
+}
+
+#[test]
+// On arm64 the wait starts over with its full timeout, but the wake ends it anyway.
+fn futex_wait_with_timeout_returns_0_when_woken() {
+    both(
+        &["futex_timeout"],
+        libc::SYS_futex,
+        None,
+        Finish::Wake,
+        |v| {
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(num(&v[0], "ret"), 0, "{v:?}");
+        },
+    );
+}
+
+#[test]
+fn epoll_wait_behaves_as_after_a_plain_freeze() {
+    let v = both(&["epoll"], SYS_EPOLL_WAIT, None, Finish::Ready, |v| {
+        assert_eq!(num(v.last().unwrap(), "ret"), 1, "{v:?}");
+    });
+    eprintln!("epoll_wait after a freeze: {v:?}");
+}
+
+#[test]
+fn read_interrupted_by_a_sa_restart_handler_restarts() {
+    both(
+        &["sigread", "restart"],
+        libc::SYS_read,
+        Some(libc::SIGUSR1),
+        Finish::Pipe,
+        |v| {
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(num(&v[0], "ret"), 4, "{v:?}");
+            assert_eq!(num(&v[0], "handled"), 1, "{v:?}");
+        },
+    );
+}
+
+#[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "arm64 restarts an interrupted call from the start after injection (inject/aarch64.rs)"
+)]
+fn read_interrupted_by_a_plain_handler_fails_with_eintr() {
+    both(
+        &["sigread", "norestart"],
+        libc::SYS_read,
+        Some(libc::SIGUSR1),
+        Finish::Pipe,
+        |v| {
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(num(&v[0], "ret"), -1, "{v:?}");
+            assert_eq!(num(&v[0], "errno"), libc::EINTR as i64, "{v:?}");
+            assert_eq!(num(&v[0], "handled"), 1, "{v:?}");
+        },
+    );
+}
+
+fn pending(path: &str, key: &str) -> u64 {
+    u64::from_str_radix(&status_field(path, key), 16).unwrap()
+}
+
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+#[test]
+fn signals_sent_during_an_injection_are_delivered_after_thaw() {
+    let mut t = Testee::spawn(&["signals"]);
+    let (pid, main, worker) = (t.pid, t.main, t.worker());
+    wait_blocked(pid, worker, libc::SYS_read);
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let before = thread_state(&frozen, main).unwrap();
+    let mut inj = Injector::new(&frozen, main).unwrap();
+    // Queued just before a PTRACE_CONT: process-directed, then thread-directed at
+    // the injected thread, then at a thread that stays stopped.
+    t.kill(libc::SIGUSR1);
+    assert_eq!(inj.getpid().unwrap(), pid);
+    t.signal(main, libc::SIGUSR2);
+    assert_eq!(inj.getpid().unwrap(), pid);
+    t.signal(worker, libc::SIGUSR2);
+    let a = inj
+        .mmap(
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        )
+        .unwrap();
+    inj.munmap(a, 4096).unwrap();
+    // Not delivered into our calls: still pending, process-wide and per thread.
+    assert_ne!(
+        pending(&format!("/proc/{pid}/status"), "ShdPnd:") & bit(libc::SIGUSR1),
+        0
+    );
+    assert_ne!(
+        pending(&format!("/proc/{pid}/task/{main}/status"), "SigPnd:") & bit(libc::SIGUSR2),
+        0
+    );
+    assert_ne!(
+        pending(&format!("/proc/{pid}/task/{worker}/status"), "SigPnd:") & bit(libc::SIGUSR2),
+        0
+    );
+    inj.restore().unwrap();
+    assert_eq!(thread_state(&frozen, main).unwrap(), before);
+    frozen.thaw();
+    // Each thread delivers its own pending signal when it runs again.
+    let l = t.count_until(|l| num(l, "usr1") == 1 && num(l, "usr2") == 2);
+    assert_eq!(num(&l, "usr1"), 1, "{l}");
+    assert_eq!(num(&l, "usr2"), 2, "{l}");
+    // The handlers ran with SA_RESTART: the worker's read was restarted.
+    t.write_pipe("pipe_w", "more");
+    let r = t.expect("result read");
+    assert_eq!(num(&r, "ret"), 4, "{r}");
+}
+
+#[test]
+fn a_sigstop_during_an_injection_stops_the_process_after_thaw() {
+    let mut t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let before = thread_state(&frozen, main).unwrap();
+    let mut inj = Injector::new(&frozen, main).unwrap();
+    // SIGSTOP cannot be blocked: the injected thread takes it at a signal-delivery
+    // stop, which the injector keeps and sends again at restore.
+    t.kill(libc::SIGSTOP);
+    assert_eq!(inj.getpid().unwrap(), pid);
+    assert_eq!(inj.getpid().unwrap(), pid);
+    inj.restore().unwrap();
+    assert_eq!(thread_state(&frozen, main).unwrap(), before);
+    frozen.thaw();
+    for tid in [main, t.worker()] {
+        assert!(
+            settles_to(pid, tid, 'T'),
+            "thread {tid} job-stopped after thaw"
+        );
+        assert_eq!(tracer(pid, tid), 0);
+    }
+    t.send("echo stopped");
+    t.silent_for(Duration::from_millis(100));
+    t.kill(libc::SIGCONT);
+    t.expect("echo stopped");
+}
+
+#[test]
+fn a_target_killed_during_an_injection_is_target_exited() {
+    let t = Testee::spawn(&["signals"]);
+    let frozen = Frozen::freeze(t.pid).unwrap();
+    let mut inj = Injector::new(&frozen, t.main).unwrap();
+    assert_eq!(inj.getpid().unwrap(), t.pid);
+    t.kill(libc::SIGKILL);
+    let e = inj.getpid().unwrap_err();
+    assert!(matches!(e, Error::TargetExited { .. }), "{e}");
+    let e = inj.syscall(libc::SYS_getpid, &[]).unwrap_err();
+    assert!(matches!(e, Error::TargetExited { .. }), "{e}");
+    assert!(matches!(inj.restore(), Err(Error::TargetExited { .. })));
+    frozen.thaw();
+}
+
+#[test]
+fn a_blocking_injected_call_times_out_and_the_thread_is_put_back() {
+    let t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let before = thread_state(&frozen, main).unwrap();
+    let maps_before = maps(pid);
+    let fds_before = fds(pid);
+    let mut inj = Injector::new(&frozen, main).unwrap();
+    let [r, w] = inj.pipe2(0).unwrap();
+    let buf = inj.scratch(64).unwrap();
+    inj.set_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let e = inj
+        .syscall_ok(libc::SYS_read, &[r as u64, buf, 1])
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(e.to_string().contains("did not return"), "{e}");
+    // Still usable, and restore still exact.
+    assert_eq!(inj.getpid().unwrap(), pid);
+    inj.close(r).unwrap();
+    inj.close(w).unwrap();
+    inj.restore().unwrap();
+    assert_eq!(thread_state(&frozen, main).unwrap(), before);
+    assert_eq!(maps(pid), maps_before);
+    assert_eq!(fds(pid), fds_before);
+    frozen.thaw();
+    let mut t = t;
+    t.send("echo alive");
+    t.expect("echo alive");
+}
+
+#[test]
+fn injection_into_each_thread_of_a_multithreaded_target() {
+    let mut t = Testee::spawn(&["compute", "3"]);
+    let pid = t.pid;
+    let frozen = Frozen::freeze(pid).unwrap();
+    let tids: Vec<i32> = frozen.tids().collect();
+    assert_eq!(tids.len(), 4);
+    let maps_before = maps(pid);
+    let fds_before = fds(pid);
+    for &tid in &tids {
+        // inject_sequence also checks that every other thread stays stopped.
+        inject_sequence(&frozen, tid);
+    }
+    assert_eq!(maps(pid), maps_before);
+    assert_eq!(fds(pid), fds_before);
+    frozen.thaw();
+    t.send("check");
+    let l = t.expect("compute");
+    assert_eq!(num(&l, "errors"), 0, "{l}");
+}
+
+#[test]
+fn one_injector_per_process_and_only_frozen_threads() {
+    let t = Testee::spawn(&["signals"]);
+    let frozen = Frozen::freeze(t.pid).unwrap();
+    let e = Injector::new(&frozen, 1).unwrap_err();
+    assert_eq!(e.code(), "EINVAL", "{e}");
+    let inj = Injector::new(&frozen, t.main).unwrap();
+    let e = Injector::new(&frozen, t.worker()).unwrap_err();
+    assert_eq!(e.code(), "EINVAL", "{e}");
+    drop(inj); // Drop restores too.
+    let inj = Injector::new(&frozen, t.worker()).unwrap();
+    inj.restore().unwrap();
+    frozen.thaw();
+}
+
+/// Queues SIGUSR1 to one thread with a siginfo of our own (SI_QUEUE, value
+/// 4242) that the testee's handler checks.
+fn sigqueue_usr1(pid: i32, tid: i32) {
+    let mut info = [0u8; 128];
+    info[0..4].copy_from_slice(&libc::SIGUSR1.to_ne_bytes());
+    info[8..12].copy_from_slice(&libc::SI_QUEUE.to_ne_bytes());
+    info[0x10..0x14].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
+    // SAFETY: getuid cannot fail.
+    info[0x14..0x18].copy_from_slice(&unsafe { libc::getuid() }.to_ne_bytes());
+    info[0x18..0x1c].copy_from_slice(&4242i32.to_ne_bytes());
+    // SAFETY: info is a 128-byte siginfo the kernel only reads.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            pid,
+            tid,
+            libc::SIGUSR1,
+            info.as_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "rt_tgsigqueueinfo");
+}
+
+#[test]
+fn a_signal_delivery_stop_at_freeze_keeps_its_signal_and_siginfo() {
+    // When a thread dequeues a signal between PTRACE_SEIZE and PTRACE_INTERRUPT,
+    // the freeze holds it at that signal's delivery stop and hands the signal back
+    // at thaw. Injection in between must keep that: the handler runs exactly once
+    // per signal, with the queued siginfo (a lost siginfo would arrive as SI_USER
+    // without the value), and the SA_RESTART read goes on.
+    //
+    // The window is about a microsecond, so a sender thread keeps exactly one
+    // signal in flight all the time (it sends the next one as soon as the
+    // testee's handler counter, read with process_vm_readv, has moved) while this
+    // thread freezes, injects and thaws, until three such stops were caught.
+    let mut t = Testee::spawn(&["sigread", "restart"]);
+    let (pid, worker) = (t.pid, t.worker());
+    let counter = t.addrs["usr1"];
+    // None once the testee is gone (a failing test kills it).
+    let handled = move || {
+        let mut b = [0u8; 8];
+        predump_core::inject::read_memory(pid, counter, &mut b).ok()?;
+        Some(u64::from_ne_bytes(b))
+    };
+    wait_blocked(pid, worker, libc::SYS_read);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                sigqueue_usr1(pid, worker);
+                sent += 1;
+                loop {
+                    match handled() {
+                        Some(n) if n >= sent => break,
+                        Some(_) => std::thread::yield_now(),
+                        None => return sent,
+                    }
+                }
+            }
+            sent
+        })
+    };
+    let mut held = 0;
+    let mut rounds = 0;
+    let started = Instant::now();
+    while held < 3 && started.elapsed() < Duration::from_secs(20) {
+        rounds += 1;
+        let frozen = Frozen::freeze(pid).unwrap();
+        let before = thread_state(&frozen, worker).unwrap();
+        let mut inj = Injector::new(&frozen, worker).unwrap();
+        if inj.stop_signal() == Some(libc::SIGUSR1) {
+            held += 1;
+        }
+        assert_eq!(inj.getpid().unwrap(), pid);
+        let [r, w] = inj.pipe2(0).unwrap();
+        inj.close(r).unwrap();
+        inj.close(w).unwrap();
+        inj.restore().unwrap();
+        assert_eq!(thread_state(&frozen, worker).unwrap(), before);
+        frozen.thaw();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap() as i64;
+    eprintln!("signal-delivery stops caught at freeze: {held} in {rounds} freezes, {sent} signals");
+    let l = t.count_until(|l| num(l, "usr1") == sent);
+    assert_eq!(num(&l, "usr1"), sent, "one handler run per signal: {l}");
+    assert_eq!(num(&l, "queued"), sent, "every siginfo intact: {l}");
+    assert!(
+        held > 0,
+        "no signal-delivery stop caught in {rounds} freezes"
+    );
+    wait_blocked(pid, worker, libc::SYS_read);
+    t.write_pipe("pipe_w", "data");
+    let r = t.expect("result read");
+    assert_eq!(num(&r, "ret"), 4, "{r}");
+}
+
+#[test]
+fn a_computing_target_stays_correct_through_1000_injections() {
+    let mut t = Testee::spawn(&["compute", "2"]);
+    let pid = t.pid;
+    let tids = [t.main, t.workers[0], t.workers[1]];
+    let maps_before = maps(pid);
+    let fds_before = fds(pid);
+    t.send("check");
+    let first = num(&t.expect("compute"), "iterations");
+    let started = Instant::now();
+    for i in 0..1000 {
+        let frozen = Frozen::freeze(pid).unwrap();
+        let tid = tids[i % 3];
+        let before = if i % 100 == 0 {
+            Some(thread_state(&frozen, tid).unwrap())
+        } else {
+            None
+        };
+        let mut inj = Injector::new(&frozen, tid).unwrap();
+        assert_eq!(inj.getpid().unwrap(), pid);
+        if i % 10 == 0 {
+            let a = inj
+                .mmap(
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                )
+                .unwrap();
+            inj.munmap(a, 4096).unwrap();
+            let [r, w] = inj.pipe2(0).unwrap();
+            inj.close(r).unwrap();
+            inj.close(w).unwrap();
+        }
+        inj.restore().unwrap();
+        if let Some(before) = before {
+            assert_eq!(thread_state(&frozen, tid).unwrap(), before);
+        }
+        frozen.thaw();
+    }
+    let took = started.elapsed();
+    t.send("check");
+    let l = t.expect("compute");
+    assert_eq!(num(&l, "errors"), 0, "{l}");
+    assert!(num(&l, "iterations") > first, "it computed on: {l}");
+    assert_eq!(maps(pid), maps_before);
+    assert_eq!(fds(pid), fds_before);
+    for tid in tids {
+        assert_eq!(tracer(pid, tid), 0);
+    }
+    eprintln!("1000 freeze/inject/thaw cycles: {took:?}; {l}");
+}
+
+#[test]
+fn a_process_ignoring_sigtrap_is_refused_untouched() {
+    // int3's SIGTRAP is forced: the kernel would reset an ignored SIGTRAP to
+    // SIG_DFL, a lasting change to the target. The injector refuses instead.
+    let t = Testee::spawn(&["ignoretrap"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let status = format!("/proc/{pid}/status");
+    assert_ne!(pending(&status, "SigIgn:") & bit(libc::SIGTRAP), 0);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let before = thread_state(&frozen, main).unwrap();
+    let code = bytes_at(pid, before.pc & !7, 16);
+    let e = Injector::new(&frozen, main).unwrap_err();
+    assert!(e.to_string().contains("ignores SIGTRAP"), "{e}");
+    assert_eq!(thread_state(&frozen, main).unwrap(), before);
+    assert_eq!(bytes_at(pid, before.pc & !7, 16), code);
+    frozen.thaw();
+    assert_ne!(pending(&status, "SigIgn:") & bit(libc::SIGTRAP), 0);
+}
+
+#[test]
+fn a_thread_inside_an_rseq_critical_section_runs_our_calls_not_its_abort_handler() {
+    // Without clearing rseq_cs while we run, the kernel's rseq fixup on the way
+    // back to user space would move pc from our code (inside the section) to the
+    // section's abort handler: our call would never run and the thread would run
+    // its own code with our registers.
+    let mut t = Testee::spawn(&["rseq"]);
+    if t.notes.iter().any(|n| n == "rseq unavailable") {
+        eprintln!("rseq unavailable (glibc without rseq): skipped");
+        return;
+    }
+    let (pid, worker) = (t.pid, t.worker());
+    let (start, end) = (t.addrs["rseq_start"], t.addrs["rseq_end"]);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut inside = 0;
+    for _ in 0..20 {
+        let frozen = Frozen::freeze(pid).unwrap();
+        let before = thread_state(&frozen, worker).unwrap();
+        if (start..end).contains(&before.pc) {
+            inside += 1;
+        }
+        let mut inj = Injector::new(&frozen, worker).unwrap();
+        inj.set_timeout(Duration::from_secs(2));
+        assert_eq!(inj.getpid().unwrap(), pid);
+        let a = inj
+            .mmap(
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            )
+            .unwrap();
+        inj.munmap(a, 4096).unwrap();
+        inj.restore().unwrap();
+        assert_eq!(thread_state(&frozen, worker).unwrap(), before);
+        frozen.thaw();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        inside > 0,
+        "the worker was never frozen inside its critical section"
+    );
+    // The thread goes on: its section is aborted and re-entered as usual.
+    t.send("aborts");
+    let first: u64 = t
+        .expect("aborts")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("rseq: frozen inside the critical section {inside} of 20 times; {first} aborts");
+    assert!(first > 0);
+}
+
+/// Anonymous kB of the mapping containing `addr` (/proc/PID/smaps).
+fn anon_kb(pid: i32, addr: u64) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut inside = false;
+    for l in text.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                inside = (a..b).contains(&addr);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(v) = l.strip_prefix("Anonymous:") {
+                return v.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+    }
+    panic!("no mapping at {addr:#x}");
+}
+
+#[test]
+fn the_code_page_becomes_one_private_copy() {
+    // PTRACE_POKEDATA into read-only text copies the page (FOLL_FORCE COW), as a
+    // debugger's breakpoint does. The bytes come back, the copy stays: one
+    // anonymous page in the text mapping per page ever injected into.
+    let t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let pc = thread_state(&frozen, main).unwrap().pc;
+    let maps_before = maps(pid);
+    let before = anon_kb(pid, pc);
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        let mut inj = Injector::new(&frozen, main).unwrap();
+        assert_eq!(inj.point() / 4096, pc / 4096, "injected in the page of pc");
+        inj.getpid().unwrap();
+        inj.restore().unwrap();
+        after.push(anon_kb(pid, pc));
+    }
+    assert_eq!(maps(pid), maps_before);
+    frozen.thaw();
+    eprintln!("text mapping at {pc:#x}: Anonymous {before} kB before, {after:?} kB after each of 3 injections");
+    assert_eq!(after, vec![before + 4; 3], "one page copied, once");
+}
+
+#[test]
+fn a_job_stopped_process_is_injected_and_stays_stopped() {
+    // Frozen while in a group stop: PTRACE_CONT resumes a seized thread out of
+    // it for our calls; the detach at thaw puts the process back in its stop.
+    let mut t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    t.kill(libc::SIGSTOP);
+    assert!(settles_to(pid, main, 'T'));
+    let frozen = Frozen::freeze(pid).unwrap();
+    inject_sequence(&frozen, main);
+    inject_sequence(&frozen, t.worker());
+    frozen.thaw();
+    for tid in [main, t.worker()] {
+        assert!(settles_to(pid, tid, 'T'), "thread {tid} job-stopped again");
+        assert_eq!(tracer(pid, tid), 0);
+    }
+    t.send("echo still-stopped");
+    t.silent_for(Duration::from_millis(100));
+    t.kill(libc::SIGCONT);
+    t.expect("echo still-stopped");
+}
+
+#[test]
+fn injected_call_latency() {
+    // Not a benchmark, a yardstick for the splice mode's frozen time: the cost
+    // of Injector::new + restore, and of one injected call.
+    let t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let started = Instant::now();
+    let mut inj = Injector::new(&frozen, main).unwrap();
+    let setup = started.elapsed();
+    let n = 2000;
+    let started = Instant::now();
+    for _ in 0..n {
+        inj.getpid().unwrap();
+    }
+    let per_call = started.elapsed() / n;
+    let started = Instant::now();
+    inj.restore().unwrap();
+    let restore = started.elapsed();
+    frozen.thaw();
+    eprintln!("injection: new {setup:?}, one call {per_call:?}, restore {restore:?}");
+    assert!(per_call < Duration::from_millis(5));
+}
