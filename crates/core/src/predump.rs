@@ -111,6 +111,14 @@ pub fn pre_dump(
     let vm_flags = maps::parse_smaps_flags(&smaps)?;
     let mut scanner = Scanner::open(pid)?;
     let out = create_image(pages_path)?;
+    // Splice mode's pipes are made and sized now, not while the target waits.
+    let mut spliced = match mode {
+        Mode::Splice => Some((
+            splice::Pipes::prepare(proc::resident_bytes(pid)?)?,
+            splice::target_fd_room(pid)?,
+        )),
+        Mode::Read => None,
+    };
 
     let frozen = Frozen::freeze(pid)?;
     let dump_uptime_us = proc::uptime_us();
@@ -127,8 +135,10 @@ pub fn pre_dump(
     let scan_time = scan_started.elapsed();
     // Splice mode references the pages while still frozen (after the scan, so
     // that the injector's scratch mapping is not in the scan).
-    let referenced = match (&found, mode) {
-        (Ok(found), Mode::Splice) => Some(splice::reference(&frozen, &found.ranges)),
+    let referenced = match (&found, spliced.as_mut()) {
+        (Ok(found), Some((pipes, fd_room))) => {
+            Some(splice::reference(&frozen, &found.ranges, pipes, *fd_room))
+        }
         _ => None,
     };
     let freeze = frozen.thaw();

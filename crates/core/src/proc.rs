@@ -141,6 +141,20 @@ pub fn check_target(pid: i32) -> Result<Stat> {
     Ok(st)
 }
 
+/// Resident memory of a process in bytes (the second field of /proc/PID/statm).
+pub fn resident_bytes(pid: i32) -> Result<u64> {
+    let text = read_proc(pid, &format!("/proc/{pid}/statm"))?;
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Parse {
+            file: format!("/proc/{pid}/statm"),
+            detail: "no resident field".into(),
+        })?;
+    Ok(pages * crate::PAGE_SIZE)
+}
+
 /// Seconds since boot as CRIU records `dump_uptime`: microseconds of CLOCK_BOOTTIME.
 pub fn uptime_us() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)

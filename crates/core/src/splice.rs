@@ -3,18 +3,22 @@
 //! (one injected call per pipe of up to 1024 iovecs); after thaw the pipes are
 //! spliced into the pages image.
 //!
-//! The pipes belong to the target only for the few injected calls that fill
-//! them: each is made with an injected `pipe2`, its read end taken with
-//! `pidfd_getfd`, filled, and both of the target's ends closed at once, so the
-//! target never holds more than two extra fds and keeps none. What the pipes
-//! reference is pinned until drained: splice mode's cost in memory.
+//! The frozen window holds as little as possible. The pipes are made and sized
+//! in predump's own process before the freeze (`Pipes::prepare`); while frozen,
+//! their write ends reach the target 253 at a time (SCM_MAX_FD) over a datagram
+//! socket pair whose one end we take from the target with pidfd_getfd, through
+//! one injected `recvmsg`; then one injected `vmsplice` per pipe, and one
+//! `close_range` per run of received fds. The target is left with no fd and no
+//! mapping of ours. What the pipes reference is pinned until drained: splice
+//! mode's cost in memory.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, splice, FcntlArg, SpliceFFlags};
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 use crate::drain::{self, MAX_IOVS};
 use crate::freeze::Frozen;
@@ -26,6 +30,64 @@ use crate::{Error, PageRange, Result, PAGE_SIZE};
 const WANTED_PIPE_BYTES: usize = 4 << 20;
 const SPLICE_F_NONBLOCK: u64 = 0x02;
 const SPLICE_F_GIFT: u64 = 0x08;
+/// The most fds one SCM_RIGHTS message carries (include/net/scm.h).
+const SCM_MAX_FD: usize = 253;
+/// Target fds kept free for the target's own use while we borrow some.
+const FD_HEADROOM: usize = 16;
+
+/// Scratch layout in the target: a control page (socketpair result, msghdr,
+/// iovec, data byte, cmsg buffer), the iovec arrays of one group of pipes, and
+/// room for the iovecs of a retried vmsplice.
+const CTL_PAIR: u64 = 0;
+const CTL_MSGHDR: u64 = 64;
+const CTL_IOVEC: u64 = 128;
+const CTL_BYTE: u64 = 144;
+const CTL_CMSG: u64 = 256;
+const CTL_CMSG_LEN: u64 = 16 + 4 * SCM_MAX_FD as u64 + 4; // CMSG_SPACE(253 * 4)
+const IOVS_AT: u64 = PAGE_SIZE;
+
+/// Pipes made before the freeze: our read and write ends, and the pipe size.
+pub struct Pipes {
+    free: Vec<(OwnedFd, OwnedFd)>,
+    pub pipe_bytes: usize,
+}
+
+impl Pipes {
+    /// Makes pipes for about `bytes` of pages (the target's resident memory:
+    /// more than will be dumped, as it counts file pages too), sized as large as
+    /// allowed, and raises our open-file limit for them.
+    pub fn prepare(bytes: u64) -> Result<Pipes> {
+        let (r, w) = new_pipe()?;
+        let pipe_bytes = grow_pipe(&w)?;
+        let count = (bytes.div_ceil(pipe_bytes as u64) as usize).max(1) + 4;
+        raise_nofile_limit(2 * count as u64)?;
+        let mut free = Vec::with_capacity(count);
+        free.push((r, w));
+        for _ in 1..count {
+            let (r, w) = new_pipe()?;
+            fcntl(&w, FcntlArg::F_SETPIPE_SZ(pipe_bytes as i32))
+                .map_err(|e| Error::sys("F_SETPIPE_SZ", e))?;
+            free.push((r, w));
+        }
+        free.reverse(); // taken with pop(), in order
+        Ok(Pipes { free, pipe_bytes })
+    }
+
+    /// The next pipe; made on the spot if the estimate fell short.
+    fn take(&mut self) -> Result<(OwnedFd, OwnedFd)> {
+        if let Some(p) = self.free.pop() {
+            return Ok(p);
+        }
+        let (r, w) = new_pipe()?;
+        fcntl(&w, FcntlArg::F_SETPIPE_SZ(self.pipe_bytes as i32))
+            .map_err(|e| Error::sys("F_SETPIPE_SZ", e))?;
+        Ok((r, w))
+    }
+}
+
+fn new_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))
+}
 
 /// Pages referenced into pipes, waiting to be drained.
 pub struct Pinned {
@@ -50,116 +112,282 @@ pub struct Refused {
     pub reason: String,
 }
 
-/// References `ranges` (sorted) of the frozen process into pipes. `Ok(Err(_))`:
+/// How many fds the target can take: its soft RLIMIT_NOFILE less what it has
+/// open, less headroom. Read before the freeze.
+pub fn target_fd_room(pid: i32) -> Result<usize> {
+    let limits = crate::proc::read_proc(pid, &format!("/proc/{pid}/limits"))?;
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    Ok(soft.saturating_sub(open + FD_HEADROOM))
+}
+
+/// References `ranges` (sorted) of the frozen process into `pipes`. `Ok(Err(_))`:
 /// the kernel or a seccomp filter refuses vmsplice; nothing is left in the target.
 pub fn reference(
     frozen: &Frozen,
     ranges: &[PageRange],
+    pipes: &mut Pipes,
+    fd_room: usize,
 ) -> Result<std::result::Result<Pinned, Refused>> {
     let started = Instant::now();
     let pid = frozen.pid();
-    let pidfd = PidFd::open(pid)?;
+    let group_max = fd_room.clamp(1, SCM_MAX_FD);
+    let batches: Vec<Vec<PageRange>> =
+        drain::batches(ranges, MAX_IOVS, pipes.pipe_bytes as u64).collect();
+    let iov_room = (group_max * MAX_IOVS * 16) as u64;
+    let retry_at = IOVS_AT + iov_room;
+
     let mut inj = Injector::new(frozen, pid)?;
-    let iov_area = inj.scratch((MAX_IOVS * 16) as u64)?;
+    let scratch = inj.scratch(retry_at + (MAX_IOVS * 16) as u64)?;
     let mut pinned = Pinned {
-        pipes: Vec::new(),
+        pipes: Vec::with_capacity(batches.len()),
         pinned_bytes: 0,
-        pipe_bytes: 0,
+        pipe_bytes: pipes.pipe_bytes,
         pages_gone: 0,
         inject_time: Duration::ZERO,
-        injected_calls: 1,
+        injected_calls: 1, // the scratch mmap
     };
-
-    // The first pipe tells how large a pipe may be; the batches follow from it.
-    let first = make_pipe(&mut inj, &pidfd, None, &mut pinned.injected_calls)?;
-    pinned.pipe_bytes = first.2;
-    if let Err(e) = raise_nofile_limit(ranges, pinned.pipe_bytes) {
-        close_in_target(&mut inj, first.1, &mut pinned.injected_calls)?;
-        return Err(e);
-    }
-    let mut spare = Some(first);
-    for batch in drain::batches(ranges, MAX_IOVS, pinned.pipe_bytes as u64) {
-        let (ours, target_fds, _) = match spare.take() {
-            Some(p) => p,
-            None => make_pipe(
-                &mut inj,
-                &pidfd,
-                Some(pinned.pipe_bytes),
-                &mut pinned.injected_calls,
-            )?,
-        };
-        let filled = fill_pipe(
-            &mut inj,
-            target_fds[1],
-            iov_area,
-            &batch,
-            &mut pinned.injected_calls,
-        );
-        close_in_target(&mut inj, target_fds, &mut pinned.injected_calls)?;
-        match filled? {
-            Fill::Refused(errno) => {
-                inj.restore()?;
-                return Ok(Err(Refused {
-                    reason: format!("vmsplice in the target failed: {}", errno.desc()),
-                }));
-            }
-            Fill::Done { regions, gone } => {
-                pinned.pinned_bytes += regions.iter().map(|r| r.len()).sum::<u64>();
-                pinned.pages_gone += gone;
-                pinned.pipes.push((File::from(ours), regions));
-            }
-        }
-    }
-    if let Some((_, target_fds, _)) = spare {
-        close_in_target(&mut inj, target_fds, &mut pinned.injected_calls)?;
+    let channel = Channel::open(&mut inj, scratch, &mut pinned.injected_calls)?;
+    let outcome = reference_groups(
+        &mut inj,
+        &channel,
+        scratch,
+        retry_at,
+        &batches,
+        group_max,
+        pipes,
+        &mut pinned,
+    );
+    channel.close(&mut inj, &mut pinned.injected_calls)?;
+    if let Some(errno) = outcome? {
+        inj.restore()?;
+        return Ok(Err(Refused {
+            reason: format!("vmsplice in the target failed: {}", errno.desc()),
+        }));
     }
     inj.restore()?;
     pinned.inject_time = started.elapsed();
     Ok(Ok(pinned))
 }
 
-/// An injected pipe2, sized from our side (`size`, or as large as allowed);
-/// returns our copy of the read end, the target's fds, and the pipe's real size.
-/// On failure the target's fds are closed again.
-fn make_pipe(
+/// Sends pipes to the target group by group and vmsplices each batch into its
+/// pipe. Returns the errno of a refused vmsplice.
+#[allow(clippy::too_many_arguments)]
+fn reference_groups(
     inj: &mut Injector,
-    pidfd: &PidFd,
-    size: Option<usize>,
-    calls: &mut u64,
-) -> Result<(OwnedFd, [i32; 2], usize)> {
-    *calls += 1;
-    let fds = inj.pipe2(libc::O_CLOEXEC)?;
-    let made = pidfd.get_fd(fds[0]).and_then(|ours| {
-        let bytes = match size {
-            None => grow_pipe(&ours)?,
-            Some(bytes) => {
-                fcntl(&ours, FcntlArg::F_SETPIPE_SZ(bytes as i32))
-                    .map_err(|e| Error::sys("F_SETPIPE_SZ", e))?;
-                bytes
-            }
-        };
-        Ok((ours, bytes))
-    });
-    match made {
-        Ok((ours, bytes)) => Ok((ours, fds, bytes)),
-        Err(e) => {
-            close_in_target(inj, fds, calls)?;
-            Err(e)
+    channel: &Channel,
+    scratch: u64,
+    retry_at: u64,
+    batches: &[Vec<PageRange>],
+    group_max: usize,
+    pipes: &mut Pipes,
+    pinned: &mut Pinned,
+) -> Result<Option<Errno>> {
+    let mut next = 0;
+    while next < batches.len() {
+        let group = &batches[next..batches.len().min(next + group_max)];
+        let mut taken = Vec::with_capacity(group.len());
+        for _ in group {
+            taken.push(pipes.take()?);
         }
+        let writes: Vec<i32> = taken.iter().map(|(_, w)| w.as_raw_fd()).collect();
+        let target_fds = channel.pass(inj, scratch, &writes, &mut pinned.injected_calls)?;
+        // The target may take fewer than sent (its fd limit): use what arrived.
+        let used = target_fds.len();
+        let outcome = fill_group(inj, scratch, retry_at, &group[..used], &target_fds, pinned);
+        close_runs(inj, &target_fds, &mut pinned.injected_calls)?;
+        let filled = match outcome? {
+            Ok(filled) => filled,
+            Err(errno) => return Ok(Some(errno)),
+        };
+        for ((r, _w), (regions, gone)) in taken.into_iter().zip(filled) {
+            pinned.pinned_bytes += regions.iter().map(|r| r.len()).sum::<u64>();
+            pinned.pages_gone += gone;
+            pinned.pipes.push((File::from(r), regions));
+        }
+        next += used;
+    }
+    Ok(None)
+}
+
+/// The iovecs of a whole group in one write, then one vmsplice per pipe.
+fn fill_group(
+    inj: &mut Injector,
+    scratch: u64,
+    retry_at: u64,
+    group: &[Vec<PageRange>],
+    target_fds: &[i32],
+    pinned: &mut Pinned,
+) -> Result<std::result::Result<Vec<Filled>, Errno>> {
+    let mut iov = Vec::new();
+    let mut at = Vec::with_capacity(group.len());
+    for batch in group {
+        at.push(scratch + IOVS_AT + iov.len() as u64);
+        push_iovs(&mut iov, batch);
+    }
+    inj.write_memory(scratch + IOVS_AT, &iov)?;
+    let mut out = Vec::with_capacity(group.len());
+    for ((batch, &fd), &iov_addr) in group.iter().zip(target_fds).zip(&at) {
+        match fill_pipe(
+            inj,
+            fd,
+            iov_addr,
+            scratch + retry_at,
+            batch,
+            &mut pinned.injected_calls,
+        )? {
+            Fill::Done { regions, gone } => out.push((regions, gone)),
+            Fill::Refused(errno) => return Ok(Err(errno)),
+        }
+    }
+    Ok(Ok(out))
+}
+
+fn push_iovs(iov: &mut Vec<u8>, batch: &[PageRange]) {
+    for r in batch {
+        iov.extend_from_slice(&r.start.to_ne_bytes());
+        iov.extend_from_slice(&r.len().to_ne_bytes());
     }
 }
 
-/// Closes both of the target's ends of a pipe: one close_range when they are
-/// adjacent (the usual case: pipe2 takes the lowest free fds).
-fn close_in_target(inj: &mut Injector, fds: [i32; 2], calls: &mut u64) -> Result<()> {
-    let (lo, hi) = (fds[0].min(fds[1]), fds[0].max(fds[1]));
-    if hi == lo + 1 {
+/// A datagram socket pair between us and the target, for SCM_RIGHTS.
+struct Channel {
+    ours: OwnedFd,
+    /// The target's end.
+    theirs: i32,
+}
+
+impl Channel {
+    /// Injected socketpair; we take one end and close it in the target.
+    fn open(inj: &mut Injector, scratch: u64, calls: &mut u64) -> Result<Channel> {
         *calls += 1;
-        inj.syscall_ok(libc::SYS_close_range, &[lo as u64, hi as u64, 0])?;
-    } else {
-        *calls += 2;
-        inj.close(lo)?;
-        inj.close(hi)?;
+        inj.syscall_ok(
+            libc::SYS_socketpair,
+            &[
+                libc::AF_UNIX as u64,
+                (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
+                0,
+                scratch + CTL_PAIR,
+            ],
+        )?;
+        let mut b = [0u8; 8];
+        inj.read_memory(scratch + CTL_PAIR, &mut b)?;
+        let pair = [
+            i32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")),
+            i32::from_ne_bytes(b[4..8].try_into().expect("4 bytes")),
+        ];
+        let taken = PidFd::open(inj.pid()).and_then(|p| p.get_fd(pair[0]));
+        *calls += 1;
+        inj.close(pair[0])?;
+        match taken {
+            Ok(ours) => Ok(Channel {
+                ours,
+                theirs: pair[1],
+            }),
+            Err(e) => {
+                *calls += 1;
+                inj.close(pair[1])?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `fds` (ours) and receives them in the target with one injected
+    /// recvmsg; returns the target's fd numbers (possibly fewer, if the target
+    /// ran out of fds: the kernel then closes the rest).
+    fn pass(
+        &self,
+        inj: &mut Injector,
+        scratch: u64,
+        fds: &[i32],
+        calls: &mut u64,
+    ) -> Result<Vec<i32>> {
+        let byte = [0u8; 1];
+        let iov = [std::io::IoSlice::new(&byte)];
+        sendmsg::<()>(
+            self.ours.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| Error::sys("sendmsg of pipe fds", e))?;
+        // struct msghdr and struct iovec in the target's scratch page.
+        let mut ctl = vec![0u8; (CTL_CMSG + CTL_CMSG_LEN) as usize];
+        let put = |buf: &mut [u8], at: u64, v: u64| {
+            buf[at as usize..at as usize + 8].copy_from_slice(&v.to_ne_bytes())
+        };
+        put(&mut ctl, CTL_MSGHDR + 16, scratch + CTL_IOVEC); // msg_iov
+        put(&mut ctl, CTL_MSGHDR + 24, 1); // msg_iovlen
+        put(&mut ctl, CTL_MSGHDR + 32, scratch + CTL_CMSG); // msg_control
+        put(&mut ctl, CTL_MSGHDR + 40, CTL_CMSG_LEN); // msg_controllen
+        put(&mut ctl, CTL_IOVEC, scratch + CTL_BYTE); // iov_base
+        put(&mut ctl, CTL_IOVEC + 8, 1); // iov_len
+        inj.write_memory(scratch, &ctl)?;
+        *calls += 1;
+        inj.syscall_ok(
+            libc::SYS_recvmsg,
+            &[
+                self.theirs as u64,
+                scratch + CTL_MSGHDR,
+                libc::MSG_CMSG_CLOEXEC as u64,
+            ],
+        )?;
+        inj.read_memory(scratch, &mut ctl)?;
+        let word = |at: u64| {
+            u64::from_ne_bytes(
+                ctl[at as usize..at as usize + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            )
+        };
+        let controllen = word(CTL_MSGHDR + 40);
+        let cmsg_len = word(CTL_CMSG);
+        if controllen < 16 || cmsg_len < 16 {
+            return Err(Error::sys(
+                "passing pipes to the target",
+                std::io::Error::from_raw_os_error(libc::EMFILE),
+            ));
+        }
+        let n = ((cmsg_len - 16) / 4) as usize;
+        Ok((0..n)
+            .map(|i| {
+                let at = (CTL_CMSG + 16) as usize + 4 * i;
+                i32::from_ne_bytes(ctl[at..at + 4].try_into().expect("4 bytes"))
+            })
+            .collect())
+    }
+
+    fn close(self, inj: &mut Injector, calls: &mut u64) -> Result<()> {
+        *calls += 1;
+        inj.close(self.theirs)
+    }
+}
+
+/// Closes fds in the target: one close_range per run of consecutive numbers
+/// (received fds take the lowest free numbers, so usually one run).
+fn close_runs(inj: &mut Injector, fds: &[i32], calls: &mut u64) -> Result<()> {
+    let mut sorted = fds.to_vec();
+    sorted.sort_unstable();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        *calls += 1;
+        inj.syscall_ok(
+            libc::SYS_close_range,
+            &[sorted[i] as u64, sorted[j] as u64, 0],
+        )?;
+        i = j + 1;
     }
     Ok(())
 }
@@ -182,84 +410,89 @@ fn grow_pipe(fd: &OwnedFd) -> Result<usize> {
     Ok(size as usize)
 }
 
-/// One read end per pipe stays open in this process until drained: make sure
-/// the soft limit on open files allows them.
-fn raise_nofile_limit(ranges: &[PageRange], pipe_bytes: usize) -> Result<()> {
+/// Both ends of every pipe stay open here until used: make sure the soft limit
+/// on open files allows `fds` more.
+fn raise_nofile_limit(fds: u64) -> Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let bytes: u64 = ranges.iter().map(|r| r.len()).sum();
-    let pipes = bytes.div_ceil(pipe_bytes as u64) + ranges.len() as u64 / MAX_IOVS as u64 + 1;
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::sys("getrlimit", e))?;
-    let need = pipes + 256; // what the process has open already, with room
+    let need = fds + 256; // what the process has open already, with room
     if need <= soft {
         return Ok(());
     }
     if need > hard {
         return Err(Error::InvalidArgument(format!(
-            "splice mode needs {pipes} pipes but the open-file limit is {hard}: raise it (ulimit -n) or use read mode"
+            "splice mode needs {fds} pipe fds but the open-file limit is {hard}: raise it (ulimit -n) or use read mode"
         )));
     }
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| Error::sys("setrlimit", e))
 }
+
+/// What one pipe holds, and the pages that could not be referenced.
+type Filled = (Vec<PageRange>, u64);
 
 enum Fill {
     Done { regions: Vec<PageRange>, gone: u64 },
     Refused(Errno),
 }
 
-/// vmsplice of one batch into the target's pipe end `wfd`. Every byte must move:
-/// a short count (a page unreadable although the scan saw it present) skips that
-/// one page and goes on with the rest.
+/// vmsplice of one batch (its iovecs already at `iov_addr` in the target) into
+/// the target's pipe end `wfd`. Every byte must move: a short count (a page
+/// unreadable although the scan saw it present) skips that one page and goes on
+/// with the rest, whose iovecs are written at `retry_addr`.
 fn fill_pipe(
     inj: &mut Injector,
     wfd: i32,
-    iov_area: u64,
+    iov_addr: u64,
+    retry_addr: u64,
     batch: &[PageRange],
     calls: &mut u64,
 ) -> Result<Fill> {
     let mut rest: Vec<PageRange> = batch.to_vec();
     let mut regions: Vec<PageRange> = Vec::new();
     let mut gone = 0;
+    let mut at = iov_addr;
     while !rest.is_empty() {
-        let mut iov = Vec::with_capacity(rest.len() * 16);
-        for r in &rest {
-            iov.extend_from_slice(&r.start.to_ne_bytes());
-            iov.extend_from_slice(&r.len().to_ne_bytes());
-        }
-        inj.write_memory(iov_area, &iov)?;
         *calls += 1;
         let n = inj.syscall(
             libc::SYS_vmsplice,
             &[
                 wfd as u64,
-                iov_area,
+                at,
                 rest.len() as u64,
                 SPLICE_F_GIFT | SPLICE_F_NONBLOCK,
             ],
         )?;
         if n < 0 {
             let errno = Errno::from_raw(-n as i32);
-            return match errno {
+            match errno {
                 Errno::EOPNOTSUPP | Errno::EPERM | Errno::ENOSYS | Errno::EACCES => {
-                    Ok(Fill::Refused(errno))
+                    return Ok(Fill::Refused(errno))
                 }
                 // The first page at the cursor cannot be referenced: skip it.
                 Errno::EFAULT => {
                     gone += 1;
                     advance(&mut rest, &mut Vec::new(), 1);
-                    continue;
                 }
-                e => Err(Error::sys(
-                    "vmsplice in the target",
-                    std::io::Error::from(e),
-                )),
-            };
+                e => {
+                    return Err(Error::sys(
+                        "vmsplice in the target",
+                        std::io::Error::from(e),
+                    ))
+                }
+            }
+        } else {
+            advance(&mut rest, &mut regions, n as u64 / PAGE_SIZE);
+            if !rest.is_empty() {
+                gone += 1;
+                advance(&mut rest, &mut Vec::new(), 1);
+            }
         }
-        let pages = n as u64 / PAGE_SIZE;
-        advance(&mut rest, &mut regions, pages);
         if !rest.is_empty() {
-            gone += 1;
-            advance(&mut rest, &mut Vec::new(), 1);
+            let mut iov = Vec::with_capacity(rest.len() * 16);
+            push_iovs(&mut iov, &rest);
+            inj.write_memory(retry_addr, &iov)?;
+            at = retry_addr;
         }
     }
     Ok(Fill::Done { regions, gone })
