@@ -1,7 +1,9 @@
 /**
  * Pre-dump benchmark: the CLI pre-dumping the bundled workload into tmpfs in
- * each mode, beside reference figures measured in the same run (memcpy of the
- * same size into a fresh and into a warm destination, process_vm_readv alone).
+ * each mode, beside reference figures measured in the same run: memcpy of the
+ * same size into a fresh and into a warm destination, process_vm_readv alone,
+ * and writing the same bytes into a new file in the images' file system (which
+ * pays for the file's new pages, as the pages image does).
  *
  *   npm run bench:predump -- [--sizes 64M,1G,4G] [--modes read,splice] [--runs 5]
  *                            [--dir /dev/shm] [--json FILE]
@@ -99,6 +101,7 @@ const keys = [
   'pipes',
   'ratioFresh',
   'ratioWarm',
+  'ratioWrite',
 ] as const;
 type Key = (typeof keys)[number];
 
@@ -116,6 +119,7 @@ for (const sizeText of values.sizes.split(',')) {
     memcpyFreshMs: [] as number[],
     memcpyWarmMs: [] as number[],
     readvMs: [] as number[],
+    writeMs: [] as number[],
   };
   let bytes = 0;
   try {
@@ -125,7 +129,9 @@ for (const sizeText of values.sizes.split(',')) {
       bytes = [...results.values()][0].bytesWritten;
       const memcpy = await native.memcpyReference(bytes);
       const readv = await native.readvReference(workload.pid);
+      const writeMs = await native.writeReference(values.dir, bytes);
       if (i < 0) continue; // warm-up round
+      ref.writeMs.push(writeMs);
       ref.memcpyFreshMs.push(memcpy.freshMs);
       ref.memcpyWarmMs.push(memcpy.warmMs);
       ref.readvMs.push(readv.ms);
@@ -144,6 +150,7 @@ for (const sizeText of values.sizes.split(',')) {
         s.pipes.push(r.pipes);
         s.ratioFresh.push(preDumpMs / memcpy.freshMs);
         s.ratioWarm.push(preDumpMs / memcpy.warmMs);
+        s.ratioWrite.push(preDumpMs / writeMs);
       }
     }
   } finally {
@@ -159,6 +166,7 @@ for (const sizeText of values.sizes.split(',')) {
       memcpyFreshMs: stat(ref.memcpyFreshMs),
       memcpyWarmMs: stat(ref.memcpyWarmMs),
       readvMs: stat(ref.readvMs),
+      writeMs: stat(ref.writeMs),
     });
   }
   console.error(`${sizeText}: done`);
@@ -169,11 +177,11 @@ console.log(
   [
     `${os.cpus().length} CPUs, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${os.release()}; ${runs} runs after a warm-up; median [min–max]`,
     '',
-    '| size | mode | stopped (ms) | scan (ms) | inject (ms) | drain (ms) | pre-dump (ms) | memcpy fresh (ms) | memcpy warm (ms) | readv alone (ms) | ÷ memcpy fresh | ÷ memcpy warm | pinned (MiB) | peak RSS (MiB) |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| size | mode | stopped (ms) | scan (ms) | inject (ms) | drain (ms) | pre-dump (ms) | memcpy fresh (ms) | memcpy warm (ms) | readv alone (ms) | write alone (ms) | ÷ memcpy fresh | ÷ memcpy warm | ÷ write alone | pinned (MiB) | peak RSS (MiB) |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows.map(
       (r) =>
-        `| ${String(r.size)} | ${String(r.mode)} | ${S(r, 'stoppedWindowMs', 2)} | ${S(r, 'scanMs', 2)} | ${S(r, 'injectMs', 1)} | ${S(r, 'drainMs', 0)} | ${S(r, 'preDumpMs', 0)} | ${S(r, 'memcpyFreshMs', 0)} | ${S(r, 'memcpyWarmMs', 0)} | ${S(r, 'readvMs', 0)} | ${S(r, 'ratioFresh', 2)} | ${S(r, 'ratioWarm', 2)} | ${S(r, 'pinnedMiB', 0)} | ${S(r, 'peakRssMiB', 1)} |`,
+        `| ${String(r.size)} | ${String(r.mode)} | ${S(r, 'stoppedWindowMs', 2)} | ${S(r, 'scanMs', 2)} | ${S(r, 'injectMs', 1)} | ${S(r, 'drainMs', 0)} | ${S(r, 'preDumpMs', 0)} | ${S(r, 'memcpyFreshMs', 0)} | ${S(r, 'memcpyWarmMs', 0)} | ${S(r, 'readvMs', 0)} | ${S(r, 'writeMs', 0)} | ${S(r, 'ratioFresh', 2)} | ${S(r, 'ratioWarm', 2)} | ${S(r, 'ratioWrite', 2)} | ${S(r, 'pinnedMiB', 0)} | ${S(r, 'peakRssMiB', 1)} |`,
     ),
   ].join('\n'),
 );

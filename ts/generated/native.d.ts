@@ -11,6 +11,12 @@ export declare class Progress {
 }
 
 /**
+ * Probes the kernel features predump needs, on memory of this process and of a
+ * short-lived child it forks (never another process).
+ */
+export declare function checkKernel(): Promise<KernelCheck>
+
+/**
  * Checks every page of a pages image against the bundled workload's pattern.
  * `regions`: [vaddr, nrPages] pairs in image order; `areas`: [start, bytes]
  * pairs of pattern memory (epoch 0); `epochs`: [start, pages, epoch] runs of
@@ -23,6 +29,35 @@ export declare function checkPattern(pagesPath: string, regions: Float64Array, a
  * thread, not a zombie, not our child) without touching it.
  */
 export declare function checkTarget(pid: number): Promise<void>
+
+/** One kernel feature predump relies on, and why it does or does not work here. */
+export interface KernelCapability {
+  /**
+   * process_vm_readv, ptrace, pidfd_getfd, PAGEMAP_SCAN, soft-dirty, uffd-wp,
+   * vmsplice-gift.
+   */
+  name: string
+  supported: boolean
+  detail: string
+}
+
+/** What `predump check` found, each feature tried for real. */
+export interface KernelCheck {
+  kernel: string
+  arch: string
+  root: boolean
+  capSysPtrace: boolean
+  capSysResource: boolean
+  /** /proc/sys/kernel/yama/ptrace_scope; absent without Yama. */
+  ptraceScope?: number
+  /** /proc/sys/fs/pipe-max-size in bytes. */
+  pipeMaxSize?: number
+  capabilities: Array<KernelCapability>
+  /** The dirty-tracking backend `auto` chooses: "soft-dirty", "uffd-wp" or "none". */
+  trackMemAuto: string
+  readMode: boolean
+  spliceMode: boolean
+}
 
 /** Times a memcpy of `bytes` (fresh and warm destination) on its own thread. */
 export declare function memcpyReference(bytes: number): Promise<MemcpyReference>
@@ -110,3 +145,6 @@ export interface ReadvReference {
   ms: number
   bytes: number
 }
+
+/** Time to write `bytes` into a new file in `dir` (removed afterwards), in ms. */
+export declare function writeReference(dir: string, bytes: number): Promise<number>

@@ -91,3 +91,29 @@ impl Drop for Anon {
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
+
+/// Writing `bytes` from a warm buffer into a new file in `dir` (1 MiB writes,
+/// then fsync; the file is removed): the floor of any image writer on that
+/// file system, which pays for allocating the file's pages as a pre-dump does.
+pub fn write_reference(dir: &std::path::Path, bytes: usize) -> Result<Duration> {
+    use std::io::Write;
+    let chunk = 1 << 20;
+    let buf = vec![0x5au8; chunk];
+    let path = dir.join(format!(".predump-write-reference-{}", std::process::id()));
+    let mut f =
+        std::fs::File::create(&path).map_err(|e| Error::sys("create write reference", e))?;
+    let t = Instant::now();
+    let mut left = bytes;
+    let result = (|| {
+        while left > 0 {
+            let n = left.min(chunk);
+            f.write_all(&buf[..n])?;
+            left -= n;
+        }
+        f.sync_all()
+    })();
+    let elapsed = t.elapsed();
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| Error::sys("write reference", e))?;
+    Ok(elapsed)
+}

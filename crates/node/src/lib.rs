@@ -314,3 +314,71 @@ pub fn check_target<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
         predump_core::proc::check_target(pid).map(|_| ())
     })
 }
+
+/// One kernel feature predump relies on, and why it does or does not work here.
+#[napi(object)]
+pub struct KernelCapability {
+    /// process_vm_readv, ptrace, pidfd_getfd, PAGEMAP_SCAN, soft-dirty, uffd-wp,
+    /// vmsplice-gift.
+    pub name: String,
+    pub supported: bool,
+    pub detail: String,
+}
+
+/// What `predump check` found, each feature tried for real.
+#[napi(object)]
+pub struct KernelCheck {
+    pub kernel: String,
+    pub arch: String,
+    pub root: bool,
+    pub cap_sys_ptrace: bool,
+    pub cap_sys_resource: bool,
+    /// /proc/sys/kernel/yama/ptrace_scope; absent without Yama.
+    pub ptrace_scope: Option<u32>,
+    /// /proc/sys/fs/pipe-max-size in bytes.
+    pub pipe_max_size: Option<f64>,
+    pub capabilities: Vec<KernelCapability>,
+    /// The dirty-tracking backend `auto` chooses: "soft-dirty", "uffd-wp" or "none".
+    pub track_mem_auto: String,
+    pub read_mode: bool,
+    pub splice_mode: bool,
+}
+
+/// Probes the kernel features predump needs, on memory of this process and of a
+/// short-lived child it forks (never another process).
+#[napi(ts_return_type = "Promise<KernelCheck>")]
+pub fn check_kernel<'env>(env: &'env Env) -> Result<Object<'env>> {
+    on_own_thread(env, move || {
+        let r = predump_core::check::check()?;
+        Ok(KernelCheck {
+            kernel: r.kernel,
+            arch: r.arch,
+            root: r.root,
+            cap_sys_ptrace: r.cap_sys_ptrace,
+            cap_sys_resource: r.cap_sys_resource,
+            ptrace_scope: r.ptrace_scope,
+            pipe_max_size: r.pipe_max_size.map(|n| n as f64),
+            capabilities: r
+                .capabilities
+                .into_iter()
+                .map(|c| KernelCapability {
+                    name: c.name.to_string(),
+                    supported: c.supported,
+                    detail: c.detail,
+                })
+                .collect(),
+            track_mem_auto: r.track_mem_auto.name().to_string(),
+            read_mode: r.read_mode,
+            splice_mode: r.splice_mode,
+        })
+    })
+}
+
+/// Time to write `bytes` into a new file in `dir` (removed afterwards), in ms.
+#[napi(ts_return_type = "Promise<number>")]
+pub fn write_reference<'env>(env: &'env Env, dir: String, bytes: f64) -> Result<Object<'env>> {
+    on_own_thread(env, move || {
+        let t = predump_core::bench::write_reference(std::path::Path::new(&dir), bytes as usize)?;
+        Ok(t.as_secs_f64() * 1e3)
+    })
+}
