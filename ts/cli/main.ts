@@ -4,6 +4,7 @@
 import yargs from 'yargs';
 import { EXIT } from '../errors.js';
 import { printJson } from './output.js';
+import * as check from './check.js';
 import * as demo from './demo.js';
 import * as preDump from './pre-dump.js';
 import * as show from './show.js';
@@ -20,6 +21,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(preDump)
     .command(show)
     .command(demo)
+    .command(check)
     .demandCommand(1, 'Say which command to run; see the list above.')
     .strict()
     .recommendCommands()

@@ -2,6 +2,7 @@
 //! into a CRIU pages image. No napi here: the binding crate only converts types.
 
 pub mod bench;
+pub mod check;
 pub mod drain;
 pub mod error;
 pub mod freeze;
