@@ -20,6 +20,8 @@ export interface WorkloadOptions {
   churn?: boolean;
   /** A seccomp filter makes vmsplice fail with EPERM (as container profiles do). */
   denyVmsplice?: boolean;
+  /** Ignore SIGTRAP: syscall injection (splice mode) must refuse to touch it. */
+  ignoreSigtrap?: boolean;
 }
 
 export interface Area {
@@ -97,6 +99,7 @@ export class Workload {
     ];
     if (options.churn) args.push('--churn');
     if (options.denyVmsplice) args.push('--deny-vmsplice');
+    if (options.ignoreSigtrap) args.push('--ignore-sigtrap');
     // Not our child: Node's waitpid on a child would take the ptrace stops of
     // the freeze (and report them as an exit).
     args.push('--grandchild');

@@ -128,6 +128,15 @@ pub fn target_fd_room(pid: i32) -> Result<usize> {
     Ok(soft.saturating_sub(open + FD_HEADROOM))
 }
 
+/// SigIgn of /proc/PID/status has SIGTRAP's bit: injection must not touch it.
+fn ignores_sigtrap(pid: i32) -> Result<bool> {
+    let status = crate::proc::read_proc(pid, &format!("/proc/{pid}/status"))?;
+    let ignored = crate::proc::parse_status_field(&status, "SigIgn")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0);
+    Ok(ignored & (1 << (libc::SIGTRAP - 1)) != 0)
+}
+
 /// References `ranges` (sorted) of the frozen process into `pipes`. `Ok(Err(_))`:
 /// the kernel or a seccomp filter refuses vmsplice; nothing is left in the target.
 pub fn reference(
@@ -144,6 +153,12 @@ pub fn reference(
     let iov_room = (group_max * MAX_IOVS * 16) as u64;
     let retry_at = IOVS_AT + iov_room;
 
+    if ignores_sigtrap(pid)? {
+        return Ok(Err(Refused {
+            reason: "the target ignores SIGTRAP, which an injected trap would reset to its default"
+                .into(),
+        }));
+    }
     let mut inj = Injector::new(frozen, pid)?;
     let scratch = inj.scratch(retry_at + (MAX_IOVS * 16) as u64)?;
     let mut pinned = Pinned {

@@ -19,13 +19,14 @@ use predump_core::PAGE_SIZE;
 
 const USAGE: &str = "\
 usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
-                        [--deny-vmsplice] [--grandchild]
+                        [--deny-vmsplice] [--ignore-sigtrap] [--grandchild]
 
   --size BYTES      data region size; suffixes K, M, G (powers of 1024); default 64M
   --threads N       compute threads besides the command thread; default 1
   --churn           run a thread that keeps mapping, mprotecting and unmapping
   --churn-slots N   slots of 16 pages in the churn area; default 16
   --deny-vmsplice   install a seccomp filter making vmsplice fail with EPERM
+  --ignore-sigtrap  ignore SIGTRAP (syscall injection must then refuse to run)
   --grandchild      run in a forked child while the first process only waits for
                     it and exits with its status: the workload is then not a child
                     of its starter, whose own waitpid would take the ptrace stops
@@ -57,6 +58,7 @@ struct Args {
     churn_slots: usize,
     grandchild: bool,
     deny_vmsplice: bool,
+    ignore_sigtrap: bool,
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -70,7 +72,7 @@ fn parse_size(s: &str) -> Option<usize> {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, grandchild: false, deny_vmsplice: false };
+    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, grandchild: false, deny_vmsplice: false, ignore_sigtrap: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         // Accept both `--opt value` and `--opt=value`.
@@ -99,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
             "--churn" if inline.is_none() => a.churn = true,
             "--grandchild" if inline.is_none() => a.grandchild = true,
             "--deny-vmsplice" if inline.is_none() => a.deny_vmsplice = true,
+            "--ignore-sigtrap" if inline.is_none() => a.ignore_sigtrap = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -264,6 +267,10 @@ fn main() {
     });
     if args.grandchild {
         become_grandchild();
+    }
+    if args.ignore_sigtrap {
+        // SAFETY: setting a disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(libc::SIGTRAP, libc::SIG_IGN) };
     }
     if args.deny_vmsplice {
         if let Err(msg) = seccomp::deny_vmsplice() {
