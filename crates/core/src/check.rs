@@ -47,23 +47,9 @@ pub struct Capability {
     pub detail: String,
 }
 
-/// The dirty-tracking backend `--track-mem auto` chooses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrackBackend {
-    SoftDirty,
-    UffdWp,
-    None,
-}
-
-impl TrackBackend {
-    pub fn name(self) -> &'static str {
-        match self {
-            TrackBackend::SoftDirty => SOFT_DIRTY,
-            TrackBackend::UffdWp => UFFD_WP,
-            TrackBackend::None => "none",
-        }
-    }
-}
+/// The dirty-tracking backend `--track-mem auto` chooses (defined with the
+/// tracker itself; the old name is kept for the binding).
+pub use crate::track::Backend as TrackBackend;
 
 /// Everything `predump check` found.
 #[derive(Debug, Clone)]
@@ -463,6 +449,16 @@ fn probe_soft_dirty() -> Result<Probe> {
     Ok(soft_dirty_verdict(after_clear, after_write))
 }
 
+/// Whether soft-dirty tracking works here (the real probe of `check`).
+pub(crate) fn soft_dirty_works() -> bool {
+    probe_soft_dirty().is_ok_and(|p| p.supported)
+}
+
+/// Whether uffd-wp async tracking works here (the real probe of `check`).
+pub(crate) fn uffd_wp_works() -> bool {
+    probe_uffd_wp().is_ok_and(|p| p.supported)
+}
+
 /// Clears the soft-dirty bits of our whole process (harmless: nothing of ours
 /// tracks them; without CONFIG_MEM_SOFT_DIRTY it does nothing at all).
 fn clear_soft_dirty() -> io::Result<()> {
@@ -480,41 +476,15 @@ fn pagemap_entry(pagemap: &File, addr: u64) -> Result<u64> {
     Ok(u64::from_ne_bytes(entry))
 }
 
-/// include/uapi/linux/userfaultfd.h
-const UFFD_API: u64 = 0xaa;
-const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+// The userfaultfd ABI (structs, ioctl numbers, features) lives with the tracker,
+// which uses it on targets; the probes use it on our own memory.
+use crate::track::uffd::{
+    uffdio_api, UffdioRegister, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFD_FEATURE_WP_ASYNC,
+    UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
+};
 
-#[repr(C)]
-#[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
-const UFFDIO_API: libc::c_ulong = iowr(0xaa, 0x3f, std::mem::size_of::<UffdioApi>());
-/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
-const UFFDIO_REGISTER: libc::c_ulong = iowr(0xaa, 0x00, std::mem::size_of::<UffdioRegister>());
 /// `_IO(0xAA, 0x00)` on /dev/userfaultfd.
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xaa << 8;
-
-/// The `_IOWR` encoding (asm-generic/ioctl.h, used by x86_64 and arm64).
-const fn iowr(ty: u8, nr: u8, size: usize) -> libc::c_ulong {
-    (3 << 30) | ((size as libc::c_ulong) << 16) | ((ty as libc::c_ulong) << 8) | nr as libc::c_ulong
-}
 
 /// A new userfaultfd: the system call, or /dev/userfaultfd where the system call
 /// is refused (vm.unprivileged_userfaultfd = 0 and no CAP_SYS_PTRACE).
@@ -548,21 +518,6 @@ fn open_userfaultfd() -> std::result::Result<OwnedFd, String> {
     }
     // SAFETY: as above, a fresh fd that we alone own.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
-}
-
-/// UFFDIO_API with `features`; Ok(the features the kernel offers).
-fn uffdio_api(uffd: &OwnedFd, features: u64) -> io::Result<u64> {
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features,
-        ioctls: 0,
-    };
-    // SAFETY: `api` is a properly sized uffdio_api the kernel reads and writes
-    // during the call only.
-    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(api.features)
 }
 
 /// The features a fresh userfaultfd offers (UFFDIO_API works once per fd).

@@ -13,6 +13,7 @@ pub mod predump;
 pub mod proc;
 pub mod scan;
 pub mod splice;
+pub mod track;
 
 pub use error::{Error, Result};
 

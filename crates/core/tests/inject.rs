@@ -1067,3 +1067,172 @@ fn injected_call_latency() {
     eprintln!("injection: new {setup:?}, one call {per_call:?}, restore {restore:?}");
     assert!(per_call < Duration::from_millis(5));
 }
+
+#[test]
+fn between_calls_the_thread_is_back_in_its_freeze_state() {
+    // After each call the injector re-stops the thread (PTRACE_INTERRUPT, then
+    // PTRACE_CONT with signal 0 from our trap's stop): get_signal() takes the
+    // interrupt trap before anything else, so the thread waits in an interrupt
+    // stop with its own registers, mask and siginfo, at its own code, as right
+    // after the freeze. A tracer dying there is harmless.
+    let mut t = Testee::spawn(&["nanosleep", "5000"]);
+    let (pid, worker) = (t.pid, t.worker());
+    wait_blocked(pid, worker, libc::SYS_nanosleep);
+    wait_blocked(pid, t.main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    for tid in [worker, t.main] {
+        let before = thread_state(&frozen, tid).unwrap();
+        let code = bytes_at(pid, before.pc.saturating_sub(16) & !7, 48);
+        let mut inj = Injector::new(&frozen, tid).unwrap();
+        assert_ne!(inj.point(), 0);
+        assert_eq!(thread_state(&frozen, tid).unwrap(), before, "after new");
+        for i in 0..5 {
+            assert_eq!(inj.getpid().unwrap(), pid);
+            if i == 2 {
+                let [r, w] = inj.pipe2(0).unwrap();
+                inj.close(r).unwrap();
+                inj.close(w).unwrap();
+            }
+            assert_eq!(thread_state(&frozen, tid).unwrap(), before, "after call {i}");
+            assert_eq!(bytes_at(pid, before.pc.saturating_sub(16) & !7, 48), code);
+            assert_eq!(state(pid, tid), 't');
+        }
+        inj.restore().unwrap();
+        assert_eq!(thread_state(&frozen, tid).unwrap(), before, "after restore");
+    }
+    frozen.thaw();
+    t.send("echo alive");
+    t.expect("echo alive");
+}
+
+/// The tracer process of the kill test: this test binary run again with
+/// PREDUMP_KILL_TEST_TARGET="pid tid pause_us". It freezes the target, makes an
+/// Injector into thread tid and runs up to 50,000 getpid calls, `pause_us`
+/// microseconds apart, until the test SIGKILLs it. A no-op in a normal test run.
+#[test]
+fn kill_test_tracer_helper() {
+    let Ok(spec) = std::env::var("PREDUMP_KILL_TEST_TARGET") else {
+        return;
+    };
+    let v: Vec<i64> = spec.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    let (pid, tid, pause) = (v[0] as i32, v[1] as i32, Duration::from_micros(v[2] as u64));
+    let frozen = Frozen::freeze(pid).unwrap();
+    let mut inj = Injector::new(&frozen, tid).unwrap();
+    assert_eq!(inj.getpid().unwrap(), pid);
+    let mut out = std::io::stdout();
+    writeln!(out, "KILLTEST injecting").unwrap();
+    out.flush().unwrap();
+    for _ in 0..50_000 {
+        inj.getpid().unwrap();
+        if !pause.is_zero() {
+            // Spin: the tracer's own work between calls (splice mode: reading the
+            // pipe), without the wake-up latency of a sleep.
+            let until = Instant::now() + pause;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    writeln!(out, "KILLTEST done").unwrap();
+    out.flush().unwrap();
+    inj.restore().unwrap();
+    frozen.thaw();
+}
+
+/// Runs `trials` kills of a tracer process injecting calls `pause_us` apart into
+/// a testee that is not its child; returns (kills that landed during the calls,
+/// target deaths).
+fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String>) {
+    let exe = std::env::current_exe().unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rand = move |n: u64| {
+        // xorshift64
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut t = Testee::spawn(&["signals"]);
+    let (mut landed, mut deaths) = (0, 0);
+    let mut how = Vec::new();
+    for i in 0..trials {
+        wait_blocked(t.pid, t.main, libc::SYS_read);
+        let mut helper = Command::new(&exe)
+            .args(["--exact", "kill_test_tracer_helper", "--nocapture", "--test-threads=1"])
+            .env(
+                "PREDUMP_KILL_TEST_TARGET",
+                format!("{} {} {pause_us}", t.pid, t.main),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let hpid = helper.id() as i32;
+        let mut out = BufReader::new(helper.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).unwrap();
+            assert!(n > 0, "the tracer helper ended before injecting");
+            if line.contains("KILLTEST injecting") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(1000 + rand(100_000)));
+        // SAFETY: kill by pid of our own unreaped child.
+        unsafe { libc::kill(hpid, libc::SIGKILL) };
+        helper.wait().unwrap();
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        if rest.contains("KILLTEST done") {
+            continue; // the kill came after the calls
+        }
+        landed += 1;
+        assert_eq!(tracer(t.pid, t.main), 0, "detached by the tracer's death");
+        let cmd = format!("echo trial-{i}");
+        let sent = writeln!(t.stdin, "{cmd}").and_then(|_| t.stdin.flush());
+        let alive = sent.is_ok() && loop {
+            match t.lines.recv_timeout(Duration::from_secs(5)) {
+                Ok(l) if l == cmd => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        if !alive {
+            deaths += 1;
+            let status = t.child.wait().unwrap();
+            how.push(format!("{status}"));
+            t = Testee::spawn(&["signals"]);
+        }
+    }
+    (landed, deaths, how)
+}
+
+#[test]
+fn a_tracer_killed_between_injected_calls_leaves_the_target_alive() {
+    // predump SIGKILLed during an injection: the kernel detaches the target.
+    // Between calls the thread waits in the freeze's kind of stop and must
+    // simply go on; the calls themselves (~10-40 µs each, here 5 ms apart, as
+    // the splice mode's reads of the pipe space them) are the only window left.
+    // The window per call grows with scheduling delays on a loaded machine (a
+    // call waits for the target to be scheduled): ~2/50 deaths with calls 1 ms
+    // apart on an idle 2-CPU machine, up to 10/50 under load; the bound below
+    // is loose on purpose (before the re-stop: 55-70 % of kills were fatal).
+    let (landed, deaths, how) = kill_tracer_trials(50, 5000);
+    eprintln!(
+        "tracer killed with calls 5 ms apart: {deaths} target deaths in {landed} kills {how:?}"
+    );
+    assert!(landed >= 40, "only {landed} kills landed during the calls");
+    assert!(
+        deaths * 5 <= landed,
+        "{deaths} target deaths in {landed} kills: {how:?}"
+    );
+    // Back to back calls: the kills land inside a call most of the time. Not
+    // asserted: it measures how much of a call is the window.
+    let (landed, deaths, how) = kill_tracer_trials(20, 0);
+    eprintln!("tracer killed with calls back to back: {deaths} target deaths in {landed} kills {how:?}");
+}

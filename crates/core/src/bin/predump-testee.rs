@@ -9,8 +9,14 @@
 //! test can compare what the kernel did with and without injection.
 //!
 //! Cases: nanosleep MS | clock_nanosleep MS | clock_nanosleep_abs MS | read |
-//! futex | futex_timeout | epoll | sigread restart|norestart | signals | compute N
-//! Commands: echo TEXT | wake | ready | count | check | exit
+//! futex | futex_timeout | epoll | sigread restart|norestart | signals | compute N |
+//! track (for tests/track.rs: a worker blocked in read, memory made on command)
+//! Commands: echo TEXT | wake | ready | count | check | exit |
+//! region NAME PAGES POPULATED (mmap; answers `region NAME ADDR`) |
+//! write NAME P A..B … (one byte into each page; answers `written N`) |
+//! read NAME P A..B … (one byte of each page; answers `read SUM`) | close FD |
+//! ownuffd NAME (registers the region with a userfaultfd of our own, MODE_MISSING;
+//! answers `ownuffd NAME FD`; the region must be fully populated)
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -274,6 +280,10 @@ fn main() {
             rseq::print_range();
             spawn(Box::new(rseq::spin));
         }
+        "track" => {
+            let p = pipe();
+            spawn(Box::new(move || read_once(p[0])));
+        }
         "compute" => {
             workers = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
             for _ in 0..workers {
@@ -354,7 +364,161 @@ fn command(line: &str) {
             ERRORS.load(Ordering::SeqCst)
         ),
         "exit" => std::process::exit(0),
+        "region" => region(rest),
+        "write" => write_pages(rest),
+        "read" => read_pages(rest),
+        "close" => {
+            let fd: i32 = rest.trim().parse().unwrap();
+            // SAFETY: close takes an integer; the test names an fd it knows of.
+            let r = unsafe { libc::close(fd) };
+            println!("closed {r}");
+        }
+        "ownuffd" => own_uffd(rest),
         other => println!("unknown {other}"),
+    }
+}
+
+/// Regions made by `region`: (name, address, pages).
+static REGIONS: std::sync::Mutex<Vec<(String, usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn find_region(name: &str) -> (usize, usize) {
+    let r = REGIONS.lock().unwrap();
+    let (_, addr, pages) = r
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .expect("no such region");
+    (*addr, *pages)
+}
+
+/// One byte into page `page` of the region at `addr`: a real write fault.
+fn poke(addr: usize, page: usize, value: u8) {
+    // SAFETY: the page lies inside a live read-write mapping of ours that no Rust
+    // reference covers.
+    unsafe { std::ptr::write_volatile((addr + page * 4096) as *mut u8, value) }
+}
+
+fn region(rest: &str) {
+    let w: Vec<&str> = rest.split_whitespace().collect();
+    let (name, pages, populated): (&str, usize, usize) =
+        (w[0], w[1].parse().unwrap(), w[2].parse().unwrap());
+    // SAFETY: a fresh anonymous mapping at an address the kernel chooses.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED);
+    let addr = addr as usize;
+    for p in 0..populated {
+        poke(addr, p, 1);
+    }
+    REGIONS
+        .lock()
+        .unwrap()
+        .push((name.to_string(), addr, pages));
+    println!("region {name} {addr}");
+}
+
+fn write_pages(rest: &str) {
+    let mut w = rest.split_whitespace();
+    let (addr, pages) = find_region(w.next().unwrap());
+    let mut n = 0;
+    for spec in w {
+        let (a, b) = match spec.split_once("..") {
+            Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+            None => {
+                let p: usize = spec.parse().unwrap();
+                (p, p + 1)
+            }
+        };
+        for p in a..b {
+            assert!(p < pages);
+            poke(addr, p, (p as u8).wrapping_add(7));
+            n += 1;
+        }
+    }
+    println!("written {n}");
+}
+
+fn read_pages(rest: &str) {
+    let mut w = rest.split_whitespace();
+    let (addr, pages) = find_region(w.next().unwrap());
+    let mut sum = 0u64;
+    for spec in w {
+        let (a, b) = match spec.split_once("..") {
+            Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+            None => {
+                let p: usize = spec.parse().unwrap();
+                (p, p + 1)
+            }
+        };
+        for p in a..b {
+            assert!(p < pages);
+            // SAFETY: inside a live readable mapping of ours.
+            sum += unsafe { std::ptr::read_volatile((addr + p * 4096) as *const u8) } as u64;
+        }
+    }
+    println!("read {sum}");
+}
+
+/// A userfaultfd of the testee's own over a region (MODE_MISSING), as a program
+/// using userfaultfd for itself would have.
+fn own_uffd(rest: &str) {
+    let name = rest.trim();
+    let (addr, pages) = find_region(name);
+    #[repr(C)]
+    struct Api {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct Register {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    // SAFETY: userfaultfd with integer flags (1 = UFFD_USER_MODE_ONLY); the
+    // ioctls get properly sized structs (_IOWR(0xAA, 0x3F / 0x00, …)) alive
+    // during the calls.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC | libc::O_NONBLOCK | 1,
+        ) as i32;
+        assert!(fd >= 0, "userfaultfd: {}", errno());
+        let mut api = Api {
+            api: 0xaa,
+            features: 0,
+            ioctls: 0,
+        };
+        let api_nr = (3u64 << 30) | (24 << 16) | (0xaa << 8) | 0x3f;
+        assert_eq!(
+            libc::ioctl(fd, api_nr as _, &mut api),
+            0,
+            "UFFDIO_API: {}",
+            errno()
+        );
+        let mut reg = Register {
+            start: addr as u64,
+            len: (pages * 4096) as u64,
+            mode: 1, // UFFDIO_REGISTER_MODE_MISSING
+            ioctls: 0,
+        };
+        let reg_nr = (3u64 << 30) | (32 << 16) | (0xaa << 8);
+        assert_eq!(
+            libc::ioctl(fd, reg_nr as _, &mut reg),
+            0,
+            "UFFDIO_REGISTER: {}",
+            errno()
+        );
+        println!("ownuffd {name} {fd}");
     }
 }
 

@@ -6,46 +6,90 @@
 //! CRIU's compel does for its bootstrap calls (compel_execute_syscall):
 //!
 //! 1. save the thread's registers, its signal mask and the siginfo of its stop;
-//! 2. overwrite a few bytes of code next to its pc with `syscall; int3`
-//!    (aarch64: `svc #0; brk #0`) through PTRACE_POKEDATA (which writes through
-//!    read-only text mappings by copy-on-write);
-//! 3. per call: set pc to those bytes, the number and arguments in the syscall
+//! 2. once, at the thread's pc: write `syscall; int3` (aarch64: `svc #0; brk #0`)
+//!    there through PTRACE_POKEDATA (which writes through read-only text mappings
+//!    by copy-on-write), run `mmap(PROT_READ|PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS)`
+//!    from it for a *code page* of our own, put the original bytes back at once,
+//!    and poke `syscall; int3` into the code page (POKEDATA writes through its
+//!    missing PROT_WRITE as well);
+//! 3. per call: set pc to the code page, the number and arguments in the syscall
 //!    registers, PTRACE_CONT, wait for the SIGTRAP of the trap instruction, read
-//!    the result register;
-//! 4. put back the code bytes, the registers, the mask and the siginfo.
+//!    the result register, then *re-stop* (below);
+//! 4. restore: unmap the scratch mapping from the code page; unmap the code page
+//!    with one last call run at the thread's pc again (the bytes written, the
+//!    call run, the bytes put back: a munmap run *from* the code page would take
+//!    away the page under its own trap instruction, a SIGSEGV); put back the
+//!    registers, the mask and the siginfo.
+//!
+//! Re-stop: a thread stopped at our trap sits in a *signal-delivery stop* for the
+//! trap's SIGTRAP. If predump died there, the kernel would detach it without
+//! clearing that stop's signal (exit_ptrace → __ptrace_detach, unlike
+//! PTRACE_DETACH) and deliver the SIGTRAP: the target would die. So after each
+//! call we set the thread's own registers (and signal mask, rseq pointer) back,
+//! PTRACE_INTERRUPT it and PTRACE_CONT it with signal 0: the SIGTRAP is
+//! discarded, and `get_signal()`'s loop takes the pending interrupt trap before
+//! it dequeues any signal or returns to user mode, so the thread stops again in a
+//! PTRACE_EVENT_STOP with its original registers, at its original code: the state
+//! a freeze leaves it in (test: the state read between two calls equals the state
+//! read right after the freeze). A tracer that dies there leaves a thread that
+//! simply goes on, restarting or finishing its interrupted call as after a thaw.
 //!
 //! Why the last stop keeps the thread's behaviour exact (x86_64): the freeze stops
 //! a thread inside the kernel's `get_signal()`, where a thread blocked in a system
 //! call has not yet decided whether to restart it; that decision is taken from the
-//! registers after the stop. Our trap's stop is also inside `get_signal()`, so with
-//! the saved registers back the kernel takes, at thaw, the decision it would have
-//! taken without us (restart, restart_syscall with the remaining time, or -EINTR
-//! for a handler without SA_RESTART). Each injected call runs with orig_rax = -1
-//! so that leaving the original stop does not restart the interrupted call.
-//! aarch64 decides before the stop and cannot be made exact: see aarch64.rs.
+//! registers after the stop. Our trap's stop and the re-stop are also inside
+//! `get_signal()`, so with the saved registers back the kernel takes, at thaw, the
+//! decision it would have taken without us (restart, restart_syscall with the
+//! remaining time, or -EINTR for a handler without SA_RESTART). Each injected call
+//! runs with orig_rax = -1 so that leaving the stop does not restart the
+//! interrupted call. aarch64 decides before the stop and cannot be made exact:
+//! see aarch64.rs.
 //!
 //! Signals: while our code runs, every signal the thread may block is blocked
 //! (PTRACE_SETSIGMASK), so a signal sent meanwhile stays *pending* with its
-//! siginfo and is delivered after thaw, never into our code. Left unblocked:
-//! SIGTRAP and the fault signals (the kernel resets the handler of a forced
-//! signal that is blocked, which would change the target's dispositions if our
-//! code faulted), and SIGKILL/SIGSTOP (unblockable). If one of those arrives from
-//! outside during a call, we take it at its signal-delivery stop and send it again
-//! when we restore (kill/tgkill: the signal is kept, its sender pid is then ours).
-//! If the thread was stopped to deliver a signal (a signal-delivery stop that the
-//! freeze hands back at thaw), its siginfo is put back at our last stop, so the
-//! thaw delivers the same signal with the same siginfo.
+//! siginfo and is delivered after thaw, never into our code. The blocking mask is
+//! set right before each call and the thread's own mask put back before the
+//! re-stop, so a thread left behind by a dead tracer between calls never keeps
+//! it. Left unblocked: SIGTRAP and the fault signals (the kernel resets the
+//! handler of a forced signal that is blocked, which would change the target's
+//! dispositions if our code faulted), and SIGKILL/SIGSTOP (unblockable). If one
+//! of those arrives from outside during a call, we take it at its
+//! signal-delivery stop and send it again when we restore (kill/tgkill: the
+//! signal is kept, its sender pid is then ours).
 //!
-//! Restrictions: one Injector per process at a time (two on one page would save
+//! A freeze that caught the thread at a signal-delivery stop (a signal dequeued
+//! just before our interrupt) hands that signal back at thaw, which only a
+//! signal-delivery stop can deliver. Between calls such a thread waits in the
+//! re-stop (an interrupt stop) like any other, and `restore` ends it at the trap
+//! of its last call (the munmap of the code page) with the original registers
+//! and siginfo, so the thaw delivers the same signal with the same siginfo.
+//!
+//! Restrictions: one Injector per process at a time (two at one pc would save
 //! each other's code bytes); the process must not ignore SIGTRAP (the kernel would
 //! reset that disposition to SIG_DFL at our int3); a thread in an rseq critical
-//! section has its rseq_cs pointer cleared while we run and put back after, or the
-//! kernel would divert our pc to the section's abort handler.
+//! section has its rseq_cs pointer cleared while each call runs and put back at
+//! each re-stop, or the kernel would divert our pc to the section's abort handler
+//! (first and last call, at pc) or clear the pointer (calls at the code page).
 //!
-//! If predump is killed *during* an injection, the kernel detaches the target with
-//! our registers and code in place and the thread dies (SIGTRAP) or worse: the
-//! window is the few microseconds of the calls, and each call is bounded by a
-//! timeout (default 10 s) after which it is interrupted and the thread put back.
+//! If predump is killed (even by SIGKILL) while an Injector is active, the kernel
+//! detaches the thread. Harmless whenever the thread is in its re-stop, i.e.
+//! between calls and before `new` / after `restore` returns: it resumes as after
+//! a thaw. Harmful (the thread dies of our SIGTRAP, runs with our registers or
+//! blocking mask, or runs our code at its pc) only inside these windows:
+//! - each call, from the moment we set its mask and registers until the
+//!   PTRACE_CONT of its re-stop (which discards the SIGTRAP): the run of the
+//!   call itself plus about ten ptrace requests, ~10 µs for a short call, as long
+//!   as the call for a blocking one (bounded by the timeout, default 10 s, after
+//!   which the call is interrupted and the thread re-stopped);
+//! - the first call (`new`) and the last one (`restore`): from writing our bytes
+//!   at pc to putting them back (two or three more ptrace requests);
+//! - for a thread frozen at a signal-delivery stop: from the last call of
+//!   `restore` until the thaw (the thread then waits in our trap's stop, whose
+//!   SIGTRAP a dying tracer would deliver). Between calls, such a thread loses
+//!   the signal the freeze held if the tracer dies (it does not die).
+//!
+//! Signals taken from outside during a call (only unblockable or fault signals)
+//! are lost if the tracer dies before `restore` sends them again.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -122,11 +166,17 @@ pub struct Injector<'f> {
     extra: arch::Extra,
     sigmask: u64,
     siginfo: Option<libc::siginfo_t>,
-    /// Where our code is written, and the bytes it replaced.
+    /// Where the first and last calls run (at or next to pc), and the bytes our
+    /// code replaces there while they run.
     point: u64,
     code: Vec<u8>,
     code_written: bool,
-    mask_set: bool,
+    /// Our code page in the target (`syscall; int3`), where every other call runs.
+    code_page: Option<u64>,
+    /// Where the call being run has its code (point or the code page).
+    at: u64,
+    /// The thread was changed (registers, mask, code): restore has work to do.
+    touched: bool,
     /// (address of the thread's rseq.rseq_cs, its value) while we keep it cleared.
     rseq_cs: Option<(u64, u64)>,
     /// Our scratch mapping in the target: (address, length).
@@ -279,7 +329,9 @@ impl<'f> Injector<'f> {
             point,
             code: Vec::new(),
             code_written: false,
-            mask_set: false,
+            code_page: None,
+            at: point,
+            touched: false,
             rseq_cs: None,
             scratch: None,
             caught: Vec::new(),
@@ -292,14 +344,28 @@ impl<'f> Injector<'f> {
             Ok(code) => inj.code = code,
             Err(e) => return Err(inj.os("reading the code at the injection point", e)),
         }
-        // Marked first: if the write fails halfway, restore rewrites the original.
-        inj.code_written = true;
-        poke_bytes(tid, point, &arch::CODE)
-            .map_err(|e| inj.os("writing the code at the injection point", e))?;
-        arch::prepare(tid, &inj.extra).map_err(|e| inj.os("preparing the registers", e))?;
-        inj.mask_set = true;
-        set_sigmask(tid, injection_mask()).map_err(|e| inj.os("PTRACE_SETSIGMASK", e))?;
-        inj.clear_rseq_cs()?;
+        inj.find_rseq_cs()?;
+        // The code page, mapped by a call run at pc (the one time our code sits
+        // there besides the last call of restore).
+        let page = inj.call_at_point(
+            libc::SYS_mmap,
+            &[
+                0,
+                PAGE_SIZE,
+                libc::PROT_READ as u64 | libc::PROT_EXEC as u64,
+                libc::MAP_PRIVATE as u64 | libc::MAP_ANONYMOUS as u64,
+                u64::MAX,
+                0,
+            ],
+        );
+        let page = match page {
+            Ok(r) if !(-MAX_ERRNO..0).contains(&r) => r as u64,
+            Ok(r) => return Err(inj.call_error(libc::SYS_mmap, -r as i32)),
+            Err(e) => return Err(e),
+        };
+        inj.code_page = Some(page);
+        poke_bytes(tid, page, &arch::CODE).map_err(|e| inj.os("writing our code page", e))?;
+        inj.settle()?;
         Ok(inj)
     }
 
@@ -311,7 +377,8 @@ impl<'f> Injector<'f> {
         self.tid
     }
 
-    /// The address our code was written to.
+    /// The address our code is written to for the first and last call (at or
+    /// next to the thread's pc; the other calls run in a code page of our own).
     pub fn point(&self) -> u64 {
         self.point
     }
@@ -320,7 +387,7 @@ impl<'f> Injector<'f> {
     /// hands it back at thaw), or None for an interrupt or group stop.
     pub fn stop_signal(&self) -> Option<i32> {
         let si = self.siginfo.as_ref()?;
-        if si.si_signo == libc::SIGTRAP && si.si_code >> 8 == PTRACE_EVENT_STOP {
+        if si.si_code >> 8 == PTRACE_EVENT_STOP {
             None
         } else {
             Some(si.si_signo)
@@ -348,11 +415,18 @@ impl<'f> Injector<'f> {
         }
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
-        // Start from the thread's own registers: sp and the rest stay sane.
-        let mut regs = self.regs;
-        arch::set_syscall(&mut regs, self.point, nr, &a);
-        arch::set_regs(self.tid, &regs).map_err(|e| self.os("setting the registers", e))?;
-        let out = self.run(nr)?;
+        let Some(page) = self.code_page else {
+            return Err(Error::InvalidArgument(format!(
+                "injection into process {} is being restored",
+                self.pid
+            )));
+        };
+        let out = self.call_at(page, nr, &a);
+        // Back to the freeze's state even if the call failed (a fault of our
+        // code, a timeout): the thread must not wait in a signal-delivery stop.
+        let settled = if self.gone { Ok(()) } else { self.settle() };
+        let out = out?;
+        settled?;
         Ok(arch::result(&out))
     }
 
@@ -449,9 +523,10 @@ impl<'f> Injector<'f> {
         read_memory(self.pid, addr, buf)
     }
 
-    /// Puts back the scratch mapping (unmapped), the code bytes, the registers,
-    /// the signal mask, the stop's siginfo and the rseq pointer, and sends again
-    /// the signals taken from outside during the calls.
+    /// Unmaps the scratch mapping and our code page, puts back the registers, the
+    /// signal mask, the stop's siginfo and the rseq pointer, and sends again the
+    /// signals taken from outside during the calls. The code at pc is the
+    /// original again (it is only ours during the first and last call).
     pub fn restore(mut self) -> Result<()> {
         self.restore_inner()
     }
@@ -463,6 +538,9 @@ impl<'f> Injector<'f> {
         self.done = true;
         if self.gone {
             return Err(Error::TargetExited { pid: self.pid });
+        }
+        if !self.touched {
+            return Ok(());
         }
         // Every step is tried even if an earlier one failed; the first error wins.
         let mut first: Option<Error> = None;
@@ -479,40 +557,49 @@ impl<'f> Injector<'f> {
         if self.gone {
             return Err(Error::TargetExited { pid: self.pid });
         }
+        // The last call, at pc: the code page cannot unmap itself (its trap
+        // instruction would be gone when the thread fetches it). Without a code
+        // page (new failed), a getpid: a thread frozen at a signal-delivery stop
+        // must end in one, our trap's, to get its signal back at thaw.
+        let last = match self.code_page.take() {
+            Some(page) => (libc::SYS_munmap, [page, PAGE_SIZE, 0, 0, 0, 0]),
+            None => (libc::SYS_getpid, [0; 6]),
+        };
+        match self.call_at_point(last.0, &last.1) {
+            Ok(r) if (-MAX_ERRNO..0).contains(&r) => {
+                keep(self.call_error(last.0, -r as i32), &mut first)
+            }
+            Ok(_) => {}
+            Err(e) => keep(e, &mut first),
+        }
+        if self.gone {
+            return Err(Error::TargetExited { pid: self.pid });
+        }
         let tid = self.tid;
         if self.code_written {
+            // call_at_point failed to put the bytes back: once more.
             if let Err(e) = poke_bytes(tid, self.point, &self.code) {
                 keep(self.os("putting back the code", e), &mut first);
             } else {
                 self.code_written = false;
             }
         }
-        if let Err(e) = arch::set_regs(tid, &self.regs) {
-            keep(self.os("putting back the registers", e), &mut first);
-        }
-        if let Err(e) = arch::restore_extra(tid, &self.extra) {
-            keep(self.os("putting back the extra registers", e), &mut first);
-        }
-        if self.mask_set {
-            // PTRACE_SETSIGMASK also clears TIF_RESTORE_SIGMASK; the mask we put
-            // back is the one GETSIGMASK gave, i.e. the saved mask of a thread in
-            // ppoll/pselect/epoll_pwait/sigsuspend, which is what the kernel
-            // would restore after the call returns anyway.
-            if let Err(e) = set_sigmask(tid, self.sigmask) {
-                keep(self.os("putting back the signal mask", e), &mut first);
-            }
-        }
-        if let Some(si) = self.siginfo {
-            // Our stop is a SIGTRAP delivery stop; with the original siginfo in
-            // place, a thaw that hands back a signal delivers it with its own
-            // siginfo, and one that hands back none discards our SIGTRAP.
-            if let Err(e) = set_siginfo(tid, &si) {
-                keep(self.os("putting back the stop's siginfo", e), &mut first);
-            }
-        }
-        if let Some((addr, value)) = self.rseq_cs.take() {
-            if let Err(e) = write_memory(self.pid, addr, &value.to_ne_bytes()) {
+        if self.stop_signal().is_none() {
+            // Frozen at an interrupt or group stop: end in the same kind of stop,
+            // with everything put back (settle does all of it).
+            if let Err(e) = self.settle() {
                 keep(e, &mut first);
+            }
+        } else {
+            // Frozen at a signal-delivery stop: stay in our trap's stop, with the
+            // original siginfo, so that the thaw delivers the same signal.
+            if let Err(e) = self.put_back() {
+                keep(e, &mut first);
+            }
+            if let Some(si) = self.siginfo {
+                if let Err(e) = set_siginfo(tid, &si) {
+                    keep(self.os("putting back the stop's siginfo", e), &mut first);
+                }
             }
         }
         for (sig, code) in std::mem::take(&mut self.caught) {
@@ -543,10 +630,12 @@ impl<'f> Injector<'f> {
         }
     }
 
-    /// Clears the thread's rseq critical-section pointer while we run: with our pc
-    /// inside a critical section, the kernel's rseq fixup on return to user space
-    /// would move pc to the section's abort handler instead of our code.
-    fn clear_rseq_cs(&mut self) -> Result<()> {
+    /// Finds the thread's rseq critical-section pointer: with our pc inside a
+    /// critical section (first and last call), the kernel's rseq fixup on return
+    /// to user space would move pc to the section's abort handler instead of our
+    /// code; with pc outside (our code page) it would clear the pointer. So it is
+    /// cleared while each call runs and put back at each re-stop.
+    fn find_rseq_cs(&mut self) -> Result<()> {
         let mut conf = [0u8; 24];
         let r = ptrace(
             PTRACE_GET_RSEQ_CONFIGURATION,
@@ -573,9 +662,99 @@ impl<'f> Injector<'f> {
         let value = u64::from_ne_bytes(b);
         if value != 0 {
             self.rseq_cs = Some((field, value));
-            self.write_memory(field, &0u64.to_ne_bytes())?;
         }
         Ok(())
+    }
+
+    /// Sets up and runs one call with our code at `at` (which must be there),
+    /// and waits for its trap: the thread is left in the trap's signal-delivery
+    /// stop, with the blocking mask; `settle` or `put_back` must follow.
+    fn call_at(&mut self, at: u64, nr: i64, args: &[u64; 6]) -> Result<arch::Regs> {
+        self.touched = true;
+        self.at = at;
+        let tid = self.tid;
+        set_sigmask(tid, injection_mask()).map_err(|e| self.os("PTRACE_SETSIGMASK", e))?;
+        if let Some((addr, _)) = self.rseq_cs {
+            write_memory(self.pid, addr, &0u64.to_ne_bytes())?;
+        }
+        arch::prepare(tid, &self.extra).map_err(|e| self.os("preparing the registers", e))?;
+        // Start from the thread's own registers: sp and the rest stay sane.
+        let mut regs = self.regs;
+        arch::set_syscall(&mut regs, at, nr, args);
+        arch::set_regs(tid, &regs).map_err(|e| self.os("setting the registers", e))?;
+        self.run(nr)
+    }
+
+    /// One call with our code written at the injection point for its duration
+    /// (first and last call). Leaves the thread in the trap's stop.
+    fn call_at_point(&mut self, nr: i64, args: &[u64; 6]) -> Result<i64> {
+        // Marked first: if the write fails halfway, restore rewrites the original.
+        self.touched = true;
+        self.code_written = true;
+        poke_bytes(self.tid, self.point, &arch::CODE)
+            .map_err(|e| self.os("writing the code at the injection point", e))?;
+        let out = self.call_at(self.point, nr, args);
+        if !self.gone {
+            poke_bytes(self.tid, self.point, &self.code)
+                .map_err(|e| self.os("putting back the code", e))?;
+            self.code_written = false;
+        }
+        Ok(arch::result(&out?))
+    }
+
+    /// Puts back the thread's registers, extra state, signal mask and rseq
+    /// pointer (at a stop of ours).
+    fn put_back(&mut self) -> Result<()> {
+        let tid = self.tid;
+        arch::set_regs(tid, &self.regs).map_err(|e| self.os("putting back the registers", e))?;
+        arch::restore_extra(tid, &self.extra)
+            .map_err(|e| self.os("putting back the extra registers", e))?;
+        // PTRACE_SETSIGMASK also clears TIF_RESTORE_SIGMASK; the mask we put
+        // back is the one GETSIGMASK gave, i.e. the saved mask of a thread in
+        // ppoll/pselect/epoll_pwait/sigsuspend, which is what the kernel would
+        // restore after the call returns anyway.
+        set_sigmask(tid, self.sigmask).map_err(|e| self.os("putting back the signal mask", e))?;
+        if let Some((addr, value)) = self.rseq_cs {
+            write_memory(self.pid, addr, &value.to_ne_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The re-stop: from the stop after a call (our trap, or a fault of our
+    /// code), back to an interrupt stop (PTRACE_EVENT_STOP) inside get_signal()
+    /// with the thread's own registers, mask and code: the state of a freeze.
+    /// Everything is put back *before* the PTRACE_CONT that discards our
+    /// SIGTRAP, so a tracer dying at any point after it leaves a thread that goes
+    /// on as after a thaw (the detach also drops the pending interrupt).
+    fn settle(&mut self) -> Result<()> {
+        self.put_back()?;
+        ptrace(PTRACE_INTERRUPT, self.tid, 0, 0).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
+        self.cont()?;
+        // get_signal() takes a pending interrupt trap before it dequeues a
+        // signal, so the next stop is that trap; a signal-delivery stop is not
+        // expected here, but would be someone else's signal: kept.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.wait_stop(deadline)? {
+                None => {
+                    return Err(Error::sys(
+                        format!(
+                            "thread {} of process {} does not stop again after an injected call",
+                            self.tid, self.pid
+                        ),
+                        io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                    ))
+                }
+                Some(Stop::Gone) => return Err(self.exited()),
+                Some(Stop::Event) => return Ok(()),
+                Some(Stop::Signal(sig)) => {
+                    let info = nix::sys::ptrace::getsiginfo(Pid::from_raw(self.tid))
+                        .map_err(|e| self.os("PTRACE_GETSIGINFO", e.into()))?;
+                    self.caught.push((sig, info.si_code));
+                    self.cont()?;
+                }
+            }
+        }
     }
 
     /// Resumes the thread into our code and waits for the trap after the call.
@@ -642,7 +821,7 @@ impl<'f> Injector<'f> {
             }
         }
         let mut regs = arch::get_regs(self.tid).map_err(|e| self.os("reading the registers", e))?;
-        arch::set_pc(&mut regs, self.point + arch::TRAP_OFFSET);
+        arch::set_pc(&mut regs, self.at + arch::TRAP_OFFSET);
         arch::no_restart(&mut regs);
         arch::set_regs(self.tid, &regs).map_err(|e| self.os("setting the registers", e))?;
         self.cont()?;
@@ -667,14 +846,14 @@ impl<'f> Injector<'f> {
         let code = info.si_code;
         if sig == libc::SIGTRAP
             && code == arch::TRAP_SI_CODE
-            && pc == self.point + arch::TRAP_STOP_OFFSET
+            && pc == self.at + arch::TRAP_STOP_OFFSET
         {
             return Ok(Class::Trap(Box::new(regs)));
         }
         // si_code > 0: raised by the kernel, and at our code: caused by our code
         // (not executable there, single-step, or seccomp's SIGSYS for our call).
         // Not sent again: the thread never caused it.
-        if code > 0 && (self.point..=self.point + arch::CODE.len() as u64).contains(&pc) {
+        if code > 0 && (self.at..=self.at + arch::CODE.len() as u64).contains(&pc) {
             let (errno, why) = if sig == libc::SIGSYS {
                 (libc::EPERM, " (a seccomp filter traps this call)")
             } else {
