@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::anon::AnonMap;
 use crate::drain::{self, MAX_IOVS};
 use crate::{Error, PageRange, Result};
 
@@ -17,17 +18,17 @@ pub struct MemcpyTimes {
 }
 
 pub fn memcpy(bytes: usize) -> Result<MemcpyTimes> {
-    let src = Anon::new(bytes)?;
+    let src = AnonMap::new(bytes, "a memcpy buffer")?;
     // SAFETY: `src` is a fresh private mapping of `bytes` bytes, ours alone.
-    unsafe { std::ptr::write_bytes(src.ptr, 0x5a, bytes) };
-    let dst = Anon::new(bytes)?;
+    unsafe { std::ptr::write_bytes(src.as_ptr(), 0x5a, bytes) };
+    let dst = AnonMap::new(bytes, "a memcpy buffer")?;
     let copy = || {
         let t = Instant::now();
         // SAFETY: two distinct live mappings of `bytes` bytes each.
-        unsafe { std::ptr::copy_nonoverlapping(src.ptr, dst.ptr, bytes) };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr(), bytes) };
         // Keep the copy from being optimised out.
         // SAFETY: dst is readable and at least one byte long.
-        unsafe { std::ptr::read_volatile(dst.ptr.add(bytes - 1)) };
+        unsafe { std::ptr::read_volatile(dst.as_ptr().add(bytes - 1)) };
         t.elapsed()
     };
     let fresh = copy();
@@ -49,47 +50,14 @@ pub fn readv_reference(pid: i32) -> Result<(Duration, u64)> {
 
 fn readv_only(pid: i32, ranges: &[PageRange]) -> Result<Duration> {
     let cap = 4 << 20;
-    let buf = Anon::new(cap)?;
+    let buf = AnonMap::new(cap, "a readv buffer")?;
     // SAFETY: `buf` is a live private mapping of `cap` bytes, used only here.
-    let slice = unsafe { std::slice::from_raw_parts_mut(buf.ptr, cap) };
+    let slice = unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), cap) };
     let t = Instant::now();
     for batch in drain::batches(ranges, MAX_IOVS, cap as u64) {
         drain::fill_userbuf(pid, &batch, slice)?;
     }
     Ok(t.elapsed())
-}
-
-/// A private anonymous mapping, unmapped on drop.
-struct Anon {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Anon {
-    fn new(len: usize) -> Result<Anon> {
-        // SAFETY: a fresh anonymous mapping; the kernel picks the address.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::sys("mmap", std::io::Error::last_os_error()));
-        }
-        Ok(Anon { ptr: p.cast(), len })
-    }
-}
-
-impl Drop for Anon {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no slice outlives self.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
 }
 
 /// Writing `bytes` from a warm buffer into a new file in `dir` (1 MiB writes,

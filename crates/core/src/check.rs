@@ -14,18 +14,16 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut, Read, Write};
-use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::ptr::NonNull;
 
 use nix::errno::Errno;
 use nix::fcntl::{vmsplice, OFlag, SpliceFFlags};
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 use nix::sys::ptrace;
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::{pipe2, Pid};
 
+use crate::anon::AnonMap;
 use crate::inject::PidFd;
 use crate::scan::{PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN};
 use crate::{proc, Error, Result, PAGE_SIZE};
@@ -241,13 +239,13 @@ const CHILD_SEED: u8 = 0x5a;
 /// the permission checks are the real ones (PTRACE_MODE_ATTACH_REALCREDS),
 /// which a process passes trivially on itself.
 fn probe_with_child(ptrace_scope: Option<u32>) -> Result<Vec<Capability>> {
-    let mut area = Mapping::new(1)?;
-    for (i, b) in area.bytes_mut().iter_mut().enumerate() {
+    let mut area = AnonMap::pages(1, "a probe mapping")?;
+    for (i, b) in area.as_mut_slice().iter_mut().enumerate() {
         *b = pattern(i, CHILD_SEED);
     }
     let child = Child::spawn()?;
     // From here our copy differs from the child's: reading ours by mistake shows.
-    area.bytes_mut().fill(0);
+    area.as_mut_slice().fill(0);
     let readv = probe_process_vm_readv(&child, &area);
     let getfd = probe_pidfd_getfd(&child)?;
     let ptrace = probe_ptrace(&child, ptrace_scope)?;
@@ -259,7 +257,7 @@ fn probe_with_child(ptrace_scope: Option<u32>) -> Result<Vec<Capability>> {
     ])
 }
 
-fn probe_process_vm_readv(child: &Child, area: &Mapping) -> Probe {
+fn probe_process_vm_readv(child: &Child, area: &AnonMap) -> Probe {
     let len = area.len();
     let mut buf = vec![0u8; len];
     let remote = [RemoteIoVec {
@@ -383,7 +381,7 @@ fn probe_ptrace(child: &Child, ptrace_scope: Option<u32>) -> Result<Probe> {
 
 /// PAGEMAP_SCAN on our own pagemap must report exactly the pages we wrote.
 fn probe_pagemap_scan() -> Result<Probe> {
-    let area = Mapping::new(4)?;
+    let area = AnonMap::pages(4, "a probe mapping")?;
     area.touch(1, 1);
     area.touch(2, 1);
     let pagemap = match File::open("/proc/self/pagemap") {
@@ -426,7 +424,7 @@ fn probe_pagemap_scan() -> Result<Probe> {
 /// Write a page, `clear_refs 4`, bit 55 must be clear; write again, bit 55 must
 /// be set. Only that shows soft-dirty: kernels without it accept `4` silently.
 fn probe_soft_dirty() -> Result<Probe> {
-    let area = Mapping::new(1)?;
+    let area = AnonMap::pages(1, "a probe mapping")?;
     area.touch(0, 1);
     let pagemap = match File::open("/proc/self/pagemap") {
         Ok(f) => f,
@@ -532,7 +530,7 @@ fn probe_uffd_wp() -> Result<Probe> {
     const PAGES: usize = 8;
     // Populated pages 0..4 before registering; 4..8 never touched, so the arming
     // must protect unpopulated pages too (WP_UNPOPULATED).
-    let area = Mapping::new(PAGES)?;
+    let area = AnonMap::pages(PAGES, "a probe mapping")?;
     for i in 0..4 {
         area.touch(i, 1);
     }
@@ -651,8 +649,8 @@ fn probe_uffd_wp() -> Result<Probe> {
 /// vmsplice(SPLICE_F_GIFT) of a page of ours into a pipe, read back intact.
 fn probe_gift_vmsplice() -> Result<Probe> {
     const SEED: u8 = 0xa5;
-    let mut area = Mapping::new(1)?;
-    for (i, b) in area.bytes_mut().iter_mut().enumerate() {
+    let mut area = AnonMap::pages(1, "a probe mapping")?;
+    for (i, b) in area.as_mut_slice().iter_mut().enumerate() {
         *b = pattern(i, SEED);
     }
     let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
@@ -663,7 +661,7 @@ fn probe_gift_vmsplice() -> Result<Probe> {
     let n = match unsafe {
         vmsplice(
             &w,
-            &[io::IoSlice::new(area.bytes())],
+            &[io::IoSlice::new(area.as_slice())],
             SpliceFFlags::SPLICE_F_GIFT,
         )
     } {
@@ -704,10 +702,7 @@ fn probe_gift_vmsplice() -> Result<Probe> {
 
 // ---- PAGEMAP_SCAN ------------------------------------------------------------------------------
 
-use crate::scan::{
-    PageRegion, PmScanArg, PAGEMAP_SCAN as PAGEMAP_SCAN_IOCTL, PM_SCAN_CHECK_WPASYNC,
-    PM_SCAN_WP_MATCHING,
-};
+use crate::scan::{PageRegion, PmScanArg, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING};
 
 /// One PAGEMAP_SCAN caller over small test ranges (a vector of 16 regions is
 /// more than the probes' 8 pages can need).
@@ -734,110 +729,21 @@ impl<'a> PmScan<'a> {
         mask: u64,
         anyof: u64,
     ) -> io::Result<Vec<PageRegion>> {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
+        let query = PmScanArg {
             flags,
             start,
             end,
-            vec: self.vec.as_mut_ptr() as u64,
-            vec_len: self.vec.len() as u64,
             category_mask: mask,
             category_anyof_mask: anyof,
             return_mask: mask | anyof,
             ..Default::default()
         };
-        // SAFETY: `arg` is a properly sized pm_scan_arg whose `vec` points to
-        // `vec_len` writable PageRegion entries owned by `self.vec`, alive for the
-        // whole call; the kernel writes only within them and into `arg`.
-        let n = unsafe {
-            libc::ioctl(
-                self.pagemap.as_raw_fd(),
-                PAGEMAP_SCAN_IOCTL,
-                &mut arg as *mut PmScanArg,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(self.vec[..n as usize].to_vec())
+        let (n, _) = crate::scan::pagemap_scan(self.pagemap, query, &mut self.vec)?;
+        Ok(self.vec[..n].to_vec())
     }
 }
 
 // ---- resources that clean up after themselves ------------------------------------------------
-
-/// A private anonymous read-write mapping of whole pages, unmapped on drop. The
-/// probes need page-aligned memory that no Rust object aliases, because the
-/// kernel write-protects it, references its pages from pipes, or copies it into a
-/// child.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(pages: usize) -> Result<Mapping> {
-        let len = pages * PAGE_SIZE as usize;
-        let size = NonZeroUsize::new(len)
-            .ok_or_else(|| Error::InvalidArgument("empty test mapping".into()))?;
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses cannot
-        // alias any existing Rust object.
-        let ptr = unsafe {
-            mmap_anonymous(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE,
-            )
-        }
-        .map_err(|e| Error::sys("mmap of a test mapping", e))?;
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn addr(&self) -> u64 {
-        self.ptr.as_ptr() as u64
-    }
-
-    fn end(&self) -> u64 {
-        self.addr() + self.len as u64
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Writes `value` to the first byte of page `page`, for real (volatile): the
-    /// write fault is what the dirty-tracking probes observe.
-    fn touch(&self, page: usize, value: u8) {
-        assert!(
-            page * (PAGE_SIZE as usize) < self.len,
-            "page {page} outside the test mapping"
-        );
-        // SAFETY: the byte lies inside our live read-write mapping, which no Rust
-        // reference covers while `&self` is borrowed immutably.
-        unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(page * PAGE_SIZE as usize), value) }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes, alive as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` makes this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: we own the mapping and no slice of it outlives `self`; a pipe
-        // that still references its pages holds its own references.
-        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 /// A child forked for the probes. It blocks reading a pipe, so it stays put
 /// while we read its memory, take its fd and ptrace it; it exits by itself at EOF
@@ -999,7 +905,7 @@ mod tests {
     #[test]
     fn soft_dirty_probe_matches_pagemap() {
         let probe = probe_soft_dirty().unwrap();
-        let area = Mapping::new(1).unwrap();
+        let area = AnonMap::pages(1, "a probe mapping").unwrap();
         area.touch(0, 1);
         clear_soft_dirty().unwrap();
         area.touch(0, 2);

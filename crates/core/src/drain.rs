@@ -15,19 +15,17 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, vmsplice, FcntlArg, OFlag, SpliceFFlags};
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::{pipe2, Pid};
 
+use crate::anon::AnonMap;
 use crate::{Error, PageRange, Result, PAGE_SIZE};
 
 /// The kernel's UIO_MAXIOV: the most iovecs one `process_vm_readv` accepts.
@@ -257,57 +255,9 @@ pub fn fill_userbuf(pid: i32, batch: &[PageRange], buf: &mut [u8]) -> Result<Fil
     }
 }
 
-/// An anonymous private mapping, unmapped on drop. [`drain`] needs page-aligned memory
-/// it controls the lifetime of (vmsplice references its pages), which `Vec` is not.
-struct MmapBuffer {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl MmapBuffer {
-    fn new(len: usize) -> Result<Self> {
-        let size = NonZeroUsize::new(len)
-            .ok_or_else(|| Error::InvalidArgument("empty drain buffer".into()))?;
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses cannot
-        // alias any existing Rust object.
-        let ptr = unsafe {
-            mmap_anonymous(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE,
-            )
-        }
-        .map_err(|e| Error::sys("mmap drain buffer", e))?;
-        Ok(MmapBuffer {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes, alive as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` makes this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for MmapBuffer {
-    fn drop(&mut self) {
-        // SAFETY: we own the mapping and no slice of it outlives `self`. A pipe that
-        // still references its pages holds its own page references: unmapping is safe.
-        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// A pipe as large as `wished` allows; returns (read end, write end, real size).
 fn sized_pipe(wished: usize) -> Result<(File, File, usize)> {
-    let (r, w): (OwnedFd, OwnedFd) =
-        pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+    let (r, w): (OwnedFd, OwnedFd) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
     let wished = libc::c_int::try_from(wished)
         .map_err(|_| Error::InvalidArgument(format!("drain buffer of {wished} bytes")))?;
     match fcntl(&w, FcntlArg::F_SETPIPE_SZ(wished)) {
@@ -360,7 +310,7 @@ fn feed_pipe(pipe: &File, data: &[u8], mode: &mut Feed) -> Result<()> {
                     .map_err(|e| Error::sys("write to drain pipe", e));
             }
         };
-        // SAFETY: `data` is whole pages of an `MmapBuffer` (page-aligned, page-sized
+        // SAFETY: `data` is whole pages of an `AnonMap` (page-aligned, page-sized
         // lengths, as GIFT requires), and `drain` does not write to them again before
         // the writer thread has spliced these bytes out of the pipe, after which the
         // kernel holds no reference to them (splice to a file copies).
@@ -368,7 +318,11 @@ fn feed_pipe(pipe: &File, data: &[u8], mode: &mut Feed) -> Result<()> {
             Ok(n) => done += n,
             Err(Errno::EINTR) => {}
             Err(Errno::EOPNOTSUPP | Errno::EINVAL | Errno::EPERM | Errno::ENOSYS) => {
-                *mode = if *mode == Feed::Gift { Feed::Plain } else { Feed::Copy };
+                *mode = if *mode == Feed::Gift {
+                    Feed::Plain
+                } else {
+                    Feed::Copy
+                };
             }
             Err(e) => return Err(Error::sys("vmsplice", e)),
         }
@@ -395,7 +349,14 @@ impl Writer<'_> {
         let mut left = len;
         while left > 0 {
             let moved = if self.splice_ok {
-                match splice(&self.pipe, None, self.out, None, left, SpliceFFlags::SPLICE_F_MOVE) {
+                match splice(
+                    &self.pipe,
+                    None,
+                    self.out,
+                    None,
+                    left,
+                    SpliceFFlags::SPLICE_F_MOVE,
+                ) {
                     Ok(n) => n,
                     Err(Errno::EINTR) => continue,
                     Err(Errno::EINVAL) => {
@@ -504,14 +465,14 @@ fn read_loop(
     pid: i32,
     ranges: &[PageRange],
     max_iovs: usize,
-    buffers: &mut [MmapBuffer; 2],
+    buffers: &mut [AnonMap; 2],
     pipe: &File,
     work: mpsc::Sender<(usize, usize)>,
     free: mpsc::Receiver<usize>,
     failed: &AtomicBool,
     st: &mut ReadState,
 ) -> Result<()> {
-    let limit = buffers[0].len as u64;
+    let limit = buffers[0].len() as u64;
     let mut idle = vec![1usize, 0];
     let mut feed = Feed::Gift;
     for batch in batches(ranges, max_iovs, limit) {
@@ -585,7 +546,10 @@ pub fn drain(
     }
     let (pipe_r, pipe_w, pipe_size) = sized_pipe(config.buffer_bytes)?;
     // One fill must fit in the pipe, so the buffers are exactly the pipe's real size.
-    let mut buffers = [MmapBuffer::new(pipe_size)?, MmapBuffer::new(pipe_size)?];
+    let mut buffers = [
+        AnonMap::new(pipe_size, "a drain buffer")?,
+        AnonMap::new(pipe_size, "a drain buffer")?,
+    ];
     let failed = AtomicBool::new(false);
     let mut st = ReadState::default();
     let writer = Writer {

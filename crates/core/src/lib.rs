@@ -1,6 +1,7 @@
 //! predump-core: freeze a live Linux process, find its present pages, and drain them
 //! into a CRIU pages image. No napi here: the binding crate only converts types.
 
+pub mod anon;
 pub mod bench;
 pub mod check;
 pub mod drain;

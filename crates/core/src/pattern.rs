@@ -53,7 +53,9 @@ pub fn page_matches(page_addr: u64, epoch: u32, page: &[u8]) -> bool {
     page.chunks_exact(8)
         .enumerate()
         // `chunks_exact(8)` always yields 8 bytes, so the conversion cannot fail.
-        .all(|(i, w)| u64::from_le_bytes(w.try_into().unwrap()) == word(page_addr + 8 * i as u64, epoch))
+        .all(|(i, w)| {
+            u64::from_le_bytes(w.try_into().unwrap()) == word(page_addr + 8 * i as u64, epoch)
+        })
 }
 
 /// How many mismatching page addresses a [`CheckReport`] keeps.
@@ -125,7 +127,10 @@ pub fn check_pages_file<R: Read>(
                 if e.kind() == io::ErrorKind::UnexpectedEof {
                     io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("pages image ends within the region at {:#x} (+{} pages)", region.start, region.pages),
+                        format!(
+                            "pages image ends within the region at {:#x} (+{} pages)",
+                            region.start, region.pages
+                        ),
                     )
                 } else {
                     e
@@ -169,7 +174,10 @@ mod tests {
         let mut seen = HashSet::new();
         for epoch in 0..8u32 {
             for i in 0..4096u64 {
-                assert!(seen.insert(word(0x7f00_0000_0000 + 8 * i, epoch)), "collision at {i} epoch {epoch}");
+                assert!(
+                    seen.insert(word(0x7f00_0000_0000 + 8 * i, epoch)),
+                    "collision at {i} epoch {epoch}"
+                );
             }
         }
         // Same word for every byte address inside one 8-byte word.
@@ -182,7 +190,12 @@ mod tests {
     fn no_page_is_zero() {
         // The page whose key range contains the one zero word: key 0 at epoch 0 is
         // address 0. It still has 511 non-zero words.
-        for (addr, epoch) in [(0u64, 0u32), (0x1000, 0), (0x7fff_ffff_f000, 7), (0xdead_b000, u32::MAX)] {
+        for (addr, epoch) in [
+            (0u64, 0u32),
+            (0x1000, 0),
+            (0x7fff_ffff_f000, 7),
+            (0xdead_b000, u32::MAX),
+        ] {
             let p = page(addr, epoch);
             assert!(p.iter().any(|&b| b != 0));
             assert!(!page_matches(addr, epoch, &[0u8; P]));
@@ -195,11 +208,17 @@ mod tests {
         assert!(page_matches(0x5555_0000_0000, 2, &p));
         assert!(!page_matches(0x5555_0000_0000, 1, &p), "older epoch");
         assert!(!page_matches(0x5555_0000_0000, 3, &p), "newer epoch");
-        assert!(!page_matches(0x5555_0000_1000, 2, &p), "neighbour's address");
+        assert!(
+            !page_matches(0x5555_0000_1000, 2, &p),
+            "neighbour's address"
+        );
         let mut q = p.clone();
         q[P - 1] ^= 1;
         assert!(!page_matches(0x5555_0000_0000, 2, &q), "one flipped bit");
-        assert!(!page_matches(0x5555_0000_0000, 2, &p[..P - 1]), "short page");
+        assert!(
+            !page_matches(0x5555_0000_0000, 2, &p[..P - 1]),
+            "short page"
+        );
     }
 
     #[test]
@@ -207,7 +226,10 @@ mod tests {
         let mut run = vec![0u8; 3 * P];
         fill_page(0x10000, 5, &mut run);
         for i in 0..3 {
-            assert_eq!(run[i * P..(i + 1) * P], page(0x10000 + (i * P) as u64, 5)[..]);
+            assert_eq!(
+                run[i * P..(i + 1) * P],
+                page(0x10000 + (i * P) as u64, 5)[..]
+            );
         }
     }
 
@@ -222,12 +244,21 @@ mod tests {
             }
         }
         let rep = check_pages(&img, &regions, |a| Some(if a == 0x41000 { 4 } else { 0 })).unwrap();
-        assert_eq!(rep, CheckReport { pages_checked: 5, ..Default::default() });
+        assert_eq!(
+            rep,
+            CheckReport {
+                pages_checked: 5,
+                ..Default::default()
+            }
+        );
         assert!(rep.ok());
 
         // Skipped pages are neither checked nor mismatched.
         let rep = check_pages(&img, &regions, |a| (a < 0x40000).then_some(0)).unwrap();
-        assert_eq!((rep.pages_checked, rep.pages_skipped, rep.mismatches), (3, 2, 0));
+        assert_eq!(
+            (rep.pages_checked, rep.pages_skipped, rep.mismatches),
+            (3, 2, 0)
+        );
     }
 
     #[test]
@@ -279,11 +310,15 @@ mod tests {
         let boundary = CHUNK_BYTES / P;
         img[(boundary - 1) * P] ^= 0xff;
         img[boundary * P + 8] ^= 0xff;
-        let rep = check_pages_file(Dribble(&img), &[PageRange::new(start, pages)], |_| Some(9)).unwrap();
+        let rep =
+            check_pages_file(Dribble(&img), &[PageRange::new(start, pages)], |_| Some(9)).unwrap();
         assert_eq!(rep.pages_checked, pages);
         assert_eq!(
             rep.first_mismatches,
-            vec![start + (boundary as u64 - 1) * PAGE_SIZE, start + boundary as u64 * PAGE_SIZE]
+            vec![
+                start + (boundary as u64 - 1) * PAGE_SIZE,
+                start + boundary as u64 * PAGE_SIZE
+            ]
         );
     }
 }

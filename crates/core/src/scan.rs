@@ -193,32 +193,16 @@ impl Scanner {
 
     /// One PAGEMAP_SCAN: present or swapped pages that are not the zero page.
     fn scan_call(&mut self, start: u64, end: u64) -> io::Result<(usize, u64)> {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
+        let query = PmScanArg {
             start,
             end,
-            vec: self.vec.as_mut_ptr() as u64,
-            vec_len: self.vec.len() as u64,
             category_inverted: PAGE_IS_PFNZERO,
             category_mask: PAGE_IS_PFNZERO,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             return_mask: PAGE_IS_PRESENT,
             ..Default::default()
         };
-        // SAFETY: `arg` is a properly sized pm_scan_arg whose `vec` points to
-        // `vec_len` writable PageRegion entries owned by `self.vec`, alive for the
-        // whole call; the kernel writes only within them and into `arg`.
-        let n = unsafe {
-            libc::ioctl(
-                self.pagemap.as_raw_fd(),
-                PAGEMAP_SCAN,
-                &mut arg as *mut PmScanArg,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((n as usize, arg.walk_end))
+        pagemap_scan(&self.pagemap, query, &mut self.vec)
     }
 
     fn scan_read(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
@@ -243,6 +227,39 @@ impl Scanner {
         }
         Ok(())
     }
+}
+
+/// One PAGEMAP_SCAN ioctl on an open /proc/PID/pagemap: `query` gives the range,
+/// flags and category filters (its `size`, `vec` and `vec_len` are set here, to
+/// `out`; a non-zero `vec_len` caps how much of `out` is used). Returns the
+/// regions written to `out` and the walk's end.
+pub(crate) fn pagemap_scan(
+    pagemap: &File,
+    mut query: PmScanArg,
+    out: &mut [PageRegion],
+) -> io::Result<(usize, u64)> {
+    query.size = std::mem::size_of::<PmScanArg>() as u64;
+    query.vec_len = match query.vec_len {
+        0 => out.len() as u64,
+        n => n.min(out.len() as u64),
+    };
+    query.vec = out.as_mut_ptr() as u64;
+    // SAFETY: `query` is a properly sized pm_scan_arg whose `vec` points to
+    // `vec_len` ≤ out.len() writable PageRegion entries, borrowed mutably for the
+    // whole call; the kernel writes only within them and into `query`. (With
+    // PM_SCAN_WP_MATCHING it write-protects the *scanned* process's pages, never
+    // our memory.)
+    let n = unsafe {
+        libc::ioctl(
+            pagemap.as_raw_fd(),
+            PAGEMAP_SCAN,
+            &mut query as *mut PmScanArg,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((n as usize, query.walk_end))
 }
 
 /// Appends a range, extending the last one when they touch; a part already

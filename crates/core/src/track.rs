@@ -64,7 +64,7 @@ use crate::freeze::Frozen;
 use crate::inject::{Injector, PidFd};
 use crate::maps::Vma;
 use crate::scan::{
-    PageRegion, PmScanArg, PAGEMAP_SCAN, PAGE_IS_SOFT_DIRTY, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN,
+    PageRegion, PmScanArg, PAGE_IS_SOFT_DIRTY, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN,
     PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
 };
 use crate::{Error, PageRange, Result, PAGE_SIZE};
@@ -738,34 +738,17 @@ impl Tracker {
         vec_len: u64,
         max_pages: u64,
     ) -> io::Result<(usize, u64)> {
-        let vec_len = vec_len.min(self.vec.len() as u64);
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
+        let query = PmScanArg {
             flags,
             start,
             end,
-            vec: self.vec.as_mut_ptr() as u64,
-            vec_len,
+            vec_len: vec_len.max(1),
             max_pages,
             category_mask: mask,
             return_mask: ret,
             ..Default::default()
         };
-        // SAFETY: `arg` is a properly sized pm_scan_arg whose `vec` points to at
-        // least `vec_len` writable PageRegion entries owned by `self.vec`, alive
-        // for the whole call; the kernel writes only within them and into `arg`.
-        // It reads and write-protects the *target's* page tables, not our memory.
-        let n = unsafe {
-            libc::ioctl(
-                self.pagemap.as_raw_fd(),
-                PAGEMAP_SCAN,
-                &mut arg as *mut PmScanArg,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((n as usize, arg.walk_end))
+        crate::scan::pagemap_scan(&self.pagemap, query, &mut self.vec)
     }
 
     fn scan_error(&self, e: io::Error) -> Error {
