@@ -26,7 +26,7 @@ use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::{pipe2, Pid};
 
 use crate::anon::AnonMap;
-use crate::{Error, PageRange, Result, PAGE_SIZE};
+use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
 
 /// The kernel's UIO_MAXIOV: the most iovecs one `process_vm_readv` accepts.
 pub const MAX_IOVS: usize = 1024;
@@ -99,17 +99,6 @@ pub struct Fill {
     /// The target exited (ESRCH): the batch was cut short.
     pub exited: bool,
     pub readv_calls: u64,
-}
-
-/// Appends `pages` at `start` to `regions`, extending the last range if adjacent.
-fn push_merged(regions: &mut Vec<PageRange>, start: u64, pages: u64) {
-    if pages == 0 {
-        return;
-    }
-    match regions.last_mut() {
-        Some(last) if last.end() == start => last.pages += pages,
-        _ => regions.push(PageRange { start, pages }),
-    }
 }
 
 /// Cuts sorted, non-overlapping `ranges` into batches for [`fill_userbuf`]: adjacent

@@ -45,3 +45,26 @@ impl PageRange {
         self.pages == 0
     }
 }
+
+/// Appends `pages` pages at `start` to sorted ranges, extending the last range
+/// when they touch. A part already covered by the last range is dropped, so the
+/// list stays sorted and disjoint even if a source repeats itself (the kernel's
+/// PAGEMAP_SCAN can, see `scan`).
+pub fn push_merged(out: &mut Vec<PageRange>, start: u64, pages: u64) {
+    let end = start + pages * PAGE_SIZE;
+    let start = match out.last() {
+        Some(last) if last.end() > start => last.end(),
+        _ => start,
+    };
+    if end <= start {
+        return;
+    }
+    let pages = (end - start) / PAGE_SIZE;
+    if let Some(last) = out.last_mut() {
+        if last.end() == start {
+            last.pages += pages;
+            return;
+        }
+    }
+    out.push(PageRange { start, pages });
+}

@@ -268,10 +268,7 @@ fn drain_gated(
     if outcome.end == DrainEnd::Complete {
         let second = drain::drain(pid, &rest, out, config, progress)?;
         for r in second.regions {
-            match outcome.regions.last_mut() {
-                Some(last) if last.end() == r.start => last.pages += r.pages,
-                _ => outcome.regions.push(r),
-            }
+            crate::push_merged(&mut outcome.regions, r.start, r.pages);
         }
         let (a, b) = (&mut outcome.stats, second.stats);
         a.pages_requested += b.pages_requested;

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use crate::maps::{Skip, VmFlags, Vma};
-use crate::{Error, PageRange, Result, PAGE_SIZE};
+use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
 
 /// include/uapi/linux/fs.h
 #[repr(C)]
@@ -260,28 +260,6 @@ pub(crate) fn pagemap_scan(
         return Err(io::Error::last_os_error());
     }
     Ok((n as usize, query.walk_end))
-}
-
-/// Appends a range, extending the last one when they touch; a part already
-/// covered by the last range is dropped, so the output stays sorted and disjoint
-/// whatever the kernel repeats.
-fn push_merged(out: &mut Vec<PageRange>, start: u64, pages: u64) {
-    let end = start + pages * PAGE_SIZE;
-    let start = match out.last() {
-        Some(last) if last.end() > start => last.end(),
-        _ => start,
-    };
-    if end <= start {
-        return;
-    }
-    let pages = (end - start) / PAGE_SIZE;
-    if let Some(last) = out.last_mut() {
-        if last.end() == start {
-            last.pages += pages;
-            return;
-        }
-    }
-    out.push(PageRange { start, pages });
 }
 
 /// The frame number of the shared zero page, read from our own pagemap after

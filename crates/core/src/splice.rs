@@ -518,11 +518,7 @@ fn advance(rest: &mut Vec<PageRange>, done: &mut Vec<PageRange>, mut pages: u64)
     while pages > 0 && !rest.is_empty() {
         let r = rest[0];
         let take = r.pages.min(pages);
-        let moved = PageRange::new(r.start, take);
-        match done.last_mut() {
-            Some(last) if last.end() == moved.start => last.pages += take,
-            _ => done.push(moved),
-        }
+        crate::push_merged(done, r.start, take);
         if take == r.pages {
             rest.remove(0);
         } else {
@@ -574,10 +570,7 @@ pub fn drain_pipes(
             }
         }
         for r in held {
-            match regions.last_mut() {
-                Some(last) if last.end() == r.start => last.pages += r.pages,
-                _ => regions.push(r),
-            }
+            crate::push_merged(&mut regions, r.start, r.pages);
         }
     }
     Ok((regions, started.elapsed()))

@@ -67,7 +67,7 @@ use crate::scan::{
     PageRegion, PmScanArg, PAGE_IS_SOFT_DIRTY, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN,
     PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
 };
-use crate::{Error, PageRange, Result, PAGE_SIZE};
+use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
 
 /// The userfaultfd ABI, include/uapi/linux/userfaultfd.h (shared with `check`).
 pub(crate) mod uffd {
@@ -863,27 +863,6 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
-}
-
-/// Appends a range, extending the last one when they touch; a part already
-/// covered is dropped, so the output stays sorted and disjoint.
-fn push_merged(out: &mut Vec<PageRange>, start: u64, pages: u64) {
-    let end = start + pages * PAGE_SIZE;
-    let start = match out.last() {
-        Some(last) if last.end() > start => last.end(),
-        _ => start,
-    };
-    if end <= start {
-        return;
-    }
-    let pages = (end - start) / PAGE_SIZE;
-    if let Some(last) = out.last_mut() {
-        if last.end() == start {
-            last.pages += pages;
-            return;
-        }
-    }
-    out.push(PageRange { start, pages });
 }
 
 #[cfg(test)]
