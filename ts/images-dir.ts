@@ -8,7 +8,8 @@ import path from 'node:path';
 import { PredumpError } from './errors.js';
 
 /** Names of CRIU image files a pre-dump writes. */
-const IMAGE_NAME = /^(inventory\.img|stats-dump|pagemap-\d+\.img|pages-\d+\.img)$/;
+const IMAGE_NAME =
+  /^(inventory\.img|stats-dump|pagemap-\d+\.img|pages-\d+\.img|parent|predump-track\.json)$/;
 
 export interface ImagesDir {
   path: string;

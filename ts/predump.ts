@@ -6,6 +6,8 @@
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
 import {
+  PARENT_LINK,
+  PE_PARENT,
   PE_PRESENT,
   PRE_DUMP_MODE,
   pagesFileName,
@@ -13,9 +15,13 @@ import {
   type PagemapEntry,
 } from './images/index.js';
 import { native } from './native.js';
+import { randomBytes } from 'node:crypto';
+import { symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { openParent, TRACK_FILE, type TrackRecord } from './parent.js';
 
 export type PreDumpModeName = 'read' | 'splice';
+export type TrackMem = 'auto' | 'uffd-wp' | 'soft-dirty' | 'none';
 
 export interface PreDumpOptions {
   /** The process to pre-dump. */
@@ -28,6 +34,15 @@ export interface PreDumpOptions {
    * default), falling back to read mode where vmsplice is refused.
    */
   mode?: PreDumpModeName;
+  /**
+   * Dirty tracking, so that a later pre-dump with this one as its parent copies
+   * only what changed: 'auto' picks soft-dirty where the kernel has it, else
+   * uffd-wp (which leaves a userfaultfd in the target until `untrack`); 'none'
+   * (default) tracks nothing.
+   */
+  trackMem?: TrackMem;
+  /** The previous pre-dump of the same process: pages it holds that did not change are not copied again. */
+  prevImagesDir?: string;
   /** Size of each drain buffer in bytes (default 4 MiB, rounded to the pipe size). */
   bufferBytes?: number;
   /** Called about every 100 ms while pages are copied. */
@@ -68,7 +83,12 @@ export interface PreDumpResult {
   pagesWritten: number;
   /** Pages that were unmapped or made unreadable between the scan and the copy. */
   pagesGone: number;
+  /** Present pages left to the parent images (PE_PARENT entries). */
   pagesSkippedParent: number;
+  trackMem: TrackMem;
+  parent: string | null;
+  /** Why a pre-dump with a parent still copied every page. */
+  trackNote: string | null;
   bytesWritten: number;
   /** Time to stop every thread. */
   freezingMs: number;
@@ -102,9 +122,15 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   }
   const started = performance.now();
   // A target that cannot be pre-dumped is reported before the directory is touched.
-  await native.checkTarget(pid).catch((err: unknown) => {
+  const startTicks = await native.checkTarget(pid).catch((err: unknown) => {
     throw fromNative(err);
   });
+  const trackMem = options.trackMem ?? 'none';
+  const parent =
+    options.prevImagesDir === undefined
+      ? undefined
+      : await openParent(options.prevImagesDir, pid, startTicks);
+  const generation = randomBytes(8).toString('hex');
   const dir = await openImagesDir(options.imagesDir);
   const pagesId = 1;
   const progress = new native.Progress();
@@ -117,6 +143,10 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
         {
           pid,
           mode,
+          trackMem,
+          generation,
+          parentPages: parent?.generation ? parent.pages : undefined,
+          parentGeneration: parent?.generation,
           pagesPath: path.join(dir.path, pagesFileName(pagesId)),
           bufferBytes: options.bufferBytes,
         },
@@ -130,6 +160,24 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     for (let i = 0; i < report.regions.length; i += 2) {
       entries.push({ vaddr: report.regions[i], nrPages: report.regions[i + 1], flags: PE_PRESENT });
     }
+    let pagesSkippedParent = 0;
+    for (let i = 0; i < report.parentRegions.length; i += 2) {
+      entries.push({
+        vaddr: report.parentRegions[i],
+        nrPages: report.parentRegions[i + 1],
+        flags: PE_PARENT,
+      });
+      pagesSkippedParent += report.parentRegions[i + 1];
+    }
+    entries.sort((a, b) => a.vaddr - b.vaddr);
+    if (parent)
+      await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
+    if (trackMem !== 'none') {
+      const record: TrackRecord = { pid, generation, trackMem };
+      await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
+        mode: 0o600,
+      });
+    }
     const us = (x: number): number => Math.round(x);
     await writePreDumpImages(dir.path, {
       pid,
@@ -141,7 +189,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
         memdumpTime: us(report.scanUs),
         memwriteTime: us(report.drainUs),
         pagesScanned: report.pagesScanned,
-        pagesSkippedParent: 0,
+        pagesSkippedParent,
         pagesWritten: report.pagesWritten,
         pagesLazy: 0,
         pagePipes: Math.max(1, report.pipes),
@@ -178,7 +226,14 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       pagesPresent: report.pagesPresent,
       pagesWritten: report.pagesWritten,
       pagesGone: report.pagesGone,
-      pagesSkippedParent: 0,
+      pagesSkippedParent,
+      trackMem,
+      parent: parent?.dir ?? null,
+      trackNote:
+        report.trackNote ??
+        (parent && !parent.generation && trackMem !== 'none'
+          ? 'the parent was made without dirty tracking: every page is copied'
+          : null),
       bytesWritten,
       freezingMs: ms(report.freezingUs),
       frozenMs: ms(report.frozenUs),

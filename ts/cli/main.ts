@@ -8,6 +8,7 @@ import * as check from './check.js';
 import * as demo from './demo.js';
 import * as preDump from './pre-dump.js';
 import * as show from './show.js';
+import * as untrack from './untrack.js';
 
 export async function main(argv: string[]): Promise<void> {
   await yargs(argv)
@@ -20,6 +21,7 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command(preDump)
     .command(show)
+    .command(untrack)
     .command(demo)
     .command(check)
     .demandCommand(1, 'Say which command to run; see the list above.')

@@ -42,6 +42,21 @@ export function builder(yargs: Argv) {
         'splice: also reference them into pipes while frozen, by vmsplice run inside the target ' +
         "(CRIU's default; longer frozen, pins the memory until written)",
     })
+    .option('track-mem', {
+      type: 'string',
+      choices: ['auto', 'uffd-wp', 'soft-dirty', 'none'] as const,
+      default: 'none' as const,
+      describe:
+        'track writes so that the next pre-dump (with this one as --prev-images-dir) copies only ' +
+        'what changed. auto: soft-dirty where the kernel has it, else uffd-wp, which leaves a ' +
+        "userfaultfd and a marker fd in the target until 'predump untrack'",
+    })
+    .option('prev-images-dir', {
+      type: 'string',
+      describe:
+        'the previous pre-dump of this process: unchanged pages it holds become PE_PARENT ' +
+        "entries (a relative 'parent' link is made, as CRIU does)",
+    })
     .option('json', {
       type: 'boolean',
       default: false,
@@ -49,6 +64,10 @@ export function builder(yargs: Argv) {
     })
     .example('predump pre-dump -t 4242 -D /tmp/img', 'pre-dump pid 4242 into /tmp/img')
     .example('predump pre-dump -t 4242 -D /tmp/img --json', 'the result as JSON on stdout')
+    .example(
+      'predump pre-dump -t 4242 -D /tmp/1 --track-mem auto && predump pre-dump -t 4242 -D /tmp/2 --track-mem auto --prev-images-dir /tmp/1',
+      'an iterative pair: the second copies only what changed',
+    )
     .check((argv) => {
       if (!Number.isInteger(argv.tree) || argv.tree <= 0) {
         throw new Error('-t/--tree must be a pid: a positive integer');
@@ -74,6 +93,8 @@ async function run(args: Args): Promise<number> {
       pid: args.tree,
       imagesDir: args.imagesDir,
       mode: args.preDumpMode,
+      trackMem: args.trackMem,
+      prevImagesDir: args.prevImagesDir,
       onProgress: (done, total) => bar.update(done, total),
       signal: abort.signal,
     });
@@ -90,6 +111,7 @@ async function run(args: Args): Promise<number> {
     process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
   }
   if (args.json) printJson({ ok: true, ...result });
+  if (result.trackNote) say(`predump: note: ${result.trackNote}`);
   if (result.fallback) {
     say(`predump: warning: splice mode is not possible here (${result.fallback}): used read mode`);
   }
@@ -115,7 +137,8 @@ export function summary(r: PreDumpResult): string {
     ...(r.mode === 'splice'
       ? [`  pipes    ${r.pipes}, ${formatBytes(r.pinnedBytes)} pinned until written`]
       : []),
-    `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}`,
+    `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}` +
+      (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : ''),
     `  drain    ${formatMs(r.drainMs)}, ${r.drainMBps.toFixed(0)} MB/s; total ${formatMs(r.totalMs)}`,
   ].join('\n');
 }

@@ -26,9 +26,13 @@ export declare function checkPattern(pagesPath: string, regions: Float64Array, a
 
 /**
  * Checks that `pid` can be pre-dumped (exists, is not us, not a kernel
- * thread, not a zombie, not our child) without touching it.
+ * thread, not a zombie, not our child) without touching it; resolves with its
+ * start time (clock ticks after boot), which names it across pid reuse.
  */
-export declare function checkTarget(pid: number): Promise<void>
+export declare function checkTarget(pid: number): Promise<number>
+
+/** Clock ticks per second, to turn a start time into seconds after boot. */
+export declare function clockTicksPerSecond(): number
 
 /** One kernel feature predump relies on, and why it does or does not work here. */
 export interface KernelCapability {
@@ -91,6 +95,16 @@ export interface PreDumpOptions {
   pid: number
   /** "read" (default) or "splice". */
   mode?: string
+  /** Dirty tracking: "uffd-wp", "soft-dirty", "auto" or "none" (default). */
+  trackMem?: string
+  /** A name for this run's arming of the tracking (recorded in the target). */
+  generation?: string
+  /**
+   * The parent images: the pages they hold as [vaddr, nrPages] pairs, and the
+   * generation recorded with them.
+   */
+  parentPages?: Float64Array
+  parentGeneration?: string
   /** Path of the pages image to create (it must not exist). */
   pagesPath: string
   /** Size of each drain buffer; the real size is the pipe's (a power of two). */
@@ -118,6 +132,10 @@ export interface PreDumpReport {
   dumpUptimeUs: number
   /** The dumped regions as [vaddr, nrPages] pairs, flat, in pages-image order. */
   regions: Float64Array
+  /** Present pages left to the parent (PE_PARENT), as [vaddr, nrPages] pairs. */
+  parentRegions: Float64Array
+  /** Why a pre-dump with a parent still copied every page. */
+  trackNote?: string
   threads: number
   scanMethod: string
   vmasScanned: number
@@ -145,6 +163,9 @@ export interface ReadvReference {
   ms: number
   bytes: number
 }
+
+/** Ends predump's dirty tracking of `pid`; resolves with whether it had any. */
+export declare function untrack(pid: number): Promise<boolean>
 
 /** Time to write `bytes` into a new file in `dir` (removed afterwards), in ms. */
 export declare function writeReference(dir: string, bytes: number): Promise<number>

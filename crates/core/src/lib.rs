@@ -68,3 +68,75 @@ pub fn push_merged(out: &mut Vec<PageRange>, start: u64, pages: u64) {
     }
     out.push(PageRange { start, pages });
 }
+
+/// The pages in both sorted, disjoint lists.
+pub fn intersect(a: &[PageRange], b: &[PageRange]) -> Vec<PageRange> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let start = a[i].start.max(b[j].start);
+        let end = a[i].end().min(b[j].end());
+        if start < end {
+            push_merged(&mut out, start, (end - start) / PAGE_SIZE);
+        }
+        if a[i].end() <= b[j].end() {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// The pages of sorted, disjoint `a` that are not in sorted, disjoint `b`.
+pub fn subtract(a: &[PageRange], b: &[PageRange]) -> Vec<PageRange> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for r in a {
+        let mut at = r.start;
+        while j < b.len() && b[j].end() <= at {
+            j += 1;
+        }
+        let mut k = j;
+        while at < r.end() {
+            match b.get(k) {
+                Some(h) if h.start < r.end() => {
+                    if h.start > at {
+                        push_merged(&mut out, at, (h.start - at) / PAGE_SIZE);
+                    }
+                    at = at.max(h.end());
+                    k += 1;
+                }
+                _ => {
+                    push_merged(&mut out, at, (r.end() - at) / PAGE_SIZE);
+                    at = r.end();
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start_page: u64, pages: u64) -> PageRange {
+        PageRange::new(start_page * PAGE_SIZE, pages)
+    }
+
+    #[test]
+    fn set_operations() {
+        let a = [r(0, 10), r(20, 5)];
+        let b = [r(2, 3), r(8, 14), r(30, 1)];
+        assert_eq!(intersect(&a, &b), vec![r(2, 3), r(8, 2), r(20, 2)]);
+        assert_eq!(subtract(&a, &b), vec![r(0, 2), r(5, 3), r(22, 3)]);
+        assert_eq!(subtract(&a, &[]), a.to_vec());
+        assert_eq!(intersect(&a, &[]), vec![]);
+        // Every page of a is in exactly one of a∩b and a−b.
+        let both = intersect(&a, &b);
+        let only = subtract(&a, &b);
+        let count = |v: &[PageRange]| v.iter().map(|r| r.pages).sum::<u64>();
+        assert_eq!(count(&both) + count(&only), count(&a));
+    }
+}

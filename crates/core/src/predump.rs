@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::drain::{self, DrainConfig, DrainEnd, DrainStats};
 use crate::freeze::{FreezeTimes, Frozen};
+use crate::inject::Injector;
 use crate::scan::{self, ScanMethod, Scanner};
-use crate::{maps, proc, splice, Error, PageRange, Result};
+use crate::{maps, proc, splice, track, Error, PageRange, Result};
 
 /// How far a pre-dump has come, for a progress bar: readable from any thread.
 #[derive(Debug, Default)]
@@ -68,6 +69,10 @@ pub struct PreDumpReport {
     pub dump_uptime_us: u64,
     /// The pages in the pages image, in file order.
     pub regions: Vec<PageRange>,
+    /// Present pages left to the parent images (PE_PARENT entries).
+    pub parent_regions: Vec<PageRange>,
+    /// Why a pre-dump with a parent still copied every page, if it did.
+    pub track_note: Option<String>,
     pub threads: usize,
     pub scan_method: ScanMethod,
     pub vmas_scanned: usize,
@@ -84,6 +89,25 @@ pub struct PreDumpReport {
     pub partial: bool,
 }
 
+/// Dirty tracking for a pre-dump.
+#[derive(Debug, Clone, Default)]
+pub struct TrackOptions {
+    /// The backend to track with; None: no tracking, every pre-dump is full.
+    pub backend: Option<track::Backend>,
+    /// A name for this run's arming, recorded in the target (uffd-wp) and, by the
+    /// caller, in the images it writes.
+    pub generation: String,
+    /// The parent images: the pages the chain holds, and the generation that
+    /// armed the tracking when they were made.
+    pub parent: Option<ParentChain>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParentChain {
+    pub pages: Vec<PageRange>,
+    pub generation: String,
+}
+
 /// Pre-dumps `pid` in read mode into a new pages image at `pages_path`
 /// (created 0600; it must not exist).
 pub fn pre_dump_read(
@@ -92,7 +116,14 @@ pub fn pre_dump_read(
     config: &DrainConfig,
     progress: Option<&Progress>,
 ) -> Result<PreDumpReport> {
-    pre_dump(pid, pages_path, Mode::Read, config, progress)
+    pre_dump(
+        pid,
+        pages_path,
+        Mode::Read,
+        config,
+        &TrackOptions::default(),
+        progress,
+    )
 }
 
 /// Pre-dumps `pid` into a new pages image at `pages_path` (created 0600; it must
@@ -102,6 +133,7 @@ pub fn pre_dump(
     pages_path: &Path,
     mode: Mode,
     config: &DrainConfig,
+    tracking: &TrackOptions,
     progress: Option<&Progress>,
 ) -> Result<PreDumpReport> {
     let st = proc::check_target(pid)?;
@@ -130,9 +162,25 @@ pub fn pre_dump(
         let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
         let mut found = scanner.present(&keep)?;
         found.vmas_skipped = skipped.len();
-        Ok::<_, Error>(found)
+        // Tracking reads and re-arms the dirty state while every thread is
+        // stopped, before splice mode's injector (one at a time per process).
+        let dirty = match tracking.backend {
+            Some(backend) => Some(take_dirty(&frozen, backend, &keep, &tracking.generation)?),
+            None => None,
+        };
+        Ok::<_, Error>((found, dirty))
     })();
     let scan_time = scan_started.elapsed();
+    // What to copy: with a valid parent, only present pages that were written
+    // since it was made, or that it does not hold; the rest become PE_PARENT.
+    let (found, to_parent, track_note) = match found {
+        Ok((mut found, dirty)) => {
+            let (dump, to_parent, note) = choose_pages(&found.ranges, dirty, tracking);
+            found.ranges = dump;
+            (Ok(found), to_parent, note)
+        }
+        Err(e) => (Err(e), Vec::new(), None),
+    };
     // Splice mode references the pages while still frozen (after the scan, so
     // that the injector's scratch mapping is not in the scan).
     let referenced = match (&found, spliced.as_mut()) {
@@ -150,8 +198,8 @@ pub fn pre_dump(
     };
 
     if let Some(p) = progress {
-        p.total
-            .store(found.pages_present * crate::PAGE_SIZE, Ordering::Relaxed);
+        let bytes: u64 = found.ranges.iter().map(|r| r.len()).sum();
+        p.total.store(bytes, Ordering::Relaxed);
     }
     let no_space = |e| match e {
         Error::NoSpace { .. } => Error::NoSpace {
@@ -207,6 +255,8 @@ pub fn pre_dump(
         start_time: st.start_time,
         dump_uptime_us,
         regions,
+        parent_regions: to_parent,
+        track_note,
         threads,
         scan_method: scanner.method(),
         vmas_scanned: found.vmas_scanned,
@@ -303,4 +353,74 @@ fn split_ranges(ranges: &[PageRange], mut pages: u64) -> (Vec<PageRange>, Vec<Pa
         }
     }
     (first, rest)
+}
+
+/// What tracking found while frozen: the written pages since the previous
+/// arming, and the generation that armed it (None: tracking starts now).
+struct Dirty {
+    pages: Vec<PageRange>,
+    previous: Option<String>,
+}
+
+/// Attaches (or finds) the target's tracking, takes and re-arms its dirty pages,
+/// and records this run's generation. The injector is gone when this returns.
+fn take_dirty(
+    frozen: &Frozen,
+    backend: track::Backend,
+    keep: &[&maps::Vma],
+    generation: &str,
+) -> Result<Dirty> {
+    let pid = frozen.pid();
+    let mut inj = Injector::new(frozen, pid)?;
+    let mut tracker = track::Tracker::attach_with(backend, frozen, &mut inj, keep)?;
+    let ranges: Vec<(u64, u64)> = keep.iter().map(|v| (v.start, v.end)).collect();
+    let pages = tracker.take_dirty(&ranges)?;
+    // Only uffd-wp leaves a marker to name the arming run; without one the
+    // previous arming cannot be checked against a parent.
+    let previous = if backend == track::Backend::UffdWp && !tracker.created() {
+        track::generation(pid)?
+    } else {
+        None
+    };
+    if backend == track::Backend::UffdWp {
+        track::set_generation(pid, generation)?;
+    }
+    inj.restore()?;
+    tracker.keep();
+    Ok(Dirty { pages, previous })
+}
+
+/// Splits the present pages into those to copy and those the parent holds.
+fn choose_pages(
+    present: &[PageRange],
+    dirty: Option<Dirty>,
+    tracking: &TrackOptions,
+) -> (Vec<PageRange>, Vec<PageRange>, Option<String>) {
+    let Some(parent) = &tracking.parent else {
+        return (present.to_vec(), Vec::new(), None);
+    };
+    let full = |why: &str| (present.to_vec(), Vec::new(), Some(why.to_string()));
+    let Some(dirty) = dirty else {
+        return full("no dirty tracking (--track-mem none): every page is copied");
+    };
+    match &dirty.previous {
+        None => return full("dirty tracking starts with this pre-dump: every page is copied"),
+        Some(g) if *g != parent.generation => {
+            return full(
+                "the target's dirty tracking was armed by another run than the parent's \
+                 (a failed or foreign pre-dump): every page is copied",
+            )
+        }
+        Some(_) => {}
+    }
+    let mut must: Vec<PageRange> = dirty.pages;
+    must.extend(crate::subtract(present, &parent.pages));
+    must.sort_unstable();
+    let mut merged = Vec::new();
+    for r in must {
+        crate::push_merged(&mut merged, r.start, r.pages);
+    }
+    let dump = crate::intersect(present, &merged);
+    let to_parent = crate::subtract(present, &dump);
+    (dump, to_parent, None)
 }

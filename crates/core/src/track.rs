@@ -220,6 +220,39 @@ struct Ours {
     marker_fd: i32,
 }
 
+/// The tracking generation written into the marker by the last arming run
+/// (`set_generation`), if any: an images directory made by that run records the
+/// same string, so a later run can tell whether the target's dirty state is
+/// relative to that directory (and not to a run that armed and then failed).
+pub fn generation(pid: i32) -> Result<Option<String>> {
+    let Some(ours) = scan_fds(pid)?.0 else {
+        return Ok(None);
+    };
+    let marker = File::from(PidFd::open(pid)?.get_fd(ours.marker_fd)?);
+    let mut buf = [0u8; 256];
+    let n = marker
+        .read_at(&mut buf, 0)
+        .map_err(|e| Error::sys("reading the tracking marker", e))?;
+    Ok((n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
+
+/// Records `generation` in the marker of the target's tracking (see
+/// `generation`); done while the target is frozen, right after arming. The
+/// marker then holds one page.
+pub fn set_generation(pid: i32, generation: &str) -> Result<()> {
+    let Some(ours) = scan_fds(pid)?.0 else {
+        return Err(Error::sys(
+            "recording the tracking generation",
+            io::Error::from_raw_os_error(libc::ENOENT),
+        ));
+    };
+    let marker = File::from(PidFd::open(pid)?.get_fd(ours.marker_fd)?);
+    marker
+        .set_len(0)
+        .and_then(|()| marker.write_all_at(generation.as_bytes(), 0))
+        .map_err(|e| Error::sys("writing the tracking marker", e))
+}
+
 /// The fd number of predump's uffd in process `pid`, if any.
 ///
 /// How it is recognised: `attach` leaves, next to the uffd, an empty memfd named
@@ -863,6 +896,23 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// Ends predump's dirty tracking of `pid`: closes the uffd and its marker in the
+/// target (briefly frozen for the injected closes), which unregisters every
+/// range. Ok(false): the target had no tracking of ours.
+pub fn untrack(pid: i32) -> Result<bool> {
+    crate::proc::check_target(pid)?;
+    if find_ours(pid)?.is_none() {
+        return Ok(false);
+    }
+    let frozen = Frozen::freeze(pid)?;
+    let mut inj = Injector::new(&frozen, pid)?;
+    let tracker = Tracker::attach_with(Backend::UffdWp, &frozen, &mut inj, &[])?;
+    tracker.release(&mut inj)?;
+    inj.restore()?;
+    frozen.thaw();
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -21,6 +21,14 @@ pub struct PreDumpOptions {
     pub pid: i32,
     /// "read" (default) or "splice".
     pub mode: Option<String>,
+    /// Dirty tracking: "uffd-wp", "soft-dirty", "auto" or "none" (default).
+    pub track_mem: Option<String>,
+    /// A name for this run's arming of the tracking (recorded in the target).
+    pub generation: Option<String>,
+    /// The parent images: the pages they hold as [vaddr, nrPages] pairs, and the
+    /// generation recorded with them.
+    pub parent_pages: Option<Float64Array>,
+    pub parent_generation: Option<String>,
     /// Path of the pages image to create (it must not exist).
     pub pages_path: String,
     /// Size of each drain buffer; the real size is the pipe's (a power of two).
@@ -47,6 +55,10 @@ pub struct PreDumpReport {
     pub dump_uptime_us: f64,
     /// The dumped regions as [vaddr, nrPages] pairs, flat, in pages-image order.
     pub regions: Float64Array,
+    /// Present pages left to the parent (PE_PARENT), as [vaddr, nrPages] pairs.
+    pub parent_regions: Float64Array,
+    /// Why a pre-dump with a parent still copied every page.
+    pub track_note: Option<String>,
     pub threads: u32,
     pub scan_method: String,
     pub vmas_scanned: u32,
@@ -112,6 +124,33 @@ pub fn pre_dump<'env>(
             ))
         }
     };
+    let backend = match options.track_mem.as_deref() {
+        None | Some("none") => None,
+        Some("auto") => match predump_core::track::Backend::detect() {
+            predump_core::track::Backend::None => None,
+            b => Some(b),
+        },
+        Some("uffd-wp") => Some(predump_core::track::Backend::UffdWp),
+        Some("soft-dirty") => Some(predump_core::track::Backend::SoftDirty),
+        Some(other) => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("unknown --track-mem '{other}': use auto, uffd-wp, soft-dirty or none"),
+            ))
+        }
+    };
+    let parent = match (options.parent_pages, options.parent_generation) {
+        (Some(pages), Some(generation)) => Some(core_predump::ParentChain {
+            pages: pairs(&pages),
+            generation,
+        }),
+        _ => None,
+    };
+    let tracking = core_predump::TrackOptions {
+        backend,
+        generation: options.generation.unwrap_or_default(),
+        parent,
+    };
     let mut config = DrainConfig::default();
     if let Some(bytes) = options.buffer_bytes {
         config.buffer_bytes = bytes as usize;
@@ -120,17 +159,20 @@ pub fn pre_dump<'env>(
     let path = PathBuf::from(options.pages_path);
     let progress = progress.map(|p| p.inner.clone());
     on_own_thread(env, move || {
-        core_predump::pre_dump(pid, &path, mode, &config, progress.as_deref()).map(report)
+        core_predump::pre_dump(pid, &path, mode, &config, &tracking, progress.as_deref())
+            .map(report)
     })
 }
 
 fn report(r: CoreReport) -> PreDumpReport {
     let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
-    let regions: Vec<f64> = r
-        .regions
-        .iter()
-        .flat_map(|g| [g.start as f64, g.pages as f64])
-        .collect();
+    let flat = |v: &[predump_core::PageRange]| -> Vec<f64> {
+        v.iter()
+            .flat_map(|g| [g.start as f64, g.pages as f64])
+            .collect()
+    };
+    let regions = flat(&r.regions);
+    let parent_regions = flat(&r.parent_regions);
     let splice = r.splice.clone().unwrap_or_default();
     PreDumpReport {
         mode: r.mode.name().to_string(),
@@ -145,6 +187,8 @@ fn report(r: CoreReport) -> PreDumpReport {
         start_time: r.start_time as f64,
         dump_uptime_us: r.dump_uptime_us as f64,
         regions: Float64Array::new(regions),
+        parent_regions: Float64Array::new(parent_regions),
+        track_note: r.track_note.clone(),
         threads: r.threads as u32,
         scan_method: r.scan_method.name().to_string(),
         vmas_scanned: r.vmas_scanned as u32,
@@ -307,12 +351,20 @@ pub fn readv_reference<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
 }
 
 /// Checks that `pid` can be pre-dumped (exists, is not us, not a kernel
-/// thread, not a zombie, not our child) without touching it.
-#[napi(ts_return_type = "Promise<void>")]
+/// thread, not a zombie, not our child) without touching it; resolves with its
+/// start time (clock ticks after boot), which names it across pid reuse.
+#[napi(ts_return_type = "Promise<number>")]
 pub fn check_target<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
     on_own_thread(env, move || {
-        predump_core::proc::check_target(pid).map(|_| ())
+        predump_core::proc::check_target(pid).map(|st| st.start_time as f64)
     })
+}
+
+/// Clock ticks per second, to turn a start time into seconds after boot.
+#[napi]
+pub fn clock_ticks_per_second() -> u32 {
+    // SAFETY: sysconf reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as u32 }
 }
 
 /// One kernel feature predump relies on, and why it does or does not work here.
@@ -381,4 +433,17 @@ pub fn write_reference<'env>(env: &'env Env, dir: String, bytes: f64) -> Result<
         let t = predump_core::bench::write_reference(std::path::Path::new(&dir), bytes as usize)?;
         Ok(t.as_secs_f64() * 1e3)
     })
+}
+
+/// [vaddr, nrPages] pairs as page ranges.
+fn pairs(flat: &[f64]) -> Vec<predump_core::PageRange> {
+    flat.chunks_exact(2)
+        .map(|p| predump_core::PageRange::new(p[0] as u64, p[1] as u64))
+        .collect()
+}
+
+/// Ends predump's dirty tracking of `pid`; resolves with whether it had any.
+#[napi(ts_return_type = "Promise<boolean>")]
+pub fn untrack<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
+    on_own_thread(env, move || predump_core::track::untrack(pid))
 }

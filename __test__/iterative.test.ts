@@ -1,0 +1,206 @@
+/**
+ * Iterative pre-dumps: dirty tracking with uffd-wp, parent images, untrack.
+ */
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { readdir, readlink, rm, symlink } from 'node:fs/promises';
+import path from 'node:path';
+import { PE_PARENT, PE_PRESENT, pagesFileName, readPreDumpDir } from '../ts/images/index.js';
+import { preDump } from '../ts/predump.js';
+import {
+  MiB,
+  PAGE,
+  assertCliError,
+  assertRunningUntraced,
+  parseJson,
+  runCli,
+  startWorkload,
+  tempDir,
+} from './helpers.js';
+
+async function fds(pid: number): Promise<string[]> {
+  const names = await readdir(`/proc/${pid}/fd`);
+  return Promise.all(names.map(async (n) => `${n} ${await readlink(`/proc/${pid}/fd/${n}`)}`));
+}
+
+/** Pages (addresses) covered by entries with `flag`. */
+function pagesWith(
+  entries: { vaddr: number; nrPages: number; flags: number }[],
+  flag: number,
+): Set<number> {
+  const out = new Set<number>();
+  for (const e of entries) {
+    if (!(e.flags & flag)) continue;
+    for (let i = 0; i < e.nrPages; i++) out.add(e.vaddr + i * PAGE);
+  }
+  return out;
+}
+
+test.serial(
+  'known writes: the second pre-dump holds them, the rest is left to the parent',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 32 * MiB, threads: 0 });
+    const tmp = await tempDir(t);
+    const before = await fds(target.pid);
+    const d1 = path.join(tmp, '1');
+    const first = await preDump({ pid: target.pid, imagesDir: d1, trackMem: 'uffd-wp' });
+    t.is(first.pagesSkippedParent, 0);
+    t.true((await fds(target.pid)).some((f) => f.includes('anon_inode:[userfaultfd]')));
+
+    const dirty = await target.w.dirty(62, 11); // about 1/16 of the data pages
+    const dirtied = new Set<number>();
+    for (const [start, count] of dirty.pages) {
+      for (let i = 0; i < count; i++) dirtied.add(Number(start) + i * PAGE);
+    }
+    t.is(dirtied.size, dirty.dirtied);
+
+    const d2 = path.join(tmp, '2');
+    const r = await runCli([
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      d2,
+      '--track-mem',
+      'uffd-wp',
+      '--prev-images-dir',
+      d1,
+      '--json',
+    ]);
+    t.is(r.code, 0, r.stderr);
+    const second = parseJson<{
+      pagesWritten: number;
+      pagesSkippedParent: number;
+      trackNote: string | null;
+    }>(t, r);
+    t.is(second.trackNote, null);
+    t.true(second.pagesSkippedParent > 0);
+    t.true(second.pagesWritten < first.pagesWritten / 2, `${second.pagesWritten} pages written`);
+    t.is(await readlink(path.join(d2, 'parent')), '../1');
+
+    const img2 = await readPreDumpDir(d2);
+    const present2 = pagesWith(img2.entries, PE_PRESENT);
+    const parent2 = pagesWith(img2.entries, PE_PARENT);
+    // Every dirtied page is in the new image; every other data page is left to the parent.
+    for (const p of dirtied) t.true(present2.has(p), `dirtied page 0x${p.toString(16)} copied`);
+    const data = target.w.data;
+    let leftToParent = 0;
+    for (let p = data.start; p < data.start + data.bytes; p += PAGE) {
+      if (!dirtied.has(p)) {
+        t.true(parent2.has(p), `clean page 0x${p.toString(16)} left to the parent`);
+        leftToParent++;
+      }
+    }
+    t.true(leftToParent > 0);
+    // The new image's pages are the current contents; the parent's are the old ones, which
+    // differ exactly on the dirtied pages: the chain rebuilds the current memory.
+    const c2 = await target.w.checkImage(
+      path.join(d2, pagesFileName(1)),
+      img2.entries.filter((e) => e.flags & PE_PRESENT),
+    );
+    t.is(c2.mismatches, 0);
+    const img1 = await readPreDumpDir(d1);
+    const c1 = await target.w.checkImage(path.join(d1, pagesFileName(1)), img1.entries);
+    t.is(c1.mismatches, dirtied.size, 'the parent is stale exactly on the dirtied pages');
+
+    // Nothing written since: the third pre-dump copies (almost) nothing of the data.
+    const d3 = path.join(tmp, '3');
+    const third = await preDump({
+      pid: target.pid,
+      imagesDir: d3,
+      trackMem: 'uffd-wp',
+      prevImagesDir: d2,
+    });
+    const present3 = pagesWith((await readPreDumpDir(d3)).entries, PE_PRESENT);
+    t.is([...present3].filter((p) => p >= data.start && p < data.start + data.bytes).length, 0);
+    t.true(third.pagesWritten < 64, `${third.pagesWritten} pages written`);
+
+    // untrack: the target's fds are as before tracking; a second untrack finds nothing.
+    const u = await runCli(['untrack', '-t', String(target.pid), '--json']);
+    t.is(u.code, 0, u.stderr);
+    t.like(parseJson(t, u), { ok: true, untracked: true });
+    t.deepEqual(await fds(target.pid), before);
+    const u2 = await runCli(['untrack', '-t', String(target.pid), '--json']);
+    t.like(parseJson(t, u2), { ok: true, untracked: false });
+    await assertRunningUntraced(t, target.pid);
+    t.like(await target.w.selfCheck(), { ok: true, mismatches: 0 });
+  },
+);
+
+test.serial(
+  'a parent not made with tracking, or by another arming run: every page copied, and said',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
+    const tmp = await tempDir(t);
+    t.teardown(() => runCli(['untrack', '-t', String(target.pid)]).then(() => undefined));
+    const plain = await preDump({ pid: target.pid, imagesDir: path.join(tmp, 'plain') });
+    const a = await preDump({
+      pid: target.pid,
+      imagesDir: path.join(tmp, 'a'),
+      trackMem: 'uffd-wp',
+      prevImagesDir: path.join(tmp, 'plain'),
+    });
+    t.regex(a.trackNote ?? '', /every page is copied/);
+    t.is(a.pagesSkippedParent, 0);
+    t.true(a.pagesWritten >= plain.pagesWritten - 64);
+    // b re-arms the tracking; a chain from a (armed before b) must not trust it.
+    await preDump({ pid: target.pid, imagesDir: path.join(tmp, 'b'), trackMem: 'uffd-wp' });
+    const c = await preDump({
+      pid: target.pid,
+      imagesDir: path.join(tmp, 'c'),
+      trackMem: 'uffd-wp',
+      prevImagesDir: path.join(tmp, 'a'),
+    });
+    t.regex(c.trackNote ?? '', /armed by another run/);
+    t.is(c.pagesSkippedParent, 0);
+  },
+);
+
+test.serial('bad parents: another process, missing, incomplete, broken chain', async (t) => {
+  const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
+  const other = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
+  const tmp = await tempDir(t);
+  t.teardown(() => runCli(['untrack', '-t', String(target.pid)]).then(() => undefined));
+  const args = (dir: string, prev: string): string[] => [
+    'pre-dump',
+    '-t',
+    String(target.pid),
+    '-D',
+    path.join(tmp, dir),
+    '--prev-images-dir',
+    prev,
+    '--json',
+  ];
+  const refused = async (dir: string, prev: string, message: RegExp): Promise<void> => {
+    assertCliError(t, await runCli(args(dir, prev)), { exit: 1, code: 'EPARENT', message });
+    t.false(existsSync(path.join(tmp, dir)), 'nothing made');
+  };
+
+  const theirs = path.join(tmp, 'theirs');
+  await preDump({ pid: other.pid, imagesDir: theirs });
+  await refused('x1', theirs, new RegExp(`made for process ${other.pid}, not ${target.pid}`));
+  await refused('x2', path.join(tmp, 'nowhere'), /corrupt|no such file/i);
+
+  const incomplete = path.join(tmp, 'incomplete');
+  await preDump({ pid: target.pid, imagesDir: incomplete });
+  await rm(path.join(incomplete, 'inventory.img'));
+  await refused('x3', incomplete, /incomplete/);
+
+  // A chain whose middle link is gone: its PE_PARENT pages are held nowhere.
+  const d1 = path.join(tmp, 'd1');
+  const d2 = path.join(tmp, 'd2');
+  await preDump({ pid: target.pid, imagesDir: d1, trackMem: 'uffd-wp' });
+  const two = await preDump({
+    pid: target.pid,
+    imagesDir: d2,
+    trackMem: 'uffd-wp',
+    prevImagesDir: d1,
+  });
+  t.true(two.pagesSkippedParent > 0);
+  await rm(path.join(d2, 'parent'));
+  await refused('x4', d2, /no 'parent' link/);
+  await symlink('../gone', path.join(d2, 'parent'));
+  await refused('x5', d2, /chain .* is broken/);
+  await assertRunningUntraced(t, target.pid);
+  t.like(await target.w.selfCheck(), { ok: true });
+});
