@@ -3,7 +3,7 @@
  */
 import test from 'ava';
 import { existsSync } from 'node:fs';
-import { readdir, readlink, rm, symlink } from 'node:fs/promises';
+import { open, readdir, readFile, readlink, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { PE_PARENT, PE_PRESENT, pagesFileName, readPreDumpDir } from '../ts/images/index.js';
 import { preDump } from '../ts/predump.js';
@@ -204,3 +204,101 @@ test.serial('bad parents: another process, missing, incomplete, broken chain', a
   await assertRunningUntraced(t, target.pid);
   t.like(await target.w.selfCheck(), { ok: true });
 });
+
+/** Page address -> the bytes the chain ending at `dir` holds for it. */
+async function rebuild(dir: string, lo: number, hi: number): Promise<Map<number, Buffer>> {
+  const out = new Map<number, Buffer>();
+  let at: string | undefined = dir;
+  const wanted = new Set<number>();
+  const first = await readPreDumpDir(dir);
+  for (const p of pagesWith(first.entries, PE_PRESENT | PE_PARENT))
+    if (p >= lo && p < hi) wanted.add(p);
+  while (at !== undefined && out.size < wanted.size) {
+    const d = await readPreDumpDir(at);
+    const pages = await readFile(path.join(at, pagesFileName(1)));
+    let offset = 0;
+    for (const e of d.entries) {
+      if (!(e.flags & PE_PRESENT)) continue;
+      for (let i = 0; i < e.nrPages; i++, offset += PAGE) {
+        const p = e.vaddr + i * PAGE;
+        if (wanted.has(p) && !out.has(p)) out.set(p, pages.subarray(offset, offset + PAGE));
+      }
+    }
+    at = d.parent === undefined ? undefined : path.resolve(at, d.parent);
+  }
+  return out;
+}
+
+test.serial(
+  'pre-dumps while writing, then dump --leave-stopped: the chain equals the memory',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
+    const tmp = await tempDir(t);
+    const before = await fds(target.pid);
+    const dirs: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const dir = path.join(tmp, `pre-${i}`);
+      await preDump({
+        pid: target.pid,
+        imagesDir: dir,
+        trackMem: 'uffd-wp',
+        prevImagesDir: dirs.at(-1),
+      });
+      dirs.push(dir);
+      await target.w.dirty(40 + i * 10, 100 + i);
+    }
+    const final = path.join(tmp, 'final');
+    const r = await runCli([
+      'dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      final,
+      '--prev-images-dir',
+      dirs.at(-1)!,
+      '--leave-stopped',
+      '--json',
+    ]);
+    t.is(r.code, 0, r.stderr);
+    const j = parseJson<{ leftStopped: boolean; pagesSkippedParent: number }>(t, r);
+    t.true(j.leftStopped);
+    t.true(j.pagesSkippedParent > 0);
+    t.teardown(() => {
+      try {
+        process.kill(target.pid, 'SIGCONT');
+      } catch {
+        // gone
+      }
+    });
+    // Left job-stopped, untraced, without the tracking fds.
+    let state = '';
+    for (let i = 0; i < 10_000 && state !== 'T'; i++) {
+      state = (await readFile(`/proc/${target.pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[0]!;
+    }
+    t.is(state, 'T');
+    t.is(
+      (await readFile(`/proc/${target.pid}/status`, 'utf8')).match(/TracerPid:\s*(\d+)/)?.[1],
+      '0',
+    );
+    t.deepEqual(await fds(target.pid), before, 'the uffd and its marker are gone');
+
+    // Independent check: every data page rebuilt from the chain equals /proc/PID/mem.
+    const { start, bytes } = target.w.data;
+    const chain = await rebuild(final, start, start + bytes);
+    t.is(chain.size, bytes / PAGE, 'every data page is in the chain');
+    const mem = await open(`/proc/${target.pid}/mem`, 'r');
+    let mismatches = 0;
+    try {
+      const buf = Buffer.alloc(PAGE);
+      for (const [addr, page] of chain) {
+        await mem.read(buf, 0, PAGE, addr);
+        if (!buf.equals(page)) mismatches++;
+      }
+    } finally {
+      await mem.close();
+    }
+    t.is(mismatches, 0);
+    process.kill(target.pid, 'SIGCONT');
+    t.like(await target.w.selfCheck(), { ok: true, mismatches: 0 });
+  },
+);

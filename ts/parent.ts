@@ -17,6 +17,8 @@ export interface TrackRecord {
   /** The name of the arming of the target's dirty tracking made by this pre-dump. */
   generation: string;
   trackMem: string;
+  /** Made by `predump dump`: the last of its chain. */
+  final?: boolean;
 }
 
 export interface Parent {

@@ -43,6 +43,14 @@ export interface PreDumpOptions {
   trackMem?: TrackMem;
   /** The previous pre-dump of the same process: pages it holds that did not change are not copied again. */
   prevImagesDir?: string;
+  /**
+   * A final dump instead of a pre-dump (`predump dump`): the pages are copied
+   * while the target stays frozen throughout (a consistent snapshot), dirty
+   * tracking is ended, and the target is left running, or job-stopped with
+   * `leaveStopped` (as by SIGSTOP, untraced).
+   */
+  finalDump?: boolean;
+  leaveStopped?: boolean;
   /** Size of each drain buffer in bytes (default 4 MiB, rounded to the pipe size). */
   bufferBytes?: number;
   /** Called about every 100 ms while pages are copied. */
@@ -113,6 +121,9 @@ const PAGE = 4096;
 /** Pre-dumps a live process into a new CRIU image directory. */
 export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const mode = options.mode ?? 'read';
+  if (options.finalDump && mode !== 'read') {
+    throw new PredumpError('EINVAL', 'a final dump copies while frozen: it has no splice mode');
+  }
   if (mode !== 'read' && mode !== 'splice') {
     throw new PredumpError('EINVAL', `unknown pre-dump mode '${String(mode)}': use read or splice`);
   }
@@ -147,6 +158,8 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
           generation,
           parentPages: parent?.generation ? parent.pages : undefined,
           parentGeneration: parent?.generation,
+          finalDump: options.finalDump,
+          leaveStopped: options.leaveStopped,
           pagesPath: path.join(dir.path, pagesFileName(pagesId)),
           bufferBytes: options.bufferBytes,
         },
@@ -172,8 +185,8 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     entries.sort((a, b) => a.vaddr - b.vaddr);
     if (parent)
       await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
-    if (trackMem !== 'none') {
-      const record: TrackRecord = { pid, generation, trackMem };
+    if (trackMem !== 'none' || options.finalDump) {
+      const record: TrackRecord = { pid, generation, trackMem, final: options.finalDump === true };
       await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
         mode: 0o600,
       });

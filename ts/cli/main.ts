@@ -6,6 +6,7 @@ import { EXIT } from '../errors.js';
 import { printJson } from './output.js';
 import * as check from './check.js';
 import * as demo from './demo.js';
+import * as dump from './dump.js';
 import * as preDump from './pre-dump.js';
 import * as show from './show.js';
 import * as untrack from './untrack.js';
@@ -20,6 +21,7 @@ export async function main(argv: string[]): Promise<void> {
         'Usage: $0 <command> [options]',
     )
     .command(preDump)
+    .command(dump)
     .command(show)
     .command(untrack)
     .command(demo)

@@ -105,6 +105,12 @@ export interface PreDumpOptions {
    */
   parentPages?: Float64Array
   parentGeneration?: string
+  /**
+   * `predump dump`: copy while frozen throughout, end tracking, and leave the
+   * target running or (leaveStopped) job-stopped.
+   */
+  finalDump?: boolean
+  leaveStopped?: boolean
   /** Path of the pages image to create (it must not exist). */
   pagesPath: string
   /** Size of each drain buffer; the real size is the pipe's (a power of two). */

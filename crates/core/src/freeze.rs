@@ -167,6 +167,15 @@ impl Frozen {
         }
     }
 
+    /// Leaves the process job-stopped (as by SIGSTOP) and untraced: SIGSTOP is
+    /// queued while every thread is still held, so each one, resuming inside the
+    /// kernel's signal loop, enters the group stop before any user code runs.
+    pub fn thaw_stopped(self) -> FreezeTimes {
+        // SAFETY: kill with a pid and a signal number, no pointer.
+        unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+        self.thaw()
+    }
+
     fn detach_all(&mut self) {
         if self.thawed {
             return;

@@ -100,6 +100,16 @@ pub struct TrackOptions {
     /// The parent images: the pages the chain holds, and the generation that
     /// armed the tracking when they were made.
     pub parent: Option<ParentChain>,
+    /// Set for `predump dump`.
+    pub final_dump: Option<FinalDump>,
+}
+
+/// A final dump instead of a pre-dump: the pages are copied while every thread
+/// stays frozen (a consistent snapshot), dirty tracking is released, and the
+/// target is left running or job-stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct FinalDump {
+    pub leave_stopped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -189,7 +199,26 @@ pub fn pre_dump(
         }
         _ => None,
     };
-    let freeze = frozen.thaw();
+    // A final dump copies everything while still frozen, then ends tracking.
+    let copied = match (&found, tracking.final_dump) {
+        (Ok(found), Some(_)) => Some((|| {
+            let outcome = drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))?;
+            if track::find_ours(pid)?.is_some() {
+                let mut inj = Injector::new(&frozen, pid)?;
+                track::Tracker::attach_with(track::Backend::UffdWp, &frozen, &mut inj, &[])?
+                    .release(&mut inj)?;
+                inj.restore()?;
+            }
+            Ok::<_, Error>(outcome)
+        })()),
+        _ => None,
+    };
+    let freeze = match tracking.final_dump {
+        Some(FinalDump {
+            leave_stopped: true,
+        }) if found.is_ok() => frozen.thaw_stopped(),
+        _ => frozen.thaw(),
+    };
     let found = found?;
     let (pinned, fallback) = match referenced.transpose()? {
         Some(Ok(pinned)) => (Some(pinned), None),
@@ -233,8 +262,11 @@ pub fn pre_dump(
             (regions, drain, false, Some(stats))
         }
         None => {
-            let outcome = drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
-                .map_err(no_space)?;
+            let outcome = match copied {
+                Some(copied) => copied.map_err(no_space)?,
+                None => drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
+                    .map_err(no_space)?,
+            };
             let partial = outcome.end == DrainEnd::TargetExited;
             (outcome.regions, outcome.stats, partial, None)
         }

@@ -29,6 +29,10 @@ pub struct PreDumpOptions {
     /// generation recorded with them.
     pub parent_pages: Option<Float64Array>,
     pub parent_generation: Option<String>,
+    /// `predump dump`: copy while frozen throughout, end tracking, and leave the
+    /// target running or (leaveStopped) job-stopped.
+    pub final_dump: Option<bool>,
+    pub leave_stopped: Option<bool>,
     /// Path of the pages image to create (it must not exist).
     pub pages_path: String,
     /// Size of each drain buffer; the real size is the pipe's (a power of two).
@@ -150,6 +154,12 @@ pub fn pre_dump<'env>(
         backend,
         generation: options.generation.unwrap_or_default(),
         parent,
+        final_dump: options
+            .final_dump
+            .unwrap_or(false)
+            .then_some(core_predump::FinalDump {
+                leave_stopped: options.leave_stopped.unwrap_or(false),
+            }),
     };
     let mut config = DrainConfig::default();
     if let Some(bytes) = options.buffer_bytes {

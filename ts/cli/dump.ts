@@ -1,0 +1,85 @@
+/**
+ * `predump dump -t PID -D DIR`: the memory dump that closes a chain of
+ * pre-dumps, with the target frozen throughout.
+ */
+import type { Argv } from 'yargs';
+import { EXIT } from '../errors.js';
+import { preDump } from '../predump.js';
+import { summary } from './pre-dump.js';
+import { printJson, ProgressBar, reportError, say, type ArgsOf } from './output.js';
+
+type Args = ArgsOf<typeof builder>;
+
+export const command = 'dump';
+export const describe =
+  "Dump a process's memory with it frozen throughout: the consistent snapshot that closes a chain";
+
+export function builder(yargs: Argv) {
+  return yargs
+    .option('tree', {
+      alias: 't',
+      type: 'number',
+      demandOption: true,
+      describe: 'pid of the process',
+    })
+    .option('images-dir', {
+      alias: 'D',
+      type: 'string',
+      demandOption: true,
+      describe: 'directory for the images: created 0700 if missing, must hold no images',
+    })
+    .option('prev-images-dir', {
+      type: 'string',
+      describe: 'the last pre-dump of the chain: unchanged pages are left to it (PE_PARENT)',
+    })
+    .option('track-mem', {
+      type: 'string',
+      choices: ['auto', 'uffd-wp', 'soft-dirty', 'none'] as const,
+      default: 'uffd-wp' as const,
+      describe: 'the tracking the chain was made with (the dump ends it)',
+    })
+    .option('leave-stopped', {
+      type: 'boolean',
+      default: false,
+      describe: 'leave the process job-stopped (as by SIGSTOP) and untraced, e.g. for a migration',
+    })
+    .option('leave-running', {
+      type: 'boolean',
+      describe: 'let the process run on after the dump (what happens without --leave-stopped)',
+    })
+    .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
+    .conflicts('leave-stopped', 'leave-running')
+    .check((argv) => {
+      if (!Number.isInteger(argv.tree) || argv.tree <= 0) {
+        throw new Error('-t/--tree must be a pid: a positive integer');
+      }
+      return true;
+    })
+    .example(
+      'predump dump -t 4242 -D /tmp/final --prev-images-dir /tmp/2 --leave-stopped',
+      'close a chain',
+    );
+}
+
+export async function handler(args: Args): Promise<void> {
+  const bar = new ProgressBar('copying');
+  try {
+    const result = await preDump({
+      pid: args.tree,
+      imagesDir: args.imagesDir,
+      trackMem: args.trackMem,
+      prevImagesDir: args.prevImagesDir,
+      finalDump: true,
+      leaveStopped: args.leaveStopped,
+      onProgress: (d, t) => bar.update(d, t),
+    }).finally(() => bar.clear());
+    if (args.json) printJson({ ok: true, leftStopped: args.leaveStopped, ...result });
+    if (result.trackNote) say(`predump: note: ${result.trackNote}`);
+    say(summary(result).replace(/^pre-dumped/, 'dumped'));
+    if (args.leaveStopped)
+      say(`process ${args.tree} is left stopped: 'kill -CONT ${args.tree}' resumes it`);
+    process.exitCode = EXIT.ok;
+  } catch (err) {
+    process.exitCode = reportError(err, args.json);
+  }
+}
