@@ -298,7 +298,26 @@ test.serial(
       await mem.close();
     }
     t.is(mismatches, 0);
+
+    // predump verify says the same (the target stays stopped through it)...
+    const v = await runCli(['verify', '-t', String(target.pid), '-D', final, '--json']);
+    t.is(v.code, 0, v.stderr);
+    const vj = parseJson<{
+      ok: boolean;
+      mismatches: number;
+      pagesCompared: number;
+      missing: number;
+      chain: string[];
+    }>(t, v);
+    t.like(vj, { ok: true, mismatches: 0, missing: 0 });
+    t.is(vj.chain.length, 5);
+    t.true(vj.pagesCompared >= bytes / PAGE);
+    // ...and sees a change made after the dump.
     process.kill(target.pid, 'SIGCONT');
+    const changed = await target.w.dirty(10, 999);
+    const v2 = await runCli(['verify', '-t', String(target.pid), '-D', final, '--json']);
+    t.is(v2.code, 1);
+    t.true(parseJson<{ mismatches: number }>(t, v2).mismatches >= changed.dirtied);
     t.like(await target.w.selfCheck(), { ok: true, mismatches: 0 });
   },
 );

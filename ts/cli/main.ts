@@ -10,6 +10,7 @@ import * as dump from './dump.js';
 import * as preDump from './pre-dump.js';
 import * as show from './show.js';
 import * as untrack from './untrack.js';
+import * as verify from './verify.js';
 
 export async function main(argv: string[]): Promise<void> {
   await yargs(argv)
@@ -24,6 +25,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(dump)
     .command(show)
     .command(untrack)
+    .command(verify)
     .command(demo)
     .command(check)
     .demandCommand(1, 'Say which command to run; see the list above.')

@@ -10,6 +10,13 @@ export declare class Progress {
   get done(): number
 }
 
+/** One image directory of a chain, newest first. */
+export interface ChainLayer {
+  pagesPath: string
+  /** Its own pages (PE_PRESENT), as [vaddr, nrPages] pairs in file order. */
+  present: Float64Array
+}
+
 /**
  * Probes the kernel features predump needs, on memory of this process and of a
  * short-lived child it forks (never another process).
@@ -172,6 +179,21 @@ export interface ReadvReference {
 
 /** Ends predump's dirty tracking of `pid`; resolves with whether it had any. */
 export declare function untrack(pid: number): Promise<boolean>
+
+/**
+ * Freezes `pid` and compares every page of `wanted` rebuilt from `chain` with
+ * its memory.
+ */
+export declare function verify(pid: number, chain: Array<ChainLayer>, wanted: Float64Array): Promise<VerifyResult>
+
+export interface VerifyResult {
+  pagesCompared: number
+  mismatches: number
+  firstMismatches: Array<number>
+  notInChain: number
+  unreadable: number
+  missing: number
+}
 
 /** Time to write `bytes` into a new file in `dir` (removed afterwards), in ms. */
 export declare function writeReference(dir: string, bytes: number): Promise<number>

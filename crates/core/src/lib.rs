@@ -15,6 +15,7 @@ pub mod proc;
 pub mod scan;
 pub mod splice;
 pub mod track;
+pub mod verify;
 
 pub use error::{Error, Result};
 

@@ -457,3 +457,51 @@ fn pairs(flat: &[f64]) -> Vec<predump_core::PageRange> {
 pub fn untrack<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
     on_own_thread(env, move || predump_core::track::untrack(pid))
 }
+
+/// One image directory of a chain, newest first.
+#[napi(object)]
+pub struct ChainLayer {
+    pub pages_path: String,
+    /// Its own pages (PE_PRESENT), as [vaddr, nrPages] pairs in file order.
+    pub present: Float64Array,
+}
+
+#[napi(object)]
+pub struct VerifyResult {
+    pub pages_compared: f64,
+    pub mismatches: f64,
+    pub first_mismatches: Vec<f64>,
+    pub not_in_chain: f64,
+    pub unreadable: f64,
+    pub missing: f64,
+}
+
+/// Freezes `pid` and compares every page of `wanted` rebuilt from `chain` with
+/// its memory.
+#[napi(ts_return_type = "Promise<VerifyResult>")]
+pub fn verify<'env>(
+    env: &'env Env,
+    pid: i32,
+    chain: Vec<ChainLayer>,
+    wanted: Float64Array,
+) -> Result<Object<'env>> {
+    let layers: Vec<predump_core::verify::Layer> = chain
+        .iter()
+        .map(|l| predump_core::verify::Layer {
+            pages_path: PathBuf::from(&l.pages_path),
+            present: pairs(&l.present),
+        })
+        .collect();
+    let wanted = pairs(&wanted);
+    on_own_thread(env, move || {
+        let r = predump_core::verify::verify(pid, &layers, &wanted)?;
+        Ok(VerifyResult {
+            pages_compared: r.pages_compared as f64,
+            mismatches: r.mismatches as f64,
+            first_mismatches: r.first_mismatches.iter().map(|&a| a as f64).collect(),
+            not_in_chain: r.not_in_chain as f64,
+            unreadable: r.unreadable as f64,
+            missing: r.missing as f64,
+        })
+    })
+}

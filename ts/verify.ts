@@ -1,0 +1,74 @@
+/**
+ * Verifying an image chain against a live process.
+ */
+import path from 'node:path';
+import { fromNative, PredumpError } from './errors.js';
+import {
+  PE_PARENT,
+  PE_PRESENT,
+  pagesFileName,
+  readPreDumpDir,
+  type PreDumpDir,
+} from './images/index.js';
+import { native } from './native.js';
+
+export interface VerifyResult {
+  pid: number;
+  imagesDir: string;
+  /** The directories of the chain, newest first. */
+  chain: string[];
+  pagesCompared: number;
+  mismatches: number;
+  firstMismatches: string[];
+  /** Pages of the newest pagemap that no directory of the chain holds. */
+  notInChain: number;
+  /** Pages the chain holds that the process can no longer read. */
+  unreadable: number;
+  /** Present pages of the process that the chain does not hold. */
+  missing: number;
+}
+
+const flat = (entries: { vaddr: number; nrPages: number }[]): Float64Array =>
+  new Float64Array(entries.flatMap((e) => [e.vaddr, e.nrPages]));
+
+/** Freezes `pid` and compares every page of the chain ending at `dir` with its memory. */
+export async function verifyChain(pid: number, dir: string): Promise<VerifyResult> {
+  const chain: { dir: string; present: Float64Array }[] = [];
+  const newest = await readPreDumpDir(dir).catch((err: Error) => {
+    throw new PredumpError('EIMAGE', `cannot read ${dir}: ${err.message}`);
+  });
+  if (!newest.complete) throw new PredumpError('EIMAGE', `${dir} is incomplete (no inventory.img)`);
+  if (newest.pid !== pid) {
+    throw new PredumpError('EINVAL', `${dir} holds process ${newest.pid ?? '?'}, not ${pid}`);
+  }
+  let at: string | undefined = path.resolve(dir);
+  const seen = new Set<string>();
+  while (at !== undefined && !seen.has(at)) {
+    seen.add(at);
+    const d: PreDumpDir | undefined = await readPreDumpDir(at).catch(() => undefined);
+    if (!d?.complete) break; // what follows holds nothing: counted as not in the chain
+    chain.push({ dir: at, present: flat(d.entries.filter((e) => e.flags & PE_PRESENT)) });
+    at = d.parent === undefined ? undefined : path.resolve(at, d.parent);
+  }
+  const wanted = flat(newest.entries.filter((e) => e.flags & (PE_PRESENT | PE_PARENT)));
+  const r = await native
+    .verify(
+      pid,
+      chain.map((c) => ({ pagesPath: path.join(c.dir, pagesFileName(1)), present: c.present })),
+      wanted,
+    )
+    .catch((err: unknown) => {
+      throw fromNative(err);
+    });
+  return {
+    pid,
+    imagesDir: path.resolve(dir),
+    chain: chain.map((c) => c.dir),
+    pagesCompared: r.pagesCompared,
+    mismatches: r.mismatches,
+    firstMismatches: r.firstMismatches.map((a) => `0x${a.toString(16)}`),
+    notInChain: r.notInChain,
+    unreadable: r.unreadable,
+    missing: r.missing,
+  };
+}
