@@ -3,6 +3,7 @@
  * pre-dumps, with the target frozen throughout.
  */
 import type { Argv } from 'yargs';
+import { checkTree, imagesDirOption, treeOption } from './options.js';
 import { EXIT } from '../errors.js';
 import { preDump } from '../predump.js';
 import { summary } from './pre-dump.js';
@@ -16,18 +17,8 @@ export const describe =
 
 export function builder(yargs: Argv) {
   return yargs
-    .option('tree', {
-      alias: 't',
-      type: 'number',
-      demandOption: true,
-      describe: 'pid of the process',
-    })
-    .option('images-dir', {
-      alias: 'D',
-      type: 'string',
-      demandOption: true,
-      describe: 'directory for the images: created 0700 if missing, must hold no images',
-    })
+    .option('tree', { ...treeOption, describe: 'pid of the process' })
+    .option('images-dir', imagesDirOption)
     .option('prev-images-dir', {
       type: 'string',
       describe: 'the last pre-dump of the chain: unchanged pages are left to it (PE_PARENT)',
@@ -49,12 +40,7 @@ export function builder(yargs: Argv) {
     })
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
     .conflicts('leave-stopped', 'leave-running')
-    .check((argv) => {
-      if (!Number.isInteger(argv.tree) || argv.tree <= 0) {
-        throw new Error('-t/--tree must be a pid: a positive integer');
-      }
-      return true;
-    })
+    .check(checkTree)
     .example(
       'predump dump -t 4242 -D /tmp/final --prev-images-dir /tmp/2 --leave-stopped',
       'close a chain',

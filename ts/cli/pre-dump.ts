@@ -2,6 +2,7 @@
  * `predump pre-dump -t PID -D DIR`: copy a live process's memory into CRIU images.
  */
 import type { Argv } from 'yargs';
+import { checkTree, imagesDirOption, treeOption } from './options.js';
 import { EXIT } from '../errors.js';
 import { preDump, type PreDumpResult } from '../predump.js';
 import {
@@ -22,17 +23,10 @@ export const describe = 'Copy the memory of a running process into CRIU image fi
 export function builder(yargs: Argv) {
   return yargs
     .option('tree', {
-      alias: 't',
-      type: 'number',
-      demandOption: true,
+      ...treeOption,
       describe: 'pid of the process to pre-dump (all its threads are frozen briefly)',
     })
-    .option('images-dir', {
-      alias: 'D',
-      type: 'string',
-      demandOption: true,
-      describe: 'directory for the images: created 0700 if missing, must hold no images',
-    })
+    .option('images-dir', imagesDirOption)
     .option('pre-dump-mode', {
       type: 'string',
       choices: ['read', 'splice'] as const,
@@ -68,12 +62,7 @@ export function builder(yargs: Argv) {
       'predump pre-dump -t 4242 -D /tmp/1 --track-mem auto && predump pre-dump -t 4242 -D /tmp/2 --track-mem auto --prev-images-dir /tmp/1',
       'an iterative pair: the second copies only what changed',
     )
-    .check((argv) => {
-      if (!Number.isInteger(argv.tree) || argv.tree <= 0) {
-        throw new Error('-t/--tree must be a pid: a positive integer');
-      }
-      return true;
-    });
+    .check(checkTree);
 }
 
 export async function handler(args: Args): Promise<void> {

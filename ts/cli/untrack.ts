@@ -2,6 +2,7 @@
  * `predump untrack -t PID`: end predump's dirty tracking of a process.
  */
 import type { Argv } from 'yargs';
+import { checkTree, treeOption } from './options.js';
 import { EXIT, fromNative } from '../errors.js';
 import { native } from '../native.js';
 import { printJson, reportError, say, type ArgsOf } from './output.js';
@@ -15,18 +16,11 @@ export const describe =
 export function builder(yargs: Argv) {
   return yargs
     .option('tree', {
-      alias: 't',
-      type: 'number',
-      demandOption: true,
+      ...treeOption,
       describe: 'pid of the process (briefly frozen while the fds are closed)',
     })
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
-    .check((argv) => {
-      if (!Number.isInteger(argv.tree) || argv.tree <= 0) {
-        throw new Error('-t/--tree must be a pid: a positive integer');
-      }
-      return true;
-    })
+    .check(checkTree)
     .example('predump untrack -t 4242', 'after the last pre-dump of a chain');
 }
 

@@ -2,6 +2,7 @@
  * `predump verify -t PID -D DIR`: compare an image chain with the live memory.
  */
 import type { Argv } from 'yargs';
+import { checkTree, treeOption } from './options.js';
 import { EXIT } from '../errors.js';
 import { verifyChain } from '../verify.js';
 import { printJson, reportError, say, type ArgsOf } from './output.js';
@@ -13,12 +14,7 @@ export const describe = 'Freeze a process and compare every page of an image cha
 
 export function builder(yargs: Argv) {
   return yargs
-    .option('tree', {
-      alias: 't',
-      type: 'number',
-      demandOption: true,
-      describe: 'pid of the process',
-    })
+    .option('tree', { ...treeOption, describe: 'pid of the process' })
     .option('images-dir', {
       alias: 'D',
       type: 'string',
@@ -26,12 +22,7 @@ export function builder(yargs: Argv) {
       describe: "the newest images of the chain (its 'parent' links are followed)",
     })
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
-    .check((argv) => {
-      if (!Number.isInteger(argv.tree) || argv.tree <= 0) {
-        throw new Error('-t/--tree must be a pid: a positive integer');
-      }
-      return true;
-    })
+    .check(checkTree)
     .example('predump verify -t 4242 -D /tmp/final', 'zero mismatches right after a dump')
     .epilogue('Exit status 0 when every page matches and none is missing, 1 otherwise.');
 }
