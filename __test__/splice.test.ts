@@ -767,3 +767,34 @@ test.serial(
     t.true(o.beforeDrain > 0, 'some kills landed in the injection phase');
   },
 );
+
+// SIGINT (and SIGTERM) at any moment of a splice pre-dump, the injection phase included:
+// predump waits until the target runs again before it gives up, so no trial may harm it.
+test.serial('SIGINT of the CLI during a splice pre-dump never harms the target', async (t) => {
+  const target = await startWorkload(t, { sizeBytes: 256 * MiB, threads: 1 });
+  const tmp = await tempDir(t);
+  const trials = 15;
+  let interrupted = 0;
+  for (let trial = 0; trial < trials; trial++) {
+    await target.settle();
+    const dir = path.join(tmp, `trial-${trial}`);
+    const cli = startCli(preDumpArgs(target.pid, dir, 'splice'));
+    let ended = false;
+    void cli.done.then(() => (ended = true));
+    // Ready: the CLI has seized the target; then a deliberate random moment, as above.
+    while (!ended && ((await procState(target.pid))?.tracerPid ?? 0) === 0);
+    await new Promise((resolve) => setTimeout(resolve, Math.random() * 20));
+    cli.child.kill(trial % 2 ? 'SIGTERM' : 'SIGINT');
+    const r = await cli.done;
+    if (r.code === 130 || r.code === 143) {
+      interrupted++;
+      t.false(existsSync(path.join(dir, 'inventory.img')), 'no complete-looking set');
+    } else {
+      t.is(r.code, 0, r.stderr);
+    }
+    await assertRunningUntraced(t, target.pid);
+    t.like(await target.w.selfCheck(), { ok: true, mismatches: 0, computeErrors: 0 });
+  }
+  t.log(`${interrupted}/${trials} runs were interrupted, none harmed the target`);
+  t.true(interrupted > 0, 'some signals landed before the end');
+});

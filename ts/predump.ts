@@ -166,6 +166,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
         progress,
       ),
       options.signal,
+      progress,
     ).catch((err: unknown) => {
       throw fromNative(err);
     });
@@ -267,15 +268,36 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   }
 }
 
-/** Rejects with EINTERRUPTED as soon as `signal` aborts. */
-function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+/**
+ * Rejects with EINTERRUPTED when `signal` aborts, but never while the target is
+ * frozen: a process that exits while its tracer thread is in the middle of an
+ * injected call (splice mode, tracking) would leave the target in our trap. It
+ * waits until the target runs again (or the work ends), which takes at most the
+ * frozen window.
+ */
+function abortable<T>(
+  work: Promise<T>,
+  signal: AbortSignal | undefined,
+  progress: { readonly thawed: boolean },
+): Promise<T> {
   if (!signal) return work;
   const interrupted = (): PredumpError =>
     new PredumpError('EINTERRUPTED', `interrupted (${String(signal.reason ?? 'aborted')})`);
-  if (signal.aborted) return Promise.reject(interrupted());
   return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(interrupted());
-    signal.addEventListener('abort', onAbort, { once: true });
-    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    let settled = false;
+    const onAbort = (): void => {
+      const wait = (): void => {
+        if (settled) return;
+        if (progress.thawed) reject(interrupted());
+        else setTimeout(wait, 1);
+      };
+      wait();
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    work.then(resolve, reject).finally(() => {
+      settled = true;
+      signal.removeEventListener('abort', onAbort);
+    });
   });
 }

@@ -7,7 +7,7 @@ import { checkTree, imagesDirOption, treeOption } from './options.js';
 import { EXIT } from '../errors.js';
 import { preDump } from '../predump.js';
 import { summary } from './pre-dump.js';
-import { printJson, ProgressBar, reportError, say, type ArgsOf } from './output.js';
+import { interruptible, printJson, ProgressBar, say, type ArgsOf } from './output.js';
 
 type Args = ArgsOf<typeof builder>;
 
@@ -49,23 +49,30 @@ export function builder(yargs: Argv) {
 
 export async function handler(args: Args): Promise<void> {
   const bar = new ProgressBar('copying');
-  try {
-    const result = await preDump({
-      pid: args.tree,
-      imagesDir: args.imagesDir,
-      trackMem: args.trackMem,
-      prevImagesDir: args.prevImagesDir,
-      finalDump: true,
-      leaveStopped: args.leaveStopped,
-      onProgress: (d, t) => bar.update(d, t),
-    }).finally(() => bar.clear());
-    if (args.json) printJson({ ok: true, leftStopped: args.leaveStopped, ...result });
-    if (result.trackNote) say(`predump: note: ${result.trackNote}`);
-    say(summary(result).replace(/^pre-dumped/, 'dumped'));
-    if (args.leaveStopped)
-      say(`process ${args.tree} is left stopped: 'kill -CONT ${args.tree}' resumes it`);
-    process.exitCode = EXIT.ok;
-  } catch (err) {
-    process.exitCode = reportError(err, args.json);
+  const outcome = await interruptible(
+    (signal) =>
+      preDump({
+        pid: args.tree,
+        imagesDir: args.imagesDir,
+        trackMem: args.trackMem,
+        prevImagesDir: args.prevImagesDir,
+        finalDump: true,
+        leaveStopped: args.leaveStopped,
+        onProgress: (d, t) => bar.update(d, t),
+        signal,
+      }).finally(() => bar.clear()),
+    args.json,
+  );
+  if (!outcome.ok) {
+    process.exitCode = outcome.status;
+    return;
   }
+  const result = outcome.value;
+  if (args.json) printJson({ ok: true, leftStopped: args.leaveStopped, ...result });
+  if (result.trackNote) say(`predump: note: ${result.trackNote}`);
+  say(summary(result).replace(/^pre-dumped/, 'dumped'));
+  if (args.leaveStopped) {
+    say(`process ${args.tree} is left stopped: 'kill -CONT ${args.tree}' resumes it`);
+  }
+  process.exitCode = EXIT.ok;
 }

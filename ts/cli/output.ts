@@ -83,3 +83,34 @@ export function reportError(err: unknown, json: boolean): number {
 export type ArgsOf<B extends (yargs: Argv) => Argv<unknown>> = ArgumentsCamelCase<
   ReturnType<B> extends Argv<infer T> ? T : never
 >;
+
+/**
+ * Runs `op` with SIGINT and SIGTERM turned into an abort of its signal. The
+ * operation gives up only once the target runs again (never while it is frozen
+ * or being injected into) and removes its incomplete images; then the process
+ * exits with 130 or 143. Otherwise returns `op`'s result, or the failure's exit
+ * status after reporting it.
+ */
+export async function interruptible<T>(
+  op: (signal: AbortSignal) => Promise<T>,
+  json: boolean,
+): Promise<{ ok: true; value: T } | { ok: false; status: number }> {
+  const abort = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => {
+    say(`predump: ${sig}: stopping once the target runs again`);
+    abort.abort(sig);
+  };
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+  try {
+    return { ok: true, value: await op(abort.signal) };
+  } catch (err) {
+    const status = reportError(err, json);
+    if (abort.signal.aborted) {
+      say('predump: the target was left running; the incomplete images were removed');
+      process.exit(abort.signal.reason === 'SIGINT' ? 130 : 143);
+    }
+    return { ok: false, status };
+  } finally {
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+  }
+}

@@ -8,9 +8,9 @@ import { preDump, type PreDumpResult } from '../predump.js';
 import {
   formatBytes,
   formatMs,
+  interruptible,
   printJson,
   ProgressBar,
-  reportError,
   say,
   type ArgsOf,
 } from './output.js';
@@ -71,34 +71,21 @@ export async function handler(args: Args): Promise<void> {
 
 async function run(args: Args): Promise<number> {
   const bar = new ProgressBar('draining');
-  // Ctrl-C or a kill: remove the incomplete images, then exit. Exiting is what
-  // makes it safe at any moment: the kernel thaws a tracer's tracees when it dies.
-  const abort = new AbortController();
-  const onSignal = (sig: NodeJS.Signals): void => abort.abort(sig);
-  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
-  let result: PreDumpResult;
-  try {
-    result = await preDump({
-      pid: args.tree,
-      imagesDir: args.imagesDir,
-      mode: args.preDumpMode,
-      trackMem: args.trackMem,
-      prevImagesDir: args.prevImagesDir,
-      onProgress: (done, total) => bar.update(done, total),
-      signal: abort.signal,
-    });
-  } catch (err) {
-    bar.clear();
-    const status = reportError(err, args.json);
-    if (abort.signal.aborted) {
-      say('predump: the target was left running; the incomplete images were removed');
-      process.exit(abort.signal.reason === 'SIGINT' ? 130 : 143);
-    }
-    return status;
-  } finally {
-    bar.clear();
-    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
-  }
+  const outcome = await interruptible(
+    (signal) =>
+      preDump({
+        pid: args.tree,
+        imagesDir: args.imagesDir,
+        mode: args.preDumpMode,
+        trackMem: args.trackMem,
+        prevImagesDir: args.prevImagesDir,
+        onProgress: (done, total) => bar.update(done, total),
+        signal,
+      }).finally(() => bar.clear()),
+    args.json,
+  );
+  if (!outcome.ok) return outcome.status;
+  const result = outcome.value;
   if (args.json) printJson({ ok: true, ...result });
   if (result.trackNote) say(`predump: note: ${result.trackNote}`);
   if (result.fallback) {

@@ -8,6 +8,8 @@ export declare class Progress {
   get total(): number
   /** Bytes copied so far. */
   get done(): number
+  /** The target runs again: exiting now cannot harm it. */
+  get thawed(): boolean
 }
 
 /** One image directory of a chain, newest first. */

@@ -24,6 +24,9 @@ pub struct Progress {
     pub total: AtomicU64,
     /// Bytes copied so far.
     pub done: AtomicU64,
+    /// Every thread of the target runs again (set right after the thaw): from
+    /// here on the caller may exit at any moment without harming it.
+    pub thawed: std::sync::atomic::AtomicBool,
 }
 
 /// How pages are drained.
@@ -219,6 +222,9 @@ pub fn pre_dump(
         }) if found.is_ok() => frozen.thaw_stopped(),
         _ => frozen.thaw(),
     };
+    if let Some(p) = progress {
+        p.thawed.store(true, Ordering::SeqCst);
+    }
     let found = found?;
     let (pinned, fallback) = match referenced.transpose()? {
         Some(Ok(pinned)) => (Some(pinned), None),

@@ -108,6 +108,11 @@ impl Progress {
     pub fn done(&self) -> f64 {
         self.inner.done.load(std::sync::atomic::Ordering::Relaxed) as f64
     }
+    /// The target runs again: exiting now cannot harm it.
+    #[napi(getter)]
+    pub fn thawed(&self) -> bool {
+        self.inner.thawed.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Pre-dumps a process, writing its pages image. Rejects with an Error whose
