@@ -415,14 +415,8 @@ fn take_dirty(
     let pages = tracker.take_dirty(&ranges)?;
     // Only uffd-wp leaves a marker to name the arming run; without one the
     // previous arming cannot be checked against a parent.
-    let previous = if backend == track::Backend::UffdWp && !tracker.created() {
-        track::generation(pid)?
-    } else {
-        None
-    };
-    if backend == track::Backend::UffdWp {
-        track::set_generation(pid, generation)?;
-    }
+    let previous = tracker.generation()?;
+    tracker.set_generation(generation)?;
     inj.restore()?;
     tracker.keep();
     Ok(Dirty { pages, previous })

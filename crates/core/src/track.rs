@@ -225,15 +225,10 @@ struct Ours {
 /// same string, so a later run can tell whether the target's dirty state is
 /// relative to that directory (and not to a run that armed and then failed).
 pub fn generation(pid: i32) -> Result<Option<String>> {
-    let Some(ours) = scan_fds(pid)?.0 else {
-        return Ok(None);
-    };
-    let marker = File::from(PidFd::open(pid)?.get_fd(ours.marker_fd)?);
-    let mut buf = [0u8; 256];
-    let n = marker
-        .read_at(&mut buf, 0)
-        .map_err(|e| Error::sys("reading the tracking marker", e))?;
-    Ok((n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned()))
+    match scan_fds(pid)?.0 {
+        Some(ours) => read_generation(pid, ours.marker_fd),
+        None => Ok(None),
+    }
 }
 
 /// Records `generation` in the marker of the target's tracking (see
@@ -246,7 +241,23 @@ pub fn set_generation(pid: i32, generation: &str) -> Result<()> {
             io::Error::from_raw_os_error(libc::ENOENT),
         ));
     };
-    let marker = File::from(PidFd::open(pid)?.get_fd(ours.marker_fd)?);
+    write_generation(pid, ours.marker_fd, generation)
+}
+
+fn marker_file(pid: i32, marker_fd: i32) -> Result<File> {
+    Ok(File::from(PidFd::open(pid)?.get_fd(marker_fd)?))
+}
+
+fn read_generation(pid: i32, marker_fd: i32) -> Result<Option<String>> {
+    let mut buf = [0u8; 256];
+    let n = marker_file(pid, marker_fd)?
+        .read_at(&mut buf, 0)
+        .map_err(|e| Error::sys("reading the tracking marker", e))?;
+    Ok((n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
+
+fn write_generation(pid: i32, marker_fd: i32, generation: &str) -> Result<()> {
+    let marker = marker_file(pid, marker_fd)?;
     marker
         .set_len(0)
         .and_then(|()| marker.write_all_at(generation.as_bytes(), 0))
@@ -847,6 +858,23 @@ impl Tracker {
     /// Keeps tracking for a later run: closes only predump's copy of the uffd
     /// (the same as dropping the Tracker; spelled out for readers).
     pub fn keep(self) {}
+
+    /// The generation recorded by the run that armed this tracking last (see
+    /// `generation`), read through the marker this Tracker already knows.
+    pub fn generation(&self) -> Result<Option<String>> {
+        match self.target_marker_fd {
+            Some(fd) if !self.created => read_generation(self.pid, fd),
+            _ => Ok(None),
+        }
+    }
+
+    /// Records this run's generation in the marker (see `set_generation`).
+    pub fn set_generation(&self, generation: &str) -> Result<()> {
+        match self.target_marker_fd {
+            Some(fd) => write_generation(self.pid, fd, generation),
+            None => Ok(()),
+        }
+    }
 
     fn close_in_target(&mut self, inj: &mut Injector) -> Result<()> {
         let mut first = None;
