@@ -121,24 +121,6 @@ pub struct ParentChain {
     pub generation: String,
 }
 
-/// Pre-dumps `pid` in read mode into a new pages image at `pages_path`
-/// (created 0600; it must not exist).
-pub fn pre_dump_read(
-    pid: i32,
-    pages_path: &Path,
-    config: &DrainConfig,
-    progress: Option<&Progress>,
-) -> Result<PreDumpReport> {
-    pre_dump(
-        pid,
-        pages_path,
-        Mode::Read,
-        config,
-        &TrackOptions::default(),
-        progress,
-    )
-}
-
 /// Pre-dumps `pid` into a new pages image at `pages_path` (created 0600; it must
 /// not exist).
 pub fn pre_dump(

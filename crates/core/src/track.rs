@@ -220,30 +220,13 @@ struct Ours {
     marker_fd: i32,
 }
 
-/// The tracking generation written into the marker by the last arming run
-/// (`set_generation`), if any: an images directory made by that run records the
-/// same string, so a later run can tell whether the target's dirty state is
-/// relative to that directory (and not to a run that armed and then failed).
-pub fn generation(pid: i32) -> Result<Option<String>> {
-    match scan_fds(pid)?.0 {
-        Some(ours) => read_generation(pid, ours.marker_fd),
-        None => Ok(None),
-    }
-}
+// The tracking generation is a string that the run which armed the tracking
+// last writes into the marker (`Tracker::set_generation`): an images directory
+// made by that run records the same string, so a later run can tell whether the
+// target's dirty state is relative to that directory, and not to a run that
+// armed and then failed. The marker then holds one page.
 
-/// Records `generation` in the marker of the target's tracking (see
-/// `generation`); done while the target is frozen, right after arming. The
-/// marker then holds one page.
-pub fn set_generation(pid: i32, generation: &str) -> Result<()> {
-    let Some(ours) = scan_fds(pid)?.0 else {
-        return Err(Error::sys(
-            "recording the tracking generation",
-            io::Error::from_raw_os_error(libc::ENOENT),
-        ));
-    };
-    write_generation(pid, ours.marker_fd, generation)
-}
-
+/// The target's marker, taken with pidfd_getfd.
 fn marker_file(pid: i32, marker_fd: i32) -> Result<File> {
     Ok(File::from(PidFd::open(pid)?.get_fd(marker_fd)?))
 }

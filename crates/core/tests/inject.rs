@@ -18,7 +18,7 @@ use predump_core::freeze::Frozen;
 use predump_core::inject::{pidfd_getfd, thread_state, Injector};
 use predump_core::{proc, Error};
 
-const TESTEE: &str = env!("CARGO_BIN_EXE_predump-testee");
+mod common;
 
 /// The system call glibc's epoll_wait() makes.
 #[cfg(target_arch = "x86_64")]
@@ -42,23 +42,7 @@ struct Testee {
 
 impl Testee {
     fn spawn(args: &[&str]) -> Testee {
-        let mut child = Command::new(TESTEE)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn predump-testee");
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, stdin, lines) = common::spawn_testee(args);
         let pid = child.id() as i32;
         let mut t = Testee {
             child,
@@ -1093,7 +1077,11 @@ fn between_calls_the_thread_is_back_in_its_freeze_state() {
                 inj.close(r).unwrap();
                 inj.close(w).unwrap();
             }
-            assert_eq!(thread_state(&frozen, tid).unwrap(), before, "after call {i}");
+            assert_eq!(
+                thread_state(&frozen, tid).unwrap(),
+                before,
+                "after call {i}"
+            );
             assert_eq!(bytes_at(pid, before.pc.saturating_sub(16) & !7, 48), code);
             assert_eq!(state(pid, tid), 't');
         }
@@ -1114,7 +1102,10 @@ fn kill_test_tracer_helper() {
     let Ok(spec) = std::env::var("PREDUMP_KILL_TEST_TARGET") else {
         return;
     };
-    let v: Vec<i64> = spec.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    let v: Vec<i64> = spec
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
     let (pid, tid, pause) = (v[0] as i32, v[1] as i32, Duration::from_micros(v[2] as u64));
     let frozen = Frozen::freeze(pid).unwrap();
     let mut inj = Injector::new(&frozen, tid).unwrap();
@@ -1162,7 +1153,12 @@ fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String
     for i in 0..trials {
         wait_blocked(t.pid, t.main, libc::SYS_read);
         let mut helper = Command::new(&exe)
-            .args(["--exact", "kill_test_tracer_helper", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "kill_test_tracer_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(
                 "PREDUMP_KILL_TEST_TARGET",
                 format!("{} {} {pause_us}", t.pid, t.main),
@@ -1195,13 +1191,14 @@ fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String
         assert_eq!(tracer(t.pid, t.main), 0, "detached by the tracer's death");
         let cmd = format!("echo trial-{i}");
         let sent = writeln!(t.stdin, "{cmd}").and_then(|_| t.stdin.flush());
-        let alive = sent.is_ok() && loop {
-            match t.lines.recv_timeout(Duration::from_secs(5)) {
-                Ok(l) if l == cmd => break true,
-                Ok(_) => continue,
-                Err(_) => break false,
-            }
-        };
+        let alive = sent.is_ok()
+            && loop {
+                match t.lines.recv_timeout(Duration::from_secs(5)) {
+                    Ok(l) if l == cmd => break true,
+                    Ok(_) => continue,
+                    Err(_) => break false,
+                }
+            };
         if !alive {
             deaths += 1;
             let status = t.child.wait().unwrap();
@@ -1234,5 +1231,7 @@ fn a_tracer_killed_between_injected_calls_leaves_the_target_alive() {
     // Back to back calls: the kills land inside a call most of the time. Not
     // asserted: it measures how much of a call is the window.
     let (landed, deaths, how) = kill_tracer_trials(20, 0);
-    eprintln!("tracer killed with calls back to back: {deaths} target deaths in {landed} kills {how:?}");
+    eprintln!(
+        "tracer killed with calls back to back: {deaths} target deaths in {landed} kills {how:?}"
+    );
 }

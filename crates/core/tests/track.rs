@@ -3,10 +3,10 @@
 //! the main thread (blocked in read(0)), attach, …, restore, thaw.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use predump_core::maps::{parse_maps, skip_reason, Vma};
 use predump_core::track::{find_ours, Backend, Tracker};
 use predump_core::{proc, PageRange, PAGE_SIZE};
 
-const TESTEE: &str = env!("CARGO_BIN_EXE_predump-testee");
+mod common;
 
 /// A testee process: killed by pid and reaped when the test ends, pass or fail.
 struct Testee {
@@ -28,23 +28,7 @@ struct Testee {
 
 impl Testee {
     fn spawn() -> Testee {
-        let mut child = Command::new(TESTEE)
-            .arg("track")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn predump-testee");
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, stdin, lines) = common::spawn_testee(&["track"]);
         let pid = child.id() as i32;
         let t = Testee {
             child,
