@@ -133,7 +133,11 @@ test.serial(
     const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
     const tmp = await tempDir(t);
     t.teardown(() => runCli(['untrack', '-t', String(target.pid)]).then(() => undefined));
-    const plain = await preDump({ pid: target.pid, imagesDir: path.join(tmp, 'plain') });
+    const plain = await preDump({
+      pid: target.pid,
+      imagesDir: path.join(tmp, 'plain'),
+      trackMem: 'none',
+    });
     const a = await preDump({
       pid: target.pid,
       imagesDir: path.join(tmp, 'a'),

@@ -52,7 +52,18 @@ test.serial(
     const tmp = await tempDir(t);
     const dir = path.join(tmp, 'images');
 
-    const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir, '--json']);
+    const r = await runCli([
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      dir,
+      '--pre-dump-mode',
+      'read',
+      '--track-mem',
+      'none',
+      '--json',
+    ]);
     t.is(r.code, 0, r.stderr);
     const j = parseJson<PreDumpJson>(t, r);
     t.is(j.ok, true);

@@ -66,7 +66,18 @@ interface PreDumpJson {
 
 /** `predump pre-dump -t PID -D DIR --pre-dump-mode MODE --json`. */
 function preDumpArgs(pid: number, dir: string, mode: 'read' | 'splice'): string[] {
-  return ['pre-dump', '-t', String(pid), '-D', dir, '--pre-dump-mode', mode, '--json'];
+  return [
+    'pre-dump',
+    '-t',
+    String(pid),
+    '-D',
+    dir,
+    '--pre-dump-mode',
+    mode,
+    '--track-mem',
+    'none',
+    '--json',
+  ];
 }
 
 /**
@@ -275,7 +286,12 @@ test.serial(
     await target.settle();
     const before2 = await snapshot(target.pid);
     const apiDir = path.join(tmp, 'api');
-    const a = await preDump({ pid: target.pid, imagesDir: apiDir, mode: 'splice' });
+    const a = await preDump({
+      pid: target.pid,
+      imagesDir: apiDir,
+      mode: 'splice',
+      trackMem: 'none',
+    });
     t.is(a.mode, 'read');
     t.is(a.requestedMode, 'splice');
     t.regex(a.fallback ?? '', /not permitted|EPERM/i);
@@ -338,7 +354,7 @@ test.serial(`${RUNS} splice pre-dumps of a churning target in a row, in-process`
   };
   for (let i = 0; i < RUNS; i++) {
     const dir = path.join(tmp, `run-${i}`);
-    const r = await preDump({ pid: target.pid, imagesDir: dir, mode: 'splice' });
+    const r = await preDump({ pid: target.pid, imagesDir: dir, mode: 'splice', trackMem: 'none' });
     if (r.mode !== 'splice' || r.fallback !== null || r.partial || r.threads !== 4) {
       fail(i, `mode ${r.mode}, fallback ${r.fallback}, partial ${r.partial}, ${r.threads} threads`);
     }

@@ -35,7 +35,16 @@ async function preDumpAndCheck(
 ): Promise<{ threads: number; pagesWritten: number }> {
   await target.settle();
   const before = await snapshot(target.pid);
-  const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir, '--json']);
+  const r = await runCli([
+    'pre-dump',
+    '-t',
+    String(target.pid),
+    '-D',
+    dir,
+    '--track-mem',
+    'none',
+    '--json',
+  ]);
   t.is(r.code, 0, r.stderr);
   const j = parseJson<{ threads: number; pagesWritten: number; partial: boolean }>(t, r);
   t.is(j.threads, target.threads);
@@ -84,11 +93,14 @@ test.serial('through the API: preDump() result and the target afterwards', async
   const r = await preDump({
     pid: target.pid,
     imagesDir: dir,
+    mode: 'read',
+    trackMem: 'none',
     onProgress: (done, total) => progress.push([done, total]),
   });
   t.is(r.pid, target.pid);
   t.is(r.imagesDir, dir);
   t.is(r.mode, 'read');
+  t.is(r.trackBackend, 'none');
   t.false(r.partial);
   t.is(r.threads, 3);
   t.is(r.pagesGone, 0);
@@ -104,6 +116,41 @@ test.serial('through the API: preDump() result and the target afterwards', async
   t.deepEqual(await snapshot(target.pid), before);
   t.true((await target.w.selfCheck()).ok);
 });
+
+test.serial(
+  'the default (uffd-wp tracking, freeze-free) leaves exactly a userfaultfd and its marker; untrack takes them',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 32 * MiB, threads: 2 });
+    const before = await snapshot(target.pid);
+    const dir = path.join(await tempDir(t), 'images');
+    const r = await preDump({ pid: target.pid, imagesDir: dir });
+    t.is(r.trackBackend, 'uffd-wp', 'this kernel has uffd-wp and no soft-dirty');
+    t.is(r.mode, 'freeze-free');
+    t.true(r.stoppedWindowMs > 0, 'the first run stops the target once, to make the uffd');
+    await assertRunningUntraced(t, target.pid);
+    const during = await snapshot(target.pid);
+    const added = Object.entries(during.fds).filter(([fd]) => !(fd in before.fds));
+    t.is(added.length, 2, JSON.stringify(added));
+    t.deepEqual(added.map(([, link]) => link.replace(/\d+/g, 'N')).sort(), [
+      '/memfd:predump-uffd pid=N fd=N ino=N (deleted)',
+      'anon_inode:[userfaultfd]',
+    ]);
+    for (const [fd] of added)
+      t.true(Number(fd) >= 56, `fd ${fd} is high, out of the program's way`);
+    for (const [fd, link] of Object.entries(before.fds)) t.is(during.fds[fd], link);
+    const again = await preDump({
+      pid: target.pid,
+      imagesDir: path.join(path.dirname(dir), 'again'),
+      prevImagesDir: dir,
+    });
+    t.is(again.stoppedWindowMs, 0, 'later runs never stop it');
+    t.deepEqual((await snapshot(target.pid)).fds, during.fds, 'nothing more is left by later runs');
+    const u = await runCli(['untrack', '-t', String(target.pid), '--json']);
+    t.is(u.code, 0, u.stderr);
+    t.deepEqual((await snapshot(target.pid)).fds, before.fds);
+    t.true((await target.w.selfCheck()).ok);
+  },
+);
 
 test.serial(
   'a job-stopped target stays stopped, untraced, and runs on after SIGCONT',
@@ -127,7 +174,16 @@ test.serial(
     t.true(stopped, 'every thread is in group stop');
 
     const dir = path.join(await tempDir(t), 'images');
-    const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', dir, '--json']);
+    const r = await runCli([
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      dir,
+      '--track-mem',
+      'none',
+      '--json',
+    ]);
     t.is(r.code, 0, r.stderr);
     for (const tid of tids) {
       t.deepEqual(await procState(target.pid, Number(tid)), { state: 'T', tracerPid: 0 });
@@ -152,9 +208,12 @@ test.serial(
     const gate = path.join(tmp, 'gate');
     await mkfifo(gate);
     const first = path.join(tmp, 'first');
-    const cli = startCli(['pre-dump', '-t', String(target.pid), '-D', first, '--json'], {
-      PREDUMP_TEST_DRAIN_GATE: gate,
-    });
+    const cli = startCli(
+      ['pre-dump', '-t', String(target.pid), '-D', first, '--track-mem', 'none', '--json'],
+      {
+        PREDUMP_TEST_DRAIN_GATE: gate,
+      },
+    );
     t.teardown(() => {
       if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
     });
@@ -194,9 +253,12 @@ for (const [signal, status] of [
       const gate = path.join(tmp, 'gate');
       await mkfifo(gate);
       const dir = path.join(tmp, 'images');
-      const cli = startCli(['pre-dump', '-t', String(target.pid), '-D', dir, '--json'], {
-        PREDUMP_TEST_DRAIN_GATE: gate,
-      });
+      const cli = startCli(
+        ['pre-dump', '-t', String(target.pid), '-D', dir, '--track-mem', 'none', '--json'],
+        {
+          PREDUMP_TEST_DRAIN_GATE: gate,
+        },
+      );
       t.teardown(() => {
         if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
       });

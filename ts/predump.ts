@@ -20,7 +20,10 @@ import { symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { openParent, TRACK_FILE, type TrackRecord } from './parent.js';
 
-export type PreDumpModeName = 'read' | 'splice';
+/** The ways pages are drained (see `PreDumpOptions.mode`). */
+export type PreDumpModeName = 'read' | 'splice' | 'freeze-free';
+/** A mode, or 'auto': freeze-free where uffd-wp tracking is used, else read. */
+export type PreDumpMode = PreDumpModeName | 'auto';
 export type TrackMem = 'auto' | 'uffd-wp' | 'soft-dirty' | 'none';
 
 export interface PreDumpOptions {
@@ -29,16 +32,22 @@ export interface PreDumpOptions {
   /** Where the images go: created 0700 if missing; must hold no images. */
   imagesDir: string;
   /**
-   * How pages are drained: 'read' (default) copies them with process_vm_readv
-   * after thaw; 'splice' references them into pipes while frozen (CRIU's
-   * default), falling back to read mode where vmsplice is refused.
+   * How pages are drained:
+   * - 'read' finds them while frozen and copies them with process_vm_readv after thaw;
+   * - 'splice' references them into pipes while frozen (CRIU's default), falling
+   *   back to read mode where vmsplice is refused;
+   * - 'freeze-free' (uffd-wp tracking only) takes and re-arms the written pages
+   *   while the target runs, then copies them: the target is never stopped, but
+   *   for one short stop on the first run (docs/FREEZE-FREE.md);
+   * - 'auto' (default): freeze-free where uffd-wp tracking is in use, else read.
    */
-  mode?: PreDumpModeName;
+  mode?: PreDumpMode;
   /**
    * Dirty tracking, so that a later pre-dump with this one as its parent copies
-   * only what changed: 'auto' picks soft-dirty where the kernel has it, else
-   * uffd-wp (which leaves a userfaultfd in the target until `untrack`); 'none'
-   * (default) tracks nothing.
+   * only what changed: 'auto' (default) picks soft-dirty where the kernel has it
+   * (nothing is left in the target), else uffd-wp (a userfaultfd and a marker fd
+   * stay in the target until `dump` or `untrack`), else none; 'none' tracks
+   * nothing: every pre-dump is a full one.
    */
   trackMem?: TrackMem;
   /** The previous pre-dump of the same process: pages it holds that did not change are not copied again. */
@@ -68,10 +77,10 @@ export interface PreDumpOptions {
 export interface PreDumpResult {
   pid: number;
   imagesDir: string;
-  /** The mode used ('read' after a splice fallback). */
+  /** The mode used ('read' after a fallback). */
   mode: PreDumpModeName;
-  requestedMode: PreDumpModeName;
-  /** Why splice mode fell back to read mode. */
+  requestedMode: PreDumpMode;
+  /** Why splice or freeze-free mode fell back to read mode. */
   fallback: string | null;
   /** Splice mode: pipes used and the bytes of the target pinned in them until drained. */
   pipes: number;
@@ -93,7 +102,9 @@ export interface PreDumpResult {
   pagesGone: number;
   /** Present pages left to the parent images (PE_PARENT entries). */
   pagesSkippedParent: number;
+  /** The tracking asked for, and the one used ('auto' resolved). */
   trackMem: TrackMem;
+  trackBackend: 'uffd-wp' | 'soft-dirty' | 'none';
   parent: string | null;
   /** Why a pre-dump with a parent still copied every page. */
   trackNote: string | null;
@@ -120,12 +131,18 @@ const PAGE = 4096;
 
 /** Pre-dumps a live process into a new CRIU image directory. */
 export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
-  const mode = options.mode ?? 'read';
-  if (options.finalDump && mode !== 'read') {
-    throw new PredumpError('EINVAL', 'a final dump copies while frozen: it has no splice mode');
+  const mode = options.mode ?? 'auto';
+  if (options.finalDump && mode !== 'read' && mode !== 'auto') {
+    throw new PredumpError(
+      'EINVAL',
+      `a final dump copies while frozen throughout: it has no ${mode} mode`,
+    );
   }
-  if (mode !== 'read' && mode !== 'splice') {
-    throw new PredumpError('EINVAL', `unknown pre-dump mode '${String(mode)}': use read or splice`);
+  if (!['auto', 'read', 'splice', 'freeze-free'].includes(mode)) {
+    throw new PredumpError(
+      'EINVAL',
+      `unknown pre-dump mode '${String(mode)}': use auto, read, splice or freeze-free`,
+    );
   }
   const { pid } = options;
   if (!Number.isInteger(pid) || pid <= 0) {
@@ -136,7 +153,19 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const startTicks = await native.checkTarget(pid).catch((err: unknown) => {
     throw fromNative(err);
   });
-  const trackMem = options.trackMem ?? 'none';
+  const trackMem = options.trackMem ?? 'auto';
+  if (!['auto', 'uffd-wp', 'soft-dirty', 'none'].includes(trackMem)) {
+    throw new PredumpError(
+      'EINVAL',
+      `unknown dirty tracking '${String(trackMem)}': use auto, uffd-wp, soft-dirty or none`,
+    );
+  }
+  if (mode === 'freeze-free' && trackMem !== 'uffd-wp' && trackMem !== 'auto') {
+    throw new PredumpError(
+      'EINVAL',
+      `the freeze-free mode needs uffd-wp dirty tracking, not '${trackMem}'`,
+    );
+  }
   const parent =
     options.prevImagesDir === undefined
       ? undefined
@@ -148,6 +177,9 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const ticker = options.onProgress
     ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
     : undefined;
+  // Set once this run has started the target's dirty tracking: a failure after
+  // that ends it again, leaving nothing of ours in the target.
+  let createdTracking = false;
   try {
     const report = await abortable(
       native.preDump(
@@ -170,6 +202,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     ).catch((err: unknown) => {
       throw fromNative(err);
     });
+    createdTracking = report.createdTracking;
     const entries: PagemapEntry[] = [];
     for (let i = 0; i < report.regions.length; i += 2) {
       entries.push({ vaddr: report.regions[i], nrPages: report.regions[i + 1], flags: PE_PRESENT });
@@ -186,8 +219,14 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     entries.sort((a, b) => a.vaddr - b.vaddr);
     if (parent)
       await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
-    if (trackMem !== 'none' || options.finalDump) {
-      const record: TrackRecord = { pid, generation, trackMem, final: options.finalDump === true };
+    const trackBackend = report.trackBackend as PreDumpResult['trackBackend'];
+    if (trackBackend !== 'none' || options.finalDump) {
+      const record: TrackRecord = {
+        pid,
+        generation,
+        trackMem: trackBackend,
+        final: options.finalDump === true,
+      };
       await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
         mode: 0o600,
       });
@@ -242,10 +281,11 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       pagesGone: report.pagesGone,
       pagesSkippedParent,
       trackMem,
+      trackBackend,
       parent: parent?.dir ?? null,
       trackNote:
         report.trackNote ??
-        (parent && !parent.generation && trackMem !== 'none'
+        (parent && !parent.generation && trackBackend !== 'none'
           ? 'the parent was made without dirty tracking: every page is copied'
           : null),
       bytesWritten,
@@ -262,6 +302,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
     };
   } catch (err) {
     await discardImages(dir);
+    if (createdTracking) await native.untrack(pid).catch(() => undefined);
     throw err;
   } finally {
     if (ticker) clearInterval(ticker);

@@ -22,6 +22,8 @@ export interface WorkloadOptions {
   denyVmsplice?: boolean;
   /** Ignore SIGTRAP: syscall injection (splice mode) must refuse to touch it. */
   ignoreSigtrap?: boolean;
+  /** Bytes of a region a thread keeps writing random words into, as fast as it can. */
+  writerBytes?: number;
 }
 
 export interface Area {
@@ -66,6 +68,8 @@ export class Workload {
   readonly pid: number;
   readonly data: Area;
   readonly churnArea: Area | null;
+  /** The writer thread's region (see `WorkloadOptions.writerBytes`). */
+  readonly writerArea: Area | null;
   readonly threads: number;
   private readonly lines: AsyncIterator<string>;
   /** Settles when the workload's stdout closes: it has exited. */
@@ -81,6 +85,9 @@ export class Workload {
     this.data = { start: Number(ready.data.start), bytes: ready.data.bytes };
     this.churnArea = ready.churn
       ? { start: Number(ready.churn.start), bytes: ready.churn.bytes }
+      : null;
+    this.writerArea = ready.writer
+      ? { start: Number(ready.writer.start), bytes: ready.writer.bytes }
       : null;
     this.threads = ready.threads;
     this.closed = new Promise((resolve) => {
@@ -100,6 +107,7 @@ export class Workload {
     if (options.churn) args.push('--churn');
     if (options.denyVmsplice) args.push('--deny-vmsplice');
     if (options.ignoreSigtrap) args.push('--ignore-sigtrap');
+    if (options.writerBytes) args.push('--writer', String(options.writerBytes));
     // Not our child: Node's waitpid on a child would take the ptrace stops of
     // the freeze (and report them as an exit).
     args.push('--grandchild');
@@ -164,6 +172,53 @@ export class Workload {
     );
   }
 
+  // Address-space changes outside the data region (their pages carry no
+  // pattern: compare images with the live memory instead).
+
+  /** A new read-write anonymous mapping of `pages` pages, filled from `seed`. */
+  async map(pages: number, seed: number): Promise<Area> {
+    const a = await this.command<{ addr: string }>(`map ${pages} ${seed}`);
+    return { start: Number(a.addr), bytes: pages * 4096 };
+  }
+
+  /** New contents for `pages` pages at `addr` (of a mapping made with `map`). */
+  async write(addr: number, pages: number, seed: number): Promise<void> {
+    await this.command(`write 0x${addr.toString(16)} ${pages} ${seed}`);
+  }
+
+  async unmap(addr: number, pages: number): Promise<void> {
+    await this.command(`unmap 0x${addr.toString(16)} ${pages}`);
+  }
+
+  async protect(addr: number, pages: number, prot: 'none' | 'r' | 'rw'): Promise<void> {
+    await this.command(`protect 0x${addr.toString(16)} ${pages} ${prot}`);
+  }
+
+  /** MADV_DONTNEED: the pages read as zeros afterwards. */
+  async dontneed(addr: number, pages: number): Promise<void> {
+    await this.command(`dontneed 0x${addr.toString(16)} ${pages}`);
+  }
+
+  /** A new thread that maps and fills `pages` pages of its own, then waits. */
+  async thread(pages: number, seed: number): Promise<{ tid: number; area: Area }> {
+    const a = await this.command<{ tid: number; addr: string }>(`thread ${pages} ${seed}`);
+    return { tid: a.tid, area: { start: Number(a.addr), bytes: pages * 4096 } };
+  }
+
+  /**
+   * Forks a child that rewrites its copy of `pages` pages at `addr`, then waits
+   * until the workload exits. Returns the child's pid.
+   */
+  async fork(addr: number, pages: number, seed: number): Promise<number> {
+    const a = await this.command<{ child: number }>(`fork 0x${addr.toString(16)} ${pages} ${seed}`);
+    return a.child;
+  }
+
+  /** Compute iterations per thread, churn operations, writer words written. */
+  progress(): Promise<{ compute: number[]; churnOps: number; writerWrites: number }> {
+    return this.command('progress');
+  }
+
   /** Asks it to exit, and kills it (by pid) if it does not within 5 s. */
   async stop(): Promise<void> {
     this.child.stdin.end('exit\n');
@@ -192,5 +247,6 @@ interface ReadyLine {
   pid: number;
   data: { start: string; bytes: number };
   churn: { start: string; bytes: number } | null;
+  writer: { start: string; bytes: number } | null;
   threads: number;
 }

@@ -26,7 +26,7 @@ export function builder(yargs: Argv) {
     .option('track-mem', {
       type: 'string',
       choices: ['auto', 'uffd-wp', 'soft-dirty', 'none'] as const,
-      default: 'uffd-wp' as const,
+      default: 'auto' as const,
       describe: 'the tracking the chain was made with (the dump ends it)',
     })
     .option('leave-stopped', {
@@ -70,7 +70,7 @@ export async function handler(args: Args): Promise<void> {
   const result = outcome.value;
   if (args.json) printJson({ ok: true, leftStopped: args.leaveStopped, ...result });
   if (result.trackNote) say(`predump: note: ${result.trackNote}`);
-  say(summary(result).replace(/^pre-dumped/, 'dumped'));
+  say(summary(result, true).replace(/^pre-dumped/, 'dumped'));
   if (args.leaveStopped) {
     say(`process ${args.tree} is left stopped: 'kill -CONT ${args.tree}' resumes it`);
   }

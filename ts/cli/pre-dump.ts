@@ -29,21 +29,25 @@ export function builder(yargs: Argv) {
     .option('images-dir', imagesDirOption)
     .option('pre-dump-mode', {
       type: 'string',
-      choices: ['read', 'splice'] as const,
-      default: 'read' as const,
+      choices: ['auto', 'read', 'splice', 'freeze-free'] as const,
+      default: 'auto' as const,
       describe:
         'read: find the pages while frozen, copy them after thaw with process_vm_readv. ' +
         'splice: also reference them into pipes while frozen, by vmsplice run inside the target ' +
-        "(CRIU's default; longer frozen, pins the memory until written)",
+        "(CRIU's default; longer frozen, pins the memory until written). " +
+        'freeze-free: never stop the target (but once, briefly, on the first run): take and ' +
+        're-arm its written pages with uffd-wp while it runs, then copy them. ' +
+        'auto: freeze-free where uffd-wp tracking is in use, else read',
     })
     .option('track-mem', {
       type: 'string',
       choices: ['auto', 'uffd-wp', 'soft-dirty', 'none'] as const,
-      default: 'none' as const,
+      default: 'auto' as const,
       describe:
         'track writes so that the next pre-dump (with this one as --prev-images-dir) copies only ' +
-        'what changed. auto: soft-dirty where the kernel has it, else uffd-wp, which leaves a ' +
-        "userfaultfd and a marker fd in the target until 'predump untrack'",
+        'what changed. auto: soft-dirty where the kernel has it (leaves nothing in the target), ' +
+        'else uffd-wp, which leaves a userfaultfd and a marker fd in the target until ' +
+        "'predump dump' or 'predump untrack'. none: every pre-dump copies everything",
     })
     .option('prev-images-dir', {
       type: 'string',
@@ -59,8 +63,12 @@ export function builder(yargs: Argv) {
     .example('predump pre-dump -t 4242 -D /tmp/img', 'pre-dump pid 4242 into /tmp/img')
     .example('predump pre-dump -t 4242 -D /tmp/img --json', 'the result as JSON on stdout')
     .example(
-      'predump pre-dump -t 4242 -D /tmp/1 --track-mem auto && predump pre-dump -t 4242 -D /tmp/2 --track-mem auto --prev-images-dir /tmp/1',
+      'predump pre-dump -t 4242 -D /tmp/1 && predump pre-dump -t 4242 -D /tmp/2 --prev-images-dir /tmp/1',
       'an iterative pair: the second copies only what changed',
+    )
+    .example(
+      'predump pre-dump -t 4242 -D /tmp/img --track-mem none --pre-dump-mode read',
+      'a full pre-dump that leaves nothing in the target',
     )
     .check(checkTree);
 }
@@ -88,8 +96,15 @@ async function run(args: Args): Promise<number> {
   const result = outcome.value;
   if (args.json) printJson({ ok: true, ...result });
   if (result.trackNote) say(`predump: note: ${result.trackNote}`);
+  if (result.trackBackend === 'none') {
+    say(
+      'predump: note: no dirty tracking: a pre-dump with this one as its parent copies everything',
+    );
+  }
   if (result.fallback) {
-    say(`predump: warning: splice mode is not possible here (${result.fallback}): used read mode`);
+    say(
+      `predump: warning: ${result.requestedMode === 'auto' ? 'freeze-free' : result.requestedMode} mode is not possible here (${result.fallback}): used read mode`,
+    );
   }
   say(summary(result));
   if (result.partial) {
@@ -102,19 +117,27 @@ async function run(args: Args): Promise<number> {
   return EXIT.ok;
 }
 
-export function summary(r: PreDumpResult): string {
+export function summary(r: PreDumpResult, final = false): string {
   const gone = r.pagesGone > 0 ? `, ${r.pagesGone} pages gone before they were copied` : '';
   return [
     `pre-dumped pid ${r.pid} (${r.threads} thread${r.threads === 1 ? '' : 's'}) into ${r.imagesDir}`,
-    `  frozen   ${formatMs(r.stoppedWindowMs)} (freezing ${formatMs(r.freezingMs)}, scan ${formatMs(r.scanMs)} with ${r.scanMethod}` +
-      (r.mode === 'splice'
-        ? `, ${r.injectedCalls} calls injected in ${formatMs(r.injectMs)})`
-        : ')'),
+    r.mode === 'freeze-free'
+      ? `  frozen   ${r.stoppedWindowMs > 0 ? `${formatMs(r.stoppedWindowMs)} (once, to set up the tracking)` : 'never'}; scan ${formatMs(r.scanMs)} with ${r.scanMethod}, while running`
+      : `  frozen   ${formatMs(r.stoppedWindowMs)} (freezing ${formatMs(r.freezingMs)}, scan ${formatMs(r.scanMs)} with ${r.scanMethod}` +
+        (r.mode === 'splice'
+          ? `, ${r.injectedCalls} calls injected in ${formatMs(r.injectMs)})`
+          : ')'),
     ...(r.mode === 'splice'
       ? [`  pipes    ${r.pipes}, ${formatBytes(r.pinnedBytes)} pinned until written`]
       : []),
     `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}` +
       (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : ''),
     `  drain    ${formatMs(r.drainMs)}, ${r.drainMBps.toFixed(0)} MB/s; total ${formatMs(r.totalMs)}`,
+    final
+      ? '  tracking ended: nothing of predump is left in the process'
+      : `  tracking ${r.trackBackend}` +
+        (r.trackBackend === 'uffd-wp'
+          ? ` (a userfaultfd and a marker fd stay in the process until 'predump dump' or 'predump untrack -t ${r.pid}')`
+          : ''),
   ].join('\n');
 }

@@ -102,7 +102,10 @@ export declare function preDump(options: PreDumpOptions, progress?: Progress | u
 /** Options of a pre-dump. */
 export interface PreDumpOptions {
   pid: number
-  /** "read" (default) or "splice". */
+  /**
+   * "auto" (default: freeze-free with uffd-wp tracking, else read), "read",
+   * "splice" or "freeze-free".
+   */
   mode?: string
   /** Dirty tracking: "uffd-wp", "soft-dirty", "auto" or "none" (default). */
   trackMem?: string
@@ -151,6 +154,13 @@ export interface PreDumpReport {
   parentRegions: Float64Array
   /** Why a pre-dump with a parent still copied every page. */
   trackNote?: string
+  /** The dirty tracking used: "uffd-wp", "soft-dirty" or "none" ("auto" resolved). */
+  trackBackend: string
+  /**
+   * This run started the target's tracking: undo it (untrack) if the images
+   * cannot be completed.
+   */
+  createdTracking: boolean
   threads: number
   scanMethod: string
   vmasScanned: number

@@ -66,6 +66,11 @@ pub enum Error {
     #[error("cannot parse {file}: {detail}")]
     Parse { file: String, detail: String },
 
+    /// Another predump run works on this process's dirty tracking right now:
+    /// two runs taking each other's dirty pages would break both chains.
+    #[error("another predump is working on process {pid} right now (pre-dump, dump or untrack): wait for it to finish")]
+    Busy { pid: i32 },
+
     /// The caller passed something that cannot work.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -87,6 +92,7 @@ impl Error {
             Error::Sys { .. } => "ESYS",
             Error::NoSpace { .. } => "ENOSPC",
             Error::Parse { .. } => "EPARSE",
+            Error::Busy { .. } => "EBUSY",
             Error::InvalidArgument(_) => "EINVAL",
         }
     }

@@ -70,6 +70,16 @@ pub fn push_merged(out: &mut Vec<PageRange>, start: u64, pages: u64) {
     out.push(PageRange { start, pages });
 }
 
+/// Any ranges, sorted, overlapping and adjacent ones joined.
+pub fn merged(mut ranges: Vec<PageRange>) -> Vec<PageRange> {
+    ranges.sort_unstable();
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        push_merged(&mut out, r.start, r.pages);
+    }
+    out
+}
+
 /// The pages in both sorted, disjoint lists.
 pub fn intersect(a: &[PageRange], b: &[PageRange]) -> Vec<PageRange> {
     let mut out = Vec::new();

@@ -34,6 +34,10 @@ pub struct Progress {
 pub enum Mode {
     Read,
     Splice,
+    /// uffd-wp only: the dirty pages are taken and re-armed while the target
+    /// runs, then copied; the target is never stopped, except once on the first
+    /// run, to make the uffd (docs/FREEZE-FREE.md has the correctness argument).
+    FreezeFree,
 }
 
 impl Mode {
@@ -41,6 +45,7 @@ impl Mode {
         match self {
             Mode::Read => "read",
             Mode::Splice => "splice",
+            Mode::FreezeFree => "freeze-free",
         }
     }
 }
@@ -74,8 +79,14 @@ pub struct PreDumpReport {
     pub regions: Vec<PageRange>,
     /// Present pages left to the parent images (PE_PARENT entries).
     pub parent_regions: Vec<PageRange>,
-    /// Why a pre-dump with a parent still copied every page, if it did.
+    /// Why a pre-dump with a parent still copied every page, if it did (or
+    /// why tracking was given up).
     pub track_note: Option<String>,
+    /// The dirty tracking used (None: none).
+    pub tracking: Option<track::Backend>,
+    /// This run started the target's tracking (uffd-wp): a caller that fails
+    /// afterwards should end it again (`track::untrack`).
+    pub created_tracking: bool,
     pub threads: usize,
     pub scan_method: ScanMethod,
     pub vmas_scanned: usize,
@@ -105,6 +116,28 @@ pub struct TrackOptions {
     pub parent: Option<ParentChain>,
     /// Set for `predump dump`.
     pub final_dump: Option<FinalDump>,
+    /// The backend was chosen for the caller (`--track-mem auto`): where it
+    /// cannot work with this process (a seccomp filter refusing userfaultfd, a
+    /// target ignoring SIGTRAP…), the pre-dump goes on without tracking and
+    /// says why, instead of failing.
+    pub auto: bool,
+}
+
+/// Whether a tracking failure leaves the pre-dump possible without tracking:
+/// not when the target is gone or another run holds it.
+fn tracking_refused(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::NoSuchProcess { .. } | Error::TargetExited { .. } | Error::Busy { .. }
+    )
+}
+
+fn untracked_note(backend: track::Backend, e: &Error) -> String {
+    format!(
+        "dirty tracking ({}) is not possible for this process ({e}): this pre-dump \
+         copies every page, and so will the next",
+        backend.name()
+    )
 }
 
 /// A final dump instead of a pre-dump: the pages are copied while every thread
@@ -123,6 +156,11 @@ pub struct ParentChain {
 
 /// Pre-dumps `pid` into a new pages image at `pages_path` (created 0600; it must
 /// not exist).
+///
+/// A run that starts the target's dirty tracking (uffd-wp: the first one) and
+/// then fails ends it again, so that a failure leaves nothing in the target;
+/// a run that found tracking and fails leaves it, recording a generation that
+/// no images directory holds (the next run then copies every page).
 pub fn pre_dump(
     pid: i32,
     pages_path: &Path,
@@ -131,7 +169,35 @@ pub fn pre_dump(
     tracking: &TrackOptions,
     progress: Option<&Progress>,
 ) -> Result<PreDumpReport> {
+    let created = std::cell::Cell::new(false);
+    let r = match mode {
+        Mode::FreezeFree => {
+            pre_dump_freeze_free(pid, pages_path, config, tracking, progress, &created)
+        }
+        _ => pre_dump_frozen(pid, pages_path, mode, config, tracking, progress, &created),
+    };
+    if r.is_err() && created.get() {
+        // Best effort: the error that matters is the one being returned.
+        let _ = track::untrack(pid);
+    }
+    r
+}
+
+fn pre_dump_frozen(
+    pid: i32,
+    pages_path: &Path,
+    mode: Mode,
+    config: &DrainConfig,
+    tracking: &TrackOptions,
+    progress: Option<&Progress>,
+    created: &std::cell::Cell<bool>,
+) -> Result<PreDumpReport> {
     let st = proc::check_target(pid)?;
+    // Runs that take or end the dirty state exclude each other (see TrackLock).
+    let _lock = match (tracking.backend, tracking.final_dump) {
+        (None, None) => None,
+        _ => Some(track::TrackLock::acquire(pid, st.start_time)?),
+    };
     // Everything that can be done before freezing is: smaps is slow (the kernel
     // walks every page table for its sizes), opening files is not free.
     let smaps = proc::read_proc(pid, &format!("/proc/{pid}/smaps"))?;
@@ -144,13 +210,14 @@ pub fn pre_dump(
             splice::Pipes::prepare(proc::resident_bytes(pid)?)?,
             splice::target_fd_room(pid)?,
         )),
-        Mode::Read => None,
+        Mode::Read | Mode::FreezeFree => None,
     };
 
     let frozen = Frozen::freeze(pid)?;
     let dump_uptime_us = proc::uptime_us();
     let threads = frozen.tids().count();
     let scan_started = Instant::now();
+    let mut given_up = None;
     let found = (|| {
         let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
         let vmas = maps::parse_maps(&text)?;
@@ -160,7 +227,17 @@ pub fn pre_dump(
         // Tracking reads and re-arms the dirty state while every thread is
         // stopped, before splice mode's injector (one at a time per process).
         let dirty = match tracking.backend {
-            Some(backend) => Some(take_dirty(&frozen, backend, &keep, &tracking.generation)?),
+            Some(backend) => match take_dirty(&frozen, backend, &keep, &tracking.generation) {
+                Ok(dirty) => {
+                    created.set(dirty.created);
+                    Some(dirty)
+                }
+                Err(e) if tracking.auto && tracking_refused(&e) => {
+                    given_up = Some(untracked_note(backend, &e));
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         Ok::<_, Error>((found, dirty))
@@ -168,12 +245,28 @@ pub fn pre_dump(
     let scan_time = scan_started.elapsed();
     // What to copy: with a valid parent, only present pages that were written
     // since it was made, or that it does not hold; the rest become PE_PARENT.
-    let (found, to_parent, track_note) = match found {
-        Ok((mut found, dirty)) => {
-            let (dump, to_parent, note) = choose_pages(&found.ranges, dirty, tracking);
-            found.ranges = dump;
-            (Ok(found), to_parent, note)
+    let used_tracking = match &found {
+        Ok((_, Some(_))) => tracking.backend,
+        _ => None,
+    };
+    let chosen = found.and_then(|(mut found, dirty)| {
+        let (mut dump, mut to_parent, note) = choose_pages(&found.ranges, dirty, tracking);
+        let note = given_up.take().or(note);
+        if tracking.final_dump.is_some() {
+            // Rewritten by the kernel after the dirty pages are taken (below).
+            let mut rseq = Vec::new();
+            for tid in frozen.tids() {
+                rseq.extend(crate::inject::rseq_pages(tid)?);
+            }
+            let forced = crate::intersect(&crate::merged(rseq), &to_parent);
+            dump = crate::merged(dump.into_iter().chain(forced.iter().copied()).collect());
+            to_parent = crate::subtract(&to_parent, &forced);
         }
+        found.ranges = dump;
+        Ok((found, to_parent, note))
+    });
+    let (found, to_parent, track_note) = match chosen {
+        Ok((found, to_parent, note)) => (Ok(found), to_parent, note),
         Err(e) => (Err(e), Vec::new(), None),
     };
     // Splice mode references the pages while still frozen (after the scan, so
@@ -184,17 +277,20 @@ pub fn pre_dump(
         }
         _ => None,
     };
-    // A final dump copies everything while still frozen, then ends tracking.
+    // A final dump ends tracking, then copies while still frozen: copying last,
+    // after every injected call, the images equal the memory the target is left
+    // with. The calls' returns to user mode make the kernel rewrite the threads'
+    // rseq areas after the dirty pages were taken: those pages are copied
+    // whatever tracking says (above).
     let copied = match (&found, tracking.final_dump) {
         (Ok(found), Some(_)) => Some((|| {
-            let outcome = drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))?;
             if track::find_ours(pid)?.is_some() {
                 let mut inj = Injector::new(&frozen, pid)?;
                 track::Tracker::attach_with(track::Backend::UffdWp, &frozen, &mut inj, &[])?
                     .release(&mut inj)?;
                 inj.restore()?;
             }
-            Ok::<_, Error>(outcome)
+            drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
         })()),
         _ => None,
     };
@@ -277,6 +373,8 @@ pub fn pre_dump(
         regions,
         parent_regions: to_parent,
         track_note,
+        tracking: used_tracking,
+        created_tracking: created.get(),
         threads,
         scan_method: scanner.method(),
         vmas_scanned: found.vmas_scanned,
@@ -288,6 +386,145 @@ pub fn pre_dump(
         drain_time,
         drain,
         partial,
+    })
+}
+
+/// The freeze-free pre-dump (uffd-wp): the target runs throughout. Its
+/// correctness rests on one kernel guarantee, that PAGEMAP_SCAN with
+/// PM_SCAN_WP_MATCHING reports a page as written and write-protects it again
+/// under the page-table lock, so that no write can fall between the two; the
+/// whole argument is in docs/FREEZE-FREE.md. In short, per page, in this order:
+/// register new VMAs (arms them), record the generation, take-and-re-arm the
+/// written pages, find the present pages, copy. A page written after it was
+/// re-armed is copied again by the next pre-dump, and the final dump, frozen
+/// throughout, closes the chain with a consistent state.
+fn pre_dump_freeze_free(
+    pid: i32,
+    pages_path: &Path,
+    config: &DrainConfig,
+    tracking: &TrackOptions,
+    progress: Option<&Progress>,
+    created: &std::cell::Cell<bool>,
+) -> Result<PreDumpReport> {
+    if tracking.final_dump.is_some() {
+        return Err(Error::InvalidArgument(
+            "a final dump is frozen throughout: it has no freeze-free mode".to_string(),
+        ));
+    }
+    if tracking.backend != Some(track::Backend::UffdWp) {
+        return Err(Error::InvalidArgument(format!(
+            "the freeze-free mode needs uffd-wp dirty tracking, not {}",
+            tracking.backend.map_or("none", |b| b.name())
+        )));
+    }
+    let st = proc::check_target(pid)?;
+    let lock = track::TrackLock::acquire(pid, st.start_time)?;
+    let smaps = proc::read_proc(pid, &format!("/proc/{pid}/smaps"))?;
+    let vm_flags = maps::parse_smaps_flags(&smaps)?;
+    let mut scanner = Scanner::open(pid)?;
+
+    // The one stop, on the first run only: making the uffd takes an injected
+    // userfaultfd() (and the marker's memfd_create). Registering, scanning and
+    // copying are done from here, with the target running.
+    let opened = track::Tracker::open_running(pid).and_then(|found| match found {
+        Some(tracker) => Ok((tracker, FreezeTimes::default())),
+        None => {
+            let frozen = Frozen::freeze(pid)?;
+            let made = (|| {
+                let mut inj = Injector::new(&frozen, pid)?;
+                let tracker =
+                    track::Tracker::attach_with(track::Backend::UffdWp, &frozen, &mut inj, &[])?;
+                inj.restore()?;
+                Ok::<_, Error>(tracker)
+            })();
+            let freeze = frozen.thaw();
+            Ok((made?, freeze))
+        }
+    });
+    let (mut tracker, freeze) = match opened {
+        Ok(opened) => opened,
+        // Chosen for the caller and impossible here: a plain read-mode pre-dump.
+        Err(e) if tracking.auto && tracking_refused(&e) => {
+            drop(lock);
+            let untracked = TrackOptions {
+                backend: None,
+                ..tracking.clone()
+            };
+            let mut report = pre_dump_frozen(
+                pid,
+                pages_path,
+                Mode::Read,
+                config,
+                &untracked,
+                progress,
+                created,
+            )?;
+            report.requested_mode = Mode::FreezeFree;
+            report.fallback = Some(untracked_note(track::Backend::UffdWp, &e));
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    created.set(tracker.created());
+    let out = create_image(pages_path)?;
+    if let Some(p) = progress {
+        p.thawed.store(true, Ordering::SeqCst);
+    }
+    let dump_uptime_us = proc::uptime_us();
+    let threads = proc::tasks(pid)?.len();
+
+    let scan_started = Instant::now();
+    let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+    let vmas = maps::parse_maps(&text)?;
+    let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
+    tracker.add_vmas(&keep)?;
+    let dirty = arm(&mut tracker, &keep, &tracking.generation)?;
+    // After the re-arm: a page present now and not reported written holds what
+    // the chain holds (or is written later, and then reported next time).
+    let mut found = scanner.present(&keep)?;
+    found.vmas_skipped = skipped.len();
+    tracker.keep();
+    let scan_time = scan_started.elapsed();
+
+    let (dump, to_parent, track_note) = choose_pages(&found.ranges, Some(dirty), tracking);
+    if let Some(p) = progress {
+        let bytes: u64 = dump.iter().map(|r| r.len()).sum();
+        p.total.store(bytes, Ordering::Relaxed);
+    }
+    let drain_started = Instant::now();
+    let outcome =
+        drain_gated(pid, &dump, &out, config, progress.map(|p| &p.done)).map_err(|e| match e {
+            Error::NoSpace { .. } => Error::NoSpace {
+                path: pages_path.display().to_string(),
+            },
+            e => e,
+        })?;
+    out.sync_all().map_err(|e| write_error(pages_path, e))?;
+    let drain_time = drain_started.elapsed();
+    Ok(PreDumpReport {
+        requested_mode: Mode::FreezeFree,
+        mode: Mode::FreezeFree,
+        fallback: None,
+        splice: None,
+        pid,
+        start_time: st.start_time,
+        dump_uptime_us,
+        regions: outcome.regions,
+        parent_regions: to_parent,
+        track_note,
+        tracking: Some(track::Backend::UffdWp),
+        created_tracking: created.get(),
+        threads,
+        scan_method: scanner.method(),
+        vmas_scanned: found.vmas_scanned,
+        vmas_skipped: found.vmas_skipped,
+        pages_scanned: found.pages_scanned,
+        pages_present: found.pages_present,
+        freeze,
+        scan_time,
+        drain_time,
+        partial: outcome.end == DrainEnd::TargetExited,
+        drain: outcome.stats,
     })
 }
 
@@ -380,6 +617,8 @@ fn split_ranges(ranges: &[PageRange], mut pages: u64) -> (Vec<PageRange>, Vec<Pa
 struct Dirty {
     pages: Vec<PageRange>,
     previous: Option<String>,
+    /// This run made the tracking (no earlier run left it).
+    created: bool,
 }
 
 /// Attaches (or finds) the target's tracking, takes and re-arms its dirty pages,
@@ -393,15 +632,41 @@ fn take_dirty(
     let pid = frozen.pid();
     let mut inj = Injector::new(frozen, pid)?;
     let mut tracker = track::Tracker::attach_with(backend, frozen, &mut inj, keep)?;
-    let ranges: Vec<(u64, u64)> = keep.iter().map(|v| (v.start, v.end)).collect();
-    let pages = tracker.take_dirty(&ranges)?;
+    let dirty = arm(&mut tracker, keep, generation)?;
+    inj.restore()?;
+    tracker.keep();
+    Ok(dirty)
+}
+
+/// Takes the dirty pages of `keep` and re-arms them, in the order that keeps a
+/// chain safe whenever the run dies: this run's generation is recorded *before*
+/// any page is re-armed, so a run that dies after re-arming leaves a generation
+/// that no images directory records, and the next run copies everything instead
+/// of trusting a parent that lacks the pages this one took.
+fn arm(tracker: &mut track::Tracker, keep: &[&maps::Vma], generation: &str) -> Result<Dirty> {
     // Only uffd-wp leaves a marker to name the arming run; without one the
     // previous arming cannot be checked against a parent.
     let previous = tracker.generation()?;
     tracker.set_generation(generation)?;
-    inj.restore()?;
-    tracker.keep();
-    Ok(Dirty { pages, previous })
+    let ranges: Vec<(u64, u64)> = keep.iter().map(|v| (v.start, v.end)).collect();
+    let mut pages = tracker.take_dirty(&ranges)?;
+    let created = tracker.created();
+    // VMAs registered by this run hold writes made before: all of their pages
+    // count as written (this kernel reports them so anyway; others need not).
+    if !tracker.new_vmas().is_empty() {
+        pages.extend(
+            tracker
+                .new_vmas()
+                .iter()
+                .map(|&(s, e)| PageRange::new(s, (e - s) / crate::PAGE_SIZE)),
+        );
+        pages = crate::merged(pages);
+    }
+    Ok(Dirty {
+        pages,
+        previous,
+        created,
+    })
 }
 
 /// Splits the present pages into those to copy and those the parent holds.
@@ -429,12 +694,7 @@ fn choose_pages(
     }
     let mut must: Vec<PageRange> = dirty.pages;
     must.extend(crate::subtract(present, &parent.pages));
-    must.sort_unstable();
-    let mut merged = Vec::new();
-    for r in must {
-        crate::push_merged(&mut merged, r.start, r.pages);
-    }
-    let dump = crate::intersect(present, &merged);
+    let dump = crate::intersect(present, &crate::merged(must));
     let to_parent = crate::subtract(present, &dump);
     (dump, to_parent, None)
 }

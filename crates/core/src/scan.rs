@@ -63,6 +63,13 @@ pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_PFN_MASK: u64 = (1 << 55) - 1;
+/// The swap type of a pte marker (SWP_PTE_MARKER: the last of the 32 types that
+/// MAX_SWAPFILES_SHIFT = 5 allows, on every architecture). uffd-wp installs
+/// markers on unpopulated pages of registered ranges (WP_UNPOPULATED) and where
+/// write-protected pages are zapped; pagemap reports them as swapped (type in
+/// the low 5 bits of the frame field), but they hold no data.
+const SWP_PTE_MARKER: u64 = 31;
+const SWP_TYPE_MASK: u64 = 0x1f;
 
 /// Regions asked of the kernel per PAGEMAP_SCAN call; a full vector is continued
 /// from `walk_end`.
@@ -176,8 +183,14 @@ impl Scanner {
                 .scan_call(at, end)
                 .map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
             let mut reported = at;
-            for r in &self.vec[..n] {
-                push_merged(out, r.start, (r.end - r.start) / PAGE_SIZE);
+            for i in 0..n {
+                let r = self.vec[i];
+                if r.categories & PAGE_IS_PRESENT == 0 {
+                    // Swapped: a real page in swap, or a uffd-wp marker.
+                    self.scan_read(r.start, r.end, out)?;
+                } else {
+                    push_merged(out, r.start, (r.end - r.start) / PAGE_SIZE);
+                }
                 reported = reported.max(r.end);
             }
             // When the vector fills up, Linux 6.18 can return a walk_end below the
@@ -199,16 +212,16 @@ impl Scanner {
             category_inverted: PAGE_IS_PFNZERO,
             category_mask: PAGE_IS_PFNZERO,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             ..Default::default()
         };
         pagemap_scan(&self.pagemap, query, &mut self.vec)
     }
 
     fn scan_read(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
-        let mut buf = vec![0u8; PAGEMAP_CHUNK * 8];
         let mut page = start / PAGE_SIZE;
         let last = end / PAGE_SIZE;
+        let mut buf = vec![0u8; ((last.saturating_sub(page)) as usize).min(PAGEMAP_CHUNK) * 8];
         while page < last {
             let n = ((last - page) as usize).min(PAGEMAP_CHUNK);
             let bytes = &mut buf[..n * 8];
@@ -219,7 +232,11 @@ impl Scanner {
                 let e = u64::from_ne_bytes(entry.try_into().expect("8 bytes"));
                 let present = e & PM_PRESENT != 0;
                 let is_zero = present && self.zero_pfn.is_some_and(|z| e & PM_PFN_MASK == z);
-                if (present || e & PM_SWAP != 0) && !is_zero {
+                // Without CAP_SYS_ADMIN the frame field reads 0: markers then
+                // look like swap type 0 and are kept (copied as zeros).
+                let is_marker =
+                    !present && e & PM_SWAP != 0 && e & SWP_TYPE_MASK == SWP_PTE_MARKER;
+                if (present || e & PM_SWAP != 0) && !is_zero && !is_marker {
                     push_merged(out, (page + i as u64) * PAGE_SIZE, 1);
                 }
             }

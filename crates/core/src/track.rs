@@ -382,6 +382,38 @@ fn parse_nofile_soft(limits: &str) -> Option<u64> {
     }
 }
 
+/// Keeps other predump runs off one target's dirty tracking while held.
+///
+/// A run that takes the dirty pages re-arms them: two runs at once would each
+/// take some of the other's pages, and both chains would silently miss writes.
+/// Frozen runs exclude each other through ptrace already; a freeze-free run
+/// does not stop the target, so nothing else would. The lock is an abstract
+/// unix socket named after the process (pid and start time): only one can be
+/// bound, it needs no file, and the kernel frees it when its holder exits, even
+/// by SIGKILL, so a crashed run never leaves the target locked. (Abstract names
+/// are per network namespace: runs from different namespaces do not see each
+/// other's locks.)
+#[derive(Debug)]
+pub struct TrackLock {
+    _socket: std::os::unix::net::UnixDatagram,
+}
+
+impl TrackLock {
+    /// Takes the lock of process `pid` started at `start_time` (clock ticks
+    /// after boot), or fails with `Error::Busy` at once: never waits.
+    pub fn acquire(pid: i32, start_time: u64) -> Result<TrackLock> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("predump-track pid={pid} start={start_time}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|e| Error::sys("naming the tracking lock", e))?;
+        match std::os::unix::net::UnixDatagram::bind_addr(&addr) {
+            Ok(socket) => Ok(TrackLock { _socket: socket }),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Err(Error::Busy { pid }),
+            Err(e) => Err(Error::sys("binding the tracking lock", e)),
+        }
+    }
+}
+
 /// The tracking state of one target, found again across separate predump runs.
 pub struct Tracker {
     pid: i32,
@@ -484,6 +516,48 @@ impl Tracker {
         Ok(t)
     }
 
+    /// Without stopping the target: our uffd, left there by an earlier run, taken
+    /// with pidfd_getfd; None if there is none (making one needs an injected
+    /// call, see `attach_with`). No VMA is registered yet: see `add_vmas`. Stale
+    /// markers stay (closing them needs an injection; the next frozen run does it).
+    pub fn open_running(pid: i32) -> Result<Option<Tracker>> {
+        let Some(ours) = scan_fds(pid)?.0 else {
+            return Ok(None);
+        };
+        let path = format!("/proc/{pid}/pagemap");
+        let pagemap = File::open(&path).map_err(|e| proc_error(pid, &path, e))?;
+        let uffd = PidFd::open(pid)?.get_fd(ours.uffd_fd)?;
+        Ok(Some(Tracker {
+            pid,
+            backend: Backend::UffdWp,
+            pagemap,
+            uffd: Some(uffd),
+            target_uffd_fd: Some(ours.uffd_fd),
+            target_marker_fd: Some(ours.marker_fd),
+            created: false,
+            tracked: Vec::new(),
+            new_vmas: Vec::new(),
+            always_dirty: Vec::new(),
+            vec: vec![PageRegion::default(); SCAN_VEC_LEN],
+            pagemap_read: false,
+        }))
+    }
+
+    /// Registers `vmas` (uffd-wp; the target may be running): those not
+    /// registered before are listed by `new_vmas` afterwards. Registration arms
+    /// every page of a VMA, so pages read after this call and written later are
+    /// reported by the next `take_dirty`.
+    pub fn add_vmas(&mut self, vmas: &[&Vma]) -> Result<()> {
+        if self.backend != Backend::UffdWp {
+            return Err(Error::InvalidArgument(
+                "only uffd-wp tracking registers VMAs".to_string(),
+            ));
+        }
+        let mut ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+        ranges.sort_unstable();
+        self.register(&ranges)
+    }
+
     /// Finds our uffd or makes one in the target; takes our copy.
     fn open_uffd(&mut self, inj: &mut Injector) -> Result<()> {
         let pid = self.pid;
@@ -581,7 +655,8 @@ impl Tracker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINVAL)) => {
                     self.always_dirty.push((start, end))
                 }
-                // The VMA went away (cannot while frozen; kept for safety).
+                // The VMA went away (only while running: freeze-free runs). A
+                // range partly unmapped meanwhile gives EINVAL: always dirty above.
                 Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {}
                 Err(e) => {
                     return Err(Error::sys(
@@ -913,7 +988,8 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 /// target (briefly frozen for the injected closes), which unregisters every
 /// range. Ok(false): the target had no tracking of ours.
 pub fn untrack(pid: i32) -> Result<bool> {
-    crate::proc::check_target(pid)?;
+    let st = crate::proc::check_target(pid)?;
+    let _lock = TrackLock::acquire(pid, st.start_time)?;
     if find_ours(pid)?.is_none() {
         return Ok(false);
     }

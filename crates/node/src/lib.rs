@@ -19,7 +19,8 @@ use predump_core::predump::{self as core_predump, PreDumpReport as CoreReport};
 #[napi(object)]
 pub struct PreDumpOptions {
     pub pid: i32,
-    /// "read" (default) or "splice".
+    /// "auto" (default: freeze-free with uffd-wp tracking, else read), "read",
+    /// "splice" or "freeze-free".
     pub mode: Option<String>,
     /// Dirty tracking: "uffd-wp", "soft-dirty", "auto" or "none" (default).
     pub track_mem: Option<String>,
@@ -63,6 +64,11 @@ pub struct PreDumpReport {
     pub parent_regions: Float64Array,
     /// Why a pre-dump with a parent still copied every page.
     pub track_note: Option<String>,
+    /// The dirty tracking used: "uffd-wp", "soft-dirty" or "none" ("auto" resolved).
+    pub track_backend: String,
+    /// This run started the target's tracking: undo it (untrack) if the images
+    /// cannot be completed.
+    pub created_tracking: bool,
     pub threads: u32,
     pub scan_method: String,
     pub vmas_scanned: u32,
@@ -123,16 +129,6 @@ pub fn pre_dump<'env>(
     options: PreDumpOptions,
     progress: Option<&Progress>,
 ) -> Result<Object<'env>> {
-    let mode = match options.mode.as_deref() {
-        None | Some("read") => core_predump::Mode::Read,
-        Some("splice") => core_predump::Mode::Splice,
-        Some(other) => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("unknown pre-dump mode '{other}': use read or splice"),
-            ))
-        }
-    };
     let backend = match options.track_mem.as_deref() {
         None | Some("none") => None,
         Some("auto") => match predump_core::track::Backend::detect() {
@@ -145,6 +141,24 @@ pub fn pre_dump<'env>(
             return Err(Error::new(
                 Status::InvalidArg,
                 format!("unknown --track-mem '{other}': use auto, uffd-wp, soft-dirty or none"),
+            ))
+        }
+    };
+    // auto: freeze-free where its tracking is in use, else read.
+    let mode = match options.mode.as_deref() {
+        None | Some("auto") => match backend {
+            Some(predump_core::track::Backend::UffdWp) if options.final_dump != Some(true) => {
+                core_predump::Mode::FreezeFree
+            }
+            _ => core_predump::Mode::Read,
+        },
+        Some("read") => core_predump::Mode::Read,
+        Some("splice") => core_predump::Mode::Splice,
+        Some("freeze-free") => core_predump::Mode::FreezeFree,
+        Some(other) => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("unknown pre-dump mode '{other}': use auto, read, splice or freeze-free"),
             ))
         }
     };
@@ -165,6 +179,7 @@ pub fn pre_dump<'env>(
             .then_some(core_predump::FinalDump {
                 leave_stopped: options.leave_stopped.unwrap_or(false),
             }),
+        auto: options.track_mem.as_deref() == Some("auto"),
     };
     let mut config = DrainConfig::default();
     if let Some(bytes) = options.buffer_bytes {
@@ -204,6 +219,8 @@ fn report(r: CoreReport) -> PreDumpReport {
         regions: Float64Array::new(regions),
         parent_regions: Float64Array::new(parent_regions),
         track_note: r.track_note.clone(),
+        track_backend: r.tracking.map_or("none", |b| b.name()).to_string(),
+        created_tracking: r.created_tracking,
         threads: r.threads as u32,
         scan_method: r.scan_method.name().to_string(),
         vmas_scanned: r.vmas_scanned as u32,

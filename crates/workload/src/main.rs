@@ -10,6 +10,7 @@ mod compute;
 mod data;
 mod mem;
 mod seccomp;
+mod vmops;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -19,12 +20,14 @@ use predump_core::PAGE_SIZE;
 
 const USAGE: &str = "\
 usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
-                        [--deny-vmsplice] [--ignore-sigtrap] [--grandchild]
+                        [--writer BYTES] [--deny-vmsplice] [--ignore-sigtrap] [--grandchild]
 
   --size BYTES      data region size; suffixes K, M, G (powers of 1024); default 64M
   --threads N       compute threads besides the command thread; default 1
   --churn           run a thread that keeps mapping, mprotecting and unmapping
   --churn-slots N   slots of 16 pages in the churn area; default 16
+  --writer BYTES    run a thread writing random words into a region of its own
+                    of BYTES, as fast as it can
   --deny-vmsplice   install a seccomp filter making vmsplice fail with EPERM
   --ignore-sigtrap  ignore SIGTRAP (syscall injection must then refuse to run)
   --grandchild      run in a forked child while the first process only waits for
@@ -35,6 +38,9 @@ usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
 
 Prints one JSON ready line, then answers commands on stdin, one JSON line each:
   dirty PERMILLE SEED | dirty-range OFFSET_PAGES COUNT | check | epochs | progress | exit
+and, outside the data region (no pattern: compare images with the live memory):
+  map PAGES SEED | write ADDR PAGES SEED | unmap ADDR PAGES | protect ADDR PAGES none|r|rw
+  | dontneed ADDR PAGES | thread PAGES SEED | fork ADDR PAGES SEED
 ";
 
 /// splitmix64: a tiny, good-enough deterministic generator for page selection and
@@ -56,6 +62,7 @@ struct Args {
     threads: usize,
     churn: bool,
     churn_slots: usize,
+    writer: usize,
     grandchild: bool,
     deny_vmsplice: bool,
     ignore_sigtrap: bool,
@@ -72,7 +79,7 @@ fn parse_size(s: &str) -> Option<usize> {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, grandchild: false, deny_vmsplice: false, ignore_sigtrap: false };
+    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, writer: 0, grandchild: false, deny_vmsplice: false, ignore_sigtrap: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         // Accept both `--opt value` and `--opt=value`.
@@ -97,6 +104,10 @@ fn parse_args() -> Result<Args, String> {
             "--churn-slots" => {
                 let v = value()?;
                 a.churn_slots = v.parse().ok().filter(|&n| n > 0).ok_or(format!("bad --churn-slots {v:?}: want N > 0"))?;
+            }
+            "--writer" => {
+                let v = value()?;
+                a.writer = parse_size(&v).ok_or(format!("bad --writer {v:?}: want BYTES > 0 with optional K, M or G"))?;
             }
             "--churn" if inline.is_none() => a.churn = true,
             "--grandchild" if inline.is_none() => a.grandchild = true,
@@ -143,6 +154,7 @@ struct Workload {
     data: data::Data,
     compute: Vec<std::sync::Arc<compute::Stats>>,
     churn: Option<std::sync::Arc<churn::Churn>>,
+    writer: Option<vmops::Writer>,
 }
 
 impl Workload {
@@ -207,8 +219,42 @@ impl Workload {
             ["progress"] => {
                 let iters: Vec<String> = self.compute.iter().map(|s| s.iterations.load(Relaxed).to_string()).collect();
                 let ops = self.churn.as_ref().map_or(0, |c| c.ops());
-                format!("{{\"compute\":[{}],\"churnOps\":{ops}}}", iters.join(","))
+                let writes = self.writer.as_ref().map_or(0, |w| w.writes.load(Relaxed));
+                format!("{{\"compute\":[{}],\"churnOps\":{ops},\"writerWrites\":{writes}}}", iters.join(","))
             }
+            ["map", pages, seed] => match (pages.parse::<usize>(), seed.parse::<u64>()) {
+                (Ok(pages), Ok(seed)) if pages > 0 => {
+                    let addr = vmops::map(pages, seed);
+                    format!("{{\"addr\":{},\"pages\":{pages}}}", hex(addr as u64))
+                }
+                _ => error("usage: map PAGES SEED (PAGES > 0)"),
+            },
+            ["write" | "unmap" | "protect" | "dontneed" | "fork", addr, pages, rest @ ..] => {
+                let (Some(addr), Ok(pages)) = (vmops::parse_addr(addr), pages.parse::<usize>()) else {
+                    return error(&format!("usage: {} ADDR PAGES …", words[0]));
+                };
+                let seed = || rest.first().and_then(|s| s.parse::<u64>().ok()).ok_or("want a SEED".to_string());
+                let done = match (words[0], rest) {
+                    ("write", [_]) => seed().and_then(|s| vmops::write(addr, pages, s)).map(|()| None),
+                    ("unmap", []) => vmops::unmap(addr, pages).map(|()| None),
+                    ("protect", [prot]) => vmops::protect(addr, pages, prot).map(|()| None),
+                    ("dontneed", []) => vmops::dontneed(addr, pages).map(|()| None),
+                    ("fork", [_]) => seed().and_then(|s| vmops::fork(addr, pages, s)).map(Some),
+                    _ => Err(format!("wrong arguments for {}", words[0])),
+                };
+                match done {
+                    Ok(None) => "{\"ok\":true}".to_string(),
+                    Ok(Some(child)) => format!("{{\"ok\":true,\"child\":{child}}}"),
+                    Err(msg) => error(&msg),
+                }
+            }
+            ["thread", pages, seed] => match (pages.parse::<usize>(), seed.parse::<u64>()) {
+                (Ok(pages), Ok(seed)) if pages > 0 => {
+                    let (tid, addr) = vmops::thread(pages, seed);
+                    format!("{{\"tid\":{tid},\"addr\":{},\"pages\":{pages}}}", hex(addr as u64))
+                }
+                _ => error("usage: thread PAGES SEED (PAGES > 0)"),
+            },
             ["exit"] => std::process::exit(0),
             _ => error(&format!("unknown command {line:?}")),
         }
@@ -285,22 +331,26 @@ fn main() {
     if let Some(c) = &churn {
         c.spawn();
     }
+    let writer = (args.writer > 0).then(|| vmops::Writer::spawn(args.writer));
     // "ready" promises a stable thread list: the fill threads have exited (a
     // joined thread can linger in /proc for a moment) and the others exist.
-    settle_threads(1 + args.threads + usize::from(args.churn));
+    settle_threads(1 + args.threads + usize::from(args.churn) + usize::from(writer.is_some()));
 
     let churn_json = churn
         .as_ref()
         .map_or("null".to_string(), |c| format!("{{\"start\":{},\"bytes\":{}}}", hex(c.start() as u64), c.bytes()));
+    let writer_json = writer
+        .as_ref()
+        .map_or("null".to_string(), |w| format!("{{\"start\":{},\"bytes\":{}}}", hex(w.start as u64), w.bytes));
     say(&format!(
-        "{{\"ready\":true,\"pid\":{},\"data\":{{\"start\":{},\"bytes\":{}}},\"churn\":{churn_json},\"threads\":{},\"pageSize\":{PAGE_SIZE}}}",
+        "{{\"ready\":true,\"pid\":{},\"data\":{{\"start\":{},\"bytes\":{}}},\"churn\":{churn_json},\"writer\":{writer_json},\"threads\":{},\"pageSize\":{PAGE_SIZE}}}",
         std::process::id(),
         hex(data.start()),
         data.bytes(),
         args.threads,
     ));
 
-    let mut w = Workload { data, compute, churn };
+    let mut w = Workload { data, compute, churn, writer };
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         say(&w.command(&line));

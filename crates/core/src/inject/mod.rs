@@ -1173,6 +1173,41 @@ fn poke_bytes(tid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The pages holding thread `tid`'s rseq area (the thread must be
+/// ptrace-stopped by us), or None if it registered none. The kernel rewrites its
+/// cpu and concurrency ids whenever the thread returns to user mode, as it does
+/// after every injected call: a dump that must equal the memory afterwards
+/// copies these pages after its last injection.
+pub fn rseq_pages(tid: i32) -> Result<Option<crate::PageRange>> {
+    let mut conf = [0u8; 24];
+    match ptrace(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        conf.len() as u64,
+        conf.as_mut_ptr() as u64,
+    ) {
+        Ok(_) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(Error::sys(
+                format!("PTRACE_GET_RSEQ_CONFIGURATION of thread {tid}"),
+                e,
+            ))
+        }
+    }
+    // struct ptrace_rseq_configuration { u64 rseq_abi_pointer; u32 rseq_abi_size; … }
+    let area = u64::from_ne_bytes(conf[0..8].try_into().expect("8 bytes"));
+    let size = u32::from_ne_bytes(conf[8..12].try_into().expect("4 bytes")) as u64;
+    if area == 0 {
+        return Ok(None);
+    }
+    let first = area / crate::PAGE_SIZE * crate::PAGE_SIZE;
+    let end = (area + size.max(32)).div_ceil(crate::PAGE_SIZE) * crate::PAGE_SIZE;
+    Ok(Some(crate::PageRange::new(first, (end - first) / crate::PAGE_SIZE)))
+}
+
 /// Writes into a process's memory with process_vm_writev.
 pub fn write_memory(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
     let mut done = 0;
