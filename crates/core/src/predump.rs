@@ -630,6 +630,15 @@ fn take_dirty(
     generation: &str,
 ) -> Result<Dirty> {
     let pid = frozen.pid();
+    // Tracking left by an earlier run needs no injected call: no injector.
+    if backend == track::Backend::UffdWp {
+        if let Some(mut tracker) = track::Tracker::open_running(pid)? {
+            tracker.add_vmas(keep)?;
+            let dirty = arm(&mut tracker, keep, generation)?;
+            tracker.keep();
+            return Ok(dirty);
+        }
+    }
     let mut inj = Injector::new(frozen, pid)?;
     let mut tracker = track::Tracker::attach_with(backend, frozen, &mut inj, keep)?;
     let dirty = arm(&mut tracker, keep, generation)?;
