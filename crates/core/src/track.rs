@@ -57,7 +57,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::sync::OnceLock;
 
 use crate::freeze::Frozen;
@@ -411,6 +411,65 @@ impl TrackLock {
             Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Err(Error::Busy { pid }),
             Err(e) => Err(Error::sys("binding the tracking lock", e)),
         }
+    }
+}
+
+/// Where soft-dirty tracking records which run cleared a process's bits last.
+///
+/// Soft-dirty keeps no state in the target (the bits are the kernel's), so the
+/// generation that uffd-wp keeps in its marker lives in a file of predump's:
+/// `/run/predump/soft-dirty-PID-START` (root), else under the temporary
+/// directory, per user. The process's start time in the name keeps a reused
+/// pid from finding its predecessor's record. Records are a few bytes each and
+/// are not removed (a tmpfs empties at boot).
+#[derive(Debug)]
+pub struct SoftDirtyRecord {
+    path: std::path::PathBuf,
+}
+
+impl SoftDirtyRecord {
+    pub fn of(pid: i32) -> Result<SoftDirtyRecord> {
+        let start = crate::proc::stat(pid)?.start_time;
+        Ok(Self::at(&record_dir(), pid, start))
+    }
+
+    fn at(dir: &std::path::Path, pid: i32, start: u64) -> SoftDirtyRecord {
+        SoftDirtyRecord {
+            path: dir.join(format!("soft-dirty-{pid}-{start}")),
+        }
+    }
+
+    pub fn read(&self) -> Result<Option<String>> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(g) => Ok(Some(g)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::sys(format!("reading {}", self.path.display()), e)),
+        }
+    }
+
+    /// Written whole or not at all (temporary file, then rename).
+    pub fn write(&self, generation: &str) -> Result<()> {
+        let dir = self.path.parent().expect("a file in a directory");
+        let failed = |e| Error::sys(format!("writing {}", self.path.display()), e);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(failed)?;
+        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, generation)
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(failed)
+    }
+}
+
+fn record_dir() -> std::path::PathBuf {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        std::path::PathBuf::from("/run/predump")
+    } else {
+        std::env::temp_dir().join(format!("predump-{euid}"))
     }
 }
 
@@ -919,18 +978,22 @@ impl Tracker {
 
     /// The generation recorded by the run that armed this tracking last (see
     /// `generation`), read through the marker this Tracker already knows.
+    /// soft-dirty leaves nothing in the target: its generation is kept in a
+    /// file of ours instead (`SoftDirtyRecord`).
     pub fn generation(&self) -> Result<Option<String>> {
-        match self.target_marker_fd {
-            Some(fd) if !self.created => read_generation(self.pid, fd),
+        match (self.backend, self.target_marker_fd) {
+            (Backend::SoftDirty, _) => SoftDirtyRecord::of(self.pid)?.read(),
+            (_, Some(fd)) if !self.created => read_generation(self.pid, fd),
             _ => Ok(None),
         }
     }
 
     /// Records this run's generation in the marker (see `set_generation`).
     pub fn set_generation(&self, generation: &str) -> Result<()> {
-        match self.target_marker_fd {
-            Some(fd) => write_generation(self.pid, fd, generation),
-            None => Ok(()),
+        match (self.backend, self.target_marker_fd) {
+            (Backend::SoftDirty, _) => SoftDirtyRecord::of(self.pid)?.write(generation),
+            (_, Some(fd)) => write_generation(self.pid, fd, generation),
+            _ => Ok(()),
         }
     }
 
@@ -1050,6 +1113,20 @@ Max open files            1024                 524288               files     \n
             out,
             vec![PageRange::new(0x1000, 3), PageRange::new(0x8000, 1)]
         );
+    }
+
+    #[test]
+    fn soft_dirty_records() {
+        let dir = std::env::temp_dir().join(format!("predump-record-test-{}", std::process::id()));
+        let r = SoftDirtyRecord::at(&dir, 42, 7);
+        assert_eq!(r.read().unwrap(), None);
+        r.write("abc").unwrap();
+        assert_eq!(r.read().unwrap().as_deref(), Some("abc"));
+        r.write("def").unwrap();
+        assert_eq!(r.read().unwrap().as_deref(), Some("def"));
+        // Another start time of the same pid: another process.
+        assert_eq!(SoftDirtyRecord::at(&dir, 42, 8).read().unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
