@@ -49,7 +49,7 @@ pub fn map(pages: usize, seed: u64) -> usize {
 
 /// Checks a range the test names: page-aligned, non-empty.
 pub fn range(addr: usize, pages: usize) -> Result<(usize, usize), String> {
-    if addr % P != 0 || pages == 0 {
+    if !addr.is_multiple_of(P) || pages == 0 {
         return Err(format!(
             "{addr:#x}+{pages} pages: want a page-aligned address and PAGES > 0"
         ));
