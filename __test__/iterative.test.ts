@@ -13,6 +13,7 @@ import {
   assertCliError,
   assertRunningUntraced,
   parseJson,
+  rebuildChain,
   runCli,
   startWorkload,
   tempDir,
@@ -209,30 +210,6 @@ test.serial('bad parents: another process, missing, incomplete, broken chain', a
   t.like(await target.w.selfCheck(), { ok: true });
 });
 
-/** Page address -> the bytes the chain ending at `dir` holds for it. */
-async function rebuild(dir: string, lo: number, hi: number): Promise<Map<number, Buffer>> {
-  const out = new Map<number, Buffer>();
-  let at: string | undefined = dir;
-  const wanted = new Set<number>();
-  const first = await readPreDumpDir(dir);
-  for (const p of pagesWith(first.entries, PE_PRESENT | PE_PARENT))
-    if (p >= lo && p < hi) wanted.add(p);
-  while (at !== undefined && out.size < wanted.size) {
-    const d = await readPreDumpDir(at);
-    const pages = await readFile(path.join(at, pagesFileName(1)));
-    let offset = 0;
-    for (const e of d.entries) {
-      if (!(e.flags & PE_PRESENT)) continue;
-      for (let i = 0; i < e.nrPages; i++, offset += PAGE) {
-        const p = e.vaddr + i * PAGE;
-        if (wanted.has(p) && !out.has(p)) out.set(p, pages.subarray(offset, offset + PAGE));
-      }
-    }
-    at = d.parent === undefined ? undefined : path.resolve(at, d.parent);
-  }
-  return out;
-}
-
 test.serial(
   'pre-dumps while writing, then dump --leave-stopped: the chain equals the memory',
   async (t) => {
@@ -288,7 +265,9 @@ test.serial(
 
     // Independent check: every data page rebuilt from the chain equals /proc/PID/mem.
     const { start, bytes } = target.w.data;
-    const chain = await rebuild(final, start, start + bytes);
+    const chain = new Map(
+      [...(await rebuildChain(final))].filter(([a]) => a >= start && a < start + bytes),
+    );
     t.is(chain.size, bytes / PAGE, 'every data page is in the chain');
     const mem = await open(`/proc/${target.pid}/mem`, 'r');
     let mismatches = 0;

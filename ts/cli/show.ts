@@ -4,7 +4,7 @@
 import type { Argv } from 'yargs';
 import { EXIT } from '../errors.js';
 import { describeImages, type ImagesSummary } from '../show.js';
-import { formatBytes, printJson, reportError, say, type ArgsOf } from './output.js';
+import { formatBytes, printJson, reportError, type ArgsOf } from './output.js';
 
 type Args = ArgsOf<typeof builder>;
 
