@@ -16,7 +16,8 @@ interface CheckJson {
   pipeMaxSize: number | null;
   capabilities: { name: string; supported: boolean; detail: string }[];
   trackMemAuto: string;
-  modes: { read: boolean; splice: boolean };
+  modes: { read: boolean; splice: boolean; freezeFree: boolean };
+  defaultMode: string;
 }
 
 const CAPABILITIES = [
@@ -60,6 +61,8 @@ test('check --json reports every capability, as found on this machine', async (t
     j.modes.splice,
     supported('ptrace') && supported('pidfd_getfd') && supported('vmsplice-gift'),
   );
+  t.true(j.modes.freezeFree);
+  t.is(j.defaultMode, 'freeze-free');
   t.true(j.pipeMaxSize === null || j.pipeMaxSize > 0);
   t.is(r.stderr, '');
 });

@@ -74,8 +74,14 @@ export function toJson(r: KernelCheck) {
       detail: c.detail,
     })),
     trackMemAuto: r.trackMemAuto,
-    modes: { read: r.readMode, splice: r.spliceMode },
+    modes: { read: r.readMode, splice: r.spliceMode, freezeFree: freezeFree(r) },
+    defaultMode: freezeFree(r) && r.trackMemAuto === 'uffd-wp' ? 'freeze-free' : 'read',
   };
+}
+
+/** The freeze-free path needs read mode's calls and uffd-wp async. */
+function freezeFree(r: KernelCheck): boolean {
+  return r.readMode && r.capabilities.some((c) => c.name === 'uffd-wp' && c.supported);
 }
 
 /** What /proc/sys/kernel/yama/ptrace_scope allows. */
@@ -113,7 +119,8 @@ function render(r: KernelCheck): string {
     `ptrace_scope       ${scope}`,
     `pipe-max-size      ${pipeMax}`,
     `track-mem auto     ${r.trackMemAuto}`,
-    `pre-dump modes     read ${yesNo(r.readMode)}, splice ${yesNo(r.spliceMode)}`,
+    `pre-dump modes     read ${yesNo(r.readMode)}, splice ${yesNo(r.spliceMode)}, freeze-free ${yesNo(freezeFree(r))}`,
+    `default mode       ${toJson(r).defaultMode}`,
   ];
   if (!r.root && !r.capSysPtrace) {
     lines.push('note: not root: only processes of your own user can be pre-dumped');
