@@ -83,7 +83,8 @@ test('check prints a table with every capability and the summary', async (t) => 
   t.is(at.size, 1, rows.join('\n'));
   t.regex(r.stdout, /^soft-dirty +no +.*bit 55/m);
   t.regex(r.stdout, /^track-mem auto +uffd-wp$/m);
-  t.regex(r.stdout, /^pre-dump modes +read yes, splice (yes|no)$/m);
+  t.regex(r.stdout, /^pre-dump modes +read yes, splice (yes|no), freeze-free yes$/m);
+  t.regex(r.stdout, /^default mode +freeze-free$/m);
   t.regex(r.stdout, /^pipe-max-size /m);
   t.regex(r.stdout, /^ptrace_scope /m);
 });
