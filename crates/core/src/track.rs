@@ -7,7 +7,8 @@
 //!   /proc/PID/clear_refs clears the bit of every page of the process; a write
 //!   sets it again. Nothing is left in the target. The clear covers the *whole*
 //!   process, so `take_dirty` must be given every range in one call, while frozen.
-//!   Not testable on the development machines (their kernel lacks the option).
+//!   The development kernel lacks the option: tested in the kernel matrix
+//!   (`.ci/kernel-matrix`, Debian 6.1 under qemu).
 //! * **uffd-wp async** (Linux ≥ 6.7): a userfaultfd is created *in the target*
 //!   by an injected `userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY)`, taken
 //!   with pidfd_getfd, switched on with `UFFDIO_API{WP_ASYNC|WP_UNPOPULATED}` and
