@@ -234,8 +234,7 @@ impl Scanner {
                 let is_zero = present && self.zero_pfn.is_some_and(|z| e & PM_PFN_MASK == z);
                 // Without CAP_SYS_ADMIN the frame field reads 0: markers then
                 // look like swap type 0 and are kept (copied as zeros).
-                let is_marker =
-                    !present && e & PM_SWAP != 0 && e & SWP_TYPE_MASK == SWP_PTE_MARKER;
+                let is_marker = !present && e & PM_SWAP != 0 && e & SWP_TYPE_MASK == SWP_PTE_MARKER;
                 if (present || e & PM_SWAP != 0) && !is_zero && !is_marker {
                     push_merged(out, (page + i as u64) * PAGE_SIZE, 1);
                 }

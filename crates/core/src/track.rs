@@ -457,7 +457,9 @@ impl SoftDirtyRecord {
             .mode(0o700)
             .create(dir)
             .map_err(failed)?;
-        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, generation)
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .map_err(failed)

@@ -40,7 +40,10 @@ fn assert_pattern(buf: &[u8], regions: &[PageRange]) {
     assert!(buf.len() >= want.len(), "buffer shorter than the regions");
     for (i, (got, exp)) in buf.chunks(P).zip(want.chunks(P)).enumerate() {
         let addr = u64::from_ne_bytes(exp[..8].try_into().unwrap()) ^ word(0);
-        assert!(got == exp, "page {i} (target address {addr:#x}) has wrong bytes");
+        assert!(
+            got == exp,
+            "page {i} (target address {addr:#x}) has wrong bytes"
+        );
     }
 }
 
@@ -92,7 +95,10 @@ impl Layout {
             let n = s as usize * P;
             // SAFETY: [at, at+n) lies inside our reservation; nothing else uses it.
             unsafe {
-                assert_eq!(libc::mprotect(at as *mut _, n, libc::PROT_READ | libc::PROT_WRITE), 0);
+                assert_eq!(
+                    libc::mprotect(at as *mut _, n, libc::PROT_READ | libc::PROT_WRITE),
+                    0
+                );
                 let words = std::slice::from_raw_parts_mut(at as *mut u64, n / 8);
                 for (k, w) in words.iter_mut().enumerate() {
                     *w = word((at + 8 * k) as u64);
@@ -149,7 +155,11 @@ unsafe fn child_main(cmd_r: RawFd, ack_w: RawFd) -> ! {
     loop {
         let mut got = 0usize;
         while got < 24 {
-            let n = libc::read(cmd_r, (msg.as_mut_ptr() as *mut u8).add(got).cast(), 24 - got);
+            let n = libc::read(
+                cmd_r,
+                (msg.as_mut_ptr() as *mut u8).add(got).cast(),
+                24 - got,
+            );
             if n <= 0 {
                 libc::_exit(0);
             }
@@ -220,7 +230,12 @@ impl Child {
         unsafe {
             assert_eq!(libc::kill(self.pid, libc::SIGKILL), 0);
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            let rc = libc::waitid(libc::P_PID, self.pid as _, &mut info, libc::WEXITED | libc::WNOWAIT);
+            let rc = libc::waitid(
+                libc::P_PID,
+                self.pid as _,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            );
             assert_eq!(rc, 0);
         }
     }
@@ -339,7 +354,10 @@ fn case2_middle_one_page_iov_gone() {
 #[test]
 fn case31_first_page_of_multi_page_iov_gone() {
     let (l, fill) = fill_case(&SEED, &[(C, 0)], OP_UNMAP);
-    assert_eq!(fill.regions, vec![l.regions[A], l.regions[B], r(l.page(C, 1), 3)]);
+    assert_eq!(
+        fill.regions,
+        vec![l.regions[A], l.regions[B], r(l.page(C, 1), 3)]
+    );
     assert_eq!(fill.readv_calls, 3);
 }
 
@@ -348,7 +366,12 @@ fn case32_middle_page_of_multi_page_iov_gone() {
     let (l, fill) = fill_case(&SEED, &[(C, 2)], OP_UNMAP);
     assert_eq!(
         fill.regions,
-        vec![l.regions[A], l.regions[B], r(l.page(C, 0), 2), r(l.page(C, 3), 1)]
+        vec![
+            l.regions[A],
+            l.regions[B],
+            r(l.page(C, 0), 2),
+            r(l.page(C, 3), 1)
+        ]
     );
     // A, B, C+0..2 (short read inside C), EFAULT on C+2, then C+3.
     assert_eq!(fill.readv_calls, 3);
@@ -359,7 +382,12 @@ fn case32_with_prot_none_instead_of_unmap() {
     let (l, fill) = fill_case(&SEED, &[(C, 2)], OP_PROTECT_NONE);
     assert_eq!(
         fill.regions,
-        vec![l.regions[A], l.regions[B], r(l.page(C, 0), 2), r(l.page(C, 3), 1)]
+        vec![
+            l.regions[A],
+            l.regions[B],
+            r(l.page(C, 0), 2),
+            r(l.page(C, 3), 1)
+        ]
     );
 }
 
@@ -382,7 +410,10 @@ fn adjacent_pages_gone_inside_a_long_iov() {
 #[test]
 fn last_page_of_batch_gone() {
     let (l, fill) = fill_case(&SEED, &[(C, 3)], OP_UNMAP);
-    assert_eq!(fill.regions, vec![l.regions[A], l.regions[B], r(l.page(C, 0), 3)]);
+    assert_eq!(
+        fill.regions,
+        vec![l.regions[A], l.regions[B], r(l.page(C, 0), 3)]
+    );
     assert_eq!(fill.readv_calls, 2);
 }
 
@@ -440,9 +471,14 @@ fn batches_merge_adjacent_ranges() {
 
 #[test]
 fn batches_respect_1024_iovs() {
-    let ranges: Vec<_> = (0..2049).map(|i| r(0x10000 + i * 2 * PAGE_SIZE, 1)).collect();
+    let ranges: Vec<_> = (0..2049)
+        .map(|i| r(0x10000 + i * 2 * PAGE_SIZE, 1))
+        .collect();
     let got: Vec<_> = batches(&ranges, 1024, u64::MAX).collect();
-    assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![1024, 1024, 1]);
+    assert_eq!(
+        got.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![1024, 1024, 1]
+    );
     assert_eq!(got.concat(), ranges);
 }
 
@@ -457,7 +493,8 @@ fn batches_iov_limit_does_not_count_merged_ranges() {
 #[test]
 fn batches_split_long_ranges_at_max_bytes() {
     // 4.5 pages round down to 4.
-    let got: Vec<_> = batches(&[r(0x10000, 10), r(0x30000, 3)], 1024, 4 * PAGE_SIZE + 2048).collect();
+    let got: Vec<_> =
+        batches(&[r(0x10000, 10), r(0x30000, 3)], 1024, 4 * PAGE_SIZE + 2048).collect();
     assert_eq!(
         got,
         vec![
@@ -484,7 +521,11 @@ fn default_pipe_size() -> usize {
     unsafe {
         if libc::fcntl(wr, libc::F_SETPIPE_SZ, 4 << 20) < 0 {
             let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").unwrap();
-            libc::fcntl(wr, libc::F_SETPIPE_SZ, max.trim().parse::<i32>().unwrap().min(4 << 20));
+            libc::fcntl(
+                wr,
+                libc::F_SETPIPE_SZ,
+                max.trim().parse::<i32>().unwrap().min(4 << 20),
+            );
         }
         let size = libc::fcntl(wr, libc::F_GETPIPE_SZ) as usize;
         libc::close(rd);
@@ -515,7 +556,14 @@ fn drain_writes_pattern_from_current_position_and_merges_regions() {
     let mut tmp = TempFile::new(false);
     tmp.file.write_all(b"header").unwrap();
     let progress = AtomicU64::new(0);
-    let out = drain(child.pid, &ranges, &tmp.file, &DrainConfig::default(), Some(&progress)).unwrap();
+    let out = drain(
+        child.pid,
+        &ranges,
+        &tmp.file,
+        &DrainConfig::default(),
+        Some(&progress),
+    )
+    .unwrap();
 
     assert_eq!(out.end, DrainEnd::Complete);
     assert_eq!(out.regions, minus(&layout.regions, &[gone]));
@@ -537,7 +585,14 @@ fn drain_splits_a_range_longer_than_the_buffer() {
     let layout = Layout::new(&[2, 100, 1]);
     let child = Child::spawn();
     let tmp = TempFile::new(false);
-    let out = drain(child.pid, &layout.regions, &tmp.file, &small_config(64 << 10), None).unwrap();
+    let out = drain(
+        child.pid,
+        &layout.regions,
+        &tmp.file,
+        &small_config(64 << 10),
+        None,
+    )
+    .unwrap();
     assert_eq!(out.stats.buffer_bytes, 64 << 10);
     assert_eq!(out.regions, layout.regions);
     // 103 pages in batches of 16 pages.
@@ -551,7 +606,14 @@ fn drain_buffer_is_the_real_pipe_size() {
     let layout = Layout::new(&[40]);
     let child = Child::spawn();
     let tmp = TempFile::new(false);
-    let out = drain(child.pid, &layout.regions, &tmp.file, &small_config(100 << 10), None).unwrap();
+    let out = drain(
+        child.pid,
+        &layout.regions,
+        &tmp.file,
+        &small_config(100 << 10),
+        None,
+    )
+    .unwrap();
     assert_eq!(out.stats.buffer_bytes, 128 << 10);
     assert_eq!(out.stats.readv_calls, 2);
     assert_eq!(tmp.contents(), pattern(&layout.regions));
@@ -561,12 +623,24 @@ fn drain_buffer_is_the_real_pipe_size() {
 fn drain_many_mappings_over_several_batches() {
     let layout = Layout::new(&[1; 2500]);
     let mut child = Child::spawn();
-    let gone = [layout.page(0, 0), layout.page(1023, 0), layout.page(1024, 0), layout.page(2499, 0)];
+    let gone = [
+        layout.page(0, 0),
+        layout.page(1023, 0),
+        layout.page(1024, 0),
+        layout.page(2499, 0),
+    ];
     for &g in &gone {
         child.protect_none(g, 1);
     }
     let tmp = TempFile::new(false);
-    let out = drain(child.pid, &layout.regions, &tmp.file, &DrainConfig::default(), None).unwrap();
+    let out = drain(
+        child.pid,
+        &layout.regions,
+        &tmp.file,
+        &DrainConfig::default(),
+        None,
+    )
+    .unwrap();
     assert_eq!(out.regions, minus(&layout.regions, &gone));
     assert_eq!(out.stats.pages_gone, 4);
     assert_eq!(tmp.contents(), pattern(&out.regions));
@@ -579,7 +653,14 @@ fn drain_into_an_append_only_file() {
     let child = Child::spawn();
     let mut tmp = TempFile::new(true);
     tmp.file.write_all(b"x").unwrap();
-    let out = drain(child.pid, &layout.regions, &tmp.file, &small_config(32 << 10), None).unwrap();
+    let out = drain(
+        child.pid,
+        &layout.regions,
+        &tmp.file,
+        &small_config(32 << 10),
+        None,
+    )
+    .unwrap();
     assert_eq!(out.regions, layout.regions);
     let data = tmp.contents();
     assert_eq!(data[0], b'x');
@@ -594,7 +675,14 @@ fn drain_everything_gone_writes_nothing() {
         child.unmap(reg.start, reg.pages);
     }
     let tmp = TempFile::new(false);
-    let out = drain(child.pid, &layout.regions, &tmp.file, &DrainConfig::default(), None).unwrap();
+    let out = drain(
+        child.pid,
+        &layout.regions,
+        &tmp.file,
+        &DrainConfig::default(),
+        None,
+    )
+    .unwrap();
     assert_eq!(out.end, DrainEnd::Complete);
     assert!(out.regions.is_empty());
     assert_eq!(out.stats.pages_gone, 6);
@@ -607,7 +695,14 @@ fn drain_of_an_exited_target_is_a_partial_dump_not_an_error() {
     let mut child = Child::spawn();
     child.kill_to_zombie();
     let tmp = TempFile::new(false);
-    let out = drain(child.pid, &layout.regions, &tmp.file, &DrainConfig::default(), None).unwrap();
+    let out = drain(
+        child.pid,
+        &layout.regions,
+        &tmp.file,
+        &DrainConfig::default(),
+        None,
+    )
+    .unwrap();
     assert_eq!(out.end, DrainEnd::TargetExited);
     assert!(out.regions.is_empty());
     assert_eq!(out.stats.pages_written, 0);
@@ -626,8 +721,14 @@ fn drain_of_nothing() {
 #[test]
 fn drain_rejects_unsorted_ranges() {
     let tmp = TempFile::new(false);
-    let err = drain(1, &[r(0x5000, 1), r(0x1000, 1)], &tmp.file, &DrainConfig::default(), None)
-        .unwrap_err();
+    let err = drain(
+        1,
+        &[r(0x5000, 1), r(0x1000, 1)],
+        &tmp.file,
+        &DrainConfig::default(),
+        None,
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "EINVAL");
 }
 
@@ -638,6 +739,13 @@ fn drain_to_a_full_device_is_no_space_and_does_not_hang() {
     let layout = Layout::new(&[64, 64, 64]);
     let child = Child::spawn();
     let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let err = drain(child.pid, &layout.regions, &full, &small_config(64 << 10), None).unwrap_err();
+    let err = drain(
+        child.pid,
+        &layout.regions,
+        &full,
+        &small_config(64 << 10),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
 }

@@ -113,9 +113,9 @@ impl Churn {
         // SAFETY: `fresh` is a new private RW mapping of SLOT_BYTES owned by us alone.
         let buf = unsafe { std::slice::from_raw_parts_mut(fresh, SLOT_BYTES) };
         fill_page(addr as u64, 0, buf); // the pattern of the FINAL address
-        // SAFETY: moves our own fresh mapping onto a slot of our own reserved area;
-        // MREMAP_FIXED atomically replaces whatever the slot held (we hold the lock,
-        // so no one is reading it).
+                                        // SAFETY: moves our own fresh mapping onto a slot of our own reserved area;
+                                        // MREMAP_FIXED atomically replaces whatever the slot held (we hold the lock,
+                                        // so no one is reading it).
         let moved = unsafe {
             libc::mremap(
                 fresh.cast(),

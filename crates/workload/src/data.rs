@@ -26,9 +26,15 @@ impl Data {
         let start = mem.as_ptr() as u64;
         // Filling is bound by page faults; spread it over the cores (it runs before
         // the compute threads start, so it steals nothing from them).
-        for_chunks(mem, |offset, chunk| fill_page(start + offset as u64, 0, chunk));
+        for_chunks(mem, |offset, chunk| {
+            fill_page(start + offset as u64, 0, chunk)
+        });
         let pages = bytes / P;
-        Data { mem, epochs: vec![0; pages], next_epoch: 1 }
+        Data {
+            mem,
+            epochs: vec![0; pages],
+            next_epoch: 1,
+        }
     }
 
     pub fn start(&self) -> u64 {
@@ -91,7 +97,13 @@ impl Data {
             let n = chunk
                 .chunks_exact(P)
                 .enumerate()
-                .filter(|(k, page)| !page_matches(start + (offset + k * P) as u64, self.epochs[first + k], page))
+                .filter(|(k, page)| {
+                    !page_matches(
+                        start + (offset + k * P) as u64,
+                        self.epochs[first + k],
+                        page,
+                    )
+                })
                 .count();
             bad.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         });

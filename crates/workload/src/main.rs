@@ -75,11 +75,23 @@ fn parse_size(s: &str) -> Option<usize> {
         b'G' | b'g' => (&s[..s.len() - 1], 30),
         _ => (s, 0),
     };
-    num.parse::<usize>().ok()?.checked_mul(1 << shift).filter(|&n| n > 0)
+    num.parse::<usize>()
+        .ok()?
+        .checked_mul(1 << shift)
+        .filter(|&n| n > 0)
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { size: 64 << 20, threads: 1, churn: false, churn_slots: 16, writer: 0, grandchild: false, deny_vmsplice: false, ignore_sigtrap: false };
+    let mut a = Args {
+        size: 64 << 20,
+        threads: 1,
+        churn: false,
+        churn_slots: 16,
+        writer: 0,
+        grandchild: false,
+        deny_vmsplice: false,
+        ignore_sigtrap: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         // Accept both `--opt value` and `--opt=value`.
@@ -87,7 +99,12 @@ fn parse_args() -> Result<Args, String> {
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let mut value = || inline.clone().or_else(|| it.next()).ok_or(format!("{name} needs a value"));
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or(format!("{name} needs a value"))
+        };
         match name.as_str() {
             "--help" | "-h" => {
                 print!("{USAGE}");
@@ -95,7 +112,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--size" => {
                 let v = value()?;
-                a.size = parse_size(&v).ok_or(format!("bad --size {v:?}: want BYTES > 0 with optional K, M or G"))?;
+                a.size = parse_size(&v).ok_or(format!(
+                    "bad --size {v:?}: want BYTES > 0 with optional K, M or G"
+                ))?;
             }
             "--threads" => {
                 let v = value()?;
@@ -103,11 +122,17 @@ fn parse_args() -> Result<Args, String> {
             }
             "--churn-slots" => {
                 let v = value()?;
-                a.churn_slots = v.parse().ok().filter(|&n| n > 0).ok_or(format!("bad --churn-slots {v:?}: want N > 0"))?;
+                a.churn_slots = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("bad --churn-slots {v:?}: want N > 0"))?;
             }
             "--writer" => {
                 let v = value()?;
-                a.writer = parse_size(&v).ok_or(format!("bad --writer {v:?}: want BYTES > 0 with optional K, M or G"))?;
+                a.writer = parse_size(&v).ok_or(format!(
+                    "bad --writer {v:?}: want BYTES > 0 with optional K, M or G"
+                ))?;
             }
             "--churn" if inline.is_none() => a.churn = true,
             "--grandchild" if inline.is_none() => a.grandchild = true,
@@ -118,7 +143,10 @@ fn parse_args() -> Result<Args, String> {
     }
     // Round the data region up to whole pages.
     let p = PAGE_SIZE as usize;
-    a.size = a.size.checked_next_multiple_of(p).ok_or("--size too large")?;
+    a.size = a
+        .size
+        .checked_next_multiple_of(p)
+        .ok_or("--size too large")?;
     Ok(a)
 }
 
@@ -191,7 +219,9 @@ impl Workload {
                 };
                 let total = self.data.pages() as u64;
                 if count > total || offset > total - count {
-                    return error(&format!("range {offset}+{count} is outside the {total} data pages"));
+                    return error(&format!(
+                        "range {offset}+{count} is outside the {total} data pages"
+                    ));
                 }
                 let (epoch, runs) = self.data.dirty(offset as usize..(offset + count) as usize);
                 Self::dirty_answer(epoch, &runs)
@@ -217,10 +247,17 @@ impl Workload {
                 s
             }
             ["progress"] => {
-                let iters: Vec<String> = self.compute.iter().map(|s| s.iterations.load(Relaxed).to_string()).collect();
+                let iters: Vec<String> = self
+                    .compute
+                    .iter()
+                    .map(|s| s.iterations.load(Relaxed).to_string())
+                    .collect();
                 let ops = self.churn.as_ref().map_or(0, |c| c.ops());
                 let writes = self.writer.as_ref().map_or(0, |w| w.writes.load(Relaxed));
-                format!("{{\"compute\":[{}],\"churnOps\":{ops},\"writerWrites\":{writes}}}", iters.join(","))
+                format!(
+                    "{{\"compute\":[{}],\"churnOps\":{ops},\"writerWrites\":{writes}}}",
+                    iters.join(",")
+                )
             }
             ["map", pages, seed] => match (pages.parse::<usize>(), seed.parse::<u64>()) {
                 (Ok(pages), Ok(seed)) if pages > 0 => {
@@ -230,12 +267,19 @@ impl Workload {
                 _ => error("usage: map PAGES SEED (PAGES > 0)"),
             },
             ["write" | "unmap" | "protect" | "dontneed" | "fork", addr, pages, rest @ ..] => {
-                let (Some(addr), Ok(pages)) = (vmops::parse_addr(addr), pages.parse::<usize>()) else {
+                let (Some(addr), Ok(pages)) = (vmops::parse_addr(addr), pages.parse::<usize>())
+                else {
                     return error(&format!("usage: {} ADDR PAGES …", words[0]));
                 };
-                let seed = || rest.first().and_then(|s| s.parse::<u64>().ok()).ok_or("want a SEED".to_string());
+                let seed = || {
+                    rest.first()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or("want a SEED".to_string())
+                };
                 let done = match (words[0], rest) {
-                    ("write", [_]) => seed().and_then(|s| vmops::write(addr, pages, s)).map(|()| None),
+                    ("write", [_]) => seed()
+                        .and_then(|s| vmops::write(addr, pages, s))
+                        .map(|()| None),
                     ("unmap", []) => vmops::unmap(addr, pages).map(|()| None),
                     ("protect", [prot]) => vmops::protect(addr, pages, prot).map(|()| None),
                     ("dontneed", []) => vmops::dontneed(addr, pages).map(|()| None),
@@ -251,7 +295,10 @@ impl Workload {
             ["thread", pages, seed] => match (pages.parse::<usize>(), seed.parse::<u64>()) {
                 (Ok(pages), Ok(seed)) if pages > 0 => {
                     let (tid, addr) = vmops::thread(pages, seed);
-                    format!("{{\"tid\":{tid},\"addr\":{},\"pages\":{pages}}}", hex(addr as u64))
+                    format!(
+                        "{{\"tid\":{tid},\"addr\":{},\"pages\":{pages}}}",
+                        hex(addr as u64)
+                    )
                 }
                 _ => error("usage: thread PAGES SEED (PAGES > 0)"),
             },
@@ -274,7 +321,10 @@ fn become_grandchild() {
     let child = unsafe { libc::fork() };
     match child {
         -1 => {
-            eprintln!("predump-workload: fork: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "predump-workload: fork: {}",
+                std::io::Error::last_os_error()
+            );
             std::process::exit(3);
         }
         0 => {}
@@ -286,7 +336,11 @@ fn become_grandchild() {
                     std::process::exit(3);
                 }
             }
-            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
             // SAFETY: _exit skips atexit handlers and stdio flushing: stdout is
             // the child's to flush.
             unsafe { libc::_exit(code) }
@@ -298,7 +352,9 @@ fn become_grandchild() {
 fn settle_threads(want: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::time::Instant::now() < deadline {
-        let n = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(want);
+        let n = std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(want);
         if n == want {
             return;
         }
@@ -336,12 +392,20 @@ fn main() {
     // joined thread can linger in /proc for a moment) and the others exist.
     settle_threads(1 + args.threads + usize::from(args.churn) + usize::from(writer.is_some()));
 
-    let churn_json = churn
-        .as_ref()
-        .map_or("null".to_string(), |c| format!("{{\"start\":{},\"bytes\":{}}}", hex(c.start() as u64), c.bytes()));
-    let writer_json = writer
-        .as_ref()
-        .map_or("null".to_string(), |w| format!("{{\"start\":{},\"bytes\":{}}}", hex(w.start as u64), w.bytes));
+    let churn_json = churn.as_ref().map_or("null".to_string(), |c| {
+        format!(
+            "{{\"start\":{},\"bytes\":{}}}",
+            hex(c.start() as u64),
+            c.bytes()
+        )
+    });
+    let writer_json = writer.as_ref().map_or("null".to_string(), |w| {
+        format!(
+            "{{\"start\":{},\"bytes\":{}}}",
+            hex(w.start as u64),
+            w.bytes
+        )
+    });
     say(&format!(
         "{{\"ready\":true,\"pid\":{},\"data\":{{\"start\":{},\"bytes\":{}}},\"churn\":{churn_json},\"writer\":{writer_json},\"threads\":{},\"pageSize\":{PAGE_SIZE}}}",
         std::process::id(),
@@ -350,7 +414,12 @@ fn main() {
         args.threads,
     ));
 
-    let mut w = Workload { data, compute, churn, writer };
+    let mut w = Workload {
+        data,
+        compute,
+        churn,
+        writer,
+    };
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         say(&w.command(&line));

@@ -10,7 +10,12 @@ pub fn deny_vmsplice() -> Result<(), String> {
     const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
     const RET_ALLOW: u32 = 0x7fff_0000;
     const RET_ERRNO: u32 = 0x0005_0000;
-    let stmt = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
     let jump = |code: u16, k: u32, jt: u8, jf: u8| libc::sock_filter { code, jt, jf, k };
     let ld_w_abs = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     let jeq_k = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
@@ -24,15 +29,29 @@ pub fn deny_vmsplice() -> Result<(), String> {
         stmt(ret_k, RET_ERRNO | libc::EPERM as u32),
         stmt(ret_k, RET_ALLOW),
     ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
     // SAFETY: prctl with plain integer arguments; PR_SET_SECCOMP reads `fprog`
     // and the program it points to, both alive for the call.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(format!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "PR_SET_NO_NEW_PRIVS: {}",
+                std::io::Error::last_os_error()
+            ));
         }
-        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) != 0 {
-            return Err(format!("PR_SET_SECCOMP: {}", std::io::Error::last_os_error()));
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        ) != 0
+        {
+            return Err(format!(
+                "PR_SET_SECCOMP: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())

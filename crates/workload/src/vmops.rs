@@ -84,7 +84,10 @@ pub fn protect(addr: usize, pages: usize, prot: &str) -> Result<(), String> {
     };
     // SAFETY: changes the protection of the test's own mappings; nothing of the
     // workload's runtime lives there.
-    check(unsafe { libc::mprotect(a as *mut _, len, prot) }, "mprotect")
+    check(
+        unsafe { libc::mprotect(a as *mut _, len, prot) },
+        "mprotect",
+    )
 }
 
 /// `dontneed ADDR PAGES`: the pages read as zeros afterwards.
@@ -129,7 +132,10 @@ pub fn fork(addr: usize, pages: usize, seed: u64) -> Result<i32, String> {
     let _ = range(addr, pages)?;
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid out array of two ints.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, "pipe2")?;
+    check(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe2",
+    )?;
     // SAFETY: the child only calls async-signal-safe functions (close, prctl,
     // getppid, read, _exit) and writes plain memory: safe after fork in a
     // multi-threaded process.

@@ -431,7 +431,12 @@ fn region(rest: &str) {
     println!("region {name} {addr}");
 }
 
+/// Write commands so far: each one writes values no earlier one wrote, so a
+/// stale copy of a page never equals the page.
+static WRITES: AtomicU32 = AtomicU32::new(0);
+
 fn write_pages(rest: &str) {
+    let round = WRITES.fetch_add(1, Ordering::SeqCst) as u8;
     let mut w = rest.split_whitespace();
     let (addr, pages) = find_region(w.next().unwrap());
     let mut n = 0;
@@ -445,7 +450,13 @@ fn write_pages(rest: &str) {
         };
         for p in a..b {
             assert!(p < pages);
-            poke(addr, p, (p as u8).wrapping_add(7));
+            poke(
+                addr,
+                p,
+                (p as u8)
+                    .wrapping_add(7)
+                    .wrapping_add(round.wrapping_mul(31)),
+            );
             n += 1;
         }
     }

@@ -1205,7 +1205,10 @@ pub fn rseq_pages(tid: i32) -> Result<Option<crate::PageRange>> {
     }
     let first = area / crate::PAGE_SIZE * crate::PAGE_SIZE;
     let end = (area + size.max(32)).div_ceil(crate::PAGE_SIZE) * crate::PAGE_SIZE;
-    Ok(Some(crate::PageRange::new(first, (end - first) / crate::PAGE_SIZE)))
+    Ok(Some(crate::PageRange::new(
+        first,
+        (end - first) / crate::PAGE_SIZE,
+    )))
 }
 
 /// Writes into a process's memory with process_vm_writev.

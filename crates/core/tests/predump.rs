@@ -1,0 +1,214 @@
+//! Whole pre-dump chains through `pre_dump`, with every tracking backend this
+//! kernel has (uffd-wp here, soft-dirty in the kernel matrix's Linux 6.1):
+//! pre-dumps while the target writes between them, then the final dump; the
+//! pages the chain gives (each run's pages image, plus its PE_PARENT pages
+//! looked up in the run before) must equal the stopped target's memory.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use predump_core::drain::DrainConfig;
+use predump_core::predump::{pre_dump, FinalDump, Mode, ParentChain, TrackOptions};
+use predump_core::track::Backend;
+use predump_core::{PageRange, PAGE_SIZE};
+
+mod common;
+
+struct Testee {
+    shell: Child,
+    pid: i32,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl Testee {
+    fn spawn() -> Testee {
+        let (shell, pid, stdin, lines) = common::spawn_testee_detached(&["track"]);
+        let t = Testee {
+            shell,
+            pid,
+            stdin,
+            lines,
+        };
+        while t.line() != "ready" {}
+        t
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("testee answers")
+    }
+
+    fn ask(&mut self, cmd: &str, prefix: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let l = self.line();
+        assert!(
+            l.starts_with(prefix),
+            "{cmd}: expected {prefix:?}, got {l:?}"
+        );
+        l
+    }
+}
+
+impl Drop for Testee {
+    fn drop(&mut self) {
+        // By pid, never by name; SIGCONT first in case a dump left it stopped.
+        // SAFETY: kill with integer arguments, on the testee we started.
+        unsafe {
+            libc::kill(self.pid, libc::SIGCONT);
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+        let _ = self.shell.wait();
+    }
+}
+
+/// The chain so far: page address -> contents.
+type Chain = HashMap<u64, Vec<u8>>;
+
+fn ranges_pages(ranges: &[PageRange]) -> impl Iterator<Item = u64> + '_ {
+    ranges
+        .iter()
+        .flat_map(|r| (0..r.pages).map(move |i| r.start + i * PAGE_SIZE))
+}
+
+/// Applies one run's report to the chain: its pages image in order, its
+/// PE_PARENT pages from the chain before (which must hold them).
+fn apply(chain: &Chain, pages_path: &Path, regions: &[PageRange], parent: &[PageRange]) -> Chain {
+    let mut next = Chain::new();
+    for p in ranges_pages(parent) {
+        let old = chain
+            .get(&p)
+            .unwrap_or_else(|| panic!("PE_PARENT for {p:#x}, which the chain does not hold"));
+        next.insert(p, old.clone());
+    }
+    let file = std::fs::File::open(pages_path).unwrap();
+    for (i, p) in ranges_pages(regions).enumerate() {
+        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        file.read_exact_at(&mut buf, i as u64 * PAGE_SIZE).unwrap();
+        next.insert(p, buf);
+    }
+    next
+}
+
+fn chain_pages(chain: &Chain) -> Vec<PageRange> {
+    let mut v: Vec<u64> = chain.keys().copied().collect();
+    v.sort_unstable();
+    let mut out = Vec::new();
+    for p in v {
+        predump_core::push_merged(&mut out, p, 1);
+    }
+    out
+}
+
+fn run_chain(backend: Backend, mode: Mode) {
+    let dir = std::env::temp_dir().join(format!(
+        "predump-chain-{}-{}-{}",
+        backend.name(),
+        mode.name(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut t = Testee::spawn();
+    t.ask("region a 512 512", "region");
+    t.ask("region b 64 16", "region");
+    let mut chain = Chain::new();
+    let mut generation: Option<String> = None;
+    for i in 0..5 {
+        let last = i == 4;
+        let opts = TrackOptions {
+            backend: Some(backend),
+            generation: format!("g{i}"),
+            parent: generation.as_ref().map(|g| ParentChain {
+                pages: chain_pages(&chain),
+                generation: g.clone(),
+            }),
+            final_dump: last.then_some(FinalDump {
+                leave_stopped: true,
+            }),
+            auto: false,
+        };
+        let path = dir.join(format!("pages-{i}.img"));
+        let run_mode = if last { Mode::Read } else { mode };
+        let r = pre_dump(t.pid, &path, run_mode, &DrainConfig::default(), &opts, None)
+            .unwrap_or_else(|e| panic!("run {i}: {e}"));
+        assert_eq!(r.track_note, None, "run {i}");
+        if i > 0 {
+            assert!(
+                !r.parent_regions.is_empty(),
+                "run {i} left nothing to its parent"
+            );
+        }
+        chain = apply(&chain, &path, &r.regions, &r.parent_regions);
+        generation = Some(opts.generation.clone());
+        if !last {
+            // New contents in both regions, a new region, pages never touched before.
+            t.ask(
+                &format!("write a {} {}..{}", i * 7, 100 + i * 50, 120 + i * 50),
+                "written",
+            );
+            t.ask(&format!("write b {}", 20 + i), "written");
+            t.ask(&format!("region n{i} 8 4"), "region");
+        }
+    }
+    // Left stopped: compare every page the chain holds with the memory.
+    let mem = std::fs::File::open(format!("/proc/{}/mem", t.pid)).unwrap();
+    let mut bad = Vec::new();
+    let mut buf = vec![0u8; PAGE_SIZE as usize];
+    for (p, page) in &chain {
+        mem.read_exact_at(&mut buf, *p).unwrap();
+        if buf != *page {
+            bad.push(*p);
+        }
+    }
+    bad.sort_unstable();
+    assert!(
+        bad.is_empty(),
+        "{} of {} pages differ: {bad:x?}",
+        bad.len(),
+        chain.len()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn works(backend: Backend) -> bool {
+    let ok = backend.works();
+    if !ok {
+        let required = std::env::var("PREDUMP_TEST_REQUIRE")
+            .is_ok_and(|v| v.split(',').any(|b| b.trim() == backend.name()));
+        assert!(
+            !required,
+            "PREDUMP_TEST_REQUIRE names {}, but its probe says no",
+            backend.name()
+        );
+        eprintln!("no {} on this kernel: test skipped", backend.name());
+    }
+    ok
+}
+
+#[test]
+fn chain_with_soft_dirty_equals_memory() {
+    if works(Backend::SoftDirty) {
+        run_chain(Backend::SoftDirty, Mode::Read);
+    }
+}
+
+#[test]
+fn chain_with_uffd_wp_equals_memory() {
+    if works(Backend::UffdWp) {
+        run_chain(Backend::UffdWp, Mode::Read);
+    }
+}
+
+#[test]
+fn freeze_free_chain_equals_memory() {
+    if works(Backend::UffdWp) {
+        run_chain(Backend::UffdWp, Mode::FreezeFree);
+    }
+}
