@@ -47,9 +47,9 @@ export const DEFAULTS = {
   dirtyRates: '0,1,10',
   churn: 'off,on',
   modes: BENCH_MODES.join(','),
-  iterations: '2',
+  iterations: '1',
   runs: '3',
-  sampleMs: 100,
+  sampleMs: 50,
 } as const;
 
 export const QUICK = {
@@ -213,31 +213,32 @@ export function stepsOf(plan: BenchPlan, mode: BenchMode, abilities: Abilities):
 /**
  * A rough time model, in seconds, from this project's 2-vCPU development VM
  * (images in tmpfs, whose new pages the host backs lazily). Only for the
- * estimate printed first and the ETA of the progress line.
+ * estimate printed first and the ETA of the progress line. The copy shares the
+ * CPUs with the workload's busy threads: with more threads than CPUs it gets
+ * its fair share, no more.
  */
 export const cost = {
   workloadStart: (bytes: number): number => 0.3 + bytes / 1.5e9,
-  preDump: (plan: BenchPlan, step: Step, bytes: number, threads: number): number => {
-    const busy = 1 + Math.max(0, threads - 1) * 0.05;
+  preDump: (plan: BenchPlan, step: Step, bytes: number, threads: number, cpus: number): number => {
+    const share = Math.max(1, (threads + 2) / Math.max(1, cpus));
+    const dirty = (step.dirtyRate ?? 0) * bytes;
     const copy =
-      step.kind === 'incremental'
-        ? 0.06 + ((step.dirtyRate ?? 0) * bytes) / 2e8 + ((step.dirtyRate ?? 0) * bytes) / 2e9
-        : 0.1 + bytes / 1.6e9;
-    return busy * copy + plan.sampleMs / 1000 + 0.02;
+      step.kind === 'incremental' ? 0.04 + dirty / 3e8 + dirty / 2e9 : 0.08 + bytes / 2.4e9;
+    return share * copy + plan.sampleMs / 1000 + 0.03;
   },
   untrack: (bytes: number): number => 0.02 + bytes / 5e10,
   references: (bytes: number): number => 0.05 + bytes / 3.2e8,
 };
 
 /** The estimated seconds of the whole plan. */
-export function estimateSeconds(plan: BenchPlan, abilities: Abilities): number {
+export function estimateSeconds(plan: BenchPlan, abilities: Abilities, cpus = 2): number {
   let s = 0;
   for (const w of workloadConfigs(plan)) {
     s += cost.workloadStart(w.size.bytes);
     for (let round = 0; round < plan.runs; round++) {
       for (const mode of plan.modes) {
         for (const step of stepsOf(plan, mode, abilities)) {
-          s += cost.preDump(plan, step, w.size.bytes, w.threads);
+          s += cost.preDump(plan, step, w.size.bytes, w.threads, cpus);
         }
         s += 2 * cost.untrack(w.size.bytes);
       }

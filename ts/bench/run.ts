@@ -14,6 +14,7 @@
  * pre-dump against just before it.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PredumpError, fromNative } from '../errors.js';
@@ -174,6 +175,7 @@ class Runner {
   private seed = 1;
   private tmp = '';
   private doing = '';
+  private readonly cpus = os.cpus().length;
 
   constructor(
     private readonly plan: BenchPlan,
@@ -181,7 +183,7 @@ class Runner {
     private readonly events: RunEvents,
     private readonly signal: AbortSignal,
   ) {
-    this.total = estimateSeconds(plan, abilities);
+    this.total = estimateSeconds(plan, abilities, this.cpus);
   }
 
   private note(message: string): void {
@@ -207,6 +209,7 @@ class Runner {
         modes: this.plan.modes.filter((m) => !this.rejected.has(m)),
       },
       this.abilities,
+      this.cpus,
     );
   }
 
@@ -342,7 +345,7 @@ class Runner {
           prev,
           pagesDirtied,
         });
-        this.advance(cost.preDump(this.plan, step, config.size.bytes, config.threads));
+        this.advance(cost.preDump(this.plan, step, config.size.bytes, config.threads, this.cpus));
         if (sample === undefined) {
           this.rejected.add(mode);
           this.skip(

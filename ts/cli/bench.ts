@@ -125,20 +125,28 @@ const usage = (message: string): PredumpError => new PredumpError('EUSAGE', mess
 /** The plan from the command line: every value checked before anything starts. */
 export async function planFrom(args: Args): Promise<BenchPlan> {
   const d = args.quick ? QUICK : DEFAULTS;
-  const dir = args.dir ?? defaultDir();
+  const dir = last(args.dir) ?? defaultDir();
   await checkDir(dir);
   return {
-    sizes: parseSizes(args.sizes ?? d.sizes),
-    threads: parseThreads(args.threads ?? d.threads),
-    dirtyRates: parseDirtyRates(args.dirtyRates ?? d.dirtyRates),
-    churn: parseChurn(args.churn ?? d.churn),
-    modes: parseModes(args.modes ?? d.modes),
-    iterations: parseInteger(args.iterations ?? d.iterations, '--iterations', 1, 100),
-    runs: parseInteger(args.runs ?? d.runs, '--runs', 1, 1000),
+    sizes: parseSizes(last(args.sizes) ?? d.sizes),
+    threads: parseThreads(last(args.threads) ?? d.threads),
+    dirtyRates: parseDirtyRates(last(args.dirtyRates) ?? d.dirtyRates),
+    churn: parseChurn(last(args.churn) ?? d.churn),
+    modes: parseModes(last(args.modes) ?? d.modes),
+    iterations: parseInteger(last(args.iterations) ?? d.iterations, '--iterations', 1, 100),
+    runs: parseInteger(last(args.runs) ?? d.runs, '--runs', 1, 1000),
     dir,
     sampleMs: d.sampleMs,
     quick: args.quick,
   };
+}
+
+/**
+ * An option given twice (`npm run bench:predump -- --sizes 1G` after the script's
+ * own --sizes) arrives as an array: the last one counts, as it would elsewhere.
+ */
+function last(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[value.length - 1] : value;
 }
 
 /** --dir must be a directory we can make a directory in. */
@@ -227,7 +235,8 @@ class Progress implements RunEvents {
 
 async function run(args: Args): Promise<number> {
   const plan = await planFrom(args);
-  if (args.chart !== undefined) await checkChart(args.chart);
+  const chart = last(args.chart);
+  if (chart !== undefined) await checkChart(chart);
 
   const check = await native.checkKernel().catch((err: unknown) => {
     throw fromNative(err);
@@ -256,7 +265,7 @@ async function run(args: Args): Promise<number> {
     `predump bench: ${configs.length} workload(s) × ${plan.runs} run(s), ` +
       `${countPreDumps(plan, abilities)} pre-dumps in ${plan.modes.join(', ')} mode; sizes ` +
       `${plan.sizes.map((s) => s.label).join(', ')}; images in ${plan.dir}; ` +
-      `estimated ${minutes(estimateSeconds(plan, abilities))} (this kind of 2-CPU machine)`,
+      `estimated ${minutes(estimateSeconds(plan, abilities, os.cpus().length))}`,
   );
   const machine = await describeMachine(check, plan.dir, abilities.trackMem);
   const started = performance.now();
@@ -296,9 +305,9 @@ async function run(args: Args): Promise<number> {
   );
   if (args.json) printJson(report);
   else process.stdout.write(renderTable(report));
-  if (args.chart !== undefined) {
-    await writeFile(args.chart, renderChart(report));
-    say(`predump bench: chart written to ${args.chart}`);
+  if (chart !== undefined) {
+    await writeFile(chart, renderChart(report));
+    say(`predump bench: chart written to ${chart}`);
   }
   const met = report.goals.filter((g) => g.met === true).length;
   const missed = report.goals.filter((g) => g.met === false).length;
