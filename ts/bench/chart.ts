@@ -47,13 +47,38 @@ interface Bar {
 interface Group {
   label: string;
   bars: Bar[];
-  /** A horizontal reference across the whole group (memcpy), with its label. */
-  marks: { value: number; label: string; dash: string }[];
+  /** Horizontal references across the whole group (memcpy, 3× it), as the legend shows them. */
+  marks: { value: number; style: LineStyle }[];
+}
+
+interface LineStyle {
+  label: string;
+  stroke: string;
+  width: number;
+  dash: string;
+}
+
+const MEMCPY: LineStyle = { label: 'memcpy, same size', stroke: '#333', width: 1.5, dash: '7 3' };
+const MEMCPY3: LineStyle = { label: '3× memcpy (goal)', stroke: '#000', width: 1.5, dash: '2 2' };
+const GOAL: LineStyle = { label: 'goal (1 GiB)', stroke: '#000', width: 2.5, dash: '4 2' };
+
+function lineSample(x: number, y: number, st: LineStyle): string {
+  return (
+    `<line x1="${x}" x2="${x + 26}" y1="${y}" y2="${y}" stroke="${st.stroke}" stroke-width="${st.width}" stroke-dasharray="${st.dash}"/>` +
+    `<text x="${x + 32}" y="${y + 4}" font-size="12">${escapeXml(st.label)}</text>`
+  );
 }
 
 interface Panel {
   title: string;
   groups: Group[];
+}
+
+/** 256 MiB, 1 GiB, 4 GiB. */
+export function sizeName(bytes: number): string {
+  if (bytes % GiB === 0) return `${bytes / GiB} GiB`;
+  if (bytes % 2 ** 20 === 0) return `${bytes / 2 ** 20} MiB`;
+  return formatBytes(bytes);
 }
 
 /** Log axis bounds: powers of ten around every positive value. */
@@ -152,15 +177,14 @@ function panelSvg(p: Panel, x0: number, y0: number, w: number, h: number): strin
       if (b.goal !== undefined) {
         const gy = y(b.goal);
         parts.push(
-          `<line x1="${bx - 2}" x2="${bx + barW + 2}" y1="${gy}" y2="${gy}" stroke="#000" stroke-width="2" stroke-dasharray="3 2"><title>goal: ${formatTime(b.goal)} ms</title></line>`,
+          `<line x1="${bx - 3}" x2="${bx + barW + 3}" y1="${gy}" y2="${gy}" stroke="${GOAL.stroke}" stroke-width="${GOAL.width}" stroke-dasharray="${GOAL.dash}"><title>goal: ${formatTime(b.goal)} ms</title></line>`,
         );
       }
     });
     for (const m of g.marks) {
       const my = y(m.value);
       parts.push(
-        `<line x1="${gx + 6}" x2="${gx + groupW - 6}" y1="${my}" y2="${my}" stroke="#555" stroke-dasharray="${m.dash}"/>`,
-        `<text x="${gx + groupW - 6}" y="${my - 3}" font-size="10" text-anchor="end" fill="#555">${escapeXml(m.label)}</text>`,
+        `<line x1="${gx + 6}" x2="${gx + groupW - 6}" y1="${my}" y2="${my}" stroke="${m.style.stroke}" stroke-width="${m.style.width}" stroke-dasharray="${m.style.dash}"><title>${escapeXml(`${m.style.label}: ${formatTime(m.value)} ms`)}</title></line>`,
       );
     }
   });
@@ -216,7 +240,7 @@ export function renderChart(report: BenchReport): string {
     {
       title: 'first pre-dump: target stopped',
       groups: sizes.map((size) => ({
-        label: formatBytes(size),
+        label: sizeName(size),
         bars: modes.map((mode) => {
           const goal = frozenGoal(mode, size);
           return {
@@ -233,14 +257,14 @@ export function renderChart(report: BenchReport): string {
       groups: sizes.map((size) => {
         const m = memcpy(size);
         return {
-          label: formatBytes(size),
+          label: sizeName(size),
           bars: modes.map((mode) => ({ mode, value: first(mode, size)?.totalMs ?? null })),
           marks:
             m === undefined
               ? []
               : [
-                  { value: m, label: 'memcpy', dash: '6 3' },
-                  { value: 3 * m, label: '3× memcpy (goal)', dash: '2 2' },
+                  { value: m, style: MEMCPY },
+                  { value: 3 * m, style: MEMCPY3 },
                 ],
         };
       }),
@@ -252,7 +276,7 @@ export function renderChart(report: BenchReport): string {
       {
         title: `${what}: target stopped`,
         groups: sizes.map((size) => ({
-          label: formatBytes(size),
+          label: sizeName(size),
           bars: modes.map((mode) => ({ mode, value: inc(mode, size)?.frozenMs ?? null })),
           marks: [],
         })),
@@ -260,7 +284,7 @@ export function renderChart(report: BenchReport): string {
       {
         title: `${what}: total time`,
         groups: sizes.map((size) => ({
-          label: formatBytes(size),
+          label: sizeName(size),
           bars: modes.map((mode) => ({ mode, value: inc(mode, size)?.totalMs ?? null })),
           marks: [],
         })),
@@ -277,16 +301,20 @@ export function renderChart(report: BenchReport): string {
     ? `${r0.threads} compute thread${r0.threads === 1 ? '' : 's'}, churn ${r0.churn ? 'on' : 'off'}`
     : '';
   const subtitle =
-    `${m.cpus} CPUs, ${formatBytes(m.memTotalBytes)}, Linux ${m.kernel}, images in ${m.imagesFs}; ` +
-    `workload with ${config}; median of ${report.plan.runs} run(s), whiskers min–max; ` +
-    `${m.startedAt.slice(0, 10)}`;
-  const legend = modes
-    .map(
+    `${m.cpus} CPUs, ${formatBytes(m.memTotalBytes)}, Linux ${m.kernel}, images in ${m.imagesFs}, ` +
+    `${m.startedAt.slice(0, 10)}; workload: ${config}; bars: median of ${report.plan.runs} ` +
+    `run(s), whiskers: min–max`;
+  const legend = [
+    ...modes.map(
       (mode, i) =>
-        `<rect x="${AXIS_LEFT + i * 130}" y="62" width="14" height="14" fill="${MODE_COLORS[mode]}"/>` +
-        `<text x="${AXIS_LEFT + i * 130 + 20}" y="74" font-size="13">${mode}</text>`,
-    )
-    .join('\n');
+        `<rect x="${AXIS_LEFT + i * 110}" y="66" width="14" height="14" fill="${MODE_COLORS[mode]}"/>` +
+        `<text x="${AXIS_LEFT + i * 110 + 20}" y="78" font-size="13">${mode}</text>`,
+    ),
+    lineSample(AXIS_LEFT + 340, 73, GOAL),
+    lineSample(AXIS_LEFT + 480, 73, MEMCPY),
+    lineSample(AXIS_LEFT + 650, 73, MEMCPY3),
+    `<text x="${WIDTH - 8}" y="78" font-size="12" text-anchor="end">0 = not stopped</text>`,
+  ].join('\n');
   const body = panels
     .map((p, i) =>
       panelSvg(
@@ -305,9 +333,8 @@ export function renderChart(report: BenchReport): string {
     `<desc>${escapeXml(`${subtitle}. Produced by: ${report.plan.command}`)}</desc>`,
     `<rect width="100%" height="100%" fill="#fff"/>`,
     `<text x="${AXIS_LEFT}" y="26" font-size="18" font-weight="bold">predump bench: time stopped and total time per size and mode</text>`,
-    `<text x="${AXIS_LEFT}" y="48" font-size="12" fill="#444">${escapeXml(subtitle)}</text>`,
+    `<text x="${AXIS_LEFT}" y="48" font-size="12" fill="#444" textLength="${Math.min(WIDTH - AXIS_LEFT - 8, subtitle.length * 6.6)}" lengthAdjust="spacingAndGlyphs">${escapeXml(subtitle)}</text>`,
     legend,
-    `<text x="${AXIS_LEFT + modes.length * 130 + 10}" y="74" font-size="11" fill="#444">dashed: memcpy of the same size, 3× it (goal), goals of stopped time at 1 GiB; 0 = not stopped</text>`,
     body,
     `<text x="${AXIS_LEFT}" y="${height - 8}" font-size="11" fill="#666">${escapeXml(report.plan.command)}</text>`,
     '</svg>',
