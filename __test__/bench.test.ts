@@ -292,17 +292,18 @@ const usageCases: [string, string[], RegExp][] = [
   ['a bad churn', ['--churn', 'maybe'], /--churn takes off, on or off,on; got 'maybe'/],
 ];
 
-for (const [what, args, message] of usageCases) {
-  test(`bench with ${what}: exit 2, EUSAGE`, async (t) => {
+// One after the other: twenty CLI processes at once would only slow the other test files down.
+test('bench with a bad option value: exit 2, EUSAGE, a message naming it', async (t) => {
+  for (const [what, args, message] of usageCases) {
     const r = await runCli(['bench', ...args, '--json']);
     assertCliError(t, r, { exit: 2, code: 'EUSAGE', message });
     // Without --json: the same message on stderr, nothing on stdout.
     const plain = await runCli(['bench', ...args]);
-    t.is(plain.code, 2);
-    t.is(plain.stdout, '');
-    t.regex(plain.stderr, message);
-  });
-}
+    t.is(plain.code, 2, what);
+    t.is(plain.stdout, '', what);
+    t.regex(plain.stderr, message, what);
+  }
+});
 
 test('bench --dir that is not a usable directory: exit 2, EUSAGE', async (t) => {
   const tmp = await tempDir(t);
