@@ -115,10 +115,13 @@ export interface RunEvents {
   ): void;
 }
 
-/** The mode the installed preDump does not know (freeze-free before it exists). */
-function rejectsMode(err: unknown): boolean {
+/**
+ * Why preDump refused a mode as such (freeze-free before this predump has it),
+ * or undefined for any other failure.
+ */
+function modeRefusal(err: unknown): string | undefined {
   const e = fromNative(err);
-  return e.code === 'EINVAL' && /mode/i.test(e.message);
+  return e.code === 'EINVAL' && /mode/i.test(e.message) ? e.message : undefined;
 }
 
 function interrupted(signal: AbortSignal): PredumpError {
@@ -167,7 +170,7 @@ class Runner {
     notes: [],
     peakRssPerRun: true,
   };
-  /** Modes the installed preDump turned down: skipped from then on. */
+  /** Modes the installed preDump refused: skipped from then on. */
   private readonly rejected = new Set<BenchMode>();
   private readonly skippedSizes = new Set<number>();
   private done = 0;
@@ -339,19 +342,22 @@ class Runner {
           pagesDirtied = rate > 0 ? (await w.dirty(permille(rate), this.seed++)).dirtied : 0;
         }
         const dir = path.join(chain, `${i}-${step.kind}`);
-        const trackMem = step.kind === 'lone' ? 'none' : this.abilities.trackMem;
+        // Freeze-free mode is uffd-wp's (it re-arms without a freeze), whatever 'auto' picks.
+        const trackMem =
+          step.kind === 'lone'
+            ? 'none'
+            : mode === 'freeze-free'
+              ? 'uffd-wp'
+              : this.abilities.trackMem;
         const sample = await this.measure(w, config, mode, step, round, dir, {
           trackMem,
           prev,
           pagesDirtied,
         });
         this.advance(cost.preDump(this.plan, step, config.size.bytes, config.threads, this.cpus));
-        if (sample === undefined) {
+        if (typeof sample === 'string') {
           this.rejected.add(mode);
-          this.skip(
-            `mode ${mode}`,
-            'this predump does not have it yet (its preDump() refused the mode)',
-          );
+          this.skip(`mode ${mode}`, `preDump() refused it: ${sample}`);
           this.replan();
           break;
         }
@@ -375,7 +381,7 @@ class Runner {
     round: number,
     dir: string,
     o: { trackMem: string; prev: string | undefined; pagesDirtied: number | null },
-  ): Promise<Sample | undefined> {
+  ): Promise<Sample | string> {
     let a = await computeProgress(w);
     await sleep(this.plan.sampleMs);
     let b = await computeProgress(w);
@@ -400,9 +406,8 @@ class Runner {
         signal: this.signal,
       });
     } catch (err) {
-      if (mode === 'freeze-free' && step.kind !== 'incremental' && rejectsMode(err)) {
-        return undefined;
-      }
+      const refusal = mode === 'freeze-free' && step.kind !== 'incremental' && modeRefusal(err);
+      if (refusal) return refusal;
       throw fromNative(err);
     }
     const peak = reset ? await peakRss() : r.peakRssBytes;
