@@ -146,6 +146,11 @@ const rate = (a: ComputeProgress, b: ComputeProgress): number =>
 export const describeConfig = (c: WorkloadConfig): string =>
   `${c.size.label}, ${c.threads} thread${c.threads === 1 ? '' : 's'}, churn ${c.churn ? 'on' : 'off'}`;
 
+function shortStep(step: Step): string {
+  if (step.kind !== 'incremental') return step.kind;
+  return `+${+((step.dirtyRate ?? 0) * 100).toFixed(1)}% #${step.iteration}`;
+}
+
 export function describeStep(step: Step): string {
   if (step.kind === 'lone') return 'lone pre-dump';
   if (step.kind === 'first') return 'first tracked pre-dump';
@@ -269,7 +274,8 @@ class Runner {
   }
 
   private async runWorkload(config: WorkloadConfig): Promise<void> {
-    const what = describeConfig(config);
+    // Short: the progress line must fit a terminal.
+    const what = `${config.size.label} ${config.threads}t${config.churn ? ' churn' : ''}`;
     this.advance(0, `${what}: starting the workload`);
     const w = await Workload.start({
       sizeBytes: config.size.bytes,
@@ -284,12 +290,13 @@ class Runner {
         for (const mode of this.plan.modes) {
           if (this.rejected.has(mode)) continue;
           this.check();
-          const bytes = await this.runMode(w, config, mode, round, `${what}, round ${round}`);
+          const where = `${what} run ${round}/${this.plan.runs}`;
+          const bytes = await this.runMode(w, config, mode, round, where);
           if (bytes > 0 && fullBytes === 0) fullBytes = bytes;
         }
         if (config.references) {
           this.check();
-          this.advance(0, `${what}, round ${round}: references`);
+          this.advance(0, `${what} run ${round}/${this.plan.runs}: memcpy, readv, write`);
           await this.measureReferences(w, config, fullBytes || config.size.bytes);
           this.advance(cost.references(config.size.bytes));
         }
@@ -335,7 +342,7 @@ class Runner {
       const steps = stepsOf(this.plan, mode, this.abilities);
       for (const [i, step] of steps.entries()) {
         this.check();
-        this.advance(0, `${where}: ${mode}, ${describeStep(step)}`);
+        this.advance(0, `${where}: ${mode} ${shortStep(step)}`);
         let pagesDirtied: number | null = null;
         if (step.kind === 'incremental') {
           const rate = step.dirtyRate ?? 0;

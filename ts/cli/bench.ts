@@ -188,10 +188,11 @@ class Progress implements RunEvents {
   private lastDraw = 0;
   private drawn = false;
 
-  private eta(done: number, total: number): string {
+  /** About how long the rest takes, from the time model scaled by the time taken so far. */
+  private left(done: number, total: number): string | undefined {
     const elapsed = (performance.now() - this.started) / 1000;
-    if (done <= 0) return '';
-    return ` (about ${minutes((elapsed * Math.max(0, total - done)) / done)} left)`;
+    if (done <= 0) return undefined;
+    return `${minutes((elapsed * Math.max(0, total - done)) / done)} left`;
   }
 
   private clear(): void {
@@ -210,8 +211,10 @@ class Progress implements RunEvents {
     if (now - this.lastDraw < 100) return;
     this.lastDraw = now;
     const pct = total > 0 ? Math.min(99, Math.floor((done / total) * 100)) : 0;
-    const line = `[${String(pct).padStart(2)}%] ${what}${this.eta(done, total)}`;
-    const width = process.stderr.columns ?? 100;
+    const left = this.left(done, total);
+    const line = `[${String(pct).padStart(2)}%${left ? `, ${left}` : ''}] ${what}`;
+    const columns = process.stderr.columns ?? 0;
+    const width = columns >= 20 ? columns : 100;
     process.stderr.write(`\r\x1b[K${line.slice(0, width - 1)}`);
     this.drawn = true;
   }
@@ -224,7 +227,8 @@ class Progress implements RunEvents {
     left: number,
   ): void {
     if (this.tty) return;
-    const more = left > 0 ? `; ${left} more${this.eta(done, total)}` : '';
+    const rest = this.left(done, total);
+    const more = left > 0 ? `; ${left} more${rest ? ` (about ${rest})` : ''}` : '';
     say(`predump bench: ${describeConfig(config)}: done in ${minutes(seconds)}${more}`);
   }
 
