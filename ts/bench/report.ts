@@ -192,6 +192,13 @@ function worst(rows: BenchRow[], value: (r: BenchRow) => number): { row: BenchRo
   return best;
 }
 
+/** `1 thread, churn off 3.61; 8 threads, churn off 23.50 (over)`: every configuration's median. */
+function perConfig(rows: BenchRow[], value: (r: BenchRow) => number, limit: number): string {
+  return rows
+    .map((r) => `${configName(r)} ${f2(value(r))}${value(r) > limit ? ' (over)' : ''}`)
+    .join('; ');
+}
+
 function notMeasured(id: string, goal: string, target: number, unit: string, why: string): Goal {
   return { id, goal, target, unit, measured: null, met: null, detail: `not measured: ${why}` };
 }
@@ -222,7 +229,7 @@ export function judgeGoals(runs: BenchRow[], reference: ReferenceFigures): Goal[
         unit: 'ms',
         measured: w.v,
         met: w.v <= 5,
-        detail: `worst median ${f2(w.v)} ms (${configName(w.row)}) of ${rows.length} configuration(s)`,
+        detail: `median per workload: ${perConfig(rows, (r) => r.frozenMs.median, 5)}`,
       });
     }
   }
@@ -237,16 +244,24 @@ export function judgeGoals(runs: BenchRow[], reference: ReferenceFigures): Goal[
       goals.push(notMeasured('total-vs-memcpy', text, 3, '× memcpy', 'no lone pre-dump'));
     } else {
       const w = worst(rows, (r) => r.xMemcpy!.median);
-      const k = String(w.row.sizeBytes);
+      // The first workload configuration (as the chart shows it), size by size.
+      const base = rows.filter((r) => r.threads === rows[0]!.threads && r.churn === rows[0]!.churn);
+      const sizes = [...new Set(base.map((r) => r.sizeBytes))];
+      const bySize = sizes
+        .map(
+          (size) =>
+            `${sizeName(size)}: ` +
+            base
+              .filter((r) => r.sizeBytes === size)
+              .map((r) => `${r.mode} ${f2(r.xMemcpy!.median)}×`)
+              .join(', '),
+        )
+        .join('; ');
+      const big = base.filter((r) => r.sizeBytes === sizes[sizes.length - 1]);
+      const b = big.find((r) => r.mode === 'read') ?? big[0]!;
+      const k = String(b.sizeBytes);
       const fresh = reference.memcpyFreshMs[k]!.median;
       const write = reference.writeMs[k]!.median;
-      const perSize = [...new Set(rows.map((r) => r.sizeBytes))]
-        .map((size) => {
-          const here = rows.filter((r) => r.sizeBytes === size);
-          const x = worst(here, (r) => r.xMemcpy!.median).v;
-          return `${sizeName(size)} ${f2(x)}×`;
-        })
-        .join(', ');
       goals.push({
         id: 'total-vs-memcpy',
         goal: text,
@@ -255,10 +270,11 @@ export function judgeGoals(runs: BenchRow[], reference: ReferenceFigures): Goal[
         measured: w.v,
         met: w.v <= 3,
         detail:
-          `worst ${f2(w.v)}× (${w.row.mode}, ${sizeName(w.row.sizeBytes)}, ${configName(w.row)}); ` +
-          `by size: ${perSize}; the same run against a memcpy into untouched memory: ` +
-          `${f2(w.row.totalMs.median / fresh)}×, against writing the bytes alone where the ` +
-          `images go: ${f2(w.row.totalMs.median / write)}×`,
+          `${configName(rows[0]!)}: ${bySize}; the worst ${f2(w.v)}× (${w.row.mode}, ` +
+          `${sizeName(w.row.sizeBytes)}, ${configName(w.row)}). ${b.mode} at ` +
+          `${sizeName(b.sizeBytes)} against a memcpy into untouched memory: ` +
+          `${f2(b.totalMs.median / fresh)}×, against writing the bytes alone where the images ` +
+          `go: ${f2(b.totalMs.median / write)}×`,
       });
     }
   }
@@ -310,8 +326,8 @@ export function judgeGoals(runs: BenchRow[], reference: ReferenceFigures): Goal[
         measured: w.v,
         met: w.v <= limit,
         detail:
-          `worst median ${w.v.toFixed(1)} ms = ${f2(w.v / CRIU_SPLICE_FROZEN_1G_MS)}× CRIU ` +
-          `(${configName(w.row)}) of ${rows.length} configuration(s)` +
+          `median per workload: ${perConfig(rows, (r) => r.frozenMs.median, limit)}; the worst ` +
+          `is ${f2(w.v / CRIU_SPLICE_FROZEN_1G_MS)}× CRIU's` +
           (w.row.fallback ? `; fell back to read mode: ${w.row.fallback}` : ''),
       });
     }

@@ -90,7 +90,7 @@ export function builder(yargs: Argv) {
       default: false,
       describe: 'print the results as one JSON object on stdout instead of the table',
     })
-    .example('predump bench', 'the whole matrix (about 10-15 min on 2 CPUs)')
+    .example('predump bench', 'the whole matrix (about 15 min on a quiet 2-CPU machine)')
     .example('predump bench --quick', 'a quick look')
     .example(
       'predump bench --sizes 256M,1G --modes read,splice --chart bench.svg',
@@ -258,6 +258,13 @@ async function run(args: Args): Promise<number> {
   }
   if (plan.modes.includes('splice') && !check.spliceMode) {
     notes.push('splice mode is not possible here: its runs fall back to read mode');
+  }
+  const load = os.loadavg()[0] ?? 0;
+  if (load > os.cpus().length / 2) {
+    notes.push(
+      `the machine was busy when the run started (load average ${load.toFixed(1)} on ` +
+        `${os.cpus().length} CPUs): the figures are noisier and the run longer`,
+    );
   }
   for (const n of notes) progress.note(n);
   if (plan.modes.length === 0) {
