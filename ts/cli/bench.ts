@@ -252,9 +252,10 @@ async function run(args: Args): Promise<number> {
   if (abilities.trackMem === 'none') {
     notes.push('no dirty tracking here (neither soft-dirty nor uffd-wp): no incremental runs');
   }
-  if (plan.modes.includes('freeze-free') && !uffdWp) {
+  // As `predump check` decides it: read mode's calls and uffd-wp in async mode.
+  if (plan.modes.includes('freeze-free') && !(uffdWp && check.readMode)) {
     plan.modes = plan.modes.filter((m) => m !== 'freeze-free');
-    notes.push('freeze-free mode needs uffd-wp, which this kernel does not have: not run');
+    notes.push('freeze-free mode needs uffd-wp (async), which this kernel does not have: not run');
   }
   if (plan.modes.includes('splice') && !check.spliceMode) {
     notes.push('splice mode is not possible here: its runs fall back to read mode');
