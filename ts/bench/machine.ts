@@ -30,9 +30,31 @@ export interface MachineInfo {
   uffdWp: boolean;
   /** Load averages (1, 5, 15 min) at the start and at the end: how busy the machine was. */
   loadAvgStart: number[];
+  /** The share of CPU time in use in the second before the run (0–1): others' work. */
+  cpuBusyStart: number | null;
   loadAvgEnd: number[];
   startedAt: string;
   durationS: number;
+}
+
+/** The CPU time counters of /proc/stat: all, and idle (idle + iowait). */
+async function cpuTimes(): Promise<{ all: number; idle: number } | undefined> {
+  const line = (await readFile('/proc/stat', 'utf8').catch(() => '')).split('\n')[0] ?? '';
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  if (f.length < 5 || f.some((x) => !Number.isFinite(x))) return undefined;
+  return { all: f.reduce((a, b) => a + b, 0), idle: f[3]! + f[4]! };
+}
+
+/**
+ * The share of all CPUs' time that was busy over the next `ms` milliseconds
+ * (0–1): how loaded the machine is now, where the load average lags by minutes.
+ */
+export async function cpuBusy(ms: number): Promise<number | undefined> {
+  const a = await cpuTimes();
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  const b = await cpuTimes();
+  if (!a || !b || b.all <= a.all) return undefined;
+  return 1 - (b.idle - a.idle) / (b.all - a.all);
 }
 
 /** A field of /proc/meminfo in bytes, or undefined. */
@@ -92,6 +114,7 @@ export async function describeMachine(
   check: KernelCheck,
   dir: string,
   trackMem: string,
+  busy: number | undefined,
 ): Promise<Omit<MachineInfo, 'loadAvgEnd' | 'durationS'>> {
   const cpus = os.cpus();
   const uffd = check.capabilities.find((c) => c.name === 'uffd-wp');
@@ -112,6 +135,7 @@ export async function describeMachine(
     trackMem,
     uffdWp: uffd?.supported === true,
     loadAvgStart: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    cpuBusyStart: busy === undefined ? null : Math.round(busy * 1000) / 1000,
     startedAt: new Date().toISOString(),
   };
 }

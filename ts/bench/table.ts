@@ -87,8 +87,9 @@ export function renderTable(report: BenchReport): string {
       `Linux ${m.kernel} ${m.arch}; images in ${m.imagesDir} (${m.imagesFs})`,
     `${report.plan.runs} run(s) of each, modes alternating; median [min–max]; frozen = the ` +
       'time any thread of the workload was stopped',
-    `load average ${m.loadAvgStart.join(' ')} at the start, ${m.loadAvgEnd.join(' ')} at the end; ` +
-      `${(m.durationS / 60).toFixed(1)} min`,
+    `load average ${m.loadAvgStart.join(' ')} at the start` +
+      (m.cpuBusyStart === null ? '' : ` (CPUs ${(m.cpuBusyStart * 100).toFixed(0)}% busy)`) +
+      `, ${m.loadAvgEnd.join(' ')} at the end; ${(m.durationS / 60).toFixed(1)} min`,
   ];
   const sections = new Map<string, BenchRow[]>();
   for (const r of report.runs) {

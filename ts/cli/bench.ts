@@ -11,7 +11,7 @@ import type { Argv } from 'yargs';
 import { EXIT, fromNative, PredumpError } from '../errors.js';
 import { native } from '../native.js';
 import { renderChart } from '../bench/chart.js';
-import { describeMachine } from '../bench/machine.js';
+import { cpuBusy, describeMachine } from '../bench/machine.js';
 import {
   BENCH_MODES,
   countPreDumps,
@@ -260,11 +260,12 @@ async function run(args: Args): Promise<number> {
   if (plan.modes.includes('splice') && !check.spliceMode) {
     notes.push('splice mode is not possible here: its runs fall back to read mode');
   }
-  const load = os.loadavg()[0] ?? 0;
-  if (load > os.cpus().length / 2) {
+  // Others' work now, not the load average, which lags by minutes.
+  const busy = await cpuBusy(1000);
+  if (busy !== undefined && busy > 0.25) {
     notes.push(
-      `the machine was busy when the run started (load average ${load.toFixed(1)} on ` +
-        `${os.cpus().length} CPUs): the figures are noisier and the run longer`,
+      `the machine was busy when the run started (${(busy * 100).toFixed(0)}% of its ` +
+        `${os.cpus().length} CPUs' time in use): the figures are noisier and the run longer`,
     );
   }
   for (const n of notes) progress.note(n);
@@ -279,7 +280,7 @@ async function run(args: Args): Promise<number> {
       `${plan.sizes.map((s) => s.label).join(', ')}; images in ${plan.dir}; ` +
       `estimated ${minutes(estimateSeconds(plan, abilities, os.cpus().length))}`,
   );
-  const machine = await describeMachine(check, plan.dir, abilities.trackMem);
+  const machine = await describeMachine(check, plan.dir, abilities.trackMem, busy);
   const started = performance.now();
 
   const abort = new AbortController();
