@@ -4,6 +4,7 @@
 import yargs from 'yargs';
 import { EXIT } from '../errors.js';
 import { printJson } from './output.js';
+import * as bench from './bench.js';
 import * as check from './check.js';
 import * as demo from './demo.js';
 import * as dump from './dump.js';
@@ -28,6 +29,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(verify)
     .command(demo)
     .command(check)
+    .command(bench)
     .demandCommand(1, 'Say which command to run; see the list above.')
     .strict()
     .recommendCommands()
