@@ -97,11 +97,20 @@ export async function resetPeakRss(): Promise<boolean> {
   }
 }
 
+async function statusField(field: string): Promise<number | undefined> {
+  const text = await readFile('/proc/self/status', 'utf8').catch(() => '');
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(text);
+  return m ? Number(m[1]) * 1024 : undefined;
+}
+
 /** VmHWM of this process, in bytes. */
 export async function peakRss(): Promise<number> {
-  const text = await readFile('/proc/self/status', 'utf8').catch(() => '');
-  const m = /^VmHWM:\s+(\d+) kB$/m.exec(text);
-  return m ? Number(m[1]) * 1024 : process.resourceUsage().maxRSS * 1024;
+  return (await statusField('VmHWM')) ?? process.resourceUsage().maxRSS * 1024;
+}
+
+/** VmRSS of this process, in bytes. */
+export async function currentRss(): Promise<number> {
+  return (await statusField('VmRSS')) ?? process.memoryUsage().rss;
 }
 
 export async function predumpVersion(): Promise<string> {

@@ -22,7 +22,7 @@ import { PE_PRESENT, readPreDumpDir } from '../images/index.js';
 import { native } from '../native.js';
 import { preDump, type PreDumpModeName, type PreDumpResult, type TrackMem } from '../predump.js';
 import { Workload } from '../workload.js';
-import { memAvailable, peakRss, resetPeakRss } from './machine.js';
+import { currentRss, memAvailable, peakRss, resetPeakRss } from './machine.js';
 import {
   cost,
   estimateSeconds,
@@ -65,7 +65,12 @@ export interface Sample {
   pagesDirtied: number | null;
   /** Pages written that lie in the workload's data region (incremental only). */
   dataPagesWritten: number | null;
-  /** This process's peak resident memory during the pre-dump. */
+  /**
+   * The peak resident memory a pre-dump process needs: this process's resident
+   * size before it ran any (Node, the addon, predump's code: what `predump
+   * pre-dump` has too) plus what its resident size grew by during this one.
+   * Not this process's own peak, which holds whatever the benchmark kept.
+   */
   peakRssBytes: number;
   pinnedBytes: number;
   /** The workload's compute rate during the pre-dump ÷ just before it (1: not slowed). */
@@ -184,6 +189,8 @@ class Runner {
   private tmp = '';
   private doing = '';
   private readonly cpus = os.cpus().length;
+  /** This process's resident size before any pre-dump: a pre-dump process's base. */
+  private baseRss = 0;
 
   constructor(
     private readonly plan: BenchPlan,
@@ -228,6 +235,7 @@ class Runner {
   }
 
   async run(): Promise<RunOutput> {
+    this.baseRss = await currentRss();
     this.tmp = await mkdtemp(path.join(this.plan.dir, 'predump-bench-')).catch((err: unknown) => {
       throw new PredumpError(
         'EDIR',
@@ -401,6 +409,7 @@ class Runner {
     const before = rate(a, b);
     const reset = await resetPeakRss();
     if (!reset) this.out.peakRssPerRun = false;
+    const rssBefore = await currentRss();
     let r: PreDumpResult;
     try {
       r = await preDump({
@@ -417,7 +426,7 @@ class Runner {
       if (refusal) return refusal;
       throw fromNative(err);
     }
-    const peak = reset ? await peakRss() : r.peakRssBytes;
+    const peak = reset ? this.baseRss + Math.max(0, (await peakRss()) - rssBefore) : r.peakRssBytes;
     const c = await computeProgress(w);
     if (r.partial) {
       throw new PredumpError('EWORKLOAD', `workload ${w.pid} exited during a pre-dump`);

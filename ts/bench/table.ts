@@ -135,7 +135,8 @@ export function renderTable(report: BenchReport): string {
     'written: pages in the data the workload rewrote + its other pages (stacks, heap, churn);',
     '  dirtied → ratio: pages it rewrote, and data pages written ÷ those.',
     '× memcpy: total ÷ the median memcpy of the same size. workload speed: its compute rate',
-    '  during the pre-dump ÷ just before (1 = not slowed down).',
+    "  during the pre-dump ÷ just before (1 = not slowed down). peak RSS: a pre-dump process's",
+    "  (the bench's size at its start + its growth during that pre-dump).",
   );
   return out.join('\n') + '\n';
 }

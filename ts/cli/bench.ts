@@ -106,8 +106,9 @@ export function builder(yargs: Argv) {
         'writing them into a new file where the images go.\n\n' +
         'frozen: the time any thread of the workload was stopped (stoppedWindowMs). total: the ' +
         'whole pre-dump, as preDump() times it. drain: from thaw to the pages synced. written: ' +
-        "pages in the data the workload rewrote + its other pages. peak RSS: predump's own " +
-        '(the bench process, its peak reset before each pre-dump). pinned: memory held in pipes ' +
+        'pages in the data the workload rewrote + its other pages. peak RSS: what a pre-dump ' +
+        "process needs (the bench's resident size at its start, plus what it grew by during " +
+        'that pre-dump). pinned: memory held in pipes ' +
         "(splice). workload speed: the workload's compute rate during the pre-dump ÷ just " +
         'before it. Every figure: median [min–max]. Progress goes to stderr.\n\n' +
         'It starts and stops its own workloads and never touches another process. Exit status: ' +
