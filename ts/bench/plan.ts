@@ -223,11 +223,11 @@ export const cost = {
     const share = Math.max(1, (threads + 2) / Math.max(1, cpus));
     const dirty = (step.dirtyRate ?? 0) * bytes;
     const copy =
-      step.kind === 'incremental' ? 0.04 + dirty / 3e8 + dirty / 2e9 : 0.08 + bytes / 2.4e9;
-    return share * copy + plan.sampleMs / 1000 + 0.03;
+      step.kind === 'incremental' ? 0.04 + dirty / 3e8 + dirty / 2e9 : 0.08 + bytes / 2e9;
+    return share * copy + plan.sampleMs / 1000 + 0.08;
   },
   untrack: (bytes: number): number => 0.02 + bytes / 5e10,
-  references: (bytes: number): number => 0.05 + bytes / 3.2e8,
+  references: (bytes: number): number => 0.05 + bytes / 2.5e8,
 };
 
 /** The estimated seconds of the whole plan. */
