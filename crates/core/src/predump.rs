@@ -177,8 +177,16 @@ pub fn pre_dump(
         _ => pre_dump_frozen(pid, pages_path, mode, config, tracking, progress, &created),
     };
     if r.is_err() && created.get() {
-        // Best effort: the error that matters is the one being returned.
+        // Undoing it freezes and injects again: until that is over the caller
+        // must not exit (see `Progress::thawed`). Best effort: the error that
+        // matters is the one being returned.
+        if let Some(p) = progress {
+            p.thawed.store(false, Ordering::SeqCst);
+        }
         let _ = track::untrack(pid);
+        if let Some(p) = progress {
+            p.thawed.store(true, Ordering::SeqCst);
+        }
     }
     r
 }

@@ -5,12 +5,8 @@
 //! looked up in the run before) must equal the stopped target's memory.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin};
-use std::sync::mpsc::Receiver;
-use std::time::Duration;
 
 use predump_core::drain::DrainConfig;
 use predump_core::predump::{pre_dump, FinalDump, Mode, ParentChain, TrackOptions};
@@ -18,56 +14,7 @@ use predump_core::track::Backend;
 use predump_core::{PageRange, PAGE_SIZE};
 
 mod common;
-
-struct Testee {
-    shell: Child,
-    pid: i32,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Testee {
-    fn spawn() -> Testee {
-        let (shell, pid, stdin, lines) = common::spawn_testee_detached(&["track"]);
-        let t = Testee {
-            shell,
-            pid,
-            stdin,
-            lines,
-        };
-        while t.line() != "ready" {}
-        t
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("testee answers")
-    }
-
-    fn ask(&mut self, cmd: &str, prefix: &str) -> String {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let l = self.line();
-        assert!(
-            l.starts_with(prefix),
-            "{cmd}: expected {prefix:?}, got {l:?}"
-        );
-        l
-    }
-}
-
-impl Drop for Testee {
-    fn drop(&mut self) {
-        // By pid, never by name; SIGCONT first in case a dump left it stopped.
-        // SAFETY: kill with integer arguments, on the testee we started.
-        unsafe {
-            libc::kill(self.pid, libc::SIGCONT);
-            libc::kill(self.pid, libc::SIGKILL);
-        }
-        let _ = self.shell.wait();
-    }
-}
+use common::Testee;
 
 /// The chain so far: page address -> contents.
 type Chain = HashMap<u64, Vec<u8>>;
@@ -115,7 +62,7 @@ fn run_chain(backend: Backend, mode: Mode) {
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut t = Testee::spawn();
+    let mut t = Testee::track_detached();
     t.ask("region a 512 512", "region");
     t.ask("region b 64 16", "region");
     let mut chain = Chain::new();

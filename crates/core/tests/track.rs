@@ -3,12 +3,8 @@
 //! the main thread (blocked in read(0)), attach, …, restore, thaw.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, ChildStdin};
-use std::sync::mpsc::Receiver;
-use std::time::Duration;
 
 use predump_core::freeze::Frozen;
 use predump_core::inject::Injector;
@@ -17,67 +13,7 @@ use predump_core::track::{find_ours, Backend, Tracker};
 use predump_core::{proc, PageRange, PAGE_SIZE};
 
 mod common;
-
-/// A testee process: killed by pid and reaped when the test ends, pass or fail.
-struct Testee {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    pid: i32,
-}
-
-impl Testee {
-    fn spawn() -> Testee {
-        let (child, stdin, lines) = common::spawn_testee(&["track"]);
-        let pid = child.id() as i32;
-        let t = Testee {
-            child,
-            stdin,
-            lines,
-            pid,
-        };
-        while t.line() != "ready" {}
-        t
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("testee answers")
-    }
-
-    /// Sends a command and returns the answer, which must start with `prefix`.
-    fn ask(&mut self, cmd: &str, prefix: &str) -> String {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let l = self.line();
-        assert!(
-            l.starts_with(prefix),
-            "{cmd}: expected {prefix:?}, got {l:?}"
-        );
-        l
-    }
-
-    /// A new region of `pages` pages, the first `populated` written; its range.
-    fn region(&mut self, name: &str, pages: u64, populated: u64) -> (u64, u64) {
-        let l = self.ask(&format!("region {name} {pages} {populated}"), "region");
-        let addr: u64 = l.split_whitespace().nth(2).unwrap().parse().unwrap();
-        (addr, addr + pages * PAGE_SIZE)
-    }
-
-    fn write(&mut self, name: &str, pages: &str) {
-        self.ask(&format!("write {name} {pages}"), "written");
-    }
-}
-
-impl Drop for Testee {
-    fn drop(&mut self) {
-        // By pid, never by name.
-        // SAFETY: kill with integer arguments, on our own (unreaped) child.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
+use common::Testee;
 
 /// The VMAs a pre-dump would track: those CRIU keeps.
 fn eligible(pid: i32) -> Vec<Vma> {
@@ -153,7 +89,7 @@ fn known_writes() {
     if !uffd_wp() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 256, 128);
     let mut tracker = run(t.pid, |frozen, inj| {
         let t0 = std::time::Instant::now();
@@ -199,7 +135,7 @@ fn persists_across_runs() {
     if !uffd_wp() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 64, 64);
     assert_eq!(find_ours(t.pid).unwrap(), None);
     let fd = run(t.pid, |frozen, inj| {
@@ -248,7 +184,7 @@ fn new_vma_after_attach() {
     if !uffd_wp() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 32, 32);
     run(t.pid, |frozen, inj| {
         let mut tr = attach(frozen, inj);
@@ -284,7 +220,7 @@ fn release_restores_the_target() {
     if !uffd_wp() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 16, 16);
     let (fds_before, maps_before) = (fds(t.pid), maps(t.pid));
     let mut tracker = run(t.pid, |frozen, inj| {
@@ -322,7 +258,7 @@ fn targets_own_userfaultfd() {
     if !uffd_wp() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let u = t.region("u", 16, 16);
     let r = t.region("r", 16, 16);
     let l = t.ask("ownuffd u", "ownuffd");
@@ -412,7 +348,7 @@ fn soft_dirty_known_writes() {
     if !soft_dirty() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 256, 128);
     let (fds_before, maps_before) = (fds(t.pid), maps(t.pid));
     let mut tracker = run(t.pid, |frozen, inj| {
@@ -457,7 +393,7 @@ fn soft_dirty_persists_across_runs() {
     if !soft_dirty() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 64, 64);
     run(t.pid, |frozen, inj| {
         let mut tr = attach_soft_dirty(frozen, inj);
@@ -486,7 +422,7 @@ fn soft_dirty_new_vma_and_whole_process() {
     if !soft_dirty() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 32, 32);
     let all = |pid| -> Vec<(u64, u64)> { eligible(pid).iter().map(|v| (v.start, v.end)).collect() };
     run(t.pid, |frozen, inj| {
@@ -527,7 +463,7 @@ fn soft_dirty_many_ranges_and_pagemap_chunks() {
         .unwrap()
         .method();
     eprintln!("scan method here: {}", method.name());
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     const N: u64 = 66_000;
     let r = t.region("big", N, 0);
     let mut tracker = run(t.pid, |frozen, inj| {
@@ -562,7 +498,7 @@ fn target_closed_our_uffd() {
     if !uffd_wp() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     let r = t.region("r", 8, 8);
     let fd = run(t.pid, |frozen, inj| {
         let mut tr = attach(frozen, inj);
@@ -597,7 +533,7 @@ fn while_running_and_many_ranges() {
     if !uffd_wp() {
         return;
     }
-    let mut t = Testee::spawn();
+    let mut t = Testee::track();
     const N: u64 = 10_000;
     let r = t.region("big", N, N);
     let mut tracker = run(t.pid, attach);
