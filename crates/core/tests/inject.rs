@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use predump_core::freeze::Frozen;
-use predump_core::inject::{pidfd_getfd, thread_state, Injector};
+use predump_core::inject::{pidfd_getfd, thread_state, Call, Injector, BATCH_ENTRY_BYTES};
 use predump_core::{proc, Error};
 
 mod common;
@@ -288,6 +288,20 @@ fn inject_sequence(frozen: &Frozen, tid: i32) {
     assert!(e.to_string().contains("close"), "{e}");
     inj.close(r).unwrap();
     inj.close(w).unwrap();
+
+    // A batch: its calls run in order with one resume, up to the first failure.
+    let table = inj.scratch(4 * BATCH_ENTRY_BYTES).unwrap();
+    let got = inj
+        .batch(
+            table,
+            &[
+                Call::new(libc::SYS_getpid, &[]),
+                Call::new(libc::SYS_close, &[999_999]),
+                Call::new(libc::SYS_getpid, &[]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(got, vec![pid as i64, -(libc::EBADF as i64)]);
 
     // The other threads stayed stopped the whole time.
     for &t in &others {
@@ -1252,4 +1266,121 @@ fn a_tracer_killed_between_injected_calls_leaves_the_target_alive() {
     eprintln!(
         "tracer killed with calls back to back: {deaths} target deaths in {landed} kills {how:?}"
     );
+}
+
+#[test]
+fn a_batch_runs_in_order_stops_at_the_first_failure_and_leaves_nothing() {
+    let t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let before = thread_state(&frozen, main).unwrap();
+    let maps_before = maps(pid);
+    let fds_before = fds(pid);
+    let mut inj = Injector::new(&frozen, main).unwrap();
+    let scratch = inj.scratch(8192).unwrap();
+    let table = scratch + 4096;
+    let fd_pair = scratch; // pipe2's int[2]
+    let pipe = Call::new(libc::SYS_pipe2, &[fd_pair, libc::O_CLOEXEC as u64]);
+    // Results in order; each call sees the effects of the one before.
+    let got = inj
+        .batch(table, &[pipe, Call::new(libc::SYS_getpid, &[]), pipe])
+        .unwrap();
+    assert_eq!(got, vec![0, pid as i64, 0]);
+    let mut pair = [0u8; 8];
+    inj.read_memory(fd_pair, &mut pair).unwrap();
+    let last_w = i32::from_ne_bytes(pair[4..8].try_into().unwrap());
+    let opened: Vec<i32> = fds(pid)
+        .keys()
+        .copied()
+        .filter(|fd| !fds_before.contains_key(fd))
+        .collect();
+    assert_eq!(opened.len(), 4, "two pipes: {opened:?}");
+    assert!(opened.contains(&last_w));
+    // A failing call ends the batch: the pipe2 after it never runs.
+    let got = inj
+        .batch(
+            table,
+            &[
+                Call::new(
+                    libc::SYS_close_range,
+                    &[opened[0] as u64, opened[3] as u64, 0],
+                ),
+                Call::new(libc::SYS_close, &[999_999]),
+                pipe,
+            ],
+        )
+        .unwrap();
+    assert_eq!(got, vec![0, -(libc::EBADF as i64)]);
+    assert_eq!(
+        fds(pid),
+        fds_before,
+        "closed, and the last pipe2 did not run"
+    );
+    // The table must lie inside the scratch mapping.
+    let e = inj.batch(scratch + 8192 - 32, &[pipe]).unwrap_err();
+    assert_eq!(e.code(), "EINVAL", "{e}");
+    assert!(
+        e.to_string().contains("not inside the scratch mapping"),
+        "{e}"
+    );
+    assert_eq!(inj.batch(table, &[]).unwrap(), Vec::<i64>::new());
+    inj.restore().unwrap();
+    assert_eq!(thread_state(&frozen, main).unwrap(), before);
+    assert_eq!(maps(pid), maps_before);
+    assert_eq!(fds(pid), fds_before);
+    frozen.thaw();
+    let mut t = t;
+    t.send("echo alive");
+    t.expect("echo alive");
+}
+
+#[test]
+fn a_batch_that_blocks_times_out_and_the_thread_is_put_back() {
+    let t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let before = thread_state(&frozen, main).unwrap();
+    let fds_before = fds(pid);
+    let mut inj = Injector::new(&frozen, main).unwrap();
+    let [r, w] = inj.pipe2(0).unwrap();
+    let scratch = inj.scratch(8192).unwrap();
+    inj.set_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let e = inj
+        .batch(
+            scratch + 4096,
+            &[
+                Call::new(libc::SYS_getpid, &[]),
+                Call::new(libc::SYS_read, &[r as u64, scratch, 1]),
+                Call::new(libc::SYS_getpid, &[]),
+            ],
+        )
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(e.to_string().contains("batch of 3 calls"), "{e}");
+    assert!(e.to_string().contains("did not return"), "{e}");
+    // The table says what ran: the first call only.
+    let mut slot = [0u8; 8];
+    inj.read_memory(scratch + 4096 + 56, &mut slot).unwrap();
+    assert_eq!(i64::from_ne_bytes(slot), pid as i64);
+    inj.read_memory(scratch + 4096 + 64 + 56, &mut slot)
+        .unwrap();
+    assert_eq!(
+        i64::from_ne_bytes(slot),
+        i64::MIN,
+        "the read never returned"
+    );
+    // Still usable, and restore still exact.
+    assert_eq!(inj.getpid().unwrap(), pid);
+    inj.close(r).unwrap();
+    inj.close(w).unwrap();
+    inj.restore().unwrap();
+    assert_eq!(thread_state(&frozen, main).unwrap(), before);
+    assert_eq!(fds(pid), fds_before);
+    frozen.thaw();
+    let mut t = t;
+    t.send("echo alive");
+    t.expect("echo alive");
 }

@@ -57,6 +57,37 @@ pub(super) const TRAP_STOP_OFFSET: u64 = 4;
 /// si_code of the SIGTRAP a user `brk` raises (send_user_sigtrap(TRAP_BRKPT)).
 pub(super) const TRAP_SI_CODE: i32 = libc::TRAP_BRKPT;
 
+/// The batch loop: runs the calls of a table (x19: its address, x20: the number
+/// of calls; per call 8 words: number, six arguments, result) until the count
+/// runs out or a call fails, then traps. Changes x0…x5, x8, x19, x20 and the
+/// flags: all put back at the re-stop. Assembled with llvm-mc (UNTESTED, like the
+/// rest of this file):
+///
+/// ```text
+///  0: cbz x20, 0x30          ; 94 01 00 b4
+///  4: ldp x8, x0, [x19]      ; 68 02 40 a9
+///  8: ldp x1, x2, [x19, #16] ; 61 0a 41 a9
+///  c: ldp x3, x4, [x19, #32] ; 63 12 42 a9
+/// 10: ldr x5, [x19, #48]     ; 65 1a 40 f9
+/// 14: svc #0                 ; 01 00 00 d4
+/// 18: str x0, [x19, #56]     ; 60 1e 00 f9
+/// 1c: cmn x0, #4095          ; 1f fc 3f b1
+/// 20: b.hs 0x30              ; 82 00 00 54  (unsigned: x0 in -4095..-1, an error)
+/// 24: add x19, x19, #64      ; 73 02 01 91
+/// 28: sub x20, x20, #1       ; 94 06 00 d1
+/// 2c: b 0x0                  ; f5 ff ff 17
+/// 30: brk #0                 ; 00 00 20 d4
+/// ```
+pub(super) const BATCH_CODE: [u8; 0x34] = [
+    0x94, 0x01, 0x00, 0xb4, 0x68, 0x02, 0x40, 0xa9, 0x61, 0x0a, 0x41, 0xa9, 0x63, 0x12, 0x42, 0xa9,
+    0x65, 0x1a, 0x40, 0xf9, 0x01, 0x00, 0x00, 0xd4, 0x60, 0x1e, 0x00, 0xf9, 0x1f, 0xfc, 0x3f, 0xb1,
+    0x82, 0x00, 0x00, 0x54, 0x73, 0x02, 0x01, 0x91, 0x94, 0x06, 0x00, 0xd1, 0xf5, 0xff, 0xff, 0x17,
+    0x00, 0x00, 0x20, 0xd4,
+];
+/// Offset of the batch's `brk`; reported with pc at it.
+pub(super) const BATCH_TRAP_OFFSET: u64 = 0x30;
+pub(super) const BATCH_TRAP_STOP_OFFSET: u64 = 0x30;
+
 /// include/uapi/linux/elf.h
 const NT_ARM_SYSTEM_CALL: u32 = 0x404;
 const NT_ARM_SVE: u32 = 0x405;
@@ -132,6 +163,14 @@ pub(super) fn set_syscall(regs: &mut Regs, point: u64, nr: i64, args: &[u64; 6])
     regs.pc = point;
     regs.regs[8] = nr as u64;
     regs.regs[..6].copy_from_slice(args);
+}
+
+/// Sets up the batch loop at `at` over `count` calls of the table at `table`
+/// (see `BATCH_CODE`).
+pub(super) fn set_batch(regs: &mut Regs, at: u64, table: u64, count: u64) {
+    regs.pc = at;
+    regs.regs[19] = table;
+    regs.regs[20] = count;
 }
 
 /// After we interrupted one of our own calls, do_signal() has moved pc back to

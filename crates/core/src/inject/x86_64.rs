@@ -33,6 +33,41 @@ pub(super) const TRAP_STOP_OFFSET: u64 = 3;
 /// si_code of the SIGTRAP that `int3` raises (do_int3_user → SI_KERNEL).
 pub(super) const TRAP_SI_CODE: i32 = libc::SI_KERNEL;
 
+/// The batch loop: runs the calls of a table (rbx: its address, r12: the number
+/// of calls; per call 8 words: number, six arguments, result) until the count
+/// runs out or a call fails, then traps. Only rcx and r11 (clobbered by
+/// `syscall`), rax, the argument registers, rbx and r12 change: all put back at
+/// the re-stop. Assembled with llvm-mc:
+///
+/// ```text
+///  0: test r12, r12          ; 4d 85 e4
+///  3: je 0x37                ; 74 32
+///  5: mov rax, [rbx]         ; 48 8b 03
+///  8: mov rdi, [rbx+8]       ; 48 8b 7b 08
+///  c: mov rsi, [rbx+16]      ; 48 8b 73 10
+/// 10: mov rdx, [rbx+24]      ; 48 8b 53 18
+/// 14: mov r10, [rbx+32]      ; 4c 8b 53 20
+/// 18: mov r8, [rbx+40]       ; 4c 8b 43 28
+/// 1c: mov r9, [rbx+48]       ; 4c 8b 4b 30
+/// 20: syscall                ; 0f 05
+/// 22: mov [rbx+56], rax      ; 48 89 43 38
+/// 26: cmp rax, -4095         ; 48 3d 01 f0 ff ff
+/// 2c: jae 0x37               ; 73 09    (unsigned: rax in -4095..-1, an error)
+/// 2e: add rbx, 64            ; 48 83 c3 40
+/// 32: dec r12                ; 49 ff cc
+/// 35: jmp 0x0                ; eb c9
+/// 37: int3                   ; cc
+/// ```
+pub(super) const BATCH_CODE: [u8; 0x38] = [
+    0x4d, 0x85, 0xe4, 0x74, 0x32, 0x48, 0x8b, 0x03, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10,
+    0x48, 0x8b, 0x53, 0x18, 0x4c, 0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30,
+    0x0f, 0x05, 0x48, 0x89, 0x43, 0x38, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, 0x48, 0x83,
+    0xc3, 0x40, 0x49, 0xff, 0xcc, 0xeb, 0xc9, 0xcc,
+];
+/// Offset of the batch's trap instruction.
+pub(super) const BATCH_TRAP_OFFSET: u64 = 0x37;
+pub(super) const BATCH_TRAP_STOP_OFFSET: u64 = 0x38;
+
 /// The 64-bit user code segment (__USER_CS): a thread running 32-bit code would
 /// decode `0f 05` differently and use the compat syscall table.
 const USER_CS: u64 = 0x33;
@@ -118,6 +153,16 @@ pub(super) fn set_syscall(regs: &mut Regs, point: u64, nr: i64, args: &[u64; 6])
     regs.orig_rax = u64::MAX; // -1
                               // A thread that single-steps itself (TF set with popf) would trap after our
                               // `syscall` instead of at our int3; the saved eflags come back at restore.
+    regs.eflags &= !X86_EFLAGS_TF;
+}
+
+/// Sets up the batch loop at `at` over `count` calls of the table at `table`
+/// (see `BATCH_CODE`), with orig_rax = -1 and no single-step as for one call.
+pub(super) fn set_batch(regs: &mut Regs, at: u64, table: u64, count: u64) {
+    regs.rip = at;
+    regs.rbx = table;
+    regs.r12 = count;
+    regs.orig_rax = u64::MAX;
     regs.eflags &= !X86_EFLAGS_TF;
 }
 
