@@ -59,6 +59,7 @@ impl Frozen {
     /// re-reading /proc/PID/task until it shows no thread we do not hold: a
     /// stopped thread cannot clone, so this ends.
     pub fn freeze(pid: i32) -> Result<Frozen> {
+        let _urgent = Urgent::raise();
         let started = Instant::now();
         let mut frozen = Frozen {
             pid,
@@ -158,8 +159,7 @@ impl Frozen {
 
     /// Lets every thread run again, handing back intercepted signals.
     pub fn thaw(mut self) -> FreezeTimes {
-        self.detach_all();
-        let now = Instant::now();
+        let now = self.detach_all().unwrap_or_else(Instant::now);
         FreezeTimes {
             freezing: self.stopped - self.started,
             frozen: now - self.stopped,
@@ -176,11 +176,14 @@ impl Frozen {
         self.thaw()
     }
 
-    fn detach_all(&mut self) {
+    /// Detaches every thread; returns when the last one was let go (None if
+    /// that happened before).
+    fn detach_all(&mut self) -> Option<Instant> {
         if self.thawed {
-            return;
+            return None;
         }
         self.thawed = true;
+        let _urgent = Urgent::raise();
         for h in &self.held {
             // ESRCH: the thread died while stopped (SIGKILL still works on a
             // traced thread); nothing is left to thaw.
@@ -193,12 +196,71 @@ impl Frozen {
                 reap(h.tid);
             }
         }
+        // Before the guard drops: back at normal priority, the tracer is
+        // preempted at once by the threads it just let go.
+        Some(Instant::now())
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+/// The calling thread at real-time priority (SCHED_FIFO 1) while this lives,
+/// where allowed (CAP_SYS_NICE or RLIMIT_RTPRIO), for the two moments the
+/// target's threads wake while the tracer still has work: interrupting them one
+/// after another, and detaching them. Each woken thread otherwise preempts the
+/// tracer (after a scan its time slice is spent), and on a machine with fewer
+/// CPUs than busy threads the tracer waits its turn with the rest still stopped:
+/// 9 detaches of a target with 8 busy threads on 2 vCPUs took 2.7–4.7 ms instead
+/// of 50 µs, in 5 of 6 runs. Not held during the scan or injected calls: the
+/// tracer waits for the target there, and a real-time tracer spinning on a busy
+/// CPU would only delay it. PREDUMP_NO_REALTIME=1 turns it off.
+struct Urgent {
+    previous: Option<(libc::c_int, libc::sched_param)>,
+}
+
+impl Urgent {
+    fn raise() -> Urgent {
+        let mut urgent = Urgent { previous: None };
+        if std::env::var_os("PREDUMP_NO_REALTIME").is_some_and(|v| v != "0") {
+            return urgent;
+        }
+        // SAFETY: pid 0 is the calling thread; `param` is a valid out pointer.
+        let mut param = libc::sched_param { sched_priority: 0 };
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+            return urgent;
+        }
+        // Already real-time (run under chrt, say): the caller chose; keep it.
+        if matches!(
+            policy & !libc::SCHED_RESET_ON_FORK,
+            libc::SCHED_FIFO | libc::SCHED_RR
+        ) {
+            return urgent;
+        }
+        let fifo = libc::sched_param { sched_priority: 1 };
+        // SAFETY: pid 0 is the calling thread; `fifo` is a valid sched_param.
+        // SCHED_RESET_ON_FORK: nothing we spawn meanwhile inherits it.
+        let r = unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &fifo)
+        };
+        if r == 0 {
+            urgent.previous = Some((policy, param));
+        }
+        urgent
+    }
+}
+
+impl Drop for Urgent {
+    fn drop(&mut self) {
+        if let Some((policy, param)) = self.previous.take() {
+            // SAFETY: pid 0 is the calling thread; `param` is the sched_param
+            // read for it. Lowering one's own priority is always allowed.
+            unsafe { libc::sched_setscheduler(0, policy, &param) };
+        }
     }
 }
 

@@ -164,3 +164,22 @@ fn a_traced_process_is_refused_with_its_tracer() {
     assert_eq!(err.code(), "ETRACED", "{err}");
     assert!(err.to_string().contains("already traced"), "{err}");
 }
+
+/// The tracer runs at real-time priority only while it interrupts and detaches
+/// the target's threads: never left raised, whatever it was before.
+#[test]
+fn the_tracer_priority_is_back_after_freeze_and_thaw() {
+    fn policy() -> i32 {
+        // SAFETY: pid 0 is the calling thread; no pointer.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+    let t = Target::spawn("echo ready; exec sleep 100");
+    assert_eq!(policy(), libc::SCHED_OTHER);
+    let frozen = Frozen::freeze(t.pid()).unwrap();
+    assert_eq!(policy(), libc::SCHED_OTHER, "while frozen");
+    frozen.thaw();
+    assert_eq!(policy(), libc::SCHED_OTHER, "after thaw");
+    let frozen = Frozen::freeze(t.pid()).unwrap();
+    drop(frozen);
+    assert_eq!(policy(), libc::SCHED_OTHER, "after a thaw by drop");
+}

@@ -16,14 +16,14 @@
 //! 3. per call: set pc to the code page, the number and arguments in the syscall
 //!    registers, PTRACE_CONT, wait for the SIGTRAP of the trap instruction, read
 //!    the result register, then *re-stop* (below);
-//! 3b. a batch (`Injector::batch`, splice mode's vmsplice per pipe): the code
+//! 4. a batch (`Injector::batch`, splice mode's vmsplice per pipe): the code
 //!    page also holds a loop (`arch::BATCH_CODE`) that runs the calls of a table
 //!    in the scratch mapping (number, six arguments, a result slot each) and
 //!    traps after the last or after the first that fails. One resume and one
 //!    re-stop for the whole run, instead of ~10 ptrace requests and a scheduler
 //!    round trip per call (1 GiB in splice mode: 1,024 vmsplices, frozen 91 →
 //!    31 ms);
-//! 4. restore: unmap the scratch mapping from the code page; unmap the code page
+//! 5. restore: unmap the scratch mapping from the code page; unmap the code page
 //!    with one last call run at the thread's pc again (the bytes written, the
 //!    call run, the bytes put back: a munmap run *from* the code page would take
 //!    away the page under its own trap instruction, a SIGSEGV); put back the
