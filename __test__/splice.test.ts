@@ -765,10 +765,11 @@ test.serial(
   },
 );
 
-// What a SIGKILL of the tool can do, measured: a kill that lands inside an injected call
-// (the target's thread then runs our trap with no tracer) can kill the target; a kill between
-// calls, during the freeze, the scan or the drain cannot. The injected calls fill most of the
-// injection phase (one vmsplice per MiB), so kills landing there often harm the target: the
+// What a SIGKILL of the tool can do, measured: a kill that lands inside an injection (the
+// target's thread then runs our code, and reaches our trap with no tracer) can kill the
+// target; a kill between injections, during the freeze, the scan or the drain cannot. The
+// batches of vmsplice calls (one per 253 MiB) fill most of the injection phase, so kills
+// landing there often harm the target: the
 // README states the risk with this test's figures. Asserted: harm only ever comes from kills
 // before the drain, never from one during the copy.
 test.serial(

@@ -90,7 +90,7 @@ export function builder(yargs: Argv) {
       default: false,
       describe: 'print the results as one JSON object on stdout instead of the table',
     })
-    .example('predump bench', 'the whole matrix (about 20 min on 2 CPUs)')
+    .example('predump bench', 'the whole matrix (20–30 min on 2 CPUs)')
     .example('predump bench --quick', 'a quick look')
     .example(
       'predump bench --sizes 256M,1G --modes read,splice --chart bench.svg',
