@@ -228,9 +228,10 @@ impl Urgent {
         if std::env::var_os("PREDUMP_NO_REALTIME").is_some_and(|v| v != "0") {
             return urgent;
         }
-        // SAFETY: pid 0 is the calling thread; `param` is a valid out pointer.
         let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; no pointer.
         let policy = unsafe { libc::sched_getscheduler(0) };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid out pointer.
         if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
             return urgent;
         }
