@@ -131,30 +131,39 @@ export function presentPages(entries: readonly PagemapEntry[]): number {
  */
 export function validateEntries(entries: readonly PagemapEntry[], pageSize = PAGE_SIZE): void {
   let prevEnd = 0;
-  entries.forEach((e, i) => {
-    const at = `pagemap entry ${i} (vaddr 0x${e.vaddr.toString(16)}, ${e.nrPages} pages)`;
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
     if (!Number.isSafeInteger(e.vaddr) || e.vaddr < 0 || e.vaddr % pageSize !== 0) {
-      throw new RangeError(`${at}: vaddr must be a page-aligned address`);
+      throw badEntry(e, i, ': vaddr must be a page-aligned address');
     }
     if (!Number.isSafeInteger(e.nrPages) || e.nrPages <= 0) {
-      throw new RangeError(`${at}: nrPages must be a positive integer`);
+      throw badEntry(e, i, ': nrPages must be a positive integer');
     }
     if ((e.flags & ~(PE_PARENT | PE_LAZY | PE_PRESENT)) !== 0 || e.flags === 0) {
-      throw new RangeError(`${at}: flags ${e.flags} are not a combination of PE_* bits`);
+      throw badEntry(e, i, `: flags ${e.flags} are not a combination of PE_* bits`);
     }
     if ((e.flags & PE_PARENT) !== 0 && (e.flags & PE_PRESENT) !== 0) {
-      throw new RangeError(`${at}: PE_PARENT and PE_PRESENT exclude each other`);
+      throw badEntry(e, i, ': PE_PARENT and PE_PRESENT exclude each other');
     }
     const end = e.vaddr + e.nrPages * pageSize;
-    if (!Number.isSafeInteger(end)) throw new RangeError(`${at}: end address overflows`);
+    if (!Number.isSafeInteger(end)) throw badEntry(e, i, ': end address overflows');
     if (i > 0 && e.vaddr < prevEnd) {
       const how = e.vaddr < entries[i - 1]!.vaddr ? 'is not sorted by vaddr' : 'overlaps';
-      throw new RangeError(
-        `${at} ${how}: the previous entry ends at 0x${prevEnd.toString(16)} (entries must be sorted and non-overlapping)`,
+      throw badEntry(
+        e,
+        i,
+        ` ${how}: the previous entry ends at 0x${prevEnd.toString(16)} (entries must be sorted and non-overlapping)`,
       );
     }
     prevEnd = end;
-  });
+  }
+}
+
+/** The error for a bad entry: built only then (a pre-dump has tens of thousands of good ones). */
+function badEntry(e: PagemapEntry, i: number, why: string): RangeError {
+  return new RangeError(
+    `pagemap entry ${i} (vaddr 0x${e.vaddr.toString(16)}, ${e.nrPages} pages)${why}`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -215,15 +215,26 @@ impl Drop for Frozen {
 /// tracer (after a scan its time slice is spent), and on a machine with fewer
 /// CPUs than busy threads the tracer waits its turn with the rest still stopped:
 /// 9 detaches of a target with 8 busy threads on 2 vCPUs took 2.7–4.7 ms instead
-/// of 50 µs, in 5 of 6 runs. Not held during the scan or injected calls: the
+/// of 50 µs, in 5 of 6 runs. The scan's threads hold it too (scan.rs: pure
+/// work while the target is stopped). Not held during injected calls: the
 /// tracer waits for the target there, and a real-time tracer spinning on a busy
 /// CPU would only delay it. PREDUMP_NO_REALTIME=1 turns it off.
-struct Urgent {
+pub(crate) struct Urgent {
     previous: Option<(libc::c_int, libc::sched_param)>,
 }
 
 impl Urgent {
-    fn raise() -> Urgent {
+    pub(crate) fn raise() -> Urgent {
+        Self::raise_with(libc::SCHED_RESET_ON_FORK)
+    }
+
+    /// `raise`, and threads the caller starts meanwhile start real-time too
+    /// (the scan's helpers: they need a CPU at once); they must end before it drops.
+    pub(crate) fn raise_inherited() -> Urgent {
+        Self::raise_with(0)
+    }
+
+    fn raise_with(reset_on_fork: libc::c_int) -> Urgent {
         let mut urgent = Urgent { previous: None };
         if std::env::var_os("PREDUMP_NO_REALTIME").is_some_and(|v| v != "0") {
             return urgent;
@@ -244,10 +255,8 @@ impl Urgent {
         }
         let fifo = libc::sched_param { sched_priority: 1 };
         // SAFETY: pid 0 is the calling thread; `fifo` is a valid sched_param.
-        // SCHED_RESET_ON_FORK: nothing we spawn meanwhile inherits it.
-        let r = unsafe {
-            libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &fifo)
-        };
+        // With SCHED_RESET_ON_FORK nothing we spawn meanwhile inherits it.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | reset_on_fork, &fifo) };
         if r == 0 {
             urgent.previous = Some((policy, param));
         }

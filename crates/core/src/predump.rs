@@ -230,7 +230,7 @@ fn pre_dump_frozen(
         let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
         let vmas = maps::parse_maps(&text)?;
         let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
-        let mut found = scanner.present(&keep)?;
+        let mut found = scanner.present_frozen(&frozen, &keep)?;
         found.vmas_skipped = skipped.len();
         // Tracking reads and re-arms the dirty state while every thread is
         // stopped, before splice mode's injector (one at a time per process).

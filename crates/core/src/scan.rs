@@ -4,12 +4,22 @@
 //! The kernel's PAGEMAP_SCAN ioctl (Linux 6.7+) answers with ranges, filtered in
 //! the kernel, at about 2.75 ms per GiB here; older kernels get /proc/PID/pagemap
 //! read in large chunks (8 bytes a page, about three times slower).
+//!
+//! The walk is the kernel's, one page table entry at a time, and a frozen target
+//! leaves the other CPUs free: a large scan is cut into chunks that the calling
+//! thread and helpers (one per further CPU, up to 3) take in turn, so a helper
+//! that does not get a CPU costs at most the chunk it holds. For a frozen target
+//! they run real-time (`present_frozen`); 1 GiB here: 3.1 → 1.8 ms, 4 GiB:
+//! 11.7 → 6.3 ms. `PREDUMP_SCAN_THREADS=1` keeps the scan on one thread.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
+use crate::freeze::{Frozen, Urgent};
 use crate::maps::{Skip, VmFlags, Vma};
 use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
 
@@ -76,6 +86,13 @@ const SWP_TYPE_MASK: u64 = 0x1f;
 const SCAN_VEC_LEN: usize = 4096;
 /// Pagemap entries read per pread in the fallback (512 KiB).
 const PAGEMAP_CHUNK: usize = 64 * 1024;
+/// Scans smaller than this (64 MiB) run on the calling thread alone: starting a
+/// helper costs about what scanning 10 MiB does.
+const PARALLEL_MIN_PAGES: u64 = 16 * 1024;
+/// Pages per chunk of a parallel scan (32 MiB, ~90 µs of walking here).
+const CHUNK_PAGES: u64 = 8 * 1024;
+/// Helper threads at most, besides the caller.
+const MAX_HELPERS: usize = 3;
 
 /// How present pages are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +129,17 @@ pub struct Scanner {
     /// Our shared zero page's frame number, to drop zero pages in the fallback
     /// (None when PFNs are hidden from us).
     zero_pfn: Option<u64>,
+    /// The caller's PAGEMAP_SCAN result vector (helpers make their own).
     vec: Vec<PageRegion>,
+    helpers: usize,
+}
+
+/// What one scanning thread needs: the shared pagemap and how to read it.
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    pagemap: &'a File,
+    method: ScanMethod,
+    zero_pfn: Option<u64>,
 }
 
 impl Scanner {
@@ -134,11 +161,21 @@ impl Scanner {
                 },
                 _ => Error::sys(format!("open /proc/{pid}/pagemap"), e),
             })?;
+        // PREDUMP_SCAN_THREADS=N: at most N threads in all (1: the caller alone).
+        let wanted = std::env::var("PREDUMP_SCAN_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n >= 1);
+        let helpers = std::thread::available_parallelism()
+            .map_or(0, |n| n.get() - 1)
+            .min(wanted.map_or(MAX_HELPERS, |n| n - 1))
+            .min(MAX_HELPERS);
         let mut scanner = Scanner {
             pagemap,
             method: ScanMethod::PagemapScan,
             zero_pfn: None,
             vec: vec![PageRegion::default(); SCAN_VEC_LEN],
+            helpers,
         };
         scanner.method = match force {
             Some(m) => m,
@@ -155,36 +192,165 @@ impl Scanner {
         self.method
     }
 
+    /// The same scanner on the calling thread alone (tests compare the two).
+    pub fn single_threaded(mut self) -> Scanner {
+        self.helpers = 0;
+        self
+    }
+
     /// An empty scan of page 0, where nothing is ever mapped: ENOTTY on kernels
     /// without the ioctl.
     fn pagemap_scan_works(&mut self) -> bool {
-        self.scan_call(0, PAGE_SIZE).is_ok()
+        scan_call(&self.pagemap, 0, PAGE_SIZE, &mut self.vec).is_ok()
     }
 
-    /// Finds the present pages of `vmas` (already filtered; sorted by address).
+    /// Finds the present pages of `vmas` (already filtered; sorted by address)
+    /// of a running target: at normal priority, whatever the target needs the
+    /// CPUs for.
     pub fn present(&mut self, vmas: &[&Vma]) -> Result<ScanResult> {
-        let mut out = ScanResult::default();
-        for vma in vmas {
-            out.vmas_scanned += 1;
-            out.pages_scanned += vma.pages();
-            match self.method {
-                ScanMethod::PagemapScan => self.scan_ioctl(vma.start, vma.end, &mut out.ranges)?,
-                ScanMethod::PagemapRead => self.scan_read(vma.start, vma.end, &mut out.ranges)?,
+        self.present_with(vmas, false)
+    }
+
+    /// `present` for a target we hold frozen: its CPUs are idle until the thaw,
+    /// so the scan threads run real-time (see freeze::Urgent) and no other
+    /// work on the machine can stretch the stop.
+    pub fn present_frozen(&mut self, frozen: &Frozen, vmas: &[&Vma]) -> Result<ScanResult> {
+        let _ = frozen; // proof of the freeze
+        self.present_with(vmas, true)
+    }
+
+    fn present_with(&mut self, vmas: &[&Vma], realtime: bool) -> Result<ScanResult> {
+        let mut out = ScanResult {
+            vmas_scanned: vmas.len(),
+            pages_scanned: vmas.iter().map(|v| v.pages()).sum(),
+            ..Default::default()
+        };
+        let spans: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+        if self.helpers == 0 || out.pages_scanned < PARALLEL_MIN_PAGES {
+            let walk = Walk {
+                pagemap: &self.pagemap,
+                method: self.method,
+                zero_pfn: self.zero_pfn,
+            };
+            for &(start, end) in &spans {
+                walk.range(start, end, &mut self.vec, &mut out.ranges)?;
             }
+        } else {
+            out.ranges = self.present_parallel(&spans, realtime)?;
         }
         out.pages_present = out.ranges.iter().map(|r| r.pages).sum();
         Ok(out)
     }
 
-    fn scan_ioctl(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
+    /// The chunks of `spans`, taken in turn by this thread and the helpers;
+    /// the results put back in address order.
+    fn present_parallel(&mut self, spans: &[(u64, u64)], realtime: bool) -> Result<Vec<PageRange>> {
+        let chunks = chunks(spans, CHUNK_PAGES);
+        let next = AtomicUsize::new(0);
+        let done: Vec<Mutex<Option<Result<Vec<PageRange>>>>> =
+            chunks.iter().map(|_| Mutex::new(None)).collect();
+        let walk = Walk {
+            pagemap: &self.pagemap,
+            method: self.method,
+            zero_pfn: self.zero_pfn,
+        };
+        let work = |vec: &mut Vec<PageRegion>| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chunk) = chunks.get(i) else { break };
+            let mut found = Vec::new();
+            let r = chunk
+                .iter()
+                .try_for_each(|&(start, end)| walk.range(start, end, vec, &mut found))
+                .map(|()| found);
+            let failed = r.is_err();
+            *done[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            if failed {
+                // The others stop taking chunks; the error is reported below.
+                next.store(chunks.len(), Ordering::Relaxed);
+            }
+        };
+        let vec = &mut self.vec;
+        // Real-time while scanning (see freeze::Urgent), helpers included from
+        // their start: one that waits for a CPU busy with other work adds nothing.
+        let urgent = realtime.then(Urgent::raise_inherited);
+        std::thread::scope(|s| {
+            for _ in 0..self.helpers.min(chunks.len() - 1) {
+                s.spawn(|| work(&mut vec![PageRegion::default(); SCAN_VEC_LEN]));
+            }
+            work(vec);
+        });
+        drop(urgent);
+        let mut ranges = Vec::new();
+        for slot in done {
+            match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(Ok(found)) => {
+                    for r in found {
+                        push_merged(&mut ranges, r.start, r.pages);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                // Not taken: only after another chunk failed (returned above,
+                // as chunks are taken in order).
+                None => {}
+            }
+        }
+        Ok(ranges)
+    }
+}
+
+/// Cuts `spans` (sorted, disjoint) into chunks of about `pages` pages each, in
+/// address order; a span larger than a chunk is cut at page boundaries.
+fn chunks(spans: &[(u64, u64)], pages: u64) -> Vec<Vec<(u64, u64)>> {
+    let limit = pages * PAGE_SIZE;
+    let mut out: Vec<Vec<(u64, u64)>> = Vec::new();
+    let mut current: Vec<(u64, u64)> = Vec::new();
+    let mut filled = 0;
+    for &(start, end) in spans {
         let mut at = start;
         while at < end {
-            let (n, walk_end) = self
-                .scan_call(at, end)
-                .map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
+            let take = (end - at).min(limit - filled);
+            current.push((at, at + take));
+            filled += take;
+            at += take;
+            if filled == limit {
+                out.push(std::mem::take(&mut current));
+                filled = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+impl Walk<'_> {
+    fn range(
+        self,
+        start: u64,
+        end: u64,
+        vec: &mut [PageRegion],
+        out: &mut Vec<PageRange>,
+    ) -> Result<()> {
+        match self.method {
+            ScanMethod::PagemapScan => self.scan_ioctl(start, end, vec, out),
+            ScanMethod::PagemapRead => self.scan_read(start, end, out),
+        }
+    }
+
+    fn scan_ioctl(
+        self,
+        start: u64,
+        end: u64,
+        vec: &mut [PageRegion],
+        out: &mut Vec<PageRange>,
+    ) -> Result<()> {
+        let mut at = start;
+        while at < end {
+            let (n, walk_end) =
+                scan_call(self.pagemap, at, end, vec).map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
             let mut reported = at;
-            for i in 0..n {
-                let r = self.vec[i];
+            for r in &vec[..n] {
                 if r.categories & PAGE_IS_PRESENT == 0 {
                     // Swapped: a real page in swap, or a uffd-wp marker.
                     self.scan_read(r.start, r.end, out)?;
@@ -204,21 +370,7 @@ impl Scanner {
         Ok(())
     }
 
-    /// One PAGEMAP_SCAN: present or swapped pages that are not the zero page.
-    fn scan_call(&mut self, start: u64, end: u64) -> io::Result<(usize, u64)> {
-        let query = PmScanArg {
-            start,
-            end,
-            category_inverted: PAGE_IS_PFNZERO,
-            category_mask: PAGE_IS_PFNZERO,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            ..Default::default()
-        };
-        pagemap_scan(&self.pagemap, query, &mut self.vec)
-    }
-
-    fn scan_read(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
+    fn scan_read(self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
         let mut page = start / PAGE_SIZE;
         let last = end / PAGE_SIZE;
         let mut buf = vec![0u8; ((last.saturating_sub(page)) as usize).min(PAGEMAP_CHUNK) * 8];
@@ -243,6 +395,25 @@ impl Scanner {
         }
         Ok(())
     }
+}
+
+/// One PAGEMAP_SCAN: present or swapped pages that are not the zero page.
+fn scan_call(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    vec: &mut [PageRegion],
+) -> io::Result<(usize, u64)> {
+    let query = PmScanArg {
+        start,
+        end,
+        category_inverted: PAGE_IS_PFNZERO,
+        category_mask: PAGE_IS_PFNZERO,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    pagemap_scan(pagemap, query, vec)
 }
 
 /// One PAGEMAP_SCAN ioctl on an open /proc/PID/pagemap: `query` gives the range,
@@ -481,6 +652,91 @@ mod tests {
         assert_eq!(a.ranges.len(), expect.len());
         assert_eq!(a.ranges, expect);
         assert_eq!(b.ranges, expect);
+    }
+
+    #[test]
+    fn chunks_cut_spans_at_page_boundaries_in_order() {
+        let p = PAGE_SIZE;
+        let spans = [(0, 3 * p), (10 * p, 11 * p), (20 * p, 25 * p)];
+        assert_eq!(
+            chunks(&spans, 4),
+            vec![
+                vec![(0, 3 * p), (10 * p, 11 * p)],
+                vec![(20 * p, 24 * p)],
+                vec![(24 * p, 25 * p)],
+            ]
+        );
+        assert_eq!(chunks(&spans, 100), vec![spans.to_vec()]);
+    }
+
+    /// A scan large enough to be cut into chunks for the helper threads gives
+    /// what the calling thread alone finds, runs merged across chunk borders.
+    #[test]
+    fn a_parallel_scan_finds_what_one_thread_does() {
+        let pages = 3 * CHUNK_PAGES as usize + 100;
+        let len = pages * PAGE_SIZE as usize;
+        // SAFETY: a private anonymous mapping used only here and unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        no_thp(base, len);
+        // Runs of written pages, one across each chunk border, and read-only
+        // (zero) pages between them.
+        let mut expect = Vec::new();
+        for i in 0..pages as u64 {
+            let written =
+                i % 7 < 3 || (CHUNK_PAGES - 5..CHUNK_PAGES + 5).contains(&(i % CHUNK_PAGES));
+            let p = (base + i * PAGE_SIZE) as *mut u8;
+            // SAFETY: page i lies inside the mapping.
+            unsafe {
+                if written {
+                    std::ptr::write_volatile(p, 1);
+                } else {
+                    std::ptr::read_volatile(p);
+                }
+            }
+            if written {
+                push_merged(&mut expect, base + i * PAGE_SIZE, 1);
+            }
+        }
+        let vma = Vma {
+            start: base,
+            end: base + len as u64,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            inode: 0,
+            name: String::new(),
+        };
+        let me = std::process::id() as i32;
+        let mut scanner = Scanner::open(me).unwrap();
+        scanner.helpers = 2; // whatever this machine has
+        let parallel = scanner.present(&[&vma]).unwrap();
+        let again = scanner.present_with(&[&vma], true).unwrap();
+        assert_eq!(again.ranges, parallel.ranges);
+        // SAFETY: pid 0 is the calling thread; no pointer.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        assert_eq!(policy, libc::SCHED_OTHER, "real-time only while scanning");
+        let single = Scanner::open(me)
+            .unwrap()
+            .single_threaded()
+            .present(&[&vma])
+            .unwrap();
+        // SAFETY: unmapping the test's own mapping.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        assert_eq!(single.ranges, expect);
+        assert_eq!(parallel.ranges, expect);
+        assert_eq!(parallel.pages_scanned, pages as u64);
+        assert_eq!(parallel.pages_present, single.pages_present);
     }
 
     #[test]

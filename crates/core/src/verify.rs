@@ -58,7 +58,7 @@ pub fn verify(pid: i32, chain: &[Layer], wanted: &[PageRange]) -> Result<VerifyR
         let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
         let vmas = maps::parse_maps(&text)?;
         let (keep, _) = scan::select(&vmas, &vm_flags, true);
-        let live = scanner.present(&keep)?;
+        let live = scanner.present_frozen(&frozen, &keep)?;
         report.missing = subtract(&live.ranges, wanted).iter().map(|r| r.pages).sum();
         let mut remaining = wanted.to_vec();
         for (layer, file) in chain.iter().zip(&files) {
