@@ -462,7 +462,41 @@ impl SoftDirtyRecord {
             .with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, generation)
             .and_then(|()| std::fs::rename(&tmp, &self.path))
-            .map_err(failed)
+            .map_err(failed)?;
+        self.prune_others(dir);
+        Ok(())
+    }
+
+    /// Removes the records of processes that are gone (their pid free, or
+    /// reused by a process started later), so the directory does not grow with
+    /// every target ever tracked. Best effort: a record that cannot be removed
+    /// stays, and a stale one is never trusted anyway (the start time is in
+    /// its name).
+    fn prune_others(&self, dir: &std::path::Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path == self.path {
+                continue;
+            }
+            let name = entry.file_name();
+            let Some((pid, start)) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("soft-dirty-"))
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, start)| {
+                    Some((pid.parse::<i32>().ok()?, start.parse::<u64>().ok()?))
+                })
+            else {
+                continue; // not a record (a temporary file of a run in progress)
+            };
+            let alive = crate::proc::stat(pid).is_ok_and(|st| st.start_time == start);
+            if !alive {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 
@@ -1129,6 +1163,30 @@ Max open files            1024                 524288               files     \n
         assert_eq!(r.read().unwrap().as_deref(), Some("def"));
         // Another start time of the same pid: another process.
         assert_eq!(SoftDirtyRecord::at(&dir, 42, 8).read().unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writing_a_soft_dirty_record_removes_those_of_gone_processes() {
+        let dir = std::env::temp_dir().join(format!("predump-prune-test-{}", std::process::id()));
+        let me = std::process::id() as i32;
+        let my_start = crate::proc::stat(me).unwrap().start_time;
+        let live = SoftDirtyRecord::at(&dir, me, my_start);
+        live.write("mine").unwrap();
+        // Above any pid_max: no such process. And our pid with another start
+        // time: a process that had our pid before us.
+        let gone = SoftDirtyRecord::at(&dir, 4_194_305, 1);
+        let reused = SoftDirtyRecord::at(&dir, me, my_start + 1);
+        gone.write("g").unwrap();
+        reused.write("r").unwrap(); // prunes `gone`, keeps itself and `live`
+        assert_eq!(gone.read().unwrap(), None);
+        assert_eq!(reused.read().unwrap().as_deref(), Some("r"));
+        let other = dir.join("not-a-record");
+        std::fs::write(&other, "x").unwrap();
+        live.write("mine again").unwrap(); // prunes `reused`
+        assert_eq!(reused.read().unwrap(), None);
+        assert_eq!(live.read().unwrap().as_deref(), Some("mine again"));
+        assert!(other.exists(), "only records are touched");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
