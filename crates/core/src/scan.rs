@@ -275,7 +275,11 @@ impl Scanner {
         let urgent = realtime.then(Urgent::raise_inherited);
         std::thread::scope(|s| {
             for _ in 0..self.helpers.min(chunks.len() - 1) {
-                s.spawn(|| work(&mut vec![PageRegion::default(); SCAN_VEC_LEN]));
+                // A helper that cannot be started (thread limit, memory) is
+                // no error: the caller takes its chunks.
+                let _ = std::thread::Builder::new()
+                    .name("predump-scan".into())
+                    .spawn_scoped(s, || work(&mut vec![PageRegion::default(); SCAN_VEC_LEN]));
             }
             work(vec);
         });
