@@ -5,7 +5,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chown, mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 
@@ -36,6 +36,14 @@ import {
   tempDir,
   type Target,
 } from './helpers.js';
+
+/** A process's command name, or undefined once it is gone. */
+async function comm(pid: number): Promise<string | undefined> {
+  return readFile(`/proc/${pid}/comm`, 'utf8').then(
+    (c) => c.trim(),
+    () => undefined,
+  );
+}
 
 /** The target is alive, untraced, its memory map unchanged and its own check ok. */
 async function assertUnharmed(
@@ -119,9 +127,11 @@ test.serial('a thread id that is not a process id: ETHREAD, no images', async (t
 });
 
 test('a zombie: exit 1, EZOMBIE', async (t) => {
-  // `sleep 0` exits at once; its parent becomes `sleep 1000`, which never reaps it.
-  const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 1000'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+  // The background child exits when we write a line to it, once its parent has become
+  // `sleep 1000`, which never reaps it (exiting earlier, sh could reap it itself).
+  // (A background job's stdin is /dev/null unless redirected: hence fd 3.)
+  const parent = spawn('sh', ['-c', 'exec 3<&0; read go <&3 & echo $!; exec sleep 1000'], {
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
   const exited = new Promise((resolve) => parent.once('exit', resolve));
   t.teardown(async () => {
@@ -131,6 +141,12 @@ test('a zombie: exit 1, EZOMBIE', async (t) => {
   const rl = createInterface({ input: parent.stdout! });
   const zombie = Number(await new Promise<string>((resolve) => rl.once('line', resolve)));
   t.true(zombie > 0);
+  for (let i = 0; i < 1000 && (await comm(parent.pid!)) !== 'sleep'; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10)); // bounded re-read of /proc
+  }
+  t.is(await comm(parent.pid!), 'sleep', 'the parent exec-ed');
+  t.not(await statState(zombie), 'Z', 'the child waits for our line');
+  parent.stdin!.write('go\n');
   let state: string | undefined;
   for (let i = 0; i < 1000 && (state = await statState(zombie)) !== 'Z'; i++) {
     await new Promise((resolve) => setTimeout(resolve, 10)); // bounded re-read of /proc
