@@ -246,10 +246,12 @@ impl Urgent {
         if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
             return urgent;
         }
-        // Already real-time (run under chrt, say): the caller chose; keep it.
-        if matches!(
+        // Only from the normal policies: a real-time or deadline caller (chrt)
+        // chose its own, and a deadline one could not be put back by
+        // sched_setscheduler.
+        if !matches!(
             policy & !libc::SCHED_RESET_ON_FORK,
-            libc::SCHED_FIFO | libc::SCHED_RR
+            libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE
         ) {
             return urgent;
         }

@@ -183,3 +183,35 @@ fn the_tracer_priority_is_back_after_freeze_and_thaw() {
     drop(frozen);
     assert_eq!(policy(), libc::SCHED_OTHER, "after a thaw by drop");
 }
+
+/// A tracer that already runs real-time (under chrt) keeps its own policy.
+#[test]
+fn a_real_time_caller_keeps_its_own_priority() {
+    fn get() -> (i32, i32) {
+        let mut p = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `p` is a valid out pointer.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        // SAFETY: as above.
+        unsafe { libc::sched_getparam(0, &mut p) };
+        (policy, p.sched_priority)
+    }
+    fn set(policy: i32, priority: i32) -> bool {
+        let p = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: pid 0 is the calling thread; `p` is a valid sched_param.
+        unsafe { libc::sched_setscheduler(0, policy, &p) == 0 }
+    }
+    if !set(libc::SCHED_RR, 2) {
+        eprintln!("real-time priority not allowed here: test skipped");
+        return;
+    }
+    let t = Target::spawn("echo ready; exec sleep 100");
+    let frozen = Frozen::freeze(t.pid()).unwrap();
+    let during = get();
+    frozen.thaw();
+    let after = get();
+    assert!(set(libc::SCHED_OTHER, 0));
+    assert_eq!(during, (libc::SCHED_RR, 2));
+    assert_eq!(after, (libc::SCHED_RR, 2));
+}
