@@ -69,15 +69,12 @@ export interface BenchReport {
   reference: ReferenceFigures;
   goals: Goal[];
   machine: MachineInfo;
-  plan: {
+  /** The plan as run: sizes in bytes, and the command line that asked for it. */
+  plan: Pick<
+    BenchPlan,
+    'threads' | 'dirtyRates' | 'churn' | 'modes' | 'iterations' | 'runs' | 'quick'
+  > & {
     sizes: number[];
-    threads: number[];
-    dirtyRates: number[];
-    churn: boolean[];
-    modes: BenchMode[];
-    iterations: number;
-    runs: number;
-    quick: boolean;
     command: string;
   };
   skipped: Skip[];

@@ -192,12 +192,6 @@ impl Scanner {
         self.method
     }
 
-    /// The same scanner on the calling thread alone (tests compare the two).
-    pub fn single_threaded(mut self) -> Scanner {
-        self.helpers = 0;
-        self
-    }
-
     /// An empty scan of page 0, where nothing is ever mapped: ENOTTY on kernels
     /// without the ioctl.
     fn pagemap_scan_works(&mut self) -> bool {
@@ -214,8 +208,8 @@ impl Scanner {
     /// `present` for a target we hold frozen: its CPUs are idle until the thaw,
     /// so the scan threads run real-time (see freeze::Urgent) and no other
     /// work on the machine can stretch the stop.
-    pub fn present_frozen(&mut self, frozen: &Frozen, vmas: &[&Vma]) -> Result<ScanResult> {
-        let _ = frozen; // proof of the freeze
+    /// (`_frozen` is only the proof that it is.)
+    pub fn present_frozen(&mut self, _frozen: &Frozen, vmas: &[&Vma]) -> Result<ScanResult> {
         self.present_with(vmas, true)
     }
 
@@ -535,27 +529,44 @@ mod tests {
         assert_eq!(r, 0, "madvise(MADV_NOHUGEPAGE)");
     }
 
-    /// Maps `pages` pages in this process, touches `touched` of them for writing,
-    /// reads others (zero page), and scans with both methods.
-    #[test]
-    fn both_methods_agree_on_own_memory() {
-        let pages = 64usize;
-        // SAFETY: a private anonymous mapping used only inside this test and
-        // unmapped at its end.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                pages * PAGE_SIZE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as u64;
-        no_thp(base, pages * PAGE_SIZE as usize);
-        let touch = |i: u64, write: bool| {
-            let p = (base + i * PAGE_SIZE) as *mut u8;
-            // SAFETY: page i is inside the mapping made above.
+    /// A private anonymous mapping of the test's own, in base pages, unmapped
+    /// when dropped.
+    struct Mapping {
+        base: u64,
+        len: usize,
+    }
+
+    impl Mapping {
+        fn new(pages: usize) -> Mapping {
+            let len = pages * PAGE_SIZE as usize;
+            // SAFETY: a fresh private anonymous mapping, owned by the Mapping.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(base, libc::MAP_FAILED, "mmap");
+            no_thp(base as u64, len);
+            Mapping {
+                base: base as u64,
+                len,
+            }
+        }
+
+        fn page(&self, i: u64) -> u64 {
+            self.base + i * PAGE_SIZE
+        }
+
+        /// Writes to page `i`, or only reads it (which maps the zero page).
+        fn touch(&self, i: u64, write: bool) {
+            assert!(i * PAGE_SIZE < self.len as u64);
+            let p = self.page(i) as *mut u8;
+            // SAFETY: page i is inside the mapping (checked above).
             unsafe {
                 if write {
                     std::ptr::write_volatile(p, 1)
@@ -563,24 +574,43 @@ mod tests {
                     std::ptr::read_volatile(p);
                 }
             }
-        };
+        }
+
+        fn vma(&self) -> Vma {
+            Vma {
+                start: self.base,
+                end: self.base + self.len as u64,
+                read: true,
+                write: true,
+                exec: false,
+                shared: false,
+                offset: 0,
+                inode: 0,
+                name: String::new(),
+            }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: unmapping the Mapping's own pages; nothing points into them.
+            unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+        }
+    }
+
+    /// Maps `pages` pages in this process, touches `touched` of them for writing,
+    /// reads others (zero page), and scans with both methods.
+    #[test]
+    fn both_methods_agree_on_own_memory() {
+        let m = Mapping::new(64);
+        let base = m.base;
         for i in [0, 1, 2, 10, 63] {
-            touch(i, true);
+            m.touch(i, true);
         }
         for i in [5, 6] {
-            touch(i, false); // zero page: must not be reported
+            m.touch(i, false); // zero page: must not be reported
         }
-        let vma = Vma {
-            start: base,
-            end: base + pages as u64 * PAGE_SIZE,
-            read: true,
-            write: true,
-            exec: false,
-            shared: false,
-            offset: 0,
-            inode: 0,
-            name: String::new(),
-        };
+        let vma = m.vma();
         let me = std::process::id() as i32;
         let expect = vec![
             PageRange::new(base, 3),
@@ -600,8 +630,6 @@ mod tests {
         let a = ioctl.present(&[&vma]).unwrap();
         let mut read = Scanner::open_with(me, Some(ScanMethod::PagemapRead)).unwrap();
         let b = read.present(&[&vma]).unwrap();
-        // SAFETY: unmapping the test's own mapping; nothing points into it anymore.
-        unsafe { libc::munmap(base as *mut libc::c_void, pages * PAGE_SIZE as usize) };
         assert_eq!(a.ranges, expect);
         assert_eq!(b.ranges, expect);
         assert_eq!(a.pages_scanned, 64);
@@ -613,42 +641,18 @@ mod tests {
     #[test]
     fn sparse_memory_needs_several_calls() {
         let pages = 4 * SCAN_VEC_LEN;
-        let len = pages * PAGE_SIZE as usize;
-        // SAFETY: a private anonymous mapping used only here and unmapped below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as u64;
-        no_thp(base, len);
+        let m = Mapping::new(pages);
+        let base = m.base;
         for i in (0..pages as u64).step_by(2) {
-            // SAFETY: page i lies inside the mapping.
-            unsafe { std::ptr::write_volatile((base + i * PAGE_SIZE) as *mut u8, 1) };
+            m.touch(i, true);
         }
-        let vma = Vma {
-            start: base,
-            end: base + len as u64,
-            read: true,
-            write: true,
-            exec: false,
-            shared: false,
-            offset: 0,
-            inode: 0,
-            name: String::new(),
-        };
+        let vma = m.vma();
         let me = std::process::id() as i32;
         let a = Scanner::open(me).unwrap().present(&[&vma]).unwrap();
         let b = Scanner::open_with(me, Some(ScanMethod::PagemapRead))
             .unwrap()
             .present(&[&vma])
             .unwrap();
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { libc::munmap(base as *mut libc::c_void, len) };
         let expect: Vec<PageRange> = (0..pages as u64)
             .step_by(2)
             .map(|i| PageRange::new(base + i * PAGE_SIZE, 1))
@@ -678,49 +682,19 @@ mod tests {
     #[test]
     fn a_parallel_scan_finds_what_one_thread_does() {
         let pages = 3 * CHUNK_PAGES as usize + 100;
-        let len = pages * PAGE_SIZE as usize;
-        // SAFETY: a private anonymous mapping used only here and unmapped below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as u64;
-        no_thp(base, len);
+        let m = Mapping::new(pages);
         // Runs of written pages, one across each chunk border, and read-only
         // (zero) pages between them.
         let mut expect = Vec::new();
         for i in 0..pages as u64 {
             let written =
                 i % 7 < 3 || (CHUNK_PAGES - 5..CHUNK_PAGES + 5).contains(&(i % CHUNK_PAGES));
-            let p = (base + i * PAGE_SIZE) as *mut u8;
-            // SAFETY: page i lies inside the mapping.
-            unsafe {
-                if written {
-                    std::ptr::write_volatile(p, 1);
-                } else {
-                    std::ptr::read_volatile(p);
-                }
-            }
+            m.touch(i, written);
             if written {
-                push_merged(&mut expect, base + i * PAGE_SIZE, 1);
+                push_merged(&mut expect, m.page(i), 1);
             }
         }
-        let vma = Vma {
-            start: base,
-            end: base + len as u64,
-            read: true,
-            write: true,
-            exec: false,
-            shared: false,
-            offset: 0,
-            inode: 0,
-            name: String::new(),
-        };
+        let vma = m.vma();
         let me = std::process::id() as i32;
         let mut scanner = Scanner::open(me).unwrap();
         scanner.helpers = 2; // whatever this machine has
@@ -730,13 +704,9 @@ mod tests {
         // SAFETY: pid 0 is the calling thread; no pointer.
         let policy = unsafe { libc::sched_getscheduler(0) };
         assert_eq!(policy, libc::SCHED_OTHER, "real-time only while scanning");
-        let single = Scanner::open(me)
-            .unwrap()
-            .single_threaded()
-            .present(&[&vma])
-            .unwrap();
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        let mut alone = Scanner::open(me).unwrap();
+        alone.helpers = 0;
+        let single = alone.present(&[&vma]).unwrap();
         assert_eq!(single.ranges, expect);
         assert_eq!(parallel.ranges, expect);
         assert_eq!(parallel.pages_scanned, pages as u64);

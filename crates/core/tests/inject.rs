@@ -676,6 +676,7 @@ fn a_target_killed_during_an_injection_is_target_exited() {
     frozen.thaw();
 }
 
+/// A blocking call times out alone or inside a batch; the thread is put back.
 #[test]
 fn a_blocking_injected_call_times_out_and_the_thread_is_put_back() {
     let t = Testee::spawn(&["signals"]);
@@ -687,7 +688,7 @@ fn a_blocking_injected_call_times_out_and_the_thread_is_put_back() {
     let fds_before = fds(pid);
     let mut inj = Injector::new(&frozen, main).unwrap();
     let [r, w] = inj.pipe2(0).unwrap();
-    let buf = inj.scratch(64).unwrap();
+    let buf = inj.scratch(8192).unwrap();
     inj.set_timeout(Duration::from_millis(200));
     let started = Instant::now();
     let e = inj
@@ -695,6 +696,36 @@ fn a_blocking_injected_call_times_out_and_the_thread_is_put_back() {
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(e.to_string().contains("did not return"), "{e}");
+    // Still usable.
+    assert_eq!(inj.getpid().unwrap(), pid);
+
+    // The same read inside a batch.
+    let table = buf + 4096;
+    let started = Instant::now();
+    let e = inj
+        .batch(
+            table,
+            &[
+                Call::new(libc::SYS_getpid, &[]),
+                Call::new(libc::SYS_read, &[r as u64, buf, 1]),
+                Call::new(libc::SYS_getpid, &[]),
+            ],
+        )
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(e.to_string().contains("batch of 3 calls"), "{e}");
+    assert!(e.to_string().contains("did not return"), "{e}");
+    // The table says what ran: the first call only.
+    let mut slot = [0u8; 8];
+    inj.read_memory(table + 56, &mut slot).unwrap();
+    assert_eq!(i64::from_ne_bytes(slot), pid as i64);
+    inj.read_memory(table + 64 + 56, &mut slot).unwrap();
+    assert_eq!(
+        i64::from_ne_bytes(slot),
+        i64::MIN,
+        "the read never returned"
+    );
+
     // Still usable, and restore still exact.
     assert_eq!(inj.getpid().unwrap(), pid);
     inj.close(r).unwrap();
@@ -1328,56 +1359,6 @@ fn a_batch_runs_in_order_stops_at_the_first_failure_and_leaves_nothing() {
     inj.restore().unwrap();
     assert_eq!(thread_state(&frozen, main).unwrap(), before);
     assert_eq!(maps(pid), maps_before);
-    assert_eq!(fds(pid), fds_before);
-    frozen.thaw();
-    let mut t = t;
-    t.send("echo alive");
-    t.expect("echo alive");
-}
-
-#[test]
-fn a_batch_that_blocks_times_out_and_the_thread_is_put_back() {
-    let t = Testee::spawn(&["signals"]);
-    let (pid, main) = (t.pid, t.main);
-    wait_blocked(pid, main, libc::SYS_read);
-    let frozen = Frozen::freeze(pid).unwrap();
-    let before = thread_state(&frozen, main).unwrap();
-    let fds_before = fds(pid);
-    let mut inj = Injector::new(&frozen, main).unwrap();
-    let [r, w] = inj.pipe2(0).unwrap();
-    let scratch = inj.scratch(8192).unwrap();
-    inj.set_timeout(Duration::from_millis(200));
-    let started = Instant::now();
-    let e = inj
-        .batch(
-            scratch + 4096,
-            &[
-                Call::new(libc::SYS_getpid, &[]),
-                Call::new(libc::SYS_read, &[r as u64, scratch, 1]),
-                Call::new(libc::SYS_getpid, &[]),
-            ],
-        )
-        .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(e.to_string().contains("batch of 3 calls"), "{e}");
-    assert!(e.to_string().contains("did not return"), "{e}");
-    // The table says what ran: the first call only.
-    let mut slot = [0u8; 8];
-    inj.read_memory(scratch + 4096 + 56, &mut slot).unwrap();
-    assert_eq!(i64::from_ne_bytes(slot), pid as i64);
-    inj.read_memory(scratch + 4096 + 64 + 56, &mut slot)
-        .unwrap();
-    assert_eq!(
-        i64::from_ne_bytes(slot),
-        i64::MIN,
-        "the read never returned"
-    );
-    // Still usable, and restore still exact.
-    assert_eq!(inj.getpid().unwrap(), pid);
-    inj.close(r).unwrap();
-    inj.close(w).unwrap();
-    inj.restore().unwrap();
-    assert_eq!(thread_state(&frozen, main).unwrap(), before);
     assert_eq!(fds(pid), fds_before);
     frozen.thaw();
     let mut t = t;
