@@ -233,6 +233,44 @@ try {
   },
 );
 
+// Root, but without CAP_SYS_PTRACE (as in a container that drops it), against a process
+// of ours holding every capability: the message says what the kernel weighed, not
+// "run as root".
+test.serial(
+  'root without CAP_SYS_PTRACE against a more privileged process: exit 1, EPERM, why',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
+    const before = await snapshot(target.pid);
+    const dir = path.join(await tempDir(t), 'images');
+    const p = startProcess('setpriv', [
+      '--inh-caps=-sys_ptrace',
+      '--bounding-set=-sys_ptrace',
+      NODE,
+      BIN,
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      dir,
+      '--json',
+    ]);
+    const r = await p.done;
+    assertCliError(t, r, {
+      exit: 1,
+      code: 'EPERM',
+      message: new RegExp(
+        `not permitted to \\w+ process ${target.pid}: [^:]+: ` +
+          `process ${target.pid} holds capabilities predump lacks \\(cap_sys_ptrace\\), and without ` +
+          'CAP_SYS_PTRACE a tracer may trace only a process whose capabilities are a subset of ' +
+          'its own \\(predump runs as root without CAP_SYS_PTRACE',
+      ),
+    });
+    t.notRegex(r.stderr, /run as root|yama/i);
+    t.false(existsSync(dir));
+    await assertUnharmed(t, target, before);
+  },
+);
+
 test.serial('a target traced by another tracer (strace): exit 1, ETRACED', async (t) => {
   const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
   const strace = spawn('strace', ['-f', '-e', 'trace=none', '-p', String(target.pid)], {

@@ -18,6 +18,7 @@ interface CheckJson {
   trackMemAuto: string;
   modes: { read: boolean; splice: boolean; freezeFree: boolean };
   defaultMode: string;
+  criu: { continuesChains: boolean; note: string };
 }
 
 const CAPABILITIES = [
@@ -63,6 +64,9 @@ test('check --json reports every capability, as found on this machine', async (t
   );
   t.true(j.modes.freezeFree);
   t.is(j.defaultMode, 'freeze-free');
+  // No soft-dirty: CRIU cannot continue a chain here, and the handover is said.
+  t.false(j.criu.continuesChains);
+  t.regex(j.criu.note, /criu dump cannot continue any chain here .*'predump untrack -t PID'/);
   t.true(j.pipeMaxSize === null || j.pipeMaxSize > 0);
   t.is(r.stderr, '');
 });
@@ -85,6 +89,7 @@ test('check prints a table with every capability and the summary', async (t) => 
   t.regex(r.stdout, /^track-mem auto +uffd-wp$/m);
   t.regex(r.stdout, /^pre-dump modes +read yes, splice (yes|no), freeze-free yes$/m);
   t.regex(r.stdout, /^default mode +freeze-free$/m);
+  t.regex(r.stdout, /^criu +no soft-dirty: criu dump cannot continue any chain here/m);
   t.regex(r.stdout, /^pipe-max-size /m);
   t.regex(r.stdout, /^ptrace_scope /m);
 });
@@ -94,5 +99,6 @@ test('check --help explains what each capability is for', async (t) => {
   t.is(r.code, 0, r.stderr);
   for (const name of CAPABILITIES) t.regex(r.stdout, new RegExp(`^ +${name} +\\S`, 'm'));
   t.regex(r.stdout, /read mode needs ptrace and process_vm_readv/);
+  t.regex(r.stdout, /'predump untrack'\) before criu dump/);
   t.regex(r.stdout, /--json/);
 });

@@ -259,6 +259,18 @@ export async function procState(pid: number, tid = pid): Promise<ProcState | und
   return { state: field('State').charAt(0), tracerPid: Number(field('TracerPid')) };
 }
 
+/** Threads of `pid` that are stopped or traced (a process that is gone or dying has none). */
+export async function heldThreads(pid: number): Promise<string[]> {
+  const held: string[] = [];
+  for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const s = await procState(pid, Number(tid));
+    if (s === undefined) continue;
+    if (s.state === 't' || s.state === 'T') held.push(`${pid}/${tid} in state ${s.state}`);
+    if (s.tracerPid !== 0) held.push(`${pid}/${tid} traced by ${s.tracerPid}`);
+  }
+  return held;
+}
+
 /** The state letter of /proc/PID/stat (after the last ')'), or undefined if it is gone. */
 export async function statState(pid: number): Promise<string | undefined> {
   const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
@@ -426,7 +438,8 @@ export async function rebuildChain(dir: string): Promise<Map<number, Buffer>> {
   let at: string | undefined = dir;
   while (at !== undefined && out.size < wanted.size) {
     const d = await readPreDumpDir(at);
-    const pages = await readFile(path.join(at, pagesFileName(1)));
+    // A page server's directory names its pages file after its own id (CRIU's 65537).
+    const pages = await readFile(path.join(at, pagesFileName(d.pagesId ?? 1)));
     let offset = 0;
     for (const e of d.entries) {
       if (!(e.flags & PE_PRESENT)) continue;

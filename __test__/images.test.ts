@@ -502,3 +502,22 @@ test('uint64 values beyond Number.MAX_SAFE_INTEGER are refused, not rounded', (t
     message: /bad pagemap_entry message: missing required .vaddr./,
   });
 });
+
+test('entries of older CRIU versions read as CRIU reads them (in_parent, no flags)', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(
+    join(dir, pagemapFileName(REF_PID)),
+    encodeImage('PAGEMAP', [
+      encodePagemapHead({ pagesId: 1 }),
+      encodePagemapEntry({ vaddr: 0x1000, compatNrPages: 2 }), // no flags: present
+      encodePagemapEntry({ vaddr: 0x3000, compatNrPages: 1, inParent: true }), // in the parent only
+      encodePagemapEntry({ vaddr: 0x8000, compatNrPages: 0, flags: PE_PRESENT, nrPages: 5 }),
+    ]),
+  );
+  const d = await readPreDumpDir(dir);
+  t.deepEqual(d.entries, [
+    { vaddr: 0x1000, nrPages: 2, flags: PE_PRESENT },
+    { vaddr: 0x3000, nrPages: 1, flags: PE_PARENT },
+    { vaddr: 0x8000, nrPages: 5, flags: PE_PRESENT },
+  ]);
+});

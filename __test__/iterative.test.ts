@@ -3,9 +3,21 @@
  */
 import test from 'ava';
 import { existsSync } from 'node:fs';
-import { open, readdir, readFile, readlink, rm, symlink } from 'node:fs/promises';
+import {
+  open,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import path from 'node:path';
 import { PE_PARENT, PE_PRESENT, pagesFileName, readPreDumpDir } from '../ts/images/index.js';
+import { decodeImage, encodeImage } from '../ts/images/format.js';
+import { decodeInventory, encodeInventory } from '../ts/images/proto.js';
 import { preDump } from '../ts/predump.js';
 import {
   MiB,
@@ -156,7 +168,10 @@ test.serial(
       trackMem: 'uffd-wp',
       prevImagesDir: path.join(tmp, 'a'),
     });
-    t.regex(c.trackNote ?? '', /armed by another run/);
+    t.regex(
+      c.trackNote ?? '',
+      /re-armed after the parent images were made, by a later pre-dump \(is the parent the newest of its chain\?\)/,
+    );
     t.is(c.pagesSkippedParent, 0);
   },
 );
@@ -184,7 +199,19 @@ test.serial('bad parents: another process, missing, incomplete, broken chain', a
   const theirs = path.join(tmp, 'theirs');
   await preDump({ pid: other.pid, imagesDir: theirs });
   await refused('x1', theirs, new RegExp(`made for process ${other.pid}, not ${target.pid}`));
-  await refused('x2', path.join(tmp, 'nowhere'), /corrupt|no such file/i);
+  await refused('x2', path.join(tmp, 'nowhere'), /do not exist/);
+  // A file is not a directory, and neither it nor a missing one is "corrupt".
+  const file = path.join(tmp, 'a-file');
+  await writeFile(file, 'not images\n');
+  await refused('x2f', file, new RegExp(`parent images ${file} are not a directory`));
+  for (const prev of [file, path.join(tmp, 'nowhere')]) {
+    const r = await runCli(args('x2c', prev));
+    t.notRegex(r.stderr, /corrupt/, prev);
+    // Without --json: the same message on stderr, exit 1.
+    const plain = await runCli(args('x2c', prev).slice(0, -1));
+    t.is(plain.code, 1);
+    t.regex(plain.stderr, /^predump: error: parent images .* (do not exist|are not a directory)/m);
+  }
 
   const incomplete = path.join(tmp, 'incomplete');
   await preDump({ pid: target.pid, imagesDir: incomplete });
@@ -205,10 +232,172 @@ test.serial('bad parents: another process, missing, incomplete, broken chain', a
   await rm(path.join(d2, 'parent'));
   await refused('x4', d2, /no 'parent' link/);
   await symlink('../gone', path.join(d2, 'parent'));
-  await refused('x5', d2, /chain .* is broken/);
+  await refused(
+    'x5',
+    d2,
+    new RegExp(`chain of parent images .* is broken: the images ${tmp}/gone .* do not exist`),
+  );
   await assertRunningUntraced(t, target.pid);
   t.like(await target.w.selfCheck(), { ok: true });
 });
+
+test.serial(
+  'bad parents: a missing middle link, a link holding the wrong pages, a reused pid, a reboot',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
+    const tmp = await tempDir(t);
+    t.teardown(() => runCli(['untrack', '-t', String(target.pid)]).then(() => undefined));
+    const refused = async (pid: number, prev: string, message: RegExp): Promise<void> => {
+      const dir = path.join(tmp, `x${Math.random().toString(36).slice(2)}`);
+      const args = ['pre-dump', '-t', String(pid), '-D', dir, '--prev-images-dir', prev, '--json'];
+      assertCliError(t, await runCli(args), { exit: 1, code: 'EPARENT', message });
+      t.false(existsSync(dir), 'nothing made');
+    };
+    // 1 <- 2 <- 3: 2 gone. 3 leaves pages to 2, which leaves pages to 1.
+    const dirs = ['1', '2', '3'].map((n) => path.join(tmp, n));
+    for (const [i, dir] of dirs.entries()) {
+      const r = await preDump({ pid: target.pid, imagesDir: dir, prevImagesDir: dirs[i - 1] });
+      if (i > 0) t.true(r.pagesSkippedParent > 0, `${dir} leaves pages to its parent`);
+    }
+    await rm(dirs[1]!, { recursive: true });
+    await refused(
+      target.pid,
+      dirs[2]!,
+      new RegExp(
+        `chain of parent images ${dirs[2]} is broken: the images ${dirs[1]} .* do not exist`,
+      ),
+    );
+    // A link that exists but is another pre-dump: it lacks pages the one below
+    // leaves to it (CRIU's "Missing … in parent pagemap", caught before).
+    const empty = await startWorkload(t, { sizeBytes: 4 * MiB, threads: 0 });
+    await preDump({ pid: empty.pid, imagesDir: dirs[1]!, trackMem: 'none' });
+    await rename(
+      path.join(dirs[1]!, `pagemap-${empty.pid}.img`),
+      path.join(dirs[1]!, `pagemap-${target.pid}.img`),
+    );
+    await refused(
+      target.pid,
+      dirs[2]!,
+      new RegExp(`leaves page 0x[0-9a-f]+ to the images ${dirs[1]} .* which do not hold it`),
+    );
+
+    // A reused pid: images of pid P made before the process now called P started.
+    const old = path.join(tmp, 'old');
+    await preDump({ pid: target.pid, imagesDir: old, trackMem: 'none' });
+    const later = await startWorkload(t, { sizeBytes: 4 * MiB, threads: 0 });
+    // old's pagemap under later's pid: as if `later` had taken over target's pid.
+    await rename(
+      path.join(old, `pagemap-${target.pid}.img`),
+      path.join(old, `pagemap-${later.pid}.img`),
+    );
+    await refused(
+      later.pid,
+      old,
+      new RegExp(`made for an earlier process with pid ${later.pid} .* the pid was reused`),
+    );
+
+    // Before a reboot: another boot id in predump's record, or images older than the boot.
+    const before = path.join(tmp, 'before');
+    await preDump({ pid: target.pid, imagesDir: before });
+    const recordPath = path.join(before, 'predump-track.json');
+    const record = JSON.parse(await readFile(recordPath, 'utf8')) as { bootId: string };
+    t.regex(record.bootId, /^[0-9a-f-]{36}$/);
+    await writeFile(
+      recordPath,
+      JSON.stringify({ ...record, bootId: '00000000-0000-4000-8000-000000000000' }),
+    );
+    await refused(target.pid, before, /were made before the last reboot \(boot 00000000-/);
+    await writeFile(recordPath, JSON.stringify(record));
+    // dump_uptime (microseconds) a little ahead of /proc/uptime (hundredths of a second), as
+    // for a parent made within the same hundredth: accepted (up to a second ahead); an hour
+    // ahead of the boot: refused.
+    const invPath = path.join(before, 'inventory.img');
+    const invBytes = await readFile(invPath);
+    const inv = decodeInventory(decodeImage(invBytes, invPath, 'INVENTORY').records[0]!);
+    const uptimeUs = Number((await readFile('/proc/uptime', 'utf8')).split(' ')[0]) * 1e6;
+    const madeAt = (us: number) =>
+      writeFile(
+        invPath,
+        encodeImage('INVENTORY', [encodeInventory({ ...inv, dumpUptime: Math.round(us) })]),
+      );
+    await madeAt(uptimeUs + 800_000);
+    const close = path.join(tmp, 'after-close');
+    const ok = await runCli([
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      close,
+      '--prev-images-dir',
+      before,
+      '--json',
+    ]);
+    t.is(ok.code, 0, ok.stderr);
+    await madeAt(uptimeUs + 3600e6);
+    await refused(target.pid, before, /were made before the last reboot \([\d.]+ s after a boot/);
+    await writeFile(invPath, invBytes);
+    const longAgo = new Date(Date.now() - 10 * 365 * 86400e3);
+    await utimes(path.join(before, 'inventory.img'), longAgo, longAgo);
+    await refused(target.pid, before, /were made before the last reboot \(written /);
+    await assertRunningUntraced(t, target.pid);
+  },
+);
+
+test.serial(
+  "--prev-images-dir as CRIU's: relative to the images directory; a missing one called missing",
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 4 * MiB, threads: 0 });
+    const tmp = await tempDir(t);
+    t.teardown(() => runCli(['untrack', '-t', String(target.pid)]).then(() => undefined));
+    const one = path.join(tmp, 'one');
+    await preDump({ pid: target.pid, imagesDir: one });
+    // The CLI runs in the checkout: '../one' is found only next to -D.
+    const r = await runCli([
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      path.join(tmp, 'two'),
+      '--prev-images-dir',
+      '../one',
+      '--json',
+    ]);
+    t.is(r.code, 0, r.stderr);
+    const two = parseJson<{ parent: string; trackNote: string | null; pagesSkippedParent: number }>(
+      t,
+      r,
+    );
+    t.is(two.parent, one);
+    t.is(two.trackNote, null);
+    t.true(two.pagesSkippedParent > 0);
+    t.is(await readlink(path.join(tmp, 'two', 'parent')), '../one');
+    // An absolute path works as well.
+    const three = await preDump({
+      pid: target.pid,
+      imagesDir: path.join(tmp, 'three'),
+      prevImagesDir: path.join(tmp, 'two'),
+    });
+    t.is(three.trackNote, null);
+    const missing = await runCli([
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      path.join(tmp, 'four'),
+      '--prev-images-dir',
+      '../nothing',
+      '--json',
+    ]);
+    assertCliError(t, missing, {
+      exit: 1,
+      code: 'EPARENT',
+      message: new RegExp(
+        `parent images \\.\\./nothing do not exist \\(${tmp}/nothing\\): a relative --prev-images-dir is relative to the images directory`,
+      ),
+    });
+    t.false(existsSync(path.join(tmp, 'four')));
+  },
+);
 
 test.serial(
   'pre-dumps while writing, then dump --leave-stopped: the chain equals the memory',

@@ -21,8 +21,11 @@ import {
 } from './helpers.js';
 
 interface PreDumpJson {
+  version: number;
+  command: string;
   ok: true;
   pid: number;
+  trackBackend: string;
   imagesDir: string;
   mode: string;
   partial: boolean;
@@ -65,7 +68,12 @@ test.serial(
       '--json',
     ]);
     t.is(r.code, 0, r.stderr);
+    // With --json, stderr carries only warnings and errors: no summary, no notes.
+    t.is(r.stderr, '');
     const j = parseJson<PreDumpJson>(t, r);
+    t.is(j.version, 1);
+    t.is(j.command, 'pre-dump');
+    t.deepEqual(Object.keys(j).slice(0, 3), ['version', 'command', 'ok']);
     t.is(j.ok, true);
     t.is(j.pid, target.pid);
     t.is(j.imagesDir, dir);
@@ -81,7 +89,6 @@ test.serial(
       const v = j[k as keyof PreDumpJson] as number;
       t.true(Number.isFinite(v) && v >= 0, `${k} = ${v}`);
     }
-    t.regex(r.stderr, new RegExp(`pre-dumped pid ${target.pid} \\(3 threads\\) into `));
 
     // The directory the tool made is 0700; the files are 0600 (checked in checkImagesDir).
     t.is((await stat(dir)).mode & 0o777, 0o700);
@@ -107,6 +114,7 @@ test.serial(
     t.true(shown.complete);
     t.is(shown.kind, 'pre-dump');
     t.is(shown.mode, 'read');
+    t.is(shown.tracking, null, 'no predump record without tracking');
     t.is(shown.pid, target.pid);
     t.is(shown.pagesPresent, presentPages);
     t.is(shown.pagesInParent, 0);
@@ -119,6 +127,10 @@ test.serial(
     const human = await runCli(['show', dir]);
     t.is(human.code, 0, human.stderr);
     t.regex(human.stdout, /: complete pre-dump/);
+    t.regex(
+      human.stdout,
+      /\n {2}made by {8}a pre-dump in read mode, without predump's record \(criu pre-dump, or predump without dirty tracking\)\n/,
+    );
     t.regex(human.stdout, new RegExp(`pages present\\s+${presentPages}\\b`));
 
     // The target runs on as before.
@@ -200,6 +212,27 @@ test.serial('predump demo runs with no arguments', async (t) => {
   t.is(r.code, 0, r.stderr);
   t.regex(r.stderr, /demo ok/);
   t.regex(r.stderr, /0 wrong/);
+  // Its mode (auto: freeze-free where uffd-wp tracks), and, in freeze-free mode, why the
+  // scan can outlast the stop: it ran while the workload did.
+  const m = /\n {2}mode {5}(\S+) \(auto[^)]*\): /.exec(r.stderr);
+  t.truthy(m, r.stderr);
+  if (m?.[1] === 'freeze-free') {
+    t.regex(r.stderr, /\(auto: uffd-wp tracking is in use\): the target ran throughout\n/);
+    t.regex(
+      r.stderr,
+      /\n {2}frozen {3}[\d.]+ ms \(once, to set up the tracking\); scan [\d.]+ ms with \S+, while it ran\n/,
+    );
+  } else {
+    t.is(m?.[1], 'read');
+    t.regex(
+      r.stderr,
+      /\n {2}frozen {3}[\d.]+ ms \(freezing [\d.]+ ms, scan [\d.]+ ms with \S+\)\n/,
+    );
+  }
+  t.regex(
+    r.stderr,
+    /\n {2}copy {5}[\d.]+ (ms|s) after the thaw \(fsync included\), \d+ MB\/s; total /,
+  );
 });
 
 test.serial('predump demo --json prints one JSON object', async (t) => {
@@ -208,22 +241,28 @@ test.serial('predump demo --json prints one JSON object', async (t) => {
   await mkdir(tmp, { recursive: true });
   const r = await runCli(['demo', '--size', '32M', '--threads', '3', '-D', dir, '--json']);
   t.is(r.code, 0, r.stderr);
-  t.regex(r.stderr, /demo ok/);
-  const j = parseJson<{
-    ok: boolean;
-    result: PreDumpJson;
-    check: { mismatches: number; pagesChecked: number };
-    selfCheck: { ok: boolean };
-  }>(t, r);
+  // With --json, stderr carries only warnings and errors: none here.
+  t.is(r.stderr, '');
+  // The pre-dump's fields as `pre-dump --json` prints them, beside the demo's checks.
+  const j = parseJson<
+    PreDumpJson & {
+      check: { mismatches: number; pagesChecked: number };
+      selfCheck: { ok: boolean };
+    }
+  >(t, r);
+  t.is(j.version, 1);
+  t.is(j.command, 'demo');
   t.true(j.ok);
-  t.is(j.result.threads, 4);
+  t.is(j.threads, 4);
+  // auto: freeze-free where uffd-wp tracks (no soft-dirty), else read.
+  t.is(j.mode, j.trackBackend === 'uffd-wp' ? 'freeze-free' : 'read');
   t.is(j.check.mismatches, 0);
   t.true(j.check.pagesChecked >= (32 * MiB) / PAGE);
   t.true(j.selfCheck.ok);
   // -D keeps the images: a complete set.
   const s = parseJson<ImagesSummary>(t, await runCli(['show', dir, '--json']));
   t.true(s.complete);
-  t.is(s.pagesPresent, j.result.pagesWritten);
+  t.is(s.pagesPresent, j.pagesWritten);
 });
 
 test.serial('predump show: missing, incomplete and corrupt directories', async (t) => {

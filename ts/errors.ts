@@ -1,7 +1,9 @@
 /**
  * Errors of predump. Every error has a stable `code`: the core's codes (ESRCH,
- * EPERM, EKTHREAD, EZOMBIE, ESELF, ETRACED, EEXITED, ENOSPC, ESYS, EPARSE, EINVAL)
- * and the control plane's own (EDIR, EDIREXISTS, EIMAGE, EUSAGE).
+ * EPERM, EKTHREAD, EZOMBIE, ESELF, ETRACED, EEXITED, ENOSPC, ESYS, EPARSE, EINVAL),
+ * the page server's (EPROTO: the peer broke the protocol; ECONN: the connection failed,
+ * was refused, reset or timed out; ETLS; EINTERRUPTED) and the control plane's own (EDIR,
+ * EDIREXISTS, EIMAGE, EPARENT, EUSAGE).
  */
 export class PredumpError extends Error {
   readonly code: string;

@@ -9,7 +9,7 @@ import { PredumpError } from './errors.js';
 
 /** Names of CRIU image files a pre-dump writes. */
 const IMAGE_NAME =
-  /^(inventory\.img|stats-dump|pagemap-\d+\.img|pages-\d+\.img|parent|predump-track\.json)$/;
+  /^(inventory\.img|stats-dump|pagemap-(shmem-)?\d+\.img|pages-\d+\.img|parent|predump-track\.json)$/;
 
 export interface ImagesDir {
   path: string;

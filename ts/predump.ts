@@ -10,15 +10,21 @@ import {
   PE_PARENT,
   PE_PRESENT,
   PRE_DUMP_MODE,
+  loadCodec,
   pagesFileName,
   writePreDumpImages,
   type PagemapEntry,
 } from './images/index.js';
 import { native } from './native.js';
-import { randomBytes } from 'node:crypto';
+import type {
+  PageServerSent as NativeSent,
+  PreDumpReport as NativeReport,
+} from './generated/native.js';
 import { symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { openParent, TRACK_FILE, type TrackRecord } from './parent.js';
+import { randomHex } from './random.js';
+import { bootId, openParent, TRACK_FILE, type TrackRecord } from './parent.js';
+import type { TlsOptions } from './page-server.js';
 
 /** The ways pages are drained (see `PreDumpOptions.mode`). */
 export type PreDumpModeName = 'read' | 'splice' | 'freeze-free';
@@ -46,11 +52,16 @@ export interface PreDumpOptions {
    * Dirty tracking, so that a later pre-dump with this one as its parent copies
    * only what changed: 'auto' (default) picks soft-dirty where the kernel has it
    * (nothing is left in the target), else uffd-wp (a userfaultfd and a marker fd
-   * stay in the target until `dump` or `untrack`), else none; 'none' tracks
+   * stay in the target until `dump` or `untrack`), else none; with the freeze-free
+   * mode, uffd-wp (its tracking); 'none' tracks
    * nothing: every pre-dump is a full one.
    */
   trackMem?: TrackMem;
-  /** The previous pre-dump of the same process: pages it holds that did not change are not copied again. */
+  /**
+   * The previous pre-dump of the same process (predump's or CRIU's): pages it
+   * holds that did not change are not copied again. A relative path is relative
+   * to `imagesDir`, as CRIU's --prev-images-dir.
+   */
   prevImagesDir?: string;
   /**
    * A final dump instead of a pre-dump (`predump dump`): the pages are copied
@@ -62,6 +73,13 @@ export interface PreDumpOptions {
   leaveStopped?: boolean;
   /** Size of each drain buffer in bytes (default 4 MiB, rounded to the pipe size). */
   bufferBytes?: number;
+  /**
+   * Send the pages to a page server (`criu page-server` or `predump
+   * page-server`) instead of writing them here, as `criu pre-dump
+   * --page-server`: `imagesDir` then keeps what CRIU keeps locally (inventory,
+   * stats, the parent link) and predump's record of what was sent.
+   */
+  pageServer?: PageServerTarget;
   /** Called about every 100 ms while pages are copied. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
   /**
@@ -71,6 +89,36 @@ export interface PreDumpOptions {
    * target frozen has it thawed by the kernel).
    */
   signal?: AbortSignal;
+}
+
+/** Where a pre-dump's pages go when not into local files. */
+export interface PageServerTarget {
+  address: string;
+  port: number;
+  /**
+   * The header layout the server reads (there is no handshake): 'criu-4.2'
+   * (default: CRIU 4.2 and later, predump's server) or 'criu-4.1' (CRIU up to
+   * 4.1, e.g. Debian 12's 3.17).
+   */
+  format?: 'criu-4.2' | 'criu-4.1';
+  /** TLS with CRIU's options (absent: plain TCP). */
+  tls?: TlsOptions;
+  /** How long a connect or any wait for the server may take (default 30 s). */
+  timeoutMs?: number;
+}
+
+/** What went to the page server. */
+export interface PageServerSent {
+  address: string;
+  port: number;
+  format: 'criu-4.2' | 'criu-4.1';
+  tls: boolean;
+  /** The server's parent images hold this process's pagemap. */
+  hasParent: boolean;
+  headers: number;
+  bytesSent: number;
+  /** From the connect to the server's answer that everything is stored. */
+  sessionMs: number;
 }
 
 /** What a pre-dump did. Times in milliseconds. */
@@ -100,6 +148,12 @@ export interface PreDumpResult {
   pagesWritten: number;
   /** Pages that were unmapped or made unreadable between the scan and the copy. */
   pagesGone: number;
+  /**
+   * Present pages of unreadable mappings, left out as in every mode. When a splice
+   * pre-dump leaves some out, its inventory says read mode (what CRIU's next
+   * pre-dump must know: it copies them itself then).
+   */
+  pagesUnreadable: number;
   /** Present pages left to the parent images (PE_PARENT entries). */
   pagesSkippedParent: number;
   /** The tracking asked for, and the one used ('auto' resolved). */
@@ -108,6 +162,8 @@ export interface PreDumpResult {
   parent: string | null;
   /** Why a pre-dump with a parent still copied every page. */
   trackNote: string | null;
+  /** What a predump that died while injecting had left in the target, removed by this run. */
+  leftoversRemoved: string | null;
   bytesWritten: number;
   /** Time to stop every thread. */
   freezingMs: number;
@@ -125,6 +181,8 @@ export interface PreDumpResult {
   readvCalls: number;
   /** Peak resident memory of this process so far (the tool's own footprint). */
   peakRssBytes: number;
+  /** Where the pages went, with --page-server (null: into imagesDir). */
+  pageServer: PageServerSent | null;
 }
 
 const PAGE = 4096;
@@ -169,8 +227,15 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const parent =
     options.prevImagesDir === undefined
       ? undefined
-      : await openParent(options.prevImagesDir, pid, startTicks);
-  const generation = randomBytes(8).toString('hex');
+      : await openParent(options.prevImagesDir, options.imagesDir, pid, startTicks);
+  if (parent?.pageServer && !options.pageServer) {
+    throw new PredumpError(
+      'EPARENT',
+      `parent images ${options.prevImagesDir} were sent to a page server: their pages are not ` +
+        'on this host, so this pre-dump must go to the page server too (--page-server)',
+    );
+  }
+  const generation = randomHex(8);
   const dir = await openImagesDir(options.imagesDir);
   const pagesId = 1;
   const progress = new native.Progress();
@@ -181,22 +246,37 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   // that ends it again, leaving nothing of ours in the target.
   let createdTracking = false;
   try {
-    const report = await abortable(
-      native.preDump(
-        {
-          pid,
-          mode,
-          trackMem,
-          generation,
-          parentPages: parent?.generation ? parent.pages : undefined,
-          parentGeneration: parent?.generation,
-          finalDump: options.finalDump,
-          leaveStopped: options.leaveStopped,
-          pagesPath: path.join(dir.path, pagesFileName(pagesId)),
-          bufferBytes: options.bufferBytes,
-        },
-        progress,
-      ),
+    // The image codec loads while the core works on the target (it is issued first).
+    setImmediate(loadCodec);
+    const nativeOptions = {
+      pid,
+      mode,
+      trackMem,
+      generation,
+      parentPages: parent?.pages,
+      parentGeneration: parent?.generation,
+      parentMadeUs: parent?.madeUs,
+      finalDump: options.finalDump,
+      leaveStopped: options.leaveStopped,
+      pagesPath: path.join(dir.path, pagesFileName(pagesId)),
+      bufferBytes: options.bufferBytes,
+    };
+    const ps = options.pageServer;
+    const format = ps?.format ?? 'criu-4.2';
+    const { report, sent } = await abortable<{ report: NativeReport; sent?: NativeSent }>(
+      ps
+        ? native.preDumpToServer(
+            nativeOptions,
+            {
+              address: ps.address,
+              port: ps.port,
+              format,
+              tls: ps.tls,
+              timeoutMs: ps.timeoutMs ?? 30_000,
+            },
+            progress,
+          )
+        : native.preDump(nativeOptions, progress).then((report) => ({ report, sent: undefined })),
       options.signal,
       progress,
     ).catch((err: unknown) => {
@@ -217,15 +297,38 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       pagesSkippedParent += report.parentRegions[i + 1];
     }
     entries.sort((a, b) => a.vaddr - b.vaddr);
+    if (sent) {
+      // What the server stored is what was sent: the chain's pages for a next pre-dump.
+      entries.length = 0;
+      for (let i = 0; i < sent.entries.length; i += 3) {
+        entries.push({
+          vaddr: sent.entries[i],
+          nrPages: sent.entries[i + 1],
+          flags: sent.entries[i + 2],
+        });
+      }
+    }
     if (parent)
       await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
     const trackBackend = report.trackBackend as PreDumpResult['trackBackend'];
-    if (trackBackend !== 'none' || options.finalDump) {
+    if (trackBackend !== 'none' || options.finalDump || sent) {
       const record: TrackRecord = {
         pid,
         generation,
         trackMem: trackBackend,
         final: options.finalDump === true,
+        bootId: await bootId(),
+        mode: report.mode as PreDumpModeName,
+        ...(sent && ps
+          ? {
+              pageServer: {
+                address: ps.address,
+                port: ps.port,
+                dumpUptimeUs: report.dumpUptimeUs,
+                entries: entries.flatMap((e) => [e.vaddr, e.nrPages, e.flags]),
+              },
+            }
+          : {}),
       };
       await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
         mode: 0o600,
@@ -236,6 +339,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       pid,
       pagesId,
       entries,
+      pagesElsewhere: sent !== undefined,
       stats: {
         freezingTime: us(report.freezingUs),
         frozenTime: us(report.frozenUs),
@@ -250,7 +354,13 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       },
       inventory: {
         dumpUptime: BigInt(report.dumpUptimeUs),
-        preDumpMode: report.mode === 'splice' ? PRE_DUMP_MODE.splice : PRE_DUMP_MODE.read,
+        // "read" also for a splice pre-dump that left unreadable pages out: CRIU's
+        // next splice pre-dump would ask them of a "splice" parent and fail
+        // ("Missing … in parent pagemap"); of a "read" one it never does.
+        preDumpMode:
+          report.mode === 'splice' && report.unreadablePages === 0
+            ? PRE_DUMP_MODE.splice
+            : PRE_DUMP_MODE.read,
       },
     }).catch((err: unknown) => {
       const e = err as NodeJS.ErrnoException;
@@ -279,14 +389,16 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       pagesPresent: report.pagesPresent,
       pagesWritten: report.pagesWritten,
       pagesGone: report.pagesGone,
+      pagesUnreadable: report.unreadablePages,
       pagesSkippedParent,
       trackMem,
       trackBackend,
       parent: parent?.dir ?? null,
+      leftoversRemoved: report.leftoversRemoved ?? null,
       trackNote:
         report.trackNote ??
-        (parent && !parent.generation && trackBackend !== 'none'
-          ? 'the parent was made without dirty tracking: every page is copied'
+        (parent && sent && !sent.hasParent
+          ? `the page server at ${ps?.address}:${ps?.port} holds no parent images (its --prev-images-dir): every page is copied`
           : null),
       bytesWritten,
       freezingMs: ms(report.freezingUs),
@@ -299,6 +411,19 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       bufferBytes: report.bufferBytes,
       readvCalls: report.readvCalls,
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      pageServer:
+        sent && ps
+          ? {
+              address: ps.address,
+              port: ps.port,
+              format,
+              tls: ps.tls !== undefined,
+              hasParent: sent.hasParent,
+              headers: sent.headers,
+              bytesSent: sent.bytesSent,
+              sessionMs: sent.sessionUs / 1000,
+            }
+          : null,
     };
   } catch (err) {
     await discardImages(dir);

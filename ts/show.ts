@@ -1,7 +1,7 @@
 /**
  * A description of an images directory, for `predump show` and the API.
  */
-import { stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { PredumpError } from './errors.js';
 import {
@@ -17,8 +17,20 @@ export interface ImagesSummary {
   dir: string;
   /** inventory.img is there: the set was finished. */
   complete: boolean;
+  /** A pre-dump (inventory with a pre_dump_mode), or a final dump (`predump dump`, `criu dump`). */
   kind?: 'pre-dump' | 'dump';
-  mode?: 'read' | 'splice';
+  /**
+   * How the pages were taken: the inventory's read or splice, or freeze-free where
+   * predump's record says so (CRIU's inventory has no such mode: it reads 'read').
+   */
+  mode?: 'read' | 'splice' | 'freeze-free';
+  /**
+   * The dirty tracking the images were made with, from predump's record
+   * (predump-track.json); null: no record (CRIU's images, or predump's without tracking).
+   */
+  tracking: 'uffd-wp' | 'soft-dirty' | 'none' | null;
+  /** Made by `predump dump`, which ended the tracking (from predump's record). */
+  trackingEnded: boolean;
   pid?: number;
   dumpUptimeUs?: number;
   parent?: string;
@@ -41,25 +53,47 @@ export async function describeImages(dir: string): Promise<ImagesSummary> {
   const st = await stat(dir).catch(() => undefined);
   if (st === undefined) throw new PredumpError('EDIR', `no such directory: ${dir}`);
   if (!st.isDirectory()) throw new PredumpError('EDIR', `${dir} is not a directory`);
+  // A directory of something else altogether (`predump show /etc`) is not an incomplete
+  // image set: say so rather than describe nothing as INCOMPLETE.
+  const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
+    throw new PredumpError('EDIR', `cannot read ${dir}: ${err.message}`);
+  });
+  if (!names.some((n) => /\.img$/.test(n) || n === 'stats-dump')) {
+    throw new PredumpError(
+      'EDIR',
+      `${dir} holds no CRIU images (no inventory.img, pagemap-PID.img, pages-ID.img or ` +
+        'stats-dump): not an images directory',
+    );
+  }
   let d;
   try {
     d = await readPreDumpDir(dir);
   } catch (err) {
     throw new PredumpError('EIMAGE', (err as Error).message, { cause: err });
   }
+  const record = await readRecord(dir);
+  const kind = d.inventory
+    ? d.inventory.preDumpMode && !record?.final
+      ? 'pre-dump'
+      : 'dump'
+    : undefined;
   const mode =
-    d.inventory?.preDumpMode === PRE_DUMP_MODE.read
-      ? 'read'
-      : d.inventory?.preDumpMode === PRE_DUMP_MODE.splice
-        ? 'splice'
-        : undefined;
+    record?.mode === 'freeze-free'
+      ? 'freeze-free'
+      : d.inventory?.preDumpMode === PRE_DUMP_MODE.read
+        ? 'read'
+        : d.inventory?.preDumpMode === PRE_DUMP_MODE.splice
+          ? 'splice'
+          : undefined;
   const sum = (bit: number): number =>
     d.entries.filter((e) => e.flags & bit).reduce((n, e) => n + e.nrPages, 0);
   return {
     dir: path.resolve(dir),
     complete: d.complete,
-    kind: d.inventory ? (d.inventory.preDumpMode ? 'pre-dump' : 'dump') : undefined,
+    kind,
     mode,
+    tracking: TRACKINGS.find((t) => t === record?.trackMem) ?? null,
+    trackingEnded: record?.final === true,
     pid: d.pid,
     dumpUptimeUs: d.inventory?.dumpUptime,
     parent: d.parent,
@@ -69,4 +103,22 @@ export async function describeImages(dir: string): Promise<ImagesSummary> {
     pagesFileBytes: d.pagesFileBytes,
     stats: d.stats,
   };
+}
+
+/** predump's record in an images directory (written by preDump(), read by parent.ts). */
+const RECORD_FILE = 'predump-track.json';
+const TRACKINGS = ['uffd-wp', 'soft-dirty', 'none'] as const;
+
+/** What `show` reads of predump's record; undefined without one (or an unreadable one). */
+async function readRecord(
+  dir: string,
+): Promise<{ trackMem?: string; final?: boolean; mode?: string } | undefined> {
+  const text = await readFile(path.join(dir, RECORD_FILE), 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  try {
+    const r = JSON.parse(text) as unknown;
+    return typeof r === 'object' && r !== null ? r : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -26,6 +26,11 @@ export interface VerifyResult {
   unreadable: number;
   /** Present pages of the process that the chain does not hold. */
   missing: number;
+  /**
+   * Pages that differ only inside a thread's rseq area, which the kernel rewrites
+   * whenever the thread returns to user mode (after a freeze, after a restore).
+   */
+  rseqOnly: number;
 }
 
 const flat = (entries: { vaddr: number; nrPages: number }[]): Float64Array =>
@@ -33,7 +38,8 @@ const flat = (entries: { vaddr: number; nrPages: number }[]): Float64Array =>
 
 /** Freezes `pid` and compares every page of the chain ending at `dir` with its memory. */
 export async function verifyChain(pid: number, dir: string): Promise<VerifyResult> {
-  const chain: { dir: string; present: Float64Array }[] = [];
+  // pages-ID.img as each pagemap names it (CRIU numbers them per dump).
+  const chain: { dir: string; pagesId: number; present: Float64Array }[] = [];
   const newest = await readPreDumpDir(dir).catch((err: Error) => {
     throw new PredumpError('EIMAGE', `cannot read ${dir}: ${err.message}`);
   });
@@ -47,14 +53,21 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
     seen.add(at);
     const d: PreDumpDir | undefined = await readPreDumpDir(at).catch(() => undefined);
     if (!d?.complete) break; // what follows holds nothing: counted as not in the chain
-    chain.push({ dir: at, present: flat(d.entries.filter((e) => e.flags & PE_PRESENT)) });
+    chain.push({
+      dir: at,
+      pagesId: d.pagesId ?? 1,
+      present: flat(d.entries.filter((e) => e.flags & PE_PRESENT)),
+    });
     at = d.parent === undefined ? undefined : path.resolve(at, d.parent);
   }
   const wanted = flat(newest.entries.filter((e) => e.flags & (PE_PRESENT | PE_PARENT)));
   const r = await native
     .verify(
       pid,
-      chain.map((c) => ({ pagesPath: path.join(c.dir, pagesFileName(1)), present: c.present })),
+      chain.map((c) => ({
+        pagesPath: path.join(c.dir, pagesFileName(c.pagesId)),
+        present: c.present,
+      })),
       wanted,
     )
     .catch((err: unknown) => {
@@ -70,5 +83,6 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
     notInChain: r.notInChain,
     unreadable: r.unreadable,
     missing: r.missing,
+    rseqOnly: r.rseqOnly,
   };
 }

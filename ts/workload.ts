@@ -5,11 +5,10 @@
  */
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
 import { PredumpError } from './errors.js';
-import { native, packageRoot } from './native.js';
+import { native, nativeFiles, packageRoot } from './native.js';
 
 export interface WorkloadOptions {
   /** Bytes of pattern memory (default 64 MiB). */
@@ -54,11 +53,13 @@ export interface PatternCheckResult {
 }
 
 export function workloadBinary(): string {
-  const bin = path.join(packageRoot, 'target', 'release', 'predump-workload');
+  const { workload: bin, from } = nativeFiles();
   if (!existsSync(bin)) {
     throw new PredumpError(
       'ENOWORKLOAD',
-      `the workload program ${bin} is missing: run \`npm install\` (or \`npm run build\`) in ${packageRoot}`,
+      from === 'checkout'
+        ? `the workload program ${bin} is missing: run \`npm install\` (or \`npm run build\`) in ${packageRoot}`
+        : `the workload program ${bin} is missing from predump's platform package: reinstall predump`,
     );
   }
   return bin;

@@ -32,13 +32,10 @@ import {
 import { buildReport } from '../bench/report.js';
 import { describeConfig, runBench, type RunEvents } from '../bench/run.js';
 import { renderTable } from '../bench/table.js';
-import { printJson, reportError, say, type ArgsOf } from './output.js';
+import { exitStatusHelp, STATUS } from './options.js';
+import { inform, printJson, reportError, say, write, type ArgsOf } from './output.js';
 
 type Args = ArgsOf<typeof builder>;
-
-export const command = 'bench';
-export const describe =
-  'Benchmark the pre-dump modes on the bundled workload, beside memcpy of the same size';
 
 const defaultDir = (): string => (existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir());
 
@@ -90,6 +87,17 @@ export function builder(yargs: Argv) {
       default: false,
       describe: 'print the results as one JSON object on stdout instead of the table',
     })
+    .option('startup', {
+      type: 'boolean',
+      default: false,
+      describe:
+        "instead: predump's start-up (whole processes, beside node -e 0), and whole read-mode " +
+        `pre-dumps beside CRIU's with --criu [--sizes default: ${STARTUP_DEFAULTS.sizes}; --runs: ${STARTUP_DEFAULTS.runs}, and twice as many rounds plus one of the start-up]`,
+    })
+    .option('criu', {
+      type: 'string',
+      describe: 'with --startup: the criu executable to compare with (4.2 or later)',
+    })
     .example('predump bench', 'the whole matrix (20–30 min on 2 CPUs)')
     .example('predump bench --quick', 'a quick look')
     .example(
@@ -97,6 +105,10 @@ export function builder(yargs: Argv) {
       'narrowed, with a chart',
     )
     .example('predump bench --json > bench.json', 'for scripts')
+    .example(
+      'predump bench --startup --criu /opt/criu-4.2/criu',
+      'start-up, and whole pre-dumps beside CRIU',
+    )
     .epilogue(
       'For each workload (size × threads × churn) it alternates the modes, round after round: ' +
         'a lone pre-dump (no tracking), then a chain with dirty tracking: its first pre-dump ' +
@@ -111,14 +123,81 @@ export function builder(yargs: Argv) {
         'that pre-dump). pinned: memory held in pipes ' +
         "(splice). workload speed: the workload's compute rate during the pre-dump ÷ just " +
         'before it. Every figure: median [min–max]. Progress goes to stderr.\n\n' +
-        'It starts and stops its own workloads and never touches another process. Exit status: ' +
-        '0 done (missed goals are reported, not failed), 1 failed, 2 bad command line, 130/143 ' +
-        'interrupted (workloads stopped, images removed).',
+        'With --startup it measures instead what the command line costs before it works: ' +
+        "whole processes beside 'node -e 0', taking turns (a pre-dump of a pid that cannot " +
+        "exist: loaded, asked the kernel, refused; 'show'; '--help'), then whole read-mode " +
+        "pre-dumps of a workload per size, predump's (--track-mem none) and, with --criu, " +
+        "'criu pre-dump --pre-dump-mode read' in turns (docs/STARTUP.md).\n\n" +
+        'It starts and stops its own workloads and never touches another process.\n\n' +
+        exitStatusHelp([
+          ['0', 'done (missed goals are reported, not failed)'],
+          ['1', 'the benchmark failed'],
+          STATUS.usage,
+          ['130, 143', 'interrupted by SIGINT / SIGTERM: workloads stopped, images removed'],
+        ]),
     );
 }
 
 export async function handler(args: Args): Promise<void> {
-  process.exitCode = await run(args).catch((err: unknown) => reportError(err, args.json));
+  process.exitCode = await (args.startup ? runStartup(args) : run(args)).catch((err: unknown) =>
+    reportError(err, args.json),
+  );
+}
+
+const STARTUP_DEFAULTS = { sizes: '256M,1G', runs: '7' };
+
+/** The options of the mode matrix, which --startup does not run. */
+const MATRIX_ONLY = ['modes', 'threads', 'dirtyRates', 'churn', 'iterations', 'quick', 'chart'];
+
+/** `predump bench --startup`. */
+async function runStartup(args: Args): Promise<number> {
+  const given = MATRIX_ONLY.filter((k) => {
+    const v = args[k as keyof Args];
+    return v !== undefined && v !== false;
+  });
+  if (given.length > 0) {
+    const flag = given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    throw usage(`--${flag} is an option of the mode benchmark, not of --startup`);
+  }
+  const dir = last(args.dir) ?? defaultDir();
+  await checkDir(dir);
+  const criu = last(args.criu);
+  const runs = parseInteger(last(args.runs) ?? STARTUP_DEFAULTS.runs, '--runs', 1, 1000);
+  const plan = {
+    sizes: parseSizes(last(args.sizes) ?? STARTUP_DEFAULTS.sizes),
+    runs,
+    // The start-up commands are short: twice the rounds, odd for a median that was measured.
+    startupRuns: 2 * runs + 1,
+    criu: criu ?? null,
+    dir,
+  };
+  const { criuVersion, renderStartupTable, runStartupBench } = await import('../bench/startup.js');
+  if (criu !== undefined)
+    inform(`predump bench: comparing with CRIU ${criuVersion(criu)} (${criu})`);
+  const busy = await cpuBusy(1000);
+  if (busy !== undefined && busy > 0.25) {
+    say(
+      `predump bench: note: the machine is busy (${(busy * 100).toFixed(0)}% of its CPUs' ` +
+        'time in use): the figures are noisier',
+    );
+  }
+  const report = await runStartupBench(
+    plan,
+    {
+      note: (m) => say(`predump bench: ${m}`),
+      step: (m) => {
+        if (process.stderr.isTTY && !args.json) write(process.stderr, `\r\x1b[K${m}`);
+      },
+    },
+    ['predump', 'bench', ...process.argv.slice(3)].join(' '),
+  );
+  if (process.stderr.isTTY && !args.json) write(process.stderr, '\r\x1b[K');
+  if (busy !== undefined && busy > 0.25) {
+    report.notes.push(`the machine was busy at the start (${(busy * 100).toFixed(0)}% CPU in use)`);
+  }
+  if (args.json) printJson(report);
+  else write(process.stdout, renderStartupTable(report));
+  return EXIT.ok;
 }
 
 const usage = (message: string): PredumpError => new PredumpError('EUSAGE', message);
@@ -184,7 +263,11 @@ const minutes = (s: number): string =>
 
 /** The progress line on a terminal, lines per workload elsewhere. */
 class Progress implements RunEvents {
-  private readonly tty = process.stderr.isTTY === true;
+  /** Drawn on a terminal, but not with --json (stderr only for warnings and errors then). */
+  private readonly tty: boolean;
+  constructor(json: boolean) {
+    this.tty = process.stderr.isTTY === true && !json;
+  }
   private readonly started = performance.now();
   private lastDraw = 0;
   private drawn = false;
@@ -197,7 +280,7 @@ class Progress implements RunEvents {
   }
 
   private clear(): void {
-    if (this.drawn) process.stderr.write('\r\x1b[K');
+    if (this.drawn) write(process.stderr, '\r\x1b[K');
     this.drawn = false;
   }
 
@@ -216,7 +299,7 @@ class Progress implements RunEvents {
     const line = `[${String(pct).padStart(2)}%${left ? `, ${left}` : ''}] ${what}`;
     const columns = process.stderr.columns ?? 0;
     const width = columns >= 20 ? columns : 100;
-    process.stderr.write(`\r\x1b[K${line.slice(0, width - 1)}`);
+    write(process.stderr, `\r\x1b[K${line.slice(0, width - 1)}`);
     this.drawn = true;
   }
 
@@ -230,7 +313,7 @@ class Progress implements RunEvents {
     if (this.tty) return;
     const rest = this.left(done, total);
     const more = left > 0 ? `; ${left} more${rest ? ` (about ${rest})` : ''}` : '';
-    say(`predump bench: ${describeConfig(config)}: done in ${minutes(seconds)}${more}`);
+    inform(`predump bench: ${describeConfig(config)}: done in ${minutes(seconds)}${more}`);
   }
 
   end(): void {
@@ -239,6 +322,7 @@ class Progress implements RunEvents {
 }
 
 async function run(args: Args): Promise<number> {
+  if (args.criu !== undefined) throw usage('--criu is an option of --startup');
   const plan = await planFrom(args);
   const chart = last(args.chart);
   if (chart !== undefined) await checkChart(chart);
@@ -246,7 +330,7 @@ async function run(args: Args): Promise<number> {
   const check = await native.checkKernel().catch((err: unknown) => {
     throw fromNative(err);
   });
-  const progress = new Progress();
+  const progress = new Progress(args.json);
   const uffdWp = check.capabilities.some((c) => c.name === 'uffd-wp' && c.supported);
   const abilities: Abilities = { trackMem: check.trackMemAuto };
   const notes: string[] = [];
@@ -275,7 +359,7 @@ async function run(args: Args): Promise<number> {
   }
 
   const configs = workloadConfigs(plan);
-  say(
+  inform(
     `predump bench: ${configs.length} workload(s) × ${plan.runs} run(s), ` +
       `${countPreDumps(plan, abilities)} pre-dumps in ${plan.modes.join(', ')} mode; sizes ` +
       `${plan.sizes.map((s) => s.label).join(', ')}; images in ${plan.dir}; ` +
@@ -318,14 +402,14 @@ async function run(args: Args): Promise<number> {
     ['predump', 'bench', ...process.argv.slice(3)].join(' '),
   );
   if (args.json) printJson(report);
-  else process.stdout.write(renderTable(report));
+  else write(process.stdout, renderTable(report));
   if (chart !== undefined) {
     await writeFile(chart, renderChart(report));
-    say(`predump bench: chart written to ${chart}`);
+    inform(`predump bench: chart written to ${chart}`);
   }
   const met = report.goals.filter((g) => g.met === true).length;
   const missed = report.goals.filter((g) => g.met === false).length;
-  say(
+  inform(
     `predump bench: done in ${minutes(report.machine.durationS)}; goals: ${met} met, ` +
       `${missed} missed, ${report.goals.length - met - missed} not measured at these sizes`,
   );

@@ -3,16 +3,15 @@
  * Each one is tried for real (by the Rust core) on memory of this process or of a
  * short-lived child it forks; never on another process.
  */
+import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { EXIT, fromNative } from '../errors.js';
 import type { KernelCheck } from '../generated/native.js';
-import { native } from '../native.js';
-import { formatBytes, printJson, reportError, type ArgsOf } from './output.js';
+import type { CommandSpec } from './fast-args.js';
+import { exitStatusHelp, STATUS } from './options.js';
+import { formatBytes, printJson, reportError, write, type ArgsOf } from './output.js';
 
 type Args = ArgsOf<typeof builder>;
-
-export const command = 'check';
-export const describe = 'Report which kernel features predump can use here (a report: exit 0)';
 
 /** What each capability is for, shown by --help. */
 const PURPOSES: [string, string][] = [
@@ -25,13 +24,15 @@ const PURPOSES: [string, string][] = [
   ['vmsplice-gift', 'splice mode references pages into pipes with vmsplice(SPLICE_F_GIFT)'],
 ];
 
+const options = {
+  json: { type: 'boolean', default: false, describe: 'print one JSON object on stdout' },
+} as const;
+
+export const spec: CommandSpec = { options };
+
 export function builder(yargs: Argv) {
   return yargs
-    .option('json', {
-      type: 'boolean',
-      default: false,
-      describe: 'print one JSON object on stdout',
-    })
+    .options(options)
     .example('predump check', 'a table of capabilities, then the summary')
     .example('predump check --json | jq .trackMemAuto', 'for scripts')
     .epilogue(
@@ -41,17 +42,24 @@ export function builder(yargs: Argv) {
         '\n\nSummary: read mode needs ptrace and process_vm_readv; splice mode needs ptrace, ' +
         'pidfd_getfd and vmsplice-gift (else it falls back to read mode). Dirty tracking ' +
         '"auto" takes soft-dirty if it works, else uffd-wp, else none (every pre-dump full).\n' +
-        'Exit status: 0 whatever is missing (it is a report), 1 if the probing itself failed.',
+        'CRIU: its --track-mem is soft-dirty; only soft-dirty chains can be continued by criu dump, ' +
+        "and a process tracked with uffd-wp must be untracked ('predump untrack') before criu dump.\n" +
+        exitStatusHelp([
+          ['0', 'the report, whatever is missing'],
+          ['1', 'the probing itself failed'],
+          STATUS.usage,
+        ]),
     );
 }
 
 export async function handler(args: Args): Promise<void> {
   try {
+    const { native } = await import('../native.js');
     const report = await native.checkKernel().catch((err: unknown) => {
       throw fromNative(err);
     });
     if (args.json) printJson(toJson(report));
-    else process.stdout.write(render(report));
+    else write(process.stdout, render(report));
     process.exitCode = EXIT.ok;
   } catch (err) {
     process.exitCode = reportError(err, args.json);
@@ -68,6 +76,7 @@ export function toJson(r: KernelCheck) {
     capSysResource: r.capSysResource,
     ptraceScope: r.ptraceScope ?? null,
     pipeMaxSize: r.pipeMaxSize ?? null,
+    pipes: pipes(r),
     capabilities: r.capabilities.map((c) => ({
       name: c.name,
       supported: c.supported,
@@ -76,12 +85,99 @@ export function toJson(r: KernelCheck) {
     trackMemAuto: r.trackMemAuto,
     modes: { read: r.readMode, splice: r.spliceMode, freezeFree: freezeFree(r) },
     defaultMode: freezeFree(r) && r.trackMemAuto === 'uffd-wp' ? 'freeze-free' : 'read',
+    criu: criu(r),
   };
+}
+
+/**
+ * What CRIU can do with predump's chains here: its --track-mem is soft-dirty, so
+ * only soft-dirty chains can be continued by criu dump; after uffd-wp tracking
+ * the process holds a userfaultfd, which criu dump refuses.
+ */
+function criu(r: KernelCheck): { continuesChains: boolean; note: string } {
+  const softDirty = r.capabilities.some((c) => c.name === 'soft-dirty' && c.supported);
+  return softDirty
+    ? {
+        continuesChains: true,
+        note:
+          "criu dump --track-mem --prev-images-dir can continue predump's soft-dirty pre-dumps " +
+          "(track-mem auto takes soft-dirty); after uffd-wp ones, 'predump untrack -t PID' first",
+      }
+    : {
+        continuesChains: false,
+        note:
+          'no soft-dirty: criu dump cannot continue any chain here (its --track-mem needs it); after ' +
+          "predump's uffd-wp pre-dumps run 'predump untrack -t PID' before a full criu dump",
+      };
 }
 
 /** The freeze-free path needs read mode's calls and uffd-wp async. */
 function freezeFree(r: KernelCheck): boolean {
   return r.readMode && r.capabilities.some((c) => c.name === 'uffd-wp' && c.supported);
+}
+
+/** The pipe size predump asks for (splice mode's pipes, read mode's drain buffers). */
+const WANTED_PIPE_BYTES = 4 << 20;
+const GiB = 1 << 30;
+/** CAP_SYS_RESOURCE's bit in /proc/PID/status's capability masks. */
+const CAP_SYS_RESOURCE = 24n;
+
+/** Whether CAP_SYS_RESOURCE is in this process's bounding set (undefined: unknown). */
+function resourceInBoundingSet(): boolean | undefined {
+  const m = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m ? ((BigInt(`0x${m[1]}`) >> CAP_SYS_RESOURCE) & 1n) === 1n : undefined;
+}
+
+/**
+ * The size predump's pipes get here: 4 MiB with CAP_SYS_RESOURCE (or a pipe-max-size that
+ * allows it), else pipe-max-size; and what that means for splice mode.
+ */
+function pipes(r: KernelCheck) {
+  const max = r.pipeMaxSize ?? null;
+  const pipeBytes =
+    r.capSysResource || max === null ? WANTED_PIPE_BYTES : Math.min(max, WANTED_PIPE_BYTES);
+  return {
+    pipeBytes,
+    /** Capped below the 4 MiB predump asks for. */
+    capped: pipeBytes < WANTED_PIPE_BYTES,
+    splicePipesPerGiB: Math.ceil(GiB / pipeBytes),
+    capSysResourceInBoundingSet: resourceInBoundingSet() ?? null,
+  };
+}
+
+const count = (n: number): string => n.toLocaleString('en-US');
+
+/** The pipe lines of the report: the size, and when capped what it costs and how to lift it. */
+function pipeLines(r: KernelCheck): string[] {
+  const p = pipes(r);
+  const max = r.pipeMaxSize ?? null;
+  const head = `pipe-max-size      ${max === null ? 'unknown' : formatBytes(max)}`;
+  if (!p.capped) {
+    return [
+      `${head}: predump's pipes get ${formatBytes(p.pipeBytes)} (${
+        r.capSysResource ? 'CAP_SYS_RESOURCE goes past pipe-max-size' : 'pipe-max-size allows it'
+      })`,
+    ];
+  }
+  const full = Math.ceil(GiB / WANTED_PIPE_BYTES);
+  const how =
+    p.capSysResourceInBoundingSet === false
+      ? 'or give predump CAP_SYS_RESOURCE: it is not in the bounding set here, so whatever started ' +
+        'this session (a container runtime, a VM agent, a systemd unit) dropped it and only it ' +
+        'can grant it (e.g. `docker run --cap-add SYS_RESOURCE`, or ' +
+        '`AmbientCapabilities=CAP_SYS_RESOURCE` in a systemd unit)'
+      : r.root
+        ? 'or run predump with CAP_SYS_RESOURCE in its effective set (this process lacks it)'
+        : 'or run predump as root, which has CAP_SYS_RESOURCE here';
+  return [
+    `${head}, and no CAP_SYS_RESOURCE to go past it: predump's pipes stay at ` +
+      `${formatBytes(p.pipeBytes)} instead of ${formatBytes(WANTED_PIPE_BYTES)}`,
+    `  cost             splice mode needs ${count(p.splicePipesPerGiB)} pipes per GiB instead of ` +
+      `${count(full)} (2 fds each here, and one more vmsplice run inside the frozen target per ` +
+      `pipe); read mode copies in ${formatBytes(p.pipeBytes)} steps instead of ` +
+      `${formatBytes(WANTED_PIPE_BYTES)}`,
+    `  to lift it       \`sysctl fs.pipe-max-size=${WANTED_PIPE_BYTES}\` as root, ${how}`,
+  ];
 }
 
 /** What /proc/sys/kernel/yama/ptrace_scope allows. */
@@ -102,14 +198,6 @@ function render(r: KernelCheck): string {
     r.ptraceScope === undefined || r.ptraceScope === null
       ? 'absent (no Yama)'
       : `${r.ptraceScope} (${YAMA_SCOPES[r.ptraceScope] ?? 'unknown value'})`;
-  const pipeMax =
-    r.pipeMaxSize === undefined || r.pipeMaxSize === null
-      ? 'unknown'
-      : `${formatBytes(r.pipeMaxSize)} (${
-          r.capSysResource
-            ? 'CAP_SYS_RESOURCE: pipes may be larger'
-            : 'no CAP_SYS_RESOURCE: drain pipes stop there'
-        })`;
   const lines = [
     `predump check: Linux ${r.kernel} ${r.arch}, ${r.root ? 'root' : 'not root'}, CAP_SYS_PTRACE ${yesNo(r.capSysPtrace)}`,
     '',
@@ -117,10 +205,11 @@ function render(r: KernelCheck): string {
     ...r.capabilities.map((c) => row(c.name, yesNo(c.supported), c.detail)),
     '',
     `ptrace_scope       ${scope}`,
-    `pipe-max-size      ${pipeMax}`,
+    ...pipeLines(r),
     `track-mem auto     ${r.trackMemAuto}`,
     `pre-dump modes     read ${yesNo(r.readMode)}, splice ${yesNo(r.spliceMode)}, freeze-free ${yesNo(freezeFree(r))}`,
     `default mode       ${toJson(r).defaultMode}`,
+    `criu               ${criu(r).note}`,
   ];
   if (!r.root && !r.capSysPtrace) {
     lines.push('note: not root: only processes of your own user can be pre-dumped');

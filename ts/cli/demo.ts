@@ -6,13 +6,12 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Argv } from 'yargs';
 import { EXIT, PredumpError } from '../errors.js';
-import { pagesFileName, readPreDumpDir } from '../images/index.js';
-import { preDump } from '../predump.js';
-import { Workload } from '../workload.js';
+import { exitStatusHelp, STATUS } from './options.js';
 import { parseSize } from './sizes.js';
+import { copyLine, frozenLine, modeLine } from './pre-dump.js';
 import {
   formatBytes,
-  formatMs,
+  inform,
   printJson,
   ProgressBar,
   reportError,
@@ -21,10 +20,6 @@ import {
 } from './output.js';
 
 type Args = ArgsOf<typeof builder>;
-
-export const command = 'demo';
-export const describe =
-  'Start the bundled workload, pre-dump it, check every dumped page, and stop it';
 
 export function builder(yargs: Argv) {
   return yargs
@@ -40,6 +35,13 @@ export function builder(yargs: Argv) {
       describe: 'keep the images here (default: a temporary directory, removed afterwards)',
     })
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
+    .epilogue(
+      exitStatusHelp([
+        ['0', 'demo ok: every page checked holds what it must'],
+        ['1', 'a page was wrong, the workload failed its own check, or the demo failed'],
+        STATUS.usage,
+      ]),
+    )
     .example('predump demo', '256 MiB, 2 threads, images in a temporary directory')
     .example('predump demo --size 1G -D /tmp/demo', 'a bigger one, keeping the images');
 }
@@ -49,6 +51,11 @@ export async function handler(args: Args): Promise<void> {
 }
 
 async function run(args: Args): Promise<number> {
+  const [{ pagesFileName, readPreDumpDir }, { preDump }, { Workload }] = await Promise.all([
+    import('../images/index.js'),
+    import('../predump.js'),
+    import('../workload.js'),
+  ]);
   const sizeBytes = parseSize(args.size, '--size');
   if (!Number.isInteger(args.threads) || args.threads < 0 || args.threads > 256) {
     throw new PredumpError(
@@ -58,13 +65,13 @@ async function run(args: Args): Promise<number> {
   }
   const tmp = args.imagesDir ? undefined : await mkdtemp(path.join(os.tmpdir(), 'predump-demo-'));
   const imagesDir = args.imagesDir ?? path.join(tmp as string, 'images');
-  say(
+  inform(
     `starting the workload: ${formatBytes(sizeBytes)} of pattern memory, ${args.threads} compute threads`,
   );
   const workload = await Workload.start({ sizeBytes, threads: args.threads });
   try {
-    say(`pre-dumping pid ${workload.pid} into ${imagesDir}`);
-    const bar = new ProgressBar('draining');
+    inform(`pre-dumping pid ${workload.pid} into ${imagesDir}`);
+    const bar = new ProgressBar('copying');
     const result = await preDump({
       pid: workload.pid,
       imagesDir,
@@ -75,19 +82,27 @@ async function run(args: Args): Promise<number> {
     const self = await workload.selfCheck();
     const ok =
       check.mismatches === 0 && check.trailingBytes === 0 && self.ok && check.pagesChecked > 0;
-    if (args.json) printJson({ ok, result, check, selfCheck: self });
-    say(
+    // The pre-dump's own fields, as `pre-dump --json` prints them, and the demo's checks.
+    if (args.json) printJson({ ok, copiedWhileFrozen: false, ...result, check, selfCheck: self });
+    const verdict = [
+      `checked ${check.pagesChecked} workload pages against their known contents: ${check.mismatches} wrong` +
+        (check.firstMismatches.length
+          ? ` (first at 0x${check.firstMismatches[0].toString(16)})`
+          : ''),
+      `the workload's own check after the pre-dump: ${self.ok ? 'ok' : 'FAILED'}`,
+    ];
+    inform(
       [
-        `frozen for ${formatMs(result.stoppedWindowMs)} (${result.threads} threads, scan ${formatMs(result.scanMs)})`,
-        `${result.pagesWritten} pages (${formatBytes(result.bytesWritten)}) copied in ${formatMs(result.drainMs)}: ${result.drainMBps.toFixed(0)} MB/s`,
-        `checked ${check.pagesChecked} workload pages against their known contents: ${check.mismatches} wrong` +
-          (check.firstMismatches.length
-            ? ` (first at 0x${check.firstMismatches[0].toString(16)})`
-            : ''),
-        `the workload's own check after the pre-dump: ${self.ok ? 'ok' : 'FAILED'}`,
+        `pre-dumped pid ${result.pid} (${result.threads} threads): ` +
+          `${result.pagesWritten} pages (${formatBytes(result.bytesWritten)})`,
+        modeLine(result),
+        frozenLine(result),
+        copyLine(result, false),
+        ...verdict,
         ok ? 'demo ok' : 'demo FAILED',
       ].join('\n'),
     );
+    if (!ok && args.json) say(`predump: error: demo FAILED: ${verdict.join('; ')}`);
     return ok ? EXIT.ok : EXIT.failed;
   } finally {
     await workload.stop();

@@ -5,14 +5,73 @@
 import type { Argv, ArgumentsCamelCase } from 'yargs';
 import { EXIT, PredumpError } from '../errors.js';
 
-/** Writes a line for a person (stderr). */
-export function say(message: string): void {
-  process.stderr.write(`${message}\n`);
+/** The output streams whose reader has gone away (EPIPE): nothing more is written to them. */
+const gone = new Set<NodeJS.WriteStream>();
+
+/**
+ * A reader that goes away early (`predump show DIR | head`) ends the output, not the
+ * command, and never with a stack trace: an EPIPE on stdout or stderr marks the stream
+ * gone and is otherwise ignored. The command goes on to its end, so that a pre-dump never
+ * leaves its images half-written or gives up a target in the middle, and its exit status
+ * still tells what happened to the operation. Any other error of the streams is thrown.
+ */
+export function endQuietlyWhenReaderGoes(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+      gone.add(stream);
+    });
+  }
 }
 
-/** Writes the machine-readable result (stdout). */
-export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+/** Writes `text` to `stream` unless its reader has gone away. */
+export function write(stream: NodeJS.WriteStream, text: string): void {
+  if (!gone.has(stream)) stream.write(text);
+}
+
+/** Writes a line for a person (stderr): a warning or an error, or anything without --json. */
+export function say(message: string): void {
+  write(process.stderr, `${message}\n`);
+}
+
+let jsonOutput = false;
+
+/** With --json, stderr carries only warnings and errors: `inform` and the progress bar are quiet. */
+export function jsonMode(on: boolean): void {
+  jsonOutput = on;
+}
+
+/** A line for a person that is neither a warning nor an error (a summary, a note): not with --json, whose result holds it. */
+export function inform(message: string): void {
+  if (!jsonOutput) say(message);
+}
+
+/**
+ * The version of the JSON every command prints (its `version` field, README "JSON
+ * output"): raised when a field changes meaning or goes away, not when one is added.
+ */
+export const JSON_VERSION = 1;
+
+let commandName: string | undefined;
+
+/** Names the command whose JSON is printed (its `command` field). */
+export function jsonCommand(name: string): void {
+  commandName = name;
+}
+
+/**
+ * Writes the machine-readable result (stdout): one object, `version` and `command`
+ * first, then `ok`, then the command's own fields (or `error` when `ok` is false).
+ */
+export function printJson(value: object): void {
+  const doc = { version: JSON_VERSION, command: commandName, ...value };
+  write(process.stdout, `${JSON.stringify(doc, null, 2)}\n`);
+}
+
+/** One object on one line, as printJson's: for a command that reports events (page-server). */
+export function printJsonLine(value: object): void {
+  const doc = { version: JSON_VERSION, command: commandName, ...value };
+  write(process.stdout, `${JSON.stringify(doc)}\n`);
 }
 
 export function formatBytes(bytes: number): string {
@@ -44,7 +103,7 @@ export class ProgressBar {
   private readonly enabled: boolean;
 
   constructor(private readonly label: string) {
-    this.enabled = process.stderr.isTTY === true;
+    this.enabled = process.stderr.isTTY === true && !jsonOutput;
   }
 
   update(done: number, total: number): void {
@@ -52,14 +111,15 @@ export class ProgressBar {
     const width = 30;
     const frac = Math.min(1, done / total);
     const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
-    process.stderr.write(
+    write(
+      process.stderr,
       `\r${this.label} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(done)} / ${formatBytes(total)}`,
     );
     this.drawn = true;
   }
 
   clear(): void {
-    if (this.drawn) process.stderr.write('\r\x1b[K');
+    if (this.drawn) write(process.stderr, '\r\x1b[K');
     this.drawn = false;
   }
 }

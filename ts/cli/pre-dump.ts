@@ -2,12 +2,19 @@
  * `predump pre-dump -t PID -D DIR`: copy a live process's memory into CRIU images.
  */
 import type { Argv } from 'yargs';
-import { checkTree, imagesDirOption, treeOption } from './options.js';
+import type { CommandSpec } from './fast-args.js';
+import {
+  checkPageServerClient,
+  pageServerClientOptions,
+  pageServerTarget,
+} from './page-server-client.js';
+import { checkTree, exitStatusHelp, imagesDirOption, STATUS, treeOption } from './options.js';
 import { EXIT } from '../errors.js';
-import { preDump, type PreDumpResult } from '../predump.js';
+import type { PreDumpResult } from '../predump.js';
 import {
   formatBytes,
   formatMs,
+  inform,
   interruptible,
   printJson,
   ProgressBar,
@@ -17,60 +24,82 @@ import {
 
 type Args = ArgsOf<typeof builder>;
 
-export const command = 'pre-dump';
-export const describe = 'Copy the memory of a running process into CRIU image files';
+const options = {
+  tree: {
+    ...treeOption,
+    describe: 'pid of the process to pre-dump (all its threads are frozen briefly)',
+  },
+  'images-dir': imagesDirOption,
+  'pre-dump-mode': {
+    type: 'string',
+    choices: ['auto', 'read', 'splice', 'freeze-free'] as const,
+    default: 'auto' as const,
+    describe:
+      'read: find the pages while frozen, copy them after thaw with process_vm_readv. ' +
+      'splice: also reference them into pipes while frozen, by vmsplice run inside the target ' +
+      "(CRIU's default; longer frozen, pins the memory until written). " +
+      'freeze-free: never stop the target (but once, briefly, on the first run): take and ' +
+      're-arm its written pages with uffd-wp while it runs, then copy them. ' +
+      'auto: freeze-free where uffd-wp tracking is in use, else read',
+  },
+  'track-mem': {
+    type: 'string',
+    choices: ['auto', 'uffd-wp', 'soft-dirty', 'none'] as const,
+    default: 'auto' as const,
+    describe:
+      'track writes so that the next pre-dump (with this one as --prev-images-dir) copies only ' +
+      'what changed. auto: soft-dirty where the kernel has it (leaves nothing in the target; ' +
+      "the tracking CRIU uses: 'criu dump --track-mem' can continue the chain), " +
+      'else (or with --pre-dump-mode freeze-free) uffd-wp, which leaves a userfaultfd and a marker fd in the target until ' +
+      "'predump dump' or 'predump untrack': criu dump refuses a process holding them, so run " +
+      "'predump untrack -t PID' before it. none: every pre-dump copies everything",
+  },
+  'prev-images-dir': {
+    type: 'string',
+    describe:
+      "the previous pre-dump of this process (predump's or criu pre-dump's): unchanged pages " +
+      'it holds become PE_PARENT entries. As in CRIU, a relative path is relative to ' +
+      "--images-dir (e.g. ../1), and a relative 'parent' link is made",
+  },
+  json: {
+    type: 'boolean',
+    default: false,
+    describe: 'print the result as one JSON object on stdout',
+  },
+  ...pageServerClientOptions,
+} as const;
+
+/** -t, then the page server's options. */
+const check = (argv: Record<string, unknown>): true =>
+  checkTree(argv) && checkPageServerClient(argv);
+
+export const spec: CommandSpec = { options, check };
 
 export function builder(yargs: Argv) {
   return yargs
-    .option('tree', {
-      ...treeOption,
-      describe: 'pid of the process to pre-dump (all its threads are frozen briefly)',
-    })
-    .option('images-dir', imagesDirOption)
-    .option('pre-dump-mode', {
-      type: 'string',
-      choices: ['auto', 'read', 'splice', 'freeze-free'] as const,
-      default: 'auto' as const,
-      describe:
-        'read: find the pages while frozen, copy them after thaw with process_vm_readv. ' +
-        'splice: also reference them into pipes while frozen, by vmsplice run inside the target ' +
-        "(CRIU's default; longer frozen, pins the memory until written). " +
-        'freeze-free: never stop the target (but once, briefly, on the first run): take and ' +
-        're-arm its written pages with uffd-wp while it runs, then copy them. ' +
-        'auto: freeze-free where uffd-wp tracking is in use, else read',
-    })
-    .option('track-mem', {
-      type: 'string',
-      choices: ['auto', 'uffd-wp', 'soft-dirty', 'none'] as const,
-      default: 'auto' as const,
-      describe:
-        'track writes so that the next pre-dump (with this one as --prev-images-dir) copies only ' +
-        'what changed. auto: soft-dirty where the kernel has it (leaves nothing in the target), ' +
-        'else uffd-wp, which leaves a userfaultfd and a marker fd in the target until ' +
-        "'predump dump' or 'predump untrack'. none: every pre-dump copies everything",
-    })
-    .option('prev-images-dir', {
-      type: 'string',
-      describe:
-        'the previous pre-dump of this process: unchanged pages it holds become PE_PARENT ' +
-        "entries (a relative 'parent' link is made, as CRIU does)",
-    })
-    .option('json', {
-      type: 'boolean',
-      default: false,
-      describe: 'print the result as one JSON object on stdout',
-    })
+    .options(options)
     .example('predump pre-dump -t 4242 -D /tmp/img', 'pre-dump pid 4242 into /tmp/img')
     .example('predump pre-dump -t 4242 -D /tmp/img --json', 'the result as JSON on stdout')
     .example(
-      'predump pre-dump -t 4242 -D /tmp/1 && predump pre-dump -t 4242 -D /tmp/2 --prev-images-dir /tmp/1',
+      'predump pre-dump -t 4242 -D /tmp/1 && predump pre-dump -t 4242 -D /tmp/2 --prev-images-dir ../1',
       'an iterative pair: the second copies only what changed',
+    )
+    .example(
+      'criu dump -t 4242 -D /tmp/3 --track-mem --prev-images-dir ../2',
+      "CRIU's final dump on top (soft-dirty kernels; after uffd-wp: predump untrack -t 4242 first)",
+    )
+    .example(
+      'predump pre-dump -t 4242 -D /tmp/local --page-server --address dst-host --port 27000',
+      "the pages to a page server on another host ('predump page-server' or 'criu page-server')",
     )
     .example(
       'predump pre-dump -t 4242 -D /tmp/img --track-mem none --pre-dump-mode read',
       'a full pre-dump that leaves nothing in the target',
     )
-    .check(checkTree);
+    .epilogue(
+      exitStatusHelp([STATUS.ok, STATUS.failed, STATUS.usage, STATUS.partial, STATUS.interrupted]),
+    )
+    .check(check);
 }
 
 export async function handler(args: Args): Promise<void> {
@@ -78,6 +107,7 @@ export async function handler(args: Args): Promise<void> {
 }
 
 async function run(args: Args): Promise<number> {
+  const { preDump } = await import('../predump.js');
   const bar = new ProgressBar('draining');
   const outcome = await interruptible(
     (signal) =>
@@ -87,6 +117,7 @@ async function run(args: Args): Promise<number> {
         mode: args.preDumpMode,
         trackMem: args.trackMem,
         prevImagesDir: args.prevImagesDir,
+        pageServer: pageServerTarget(args),
         onProgress: (done, total) => bar.update(done, total),
         signal,
       }).finally(() => bar.clear()),
@@ -94,10 +125,18 @@ async function run(args: Args): Promise<number> {
   );
   if (!outcome.ok) return outcome.status;
   const result = outcome.value;
-  if (args.json) printJson({ ok: true, ...result });
-  if (result.trackNote) say(`predump: note: ${result.trackNote}`);
+  if (args.json) printJson({ ok: true, copiedWhileFrozen: false, ...result });
+  if (result.leftoversRemoved) {
+    inform(
+      `predump: note: removed ${result.leftoversRemoved} that a predump which died while ` +
+        `injecting had left in process ${result.pid}`,
+    );
+  }
+  if (result.trackNote) inform(`predump: note: ${result.trackNote}`);
+  // A warning, kept with --json: a script that goes on to 'criu dump' needs it as much.
+  if (result.trackBackend === 'uffd-wp') say(uffdHandover(result.pid));
   if (result.trackBackend === 'none') {
-    say(
+    inform(
       'predump: note: no dirty tracking: a pre-dump with this one as its parent copies everything',
     );
   }
@@ -106,7 +145,7 @@ async function run(args: Args): Promise<number> {
       `predump: warning: ${result.requestedMode === 'auto' ? 'freeze-free' : result.requestedMode} mode is not possible here (${result.fallback}): used read mode`,
     );
   }
-  say(summary(result));
+  inform(summary(result));
   if (result.partial) {
     say(
       `predump: warning: process ${result.pid} exited during the copy: ` +
@@ -117,22 +156,82 @@ async function run(args: Args): Promise<number> {
   return EXIT.ok;
 }
 
+/** What a process tracked with uffd-wp needs before CRIU may dump it. */
+export function uffdHandover(pid: number): string {
+  return (
+    `predump: warning: process ${pid} now holds predump's userfaultfd (uffd-wp tracking), which ` +
+    "'criu dump' refuses (\"Can't dump file … anon_inode:[userfaultfd]\"). Before criu dump, " +
+    `run 'predump untrack -t ${pid}' (criu then dumps every page: its --track-mem needs ` +
+    "soft-dirty), or close the chain with 'predump dump'"
+  );
+}
+
+/** The mode used, and why: asked for, chosen by auto, or fallen back to. */
+export function modeLine(r: PreDumpResult): string {
+  const why =
+    r.fallback !== null
+      ? `: ${r.requestedMode === 'auto' ? 'freeze-free' : r.requestedMode} was not possible here`
+      : r.requestedMode !== 'auto'
+        ? ''
+        : r.mode === 'freeze-free'
+          ? ' (auto: uffd-wp tracking is in use)'
+          : ' (auto)';
+  const what =
+    r.mode === 'freeze-free'
+      ? 'the target ran throughout'
+      : r.mode === 'splice'
+        ? 'pages referenced into pipes while frozen, written after the thaw'
+        : 'pages found while frozen, copied after the thaw';
+  return `  mode     ${r.mode}${why}: ${what}`;
+}
+
+/** When the target was stopped, and what happened meanwhile. */
+export function frozenLine(r: PreDumpResult): string {
+  if (r.mode === 'freeze-free') {
+    return (
+      `  frozen   ${r.stoppedWindowMs > 0 ? `${formatMs(r.stoppedWindowMs)} (once, to set up the tracking)` : 'never'}; ` +
+      `scan ${formatMs(r.scanMs)} with ${r.scanMethod}, while it ran`
+    );
+  }
+  return (
+    `  frozen   ${formatMs(r.stoppedWindowMs)} (freezing ${formatMs(r.freezingMs)}, scan ${formatMs(r.scanMs)} with ${r.scanMethod}` +
+    (r.mode === 'splice' ? `, ${r.injectedCalls} calls injected in ${formatMs(r.injectMs)})` : ')')
+  );
+}
+
+/**
+ * When the pages were copied: after the thaw (drain, its fsync included), or, in a
+ * final dump, inside the frozen window, with only the fsync after the thaw.
+ */
+export function copyLine(r: PreDumpResult, final: boolean): string {
+  if (final) {
+    return (
+      `  copy     inside the ${formatMs(r.stoppedWindowMs)} frozen window; ` +
+      `fsync ${formatMs(r.drainMs)} after the thaw; total ${formatMs(r.totalMs)}`
+    );
+  }
+  return (
+    `  copy     ${formatMs(r.drainMs)} after the thaw (fsync included), ` +
+    `${r.drainMBps.toFixed(0)} MB/s; total ${formatMs(r.totalMs)}`
+  );
+}
+
 export function summary(r: PreDumpResult, final = false): string {
   const gone = r.pagesGone > 0 ? `, ${r.pagesGone} pages gone before they were copied` : '';
   return [
-    `pre-dumped pid ${r.pid} (${r.threads} thread${r.threads === 1 ? '' : 's'}) into ${r.imagesDir}`,
-    r.mode === 'freeze-free'
-      ? `  frozen   ${r.stoppedWindowMs > 0 ? `${formatMs(r.stoppedWindowMs)} (once, to set up the tracking)` : 'never'}; scan ${formatMs(r.scanMs)} with ${r.scanMethod}, while running`
-      : `  frozen   ${formatMs(r.stoppedWindowMs)} (freezing ${formatMs(r.freezingMs)}, scan ${formatMs(r.scanMs)} with ${r.scanMethod}` +
-        (r.mode === 'splice'
-          ? `, ${r.injectedCalls} calls injected in ${formatMs(r.injectMs)})`
-          : ')'),
+    `pre-dumped pid ${r.pid} (${r.threads} thread${r.threads === 1 ? '' : 's'}) into ${r.imagesDir}` +
+      (r.pageServer
+        ? `; pages sent to the page server at ${r.pageServer.address}:${r.pageServer.port}` +
+          ` (${r.pageServer.format} headers${r.pageServer.tls ? ', TLS' : ''}, stored in ${formatMs(r.pageServer.sessionMs)})`
+        : ''),
+    ...(final ? [] : [modeLine(r)]),
+    frozenLine(r),
     ...(r.mode === 'splice'
       ? [`  pipes    ${r.pipes}, ${formatBytes(r.pinnedBytes)} pinned until written`]
       : []),
     `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}` +
       (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : ''),
-    `  drain    ${formatMs(r.drainMs)}, ${r.drainMBps.toFixed(0)} MB/s; total ${formatMs(r.totalMs)}`,
+    copyLine(r, final),
     final
       ? '  tracking ended: nothing of predump is left in the process'
       : `  tracking ${r.trackBackend}` +

@@ -3,36 +3,49 @@
  */
 import type { Argv } from 'yargs';
 import { EXIT } from '../errors.js';
-import { describeImages, type ImagesSummary } from '../show.js';
-import { formatBytes, printJson, reportError, type ArgsOf } from './output.js';
+import type { CommandSpec } from './fast-args.js';
+import { exitStatusHelp, STATUS } from './options.js';
+import type { ImagesSummary } from '../show.js';
+import { formatBytes, printJson, reportError, write, type ArgsOf } from './output.js';
 
 type Args = ArgsOf<typeof builder>;
 
-export const command = 'show <dir>';
-export const describe = 'Decode an images directory: entries, page counts, stats, parent';
+const options = {
+  json: {
+    type: 'boolean',
+    default: false,
+    describe: 'print one JSON object on stdout',
+  },
+  entries: {
+    type: 'boolean',
+    default: true,
+    describe: 'list every pagemap entry (--no-entries for the totals only)',
+  },
+} as const;
+
+export const spec: CommandSpec = { options, positionals: ['dir'] };
 
 export function builder(yargs: Argv) {
   return yargs
     .positional('dir', { type: 'string', demandOption: true, describe: 'images directory' })
-    .option('json', {
-      type: 'boolean',
-      default: false,
-      describe: 'print one JSON object on stdout',
-    })
-    .option('entries', {
-      type: 'boolean',
-      default: true,
-      describe: 'list every pagemap entry (--no-entries for the totals only)',
-    })
+    .options(options)
+    .epilogue(
+      exitStatusHelp([
+        ['0', 'shown (a set without inventory.img is shown as INCOMPLETE)'],
+        ['1', 'not an images directory, or an image that does not decode'],
+        STATUS.usage,
+      ]),
+    )
     .example('predump show /tmp/img', 'summary and pagemap entries')
     .example('predump show /tmp/img --json | jq .pagesPresent', 'for scripts');
 }
 
 export async function handler(args: Args): Promise<void> {
   try {
+    const { describeImages } = await import('../show.js');
     const summary = await describeImages(args.dir);
-    if (args.json) printJson(summary);
-    else process.stdout.write(render(summary, args.entries));
+    if (args.json) printJson({ ok: true, ...summary });
+    else write(process.stdout, render(summary, args.entries));
     process.exitCode = EXIT.ok;
   } catch (err) {
     process.exitCode = reportError(err, args.json);
@@ -43,8 +56,8 @@ function render(s: ImagesSummary, withEntries: boolean): string {
   const lines = [
     `${s.dir}: ${s.complete ? 'complete' : 'INCOMPLETE (no inventory.img)'} ${s.kind ?? ''}`.trimEnd(),
   ];
+  if (s.complete) lines.push(`  made by        ${madeBy(s)}`);
   if (s.pid !== undefined) lines.push(`  pid            ${s.pid}`);
-  if (s.mode !== undefined) lines.push(`  pre-dump mode  ${s.mode}`);
   if (s.dumpUptimeUs !== undefined)
     lines.push(`  dump uptime    ${(s.dumpUptimeUs / 1e6).toFixed(3)} s after boot`);
   lines.push(`  entries        ${s.entries.length}`);
@@ -67,4 +80,23 @@ function render(s: ImagesSummary, withEntries: boolean): string {
     }
   }
   return lines.join('\n') + '\n';
+}
+
+/** What made the images: the command, the mode, the tracking, as far as they say. */
+function madeBy(s: ImagesSummary): string {
+  if (s.kind === 'dump') {
+    return s.trackingEnded
+      ? `predump dump (frozen throughout), which ended the ${s.tracking ?? 'dirty'} tracking`
+      : 'a final dump (frozen throughout; no predump record: criu dump, or an older predump)';
+  }
+  const mode =
+    s.mode === 'freeze-free'
+      ? 'freeze-free mode (the target ran throughout)'
+      : s.mode === 'splice'
+        ? 'splice mode'
+        : 'read mode';
+  if (s.tracking === null) {
+    return `a pre-dump in ${mode}, without predump's record (criu pre-dump, or predump without dirty tracking)`;
+  }
+  return `predump pre-dump in ${mode}, ${s.tracking === 'none' ? 'no' : s.tracking} dirty tracking`;
 }

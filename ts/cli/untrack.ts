@@ -2,35 +2,54 @@
  * `predump untrack -t PID`: end predump's dirty tracking of a process.
  */
 import type { Argv } from 'yargs';
-import { checkTree, treeOption } from './options.js';
+import { checkTree, exitStatusHelp, STATUS, treeOption } from './options.js';
 import { EXIT, fromNative } from '../errors.js';
-import { native } from '../native.js';
-import { printJson, reportError, say, type ArgsOf } from './output.js';
+import type { CommandSpec } from './fast-args.js';
+import { inform, printJson, reportError, type ArgsOf } from './output.js';
 
 type Args = ArgsOf<typeof builder>;
 
-export const command = 'untrack';
-export const describe =
-  "End predump's dirty tracking of a process: close the userfaultfd it left there";
+const options = {
+  tree: { ...treeOption, describe: 'pid of the process (briefly frozen while the fds are closed)' },
+  json: { type: 'boolean', default: false, describe: 'print the result as JSON' },
+} as const;
+
+export const spec: CommandSpec = { options, check: checkTree };
 
 export function builder(yargs: Argv) {
   return yargs
-    .option('tree', {
-      ...treeOption,
-      describe: 'pid of the process (briefly frozen while the fds are closed)',
-    })
-    .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
+    .options(options)
     .check(checkTree)
-    .example('predump untrack -t 4242', 'after the last pre-dump of a chain');
+    .epilogue(
+      exitStatusHelp([
+        ['0', 'the tracking ended, or there was none'],
+        ['1', 'it could not be ended (the message says why)'],
+        STATUS.usage,
+      ]),
+    )
+    .example('predump untrack -t 4242', 'after the last pre-dump of a chain')
+    .example(
+      'predump untrack -t 4242 && criu dump -t 4242 -D /tmp/final',
+      'hand a process tracked with uffd-wp over to CRIU (a full dump)',
+    );
 }
 
 export async function handler(args: Args): Promise<void> {
   try {
-    const had = await native.untrack(args.tree).catch((err: unknown) => {
+    const { native } = await import('../native.js');
+    const report = await native.untrack(args.tree).catch((err: unknown) => {
       throw fromNative(err);
     });
-    if (args.json) printJson({ ok: true, pid: args.tree, untracked: had });
-    say(
+    const had = report.untracked;
+    const leftovers = report.leftoversRemoved ?? null;
+    if (args.json)
+      printJson({ ok: true, pid: args.tree, untracked: had, leftoversRemoved: leftovers });
+    if (leftovers) {
+      inform(
+        `process ${args.tree}: removed ${leftovers} that a predump which died while injecting had left`,
+      );
+    }
+    inform(
       had
         ? `process ${args.tree}: dirty tracking ended, its userfaultfd closed`
         : `process ${args.tree} had no dirty tracking of predump's`,

@@ -21,6 +21,7 @@ export {
   encodePagemapEntry,
   encodePagemapHead,
   encodeStats,
+  loadCodec,
   type DumpStatsEntry,
   type InventoryEntry,
   type PagemapEntryRecord,

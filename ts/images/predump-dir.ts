@@ -11,9 +11,9 @@
  * under a temporary name, fsync'ed, made 0600 and renamed, so a final name never holds a
  * half-written file.
  */
-import { randomBytes } from 'node:crypto';
 import { lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { randomHex } from '../random.js';
 
 import {
   decodeImage,
@@ -76,6 +76,11 @@ export interface PreDumpImages {
   pid: number;
   pagesId: number;
   entries: PagemapEntry[];
+  /**
+   * The pages and their pagemap went to a page server: only the stats and the
+   * inventory are written here, as CRIU's client writes them.
+   */
+  pagesElsewhere?: boolean;
   stats: DumpStats;
   inventory: {
     /** µs since boot, as CRIU (it reads /proc/uptime: 10 ms resolution). */
@@ -184,7 +189,7 @@ function statsToEntry(s: DumpStats): DumpStatsEntry {
 
 /** Writes `data` to dir/name through a temporary name: mode 0600, fsync'ed, then renamed. */
 async function writeFileAtomic(dir: string, name: string, data: Uint8Array): Promise<void> {
-  const tmp = join(dir, `.${name}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+  const tmp = join(dir, `.${name}.${process.pid}-${randomHex(4)}.tmp`);
   const fh = await open(tmp, 'wx', 0o600);
   try {
     try {
@@ -285,7 +290,7 @@ export async function writePreDumpImages(
     throw err;
   }
   const pagesName = pagesFileName(pagesId);
-  const pagesBytes = await sizeIfExists(join(dir, pagesName));
+  const pagesBytes = images.pagesElsewhere ? undefined : await sizeIfExists(join(dir, pagesName));
   const expected = presentPages(entries) * pageSize;
   if (pagesBytes !== undefined && pagesBytes !== expected) {
     throw new ImageError(
@@ -294,7 +299,7 @@ export async function writePreDumpImages(
     );
   }
 
-  await writeFileAtomic(dir, pagemapFileName(pid), pagemap);
+  if (!images.pagesElsewhere) await writeFileAtomic(dir, pagemapFileName(pid), pagemap);
   await writeFileAtomic(dir, STATS_FILE, statsDump);
   await fsyncDir(dir); // the renames above are durable before inventory.img can appear
   await writeFileAtomic(dir, INVENTORY_FILE, inventoryImg);
@@ -318,10 +323,12 @@ function record<T>(file: string, index: number, decode: () => T): T {
   }
 }
 
-/** CRIU's compatibility rules for entries written by older versions (criu/pagemap.c). */
+/**
+ * CRIU's compatibility rules for entries written by older versions (criu/pagemap.c,
+ * init_compat_pagemap_entry): in_parent adds PE_PARENT; otherwise missing flags mean PE_PRESENT.
+ */
 function entryFromRecord(r: ReturnType<typeof decodePagemapEntry>): PagemapEntry {
-  let flags = r.flags ?? PE_PRESENT;
-  if (r.inParent === true) flags |= PE_PARENT;
+  const flags = r.inParent === true ? (r.flags ?? 0) | PE_PARENT : (r.flags ?? PE_PRESENT);
   // CRIU >= 4.0 writes the count in field 5 and leaves field 2 at 0.
   return { vaddr: r.vaddr, nrPages: r.nrPages ?? r.compatNrPages, flags };
 }

@@ -7,7 +7,8 @@
  * uint64 fields are numbers here: they are decoded as bigint and converted, and a value above
  * Number.MAX_SAFE_INTEGER is an error (x86_64/aarch64 user addresses are below 2^48).
  */
-import protobuf from 'protobufjs';
+import { createRequire } from 'node:module';
+import type { Message, Type } from 'protobufjs';
 
 export const CRIU_PROTO = `
 syntax = "proto2";
@@ -59,13 +60,37 @@ message stats_entry {
 }
 `;
 
-const root = protobuf.parse(CRIU_PROTO, { keepCase: true }).root;
-const types = {
-  inventory: root.lookupType('criu.inventory_entry'),
-  pagemapHead: root.lookupType('criu.pagemap_head'),
-  pagemapEntry: root.lookupType('criu.pagemap_entry'),
-  stats: root.lookupType('criu.stats_entry'),
-};
+interface Types {
+  inventory: Type;
+  pagemapHead: Type;
+  pagemapEntry: Type;
+  stats: Type;
+}
+
+let loaded: Types | undefined;
+
+/**
+ * protobufjs and CRIU's message types, loaded on first use (a fifth of the CLI's start-up
+ * otherwise): a command that reads or writes no image never pays for them, and a pre-dump
+ * loads them (`loadCodec`) while the core works on the target.
+ */
+function types(): Types {
+  if (loaded) return loaded;
+  const protobuf = createRequire(import.meta.url)('protobufjs') as typeof import('protobufjs');
+  const root = protobuf.parse(CRIU_PROTO, { keepCase: true }).root;
+  loaded = {
+    inventory: root.lookupType('criu.inventory_entry'),
+    pagemapHead: root.lookupType('criu.pagemap_head'),
+    pagemapEntry: root.lookupType('criu.pagemap_entry'),
+    stats: root.lookupType('criu.stats_entry'),
+  };
+  return loaded;
+}
+
+/** Loads the codec now, so that the first image read or written does not wait for it. */
+export function loadCodec(): void {
+  types();
+}
 
 export interface InventoryEntry {
   imgVersion: number;
@@ -153,8 +178,8 @@ function req(obj: Fields, key: string): number {
   return v;
 }
 
-function decodeFields(type: protobuf.Type, bytes: Uint8Array): Fields {
-  let msg: protobuf.Message;
+function decodeFields(type: Type, bytes: Uint8Array): Fields {
+  let msg: Message;
   try {
     msg = type.decode(bytes);
   } catch (err) {
@@ -168,7 +193,7 @@ function decodeFields(type: protobuf.Type, bytes: Uint8Array): Fields {
   return obj;
 }
 
-function encodeFields(type: protobuf.Type, obj: Fields): Uint8Array {
+function encodeFields(type: Type, obj: Fields): Uint8Array {
   return type.encode(obj).finish();
 }
 
@@ -187,11 +212,11 @@ export function encodeInventory(e: InventoryEntry): Uint8Array {
     e.preDumpMode === undefined ? undefined : u32('pre_dump_mode', e.preDumpMode),
   );
   optional(o, 'plugins_entry', e.plugins === undefined ? undefined : { plugins: e.plugins });
-  return encodeFields(types.inventory, o);
+  return encodeFields(types().inventory, o);
 }
 
 export function decodeInventory(bytes: Uint8Array): InventoryEntry {
-  const o = decodeFields(types.inventory, bytes);
+  const o = decodeFields(types().inventory, bytes);
   const e: InventoryEntry = { imgVersion: req(o, 'img_version') };
   const uptime = num(o, 'dump_uptime');
   if (uptime !== undefined) e.dumpUptime = uptime;
@@ -208,11 +233,11 @@ export function decodeInventory(bytes: Uint8Array): InventoryEntry {
 // ---- pagemap_head, pagemap_entry ----
 
 export function encodePagemapHead(h: PagemapHead): Uint8Array {
-  return encodeFields(types.pagemapHead, { pages_id: u32('pages_id', h.pagesId) });
+  return encodeFields(types().pagemapHead, { pages_id: u32('pages_id', h.pagesId) });
 }
 
 export function decodePagemapHead(bytes: Uint8Array): PagemapHead {
-  return { pagesId: req(decodeFields(types.pagemapHead, bytes), 'pages_id') };
+  return { pagesId: req(decodeFields(types().pagemapHead, bytes), 'pages_id') };
 }
 
 export function encodePagemapEntry(e: PagemapEntryRecord): Uint8Array {
@@ -223,11 +248,11 @@ export function encodePagemapEntry(e: PagemapEntryRecord): Uint8Array {
   optional(o, 'in_parent', e.inParent);
   optional(o, 'flags', e.flags === undefined ? undefined : u32('flags', e.flags));
   optional(o, 'nr_pages', e.nrPages === undefined ? undefined : u64('nr_pages', e.nrPages));
-  return encodeFields(types.pagemapEntry, o);
+  return encodeFields(types().pagemapEntry, o);
 }
 
 export function decodePagemapEntry(bytes: Uint8Array): PagemapEntryRecord {
-  const o = decodeFields(types.pagemapEntry, bytes);
+  const o = decodeFields(types().pagemapEntry, bytes);
   const e: PagemapEntryRecord = {
     vaddr: req(o, 'vaddr'),
     compatNrPages: req(o, 'compat_nr_pages'),
@@ -271,11 +296,11 @@ export function encodeStats(s: StatsEntry): Uint8Array {
     }
     o['dump'] = dump;
   }
-  return encodeFields(types.stats, o);
+  return encodeFields(types().stats, o);
 }
 
 export function decodeStats(bytes: Uint8Array): StatsEntry {
-  const o = decodeFields(types.stats, bytes);
+  const o = decodeFields(types().stats, bytes);
   const raw = o['dump'];
   if (raw === undefined || raw === null) return {};
   const r = raw as Fields;

@@ -15,17 +15,18 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, splice, vmsplice, FcntlArg, OFlag, SpliceFFlags};
+use nix::fcntl::{fcntl, vmsplice, FcntlArg, OFlag, SpliceFFlags};
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::{pipe2, Pid};
 
 use crate::anon::AnonMap;
+use crate::pages_out::PagesOut;
 use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
 
 /// The kernel's UIO_MAXIOV: the most iovecs one `process_vm_readv` accepts.
@@ -267,15 +268,6 @@ fn sized_pipe(wished: usize) -> Result<(File, File, usize)> {
     Ok((File::from(r), File::from(w), real as usize))
 }
 
-fn write_error(e: io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace {
-            path: "pages image".into(),
-        },
-        _ => Error::sys("write pages image", e),
-    }
-}
-
 /// How the reader puts a filled buffer into the pipe. Kernels are moving away from
 /// GIFT vmsplice and seccomp profiles may forbid vmsplice: degrade, never fail.
 #[derive(Clone, Copy, PartialEq)]
@@ -319,62 +311,16 @@ fn feed_pipe(pipe: &File, data: &[u8], mode: &mut Feed) -> Result<()> {
     Ok(())
 }
 
-/// The writer thread's side: moves chunks of the pipe into the image.
+/// The writer thread's side: moves chunks of the pipe into the output.
 struct Writer<'a> {
     pipe: File,
-    out: &'a File,
-    /// False once splice refused the image (EINVAL: O_APPEND, or a file system
-    /// without splice support): then read + write through `scratch`.
-    splice_ok: bool,
+    out: &'a mut dyn PagesOut,
     scratch: Vec<u8>,
     time: Duration,
     bytes: u64,
 }
 
 impl Writer<'_> {
-    /// Moves exactly `len` bytes from the pipe to the image. On error, returns it
-    /// with the number of bytes still in the pipe for this chunk.
-    fn copy_out(&mut self, len: usize) -> std::result::Result<(), (Error, usize)> {
-        let mut left = len;
-        while left > 0 {
-            let moved = if self.splice_ok {
-                match splice(
-                    &self.pipe,
-                    None,
-                    self.out,
-                    None,
-                    left,
-                    SpliceFFlags::SPLICE_F_MOVE,
-                ) {
-                    Ok(n) => n,
-                    Err(Errno::EINTR) => continue,
-                    Err(Errno::EINVAL) => {
-                        self.splice_ok = false;
-                        continue;
-                    }
-                    Err(e) => return Err((write_error(e.into()), left)),
-                }
-            } else {
-                let want = left.min(self.scratch_len());
-                let n = match (&self.pipe).read(&mut self.scratch[..want]) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err((Error::sys("read drain pipe", e), left)),
-                };
-                if let Err(e) = self.out.write_all(&self.scratch[..n]) {
-                    return Err((write_error(e), left - n));
-                }
-                n
-            };
-            if moved == 0 {
-                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "drain pipe ran dry");
-                return Err((Error::sys("splice pages", eof), 0));
-            }
-            left -= moved;
-        }
-        Ok(())
-    }
-
     fn scratch_len(&mut self) -> usize {
         if self.scratch.is_empty() {
             self.scratch = vec![0; 1 << 16];
@@ -401,18 +347,18 @@ impl Writer<'_> {
     /// dropping) chunks so that the reader never blocks; `failed` tells it to stop.
     fn run(
         mut self,
-        work: mpsc::Receiver<(usize, usize)>,
+        work: mpsc::Receiver<(usize, usize, Vec<PageRange>)>,
         free: mpsc::Sender<usize>,
         failed: &AtomicBool,
         progress: Option<&AtomicU64>,
     ) -> Result<(Duration, u64)> {
         let mut error = None;
-        for (buffer, len) in work {
+        for (buffer, len, regions) in work {
             if error.is_some() {
                 self.discard(len);
             } else {
                 let start = Instant::now();
-                let res = self.copy_out(len);
+                let res = self.out.from_pipe(self.pipe.as_fd(), &regions, len);
                 self.time += start.elapsed();
                 match res {
                     Ok(()) => {
@@ -456,14 +402,17 @@ fn read_loop(
     max_iovs: usize,
     buffers: &mut [AnonMap; 2],
     pipe: &File,
-    work: mpsc::Sender<(usize, usize)>,
+    work: mpsc::Sender<(usize, usize, Vec<PageRange>)>,
     free: mpsc::Receiver<usize>,
     failed: &AtomicBool,
+    owned_pipe: bool,
     st: &mut ReadState,
 ) -> Result<()> {
     let limit = buffers[0].len() as u64;
     let mut idle = vec![1usize, 0];
-    let mut feed = Feed::Gift;
+    // An output that keeps referencing spliced pages (a socket) gets pipes
+    // that own theirs: the buffers are reused as soon as the pipe is emptied.
+    let mut feed = if owned_pipe { Feed::Copy } else { Feed::Gift };
     for batch in batches(ranges, max_iovs, limit) {
         let b = match idle.pop() {
             Some(b) => b,
@@ -485,11 +434,11 @@ fn read_loop(
         st.pages_gone += fill.pages_gone;
         if fill.bytes > 0 {
             feed_pipe(pipe, &buffers[b].as_slice()[..fill.bytes], &mut feed)?;
-            if work.send((b, fill.bytes)).is_err() {
-                return Ok(());
-            }
             for r in &fill.regions {
                 push_merged(&mut st.regions, r.start, r.pages);
+            }
+            if work.send((b, fill.bytes, fill.regions)).is_err() {
+                return Ok(());
             }
         } else {
             idle.push(b);
@@ -508,14 +457,13 @@ fn read_loop(
 /// `pages_gone`); if the target exits, the pages read so far are written and `end` is
 /// [`DrainEnd::TargetExited`].
 ///
-/// `out` must be a file (splice into a socket may keep references to the buffers'
-/// pages after returning). `progress`, if given, is increased by the bytes written
-/// after each batch. A write error is [`Error::NoSpace`] with path "pages image" (the
-/// caller knows the real path) or [`Error::Sys`]; bytes already written stay in `out`.
+/// `progress`, if given, is increased by the bytes written after each batch. A
+/// write error is the output's ([`Error::NoSpace`] naming the file, a connection
+/// error…); bytes already written stay in `out`.
 pub fn drain(
     pid: i32,
     ranges: &[PageRange],
-    out: &File,
+    out: &mut dyn PagesOut,
     config: &DrainConfig,
     progress: Option<&AtomicU64>,
 ) -> Result<DrainOutcome> {
@@ -541,10 +489,10 @@ pub fn drain(
     ];
     let failed = AtomicBool::new(false);
     let mut st = ReadState::default();
+    let owned_pipe = out.needs_owned_pipe();
     let writer = Writer {
         pipe: pipe_r,
         out,
-        splice_ok: true,
         scratch: Vec::new(),
         time: Duration::ZERO,
         bytes: 0,
@@ -563,6 +511,7 @@ pub fn drain(
             work_tx,
             free_rx,
             failed,
+            owned_pipe,
             &mut st,
         );
         let write_res = handle

@@ -26,13 +26,20 @@ pub enum Error {
     #[error("process {pid} is predump itself: it cannot freeze its own process")]
     SelfTarget { pid: i32 },
 
+    /// The tree to pre-dump holds the calling process: freezing it would
+    /// freeze predump itself.
+    #[error("the tree of process {root} holds this predump process ({pid}): pre-dump a tree that does not contain the caller")]
+    SelfInTree { root: i32, pid: i32 },
+
     /// The target is a child of the calling process, whose own wait calls would
     /// take the target's ptrace stops.
     #[error("process {pid} is a child of this process: its parent's waitpid (Node's child_process does one) would take the ptrace stops predump waits for; start it through a launcher that exits (double fork), or run the predump CLI")]
     OwnChild { pid: i32 },
 
-    /// ptrace or process_vm_readv was refused.
-    #[error("not permitted to {action} process {pid}: {source} (run as root, or as the owner with ptrace allowed by /proc/sys/kernel/yama/ptrace_scope)")]
+    /// ptrace or process_vm_readv was refused. The kernel says only EPERM: why, as far
+    /// as the uids, capabilities and Yama tell, is worked out when the message is made
+    /// (access.rs), while the target is still there to look at.
+    #[error("not permitted to {action} process {pid}: {source}: {}", crate::access::why_refused(*pid))]
     Permission {
         pid: i32,
         action: &'static str,
@@ -66,10 +73,36 @@ pub enum Error {
     #[error("cannot parse {file}: {detail}")]
     Parse { file: String, detail: String },
 
+    /// An image file is not what its name says (bad magic, truncated, a
+    /// record that does not decode, entries out of order).
+    #[error("{file}: {detail}")]
+    Image { file: String, detail: String },
+
     /// Another predump run works on this process's dirty tracking right now:
     /// two runs taking each other's dirty pages would break both chains.
     #[error("another predump is working on process {pid} right now (pre-dump, dump or untrack): wait for it to finish")]
     Busy { pid: i32 },
+
+    /// A page-server peer sent something the protocol does not allow (or is not
+    /// a page-server peer at all).
+    #[error("page-server protocol: {detail}")]
+    Protocol { detail: String },
+
+    /// A page-server connection failed: refused, reset, closed early, timed out.
+    #[error("{what}: {source}")]
+    Connection {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// TLS could not be set up, or the peer's certificate was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
+
+    /// The caller asked to stop (SIGINT, SIGTERM, an abort handle).
+    #[error("interrupted")]
+    Interrupted,
 
     /// The caller passed something that cannot work.
     #[error("invalid argument: {0}")]
@@ -84,7 +117,7 @@ impl Error {
             Error::NotAProcess { .. } => "ETHREAD",
             Error::KernelThread { .. } => "EKTHREAD",
             Error::Zombie { .. } => "EZOMBIE",
-            Error::SelfTarget { .. } => "ESELF",
+            Error::SelfTarget { .. } | Error::SelfInTree { .. } => "ESELF",
             Error::OwnChild { .. } => "ECHILDTARGET",
             Error::Permission { .. } => "EPERM",
             Error::AlreadyTraced { .. } => "ETRACED",
@@ -92,7 +125,12 @@ impl Error {
             Error::Sys { .. } => "ESYS",
             Error::NoSpace { .. } => "ENOSPC",
             Error::Parse { .. } => "EPARSE",
+            Error::Image { .. } => "EIMAGE",
             Error::Busy { .. } => "EBUSY",
+            Error::Protocol { .. } => "EPROTO",
+            Error::Connection { .. } => "ECONN",
+            Error::Tls(_) => "ETLS",
+            Error::Interrupted => "EINTERRUPTED",
             Error::InvalidArgument(_) => "EINVAL",
         }
     }

@@ -7,19 +7,11 @@
 //! seized, so `Frozen` is neither `Send` nor `Sync`.
 
 use std::collections::HashSet;
-use std::io;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::ptrace;
-use nix::unistd::Pid;
-
+use crate::sys::ptrace::{self, PTRACE_EVENT_STOP};
 use crate::{proc, Error, Result};
-
-/// `PTRACE_EVENT_STOP` (include/uapi/linux/ptrace.h): the stop that
-/// PTRACE_INTERRUPT and group-stops of a seized thread report.
-const PTRACE_EVENT_STOP: i32 = 128;
 
 /// A thread we hold stopped, and the signal its stop intercepted (if any), to be
 /// handed back at detach so the process never loses a signal because of us.
@@ -35,6 +27,10 @@ struct Held {
 pub struct Frozen {
     pid: i32,
     held: Vec<Held>,
+    /// Seized and interrupted, not yet seen stopped (`start` without `finish`).
+    pending: Vec<i32>,
+    /// Every thread ever seized.
+    seen: HashSet<i32>,
     started: Instant,
     stopped: Instant,
     thawed: bool,
@@ -60,68 +56,104 @@ impl Frozen {
     /// stopped thread cannot clone, so this ends.
     pub fn freeze(pid: i32) -> Result<Frozen> {
         let _urgent = Urgent::raise();
-        let started = Instant::now();
+        let mut frozen = Frozen::start(pid)?;
+        frozen.finish()?;
+        Ok(frozen)
+    }
+
+    /// The first half of `freeze`: seizes and interrupts every thread listed
+    /// now, without waiting for them to stop, so that the threads of many
+    /// processes (a tree) stop at once instead of one process after the other:
+    /// on a busy machine each wait is a scheduling delay. `finish` completes
+    /// the freeze; dropping the result waits for the threads, then thaws them.
+    pub fn start(pid: i32) -> Result<Frozen> {
+        let now = Instant::now();
         let mut frozen = Frozen {
             pid,
             held: Vec::new(),
-            started,
-            stopped: started,
+            pending: Vec::new(),
+            seen: HashSet::new(),
+            started: now,
+            stopped: now,
             thawed: false,
             _not_send: PhantomData,
         };
-        let mut seen: HashSet<i32> = HashSet::new();
+        if let Err(e) = frozen.seize_new() {
+            // Every thread seized is waited for and held, so that dropping
+            // `frozen` detaches it: none is left traced.
+            frozen.settle();
+            return Err(e);
+        }
+        Ok(frozen)
+    }
+
+    /// Waits until every thread `start` interrupted is stopped, and catches the
+    /// threads created meanwhile.
+    pub fn finish(&mut self) -> Result<()> {
         loop {
-            let tids = proc::tasks(pid)?;
-            let new: Vec<i32> = tids.into_iter().filter(|t| !seen.contains(t)).collect();
-            if new.is_empty() {
-                break;
-            }
-            let mut seized = Vec::with_capacity(new.len());
-            let mut failed = None;
-            for tid in new {
-                seen.insert(tid);
-                match frozen.seize(tid) {
-                    Ok(true) => seized.push(tid),
-                    Ok(false) => {}
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            // Every thread seized is waited for and held, even after a failure,
-            // so that dropping `frozen` detaches it: none is left traced.
-            for tid in seized {
-                match wait_for_stop(tid) {
-                    Ok(Some(signal)) => frozen.held.push(Held { tid, signal }),
-                    Ok(None) if tid == pid => {
-                        failed.get_or_insert(Error::TargetExited { pid });
-                    }
-                    Ok(None) => {} // the thread exited before it stopped
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = failed {
+            if let Some(e) = self.settle() {
                 return Err(e);
             }
+            match self.seize_new() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.settle();
+                    return Err(e);
+                }
+            }
         }
-        if frozen.held.is_empty() {
-            return Err(Error::NoSuchProcess { pid });
+        if self.held.is_empty() {
+            return Err(Error::NoSuchProcess { pid: self.pid });
         }
-        frozen.stopped = Instant::now();
-        Ok(frozen)
+        self.stopped = Instant::now();
+        Ok(())
+    }
+
+    /// Seizes the threads listed now that were not seized before; how many.
+    /// After an error the threads seized so far are pending.
+    fn seize_new(&mut self) -> Result<usize> {
+        let tids = proc::tasks(self.pid)?;
+        let mut n = 0;
+        for tid in tids {
+            if !self.seen.insert(tid) {
+                continue;
+            }
+            if self.seize(tid)? {
+                self.pending.push(tid);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Waits for every pending thread; the first error, if any (the process
+    /// exited, or waitpid failed). Threads that stopped are held either way.
+    fn settle(&mut self) -> Option<Error> {
+        let mut failed = None;
+        for tid in std::mem::take(&mut self.pending) {
+            match wait_for_stop(tid) {
+                Ok(Some(signal)) => self.held.push(Held { tid, signal }),
+                Ok(None) if tid == self.pid => {
+                    failed.get_or_insert(Error::TargetExited { pid: self.pid });
+                }
+                Ok(None) => {} // the thread exited before it stopped
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed
     }
 
     /// Seizes and interrupts one thread. Ok(false): the thread is already gone.
     fn seize(&mut self, tid: i32) -> Result<bool> {
         let pid = self.pid;
-        match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
+        match ptrace::seize(tid).map_err(|e| (e.raw_os_error(), e)) {
             Ok(()) => {}
-            Err(Errno::ESRCH) if tid != pid => return Ok(false),
-            Err(Errno::ESRCH) => return Err(Error::NoSuchProcess { pid }),
-            Err(Errno::EPERM) => {
+            Err((Some(libc::ESRCH), _)) if tid != pid => return Ok(false),
+            Err((Some(libc::ESRCH), _)) => return Err(Error::NoSuchProcess { pid }),
+            Err((Some(libc::EPERM), e)) => {
                 // Tell "someone else traces it" apart from "you may not".
                 if let Ok(tracer) = proc::tracer_pid(pid, tid) {
                     if tracer != 0 {
@@ -131,15 +163,15 @@ impl Frozen {
                 return Err(Error::Permission {
                     pid,
                     action: "trace",
-                    source: io::Error::from(Errno::EPERM),
+                    source: e,
                 });
             }
-            Err(e) => return Err(Error::sys(format!("PTRACE_SEIZE of thread {tid}"), e)),
+            Err((_, e)) => return Err(Error::sys(format!("PTRACE_SEIZE of thread {tid}"), e)),
         }
-        match ptrace::interrupt(Pid::from_raw(tid)) {
+        match ptrace::interrupt(tid) {
             Ok(()) => Ok(true),
             // Seized but gone already: the wait will reap the exit.
-            Err(Errno::ESRCH) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(true),
             Err(e) => Err(Error::sys(format!("PTRACE_INTERRUPT of thread {tid}"), e)),
         }
     }
@@ -182,15 +214,16 @@ impl Frozen {
         if self.thawed {
             return None;
         }
+        // Threads interrupted but not waited for (a `start` never finished)
+        // can only be detached once stopped.
+        self.settle();
         self.thawed = true;
         let _urgent = Urgent::raise();
         for h in &self.held {
             // ESRCH: the thread died while stopped (SIGKILL still works on a
             // traced thread); nothing is left to thaw.
-            // SAFETY: PTRACE_DETACH takes a tid and a signal number, no pointer.
-            let r =
-                unsafe { libc::ptrace(libc::PTRACE_DETACH, h.tid, 0, h.signal as libc::c_long) };
-            if r == -1 && Errno::last() == Errno::ESRCH {
+            if ptrace::detach(h.tid, h.signal).is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
+            {
                 // Killed while we held it: a traced thread's exit is reported to
                 // its tracer first, and its parent hears of it only once we reap.
                 reap(h.tid);
@@ -234,12 +267,21 @@ impl Urgent {
         Self::raise_with(0)
     }
 
+    /// A `sched_param` of `priority`: musl's has more fields than glibc's
+    /// (the SCHED_SPORADIC ones, unused by Linux), so no struct literal.
+    fn sched_param(priority: libc::c_int) -> libc::sched_param {
+        // SAFETY: sched_param is plain integers; all-zero is a valid value.
+        let mut p: libc::sched_param = unsafe { std::mem::zeroed() };
+        p.sched_priority = priority;
+        p
+    }
+
     fn raise_with(reset_on_fork: libc::c_int) -> Urgent {
         let mut urgent = Urgent { previous: None };
         if std::env::var_os("PREDUMP_NO_REALTIME").is_some_and(|v| v != "0") {
             return urgent;
         }
-        let mut param = libc::sched_param { sched_priority: 0 };
+        let mut param = Self::sched_param(0);
         // SAFETY: pid 0 is the calling thread; no pointer.
         let policy = unsafe { libc::sched_getscheduler(0) };
         // SAFETY: pid 0 is the calling thread; `param` is a valid out pointer.
@@ -255,7 +297,7 @@ impl Urgent {
         ) {
             return urgent;
         }
-        let fifo = libc::sched_param { sched_priority: 1 };
+        let fifo = Self::sched_param(1);
         // SAFETY: pid 0 is the calling thread; `fifo` is a valid sched_param.
         // With SCHED_RESET_ON_FORK nothing we spawn meanwhile inherits it.
         let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | reset_on_fork, &fifo) };
@@ -281,16 +323,15 @@ impl Drop for Urgent {
 /// a stop at a real-time signal has no name in nix's `Signal`.
 fn wait_for_stop(tid: i32) -> Result<Option<i32>> {
     loop {
-        let mut status = 0;
-        // SAFETY: waits for one tid; `status` is a valid out pointer.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-        if r == -1 {
-            match Errno::last() {
-                Errno::EINTR => continue,
-                Errno::ECHILD => return Ok(None),
-                e => return Err(Error::sys(format!("waitpid of thread {tid}"), e)),
-            }
-        }
+        let status = match ptrace::waitpid(tid, 0) {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(Error::sys(format!("waitpid of thread {tid}"), e)),
+            },
+        };
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             return Ok(None);
         }
@@ -308,10 +349,7 @@ fn wait_for_stop(tid: i32) -> Result<Option<i32>> {
 
 /// Collects the exit of a thread that died while traced.
 fn reap(tid: i32) {
-    let mut status = 0;
-    // SAFETY: waits for one tid; `status` is a valid out pointer. The thread is
-    // dying (SIGKILL is the only way out of a ptrace stop), so this returns.
-    while unsafe { libc::waitpid(tid, &mut status, libc::__WALL) } == -1
-        && Errno::last() == Errno::EINTR
-    {}
+    // The thread is dying (SIGKILL is the only way out of a ptrace stop), so
+    // this returns.
+    while ptrace::waitpid(tid, 0).is_err_and(|e| e.raw_os_error() == Some(libc::EINTR)) {}
 }

@@ -1,20 +1,28 @@
 //! predump-core: freeze a live Linux process, find its present pages, and drain them
 //! into a CRIU pages image. No napi here: the binding crate only converts types.
 
+pub mod access;
 pub mod anon;
 pub mod bench;
 pub mod check;
 pub mod drain;
 pub mod error;
 pub mod freeze;
+pub mod image;
 pub mod inject;
 pub mod maps;
+pub mod pages_out;
+pub mod pageserver;
 pub mod pattern;
 pub mod predump;
+pub mod probe;
 pub mod proc;
 pub mod scan;
+pub mod shmem;
 pub mod splice;
+pub mod sys;
 pub mod track;
+pub mod tree;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -136,6 +136,37 @@ pub enum Skip {
     HugeTlb,
 }
 
+/// Which pages of a mapping a pre-dump takes: those CRIU's `should_dump_page`
+/// takes (criu/mem.c). A chain that `criu dump --track-mem --prev-images-dir`
+/// continues must hold every page CRIU may ask the parent for (a page it calls
+/// clean, by soft-dirty, is written as a hole that must be found in the parent's
+/// pagemap, else "Missing … in parent pagemap"); and what CRIU never dumps need
+/// not be copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Present or swapped pages that are not the shared zero page.
+    Present,
+    /// The same, less the pages that are still the file's own (pagemap's PM_FILE,
+    /// PAGEMAP_SCAN's PAGE_IS_FILE): a private file mapping's pages not written
+    /// since mapped (libc, ld.so, the binary). Restoring maps the file again.
+    PresentNotFile,
+    /// Every page, present or not: the vDSO. CRIU always dumps it whole, and a
+    /// vDSO page the process never touched is absent and never soft-dirty, so a
+    /// `criu dump` on top of our images asks the parent for it.
+    All,
+}
+
+/// The pages of `vma` a pre-dump takes (see `Take`).
+pub fn take(vma: &Vma) -> Take {
+    if vma.name == "[vdso]" {
+        Take::All
+    } else if vma.inode != 0 {
+        Take::PresentNotFile
+    } else {
+        Take::Present
+    }
+}
+
 /// What CRIU's pre-dump leaves out, decided per mapping. `flags` is None when the
 /// mapping appeared after smaps was read; then its name decides.
 pub fn skip_reason(vma: &Vma, flags: Option<VmFlags>, need_readable: bool) -> Option<Skip> {
@@ -210,6 +241,24 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             ..Default::default()
         };
         assert_eq!(skip_reason(&vmas[1], Some(io), true), Some(Skip::Device));
+    }
+
+    #[test]
+    fn pages_taken_as_criu_does() {
+        let vmas = parse_maps(MAPS).unwrap();
+        assert_eq!(
+            take(&vmas[0]),
+            Take::PresentNotFile,
+            "a private file mapping"
+        );
+        assert_eq!(take(&vmas[1]), Take::Present, "anonymous memory");
+        let vdso = parse_maps("7ffc00002000-7ffc00004000 r-xp 00000000 00:00 0  [vdso]\n").unwrap();
+        assert_eq!(take(&vdso[0]), Take::All);
+        // An AIO ring is a shared mapping: left out (CRIU's pre-dump skips it too,
+        // and its dump copies it whole, never from a parent).
+        let aio = parse_maps("7f0000000000-7f0000001000 rw-s 00000000 00:0f 3  /[aio] (deleted)\n")
+            .unwrap();
+        assert_eq!(skip_reason(&aio[0], None, true), Some(Skip::Shared));
     }
 
     #[test]

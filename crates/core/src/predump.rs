@@ -4,9 +4,7 @@
 //! references the pages into pipes while frozen (see `splice`), and falls back to
 //! read mode where vmsplice is refused.
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +12,8 @@ use std::time::{Duration, Instant};
 use crate::drain::{self, DrainConfig, DrainEnd, DrainStats};
 use crate::freeze::{FreezeTimes, Frozen};
 use crate::inject::Injector;
+use crate::pages_out::{PagesFile, PagesOut};
+use crate::pageserver::sender::ServerPages;
 use crate::scan::{self, ScanMethod, Scanner};
 use crate::{maps, proc, splice, track, Error, PageRange, Result};
 
@@ -93,6 +93,11 @@ pub struct PreDumpReport {
     pub vmas_skipped: usize,
     pub pages_scanned: u64,
     pub pages_present: u64,
+    /// Pages of unreadable mappings, which predump leaves out in every mode.
+    /// CRIU's splice pre-dump copies them, so its next pre-dump expects them in
+    /// a parent whose inventory says "splice" (criu/mem.c, generate_vma_iovs):
+    /// the caller must then write "read" (which CRIU never asks them of).
+    pub unreadable_pages: u64,
     pub freeze: FreezeTimes,
     /// Time spent reading maps and scanning pages, inside the frozen window.
     pub scan_time: Duration,
@@ -101,6 +106,9 @@ pub struct PreDumpReport {
     pub drain: DrainStats,
     /// The target exited during the drain: the images hold what was read before.
     pub partial: bool,
+    /// What a predump that died while injecting had left in the target, removed
+    /// by this run (see inject::leftovers).
+    pub leftovers_removed: Option<String>,
 }
 
 /// Dirty tracking for a pre-dump.
@@ -150,8 +158,22 @@ pub struct FinalDump {
 
 #[derive(Debug, Clone)]
 pub struct ParentChain {
+    /// The pages the chain holds (present or left to its own parents).
     pub pages: Vec<PageRange>,
-    pub generation: String,
+    pub origin: ParentOrigin,
+}
+
+/// What is known of how the parent relates to the target's dirty state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentOrigin {
+    /// Made by a predump run that armed the tracking with this generation:
+    /// trusted if that run is the one that armed it last.
+    Armed(String),
+    /// Made by CRIU's pre-dump, or by predump without tracking: a snapshot
+    /// taken while the target was frozen at this CLOCK_BOOTTIME time (µs; its
+    /// `dump_uptime`). With soft-dirty, trusted if no predump run cleared the
+    /// bits since: it then holds every page they call clean.
+    Snapshot { at_us: u64 },
 }
 
 /// Pre-dumps `pid` into a new pages image at `pages_path` (created 0600; it must
@@ -169,12 +191,65 @@ pub fn pre_dump(
     tracking: &TrackOptions,
     progress: Option<&Progress>,
 ) -> Result<PreDumpReport> {
+    pre_dump_to(
+        pid,
+        &mut PagesDest::File(pages_path),
+        mode,
+        config,
+        tracking,
+        progress,
+    )
+}
+
+/// Where a pre-dump's pages go.
+pub enum PagesDest<'a> {
+    /// A new pages image (created 0600; it must not exist).
+    File(&'a Path),
+    /// A page server, connected, its parent asked (see `ServerPages::connect`):
+    /// the pagemap is opened before the freeze and closed after the drain.
+    Server(&'a mut ServerPages),
+}
+
+/// A [`PagesDest`] made ready for pages.
+enum Opened<'a> {
+    File(PagesFile),
+    Server(&'a mut ServerPages),
+}
+
+impl PagesDest<'_> {
+    fn open(&mut self) -> Result<Opened<'_>> {
+        Ok(match self {
+            PagesDest::File(path) => Opened::File(PagesFile::create(path)?),
+            PagesDest::Server(s) => {
+                s.open()?;
+                Opened::Server(s)
+            }
+        })
+    }
+}
+
+impl Opened<'_> {
+    fn out(&mut self) -> &mut dyn PagesOut {
+        match self {
+            Opened::File(f) => f,
+            Opened::Server(s) => *s,
+        }
+    }
+}
+
+/// [`pre_dump`] into a file or to a page server.
+pub fn pre_dump_to(
+    pid: i32,
+    dest: &mut PagesDest<'_>,
+    mode: Mode,
+    config: &DrainConfig,
+    tracking: &TrackOptions,
+    progress: Option<&Progress>,
+) -> Result<PreDumpReport> {
     let created = std::cell::Cell::new(false);
     let r = match mode {
-        Mode::FreezeFree => {
-            pre_dump_freeze_free(pid, pages_path, config, tracking, progress, &created)
-        }
-        _ => pre_dump_frozen(pid, pages_path, mode, config, tracking, progress, &created),
+        Mode::FreezeFree => pre_dump_freeze_free(pid, dest, config, tracking, progress, &created),
+        _ => pre_dump_frozen(pid, dest, mode, config, tracking, progress, &created),
     };
     if r.is_err() && created.get() {
         // Undoing it freezes and injects again: until that is over the caller
@@ -193,7 +268,7 @@ pub fn pre_dump(
 
 fn pre_dump_frozen(
     pid: i32,
-    pages_path: &Path,
+    dest: &mut PagesDest<'_>,
     mode: Mode,
     config: &DrainConfig,
     tracking: &TrackOptions,
@@ -211,7 +286,8 @@ fn pre_dump_frozen(
     let smaps = proc::read_proc(pid, &format!("/proc/{pid}/smaps"))?;
     let vm_flags = maps::parse_smaps_flags(&smaps)?;
     let mut scanner = Scanner::open(pid)?;
-    let out = create_image(pages_path)?;
+    let mut opened = dest.open()?;
+    let out = opened.out();
     // Splice mode's pipes are made and sized now, not while the target waits.
     let mut spliced = match mode {
         Mode::Splice => Some((
@@ -222,6 +298,9 @@ fn pre_dump_frozen(
     };
 
     let frozen = Frozen::freeze(pid)?;
+    // A dead run's leftovers go first: they must not be scanned, and an
+    // injector would refuse to write over their journal.
+    let leftovers_removed = crate::inject::leftovers::clean(&frozen)?;
     let dump_uptime_us = proc::uptime_us();
     let threads = frozen.tids().count();
     let scan_started = Instant::now();
@@ -232,6 +311,10 @@ fn pre_dump_frozen(
         let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
         let mut found = scanner.present_frozen(&frozen, &keep)?;
         found.vmas_skipped = skipped.len();
+        let unreadable = scan::unreadable(&skipped);
+        if !unreadable.is_empty() {
+            found.unreadable_pages = scanner.present_frozen(&frozen, &unreadable)?.pages_present;
+        }
         // Tracking reads and re-arms the dirty state while every thread is
         // stopped, before splice mode's injector (one at a time per process).
         let dirty = match tracking.backend {
@@ -271,6 +354,7 @@ fn pre_dump_frozen(
             to_parent = crate::subtract(&to_parent, &forced);
         }
         found.ranges = dump;
+        out.parent_ranges(&to_parent)?;
         Ok((found, to_parent, note))
     });
     let (found, to_parent, track_note) = match chosen {
@@ -293,12 +377,12 @@ fn pre_dump_frozen(
     let copied = match (&found, tracking.final_dump) {
         (Ok(found), Some(_)) => Some((|| {
             if track::find_ours(pid)?.is_some() {
-                let mut inj = Injector::new(&frozen, pid)?;
+                let mut inj = Injector::any(&frozen)?;
                 track::Tracker::attach_with(track::Backend::UffdWp, &frozen, &mut inj, &[])?
                     .release(&mut inj)?;
                 inj.restore()?;
             }
-            drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
+            drain_gated(pid, &found.ranges, out, config, progress.map(|p| &p.done))
         })()),
         _ => None,
     };
@@ -322,12 +406,6 @@ fn pre_dump_frozen(
         let bytes: u64 = found.ranges.iter().map(|r| r.len()).sum();
         p.total.store(bytes, Ordering::Relaxed);
     }
-    let no_space = |e| match e {
-        Error::NoSpace { .. } => Error::NoSpace {
-            path: pages_path.display().to_string(),
-        },
-        e => e,
-    };
     let drain_started = Instant::now();
     let (regions, drain, partial, splice) = match pinned {
         Some(pinned) => {
@@ -340,7 +418,7 @@ fn pre_dump_frozen(
             };
             let gone = pinned.pages_gone;
             let (regions, write_time) =
-                splice::drain_pipes(pinned, &out, progress.map(|p| &p.done)).map_err(no_space)?;
+                splice::drain_pipes(pinned, out, progress.map(|p| &p.done))?;
             let written: u64 = regions.iter().map(|r| r.pages).sum();
             let drain = DrainStats {
                 pages_requested: found.pages_present,
@@ -355,15 +433,14 @@ fn pre_dump_frozen(
         }
         None => {
             let outcome = match copied {
-                Some(copied) => copied.map_err(no_space)?,
-                None => drain_gated(pid, &found.ranges, &out, config, progress.map(|p| &p.done))
-                    .map_err(no_space)?,
+                Some(copied) => copied?,
+                None => drain_gated(pid, &found.ranges, out, config, progress.map(|p| &p.done))?,
             };
             let partial = outcome.end == DrainEnd::TargetExited;
             (outcome.regions, outcome.stats, partial, None)
         }
     };
-    out.sync_all().map_err(|e| write_error(pages_path, e))?;
+    out.finish()?;
     let drain_time = drain_started.elapsed();
 
     Ok(PreDumpReport {
@@ -389,11 +466,13 @@ fn pre_dump_frozen(
         vmas_skipped: found.vmas_skipped,
         pages_scanned: found.pages_scanned,
         pages_present: found.pages_present,
+        unreadable_pages: found.unreadable_pages,
         freeze,
         scan_time,
         drain_time,
         drain,
         partial,
+        leftovers_removed: (!leftovers_removed.is_empty()).then(|| leftovers_removed.describe()),
     })
 }
 
@@ -408,7 +487,7 @@ fn pre_dump_frozen(
 /// throughout, closes the chain with a consistent state.
 fn pre_dump_freeze_free(
     pid: i32,
-    pages_path: &Path,
+    dest: &mut PagesDest<'_>,
     config: &DrainConfig,
     tracking: &TrackOptions,
     progress: Option<&Progress>,
@@ -434,12 +513,20 @@ fn pre_dump_freeze_free(
     // The one stop, on the first run only: making the uffd takes an injected
     // userfaultfd() (and the marker's memfd_create). Registering, scanning and
     // copying are done from here, with the target running.
+    // A dead run's leftovers need a freeze to go (injected closes): only then.
+    let mut leftovers_removed = None;
+    if !crate::inject::leftovers::find(pid)?.is_empty() {
+        let frozen = Frozen::freeze(pid)?;
+        let removed = crate::inject::leftovers::clean(&frozen);
+        frozen.thaw();
+        leftovers_removed = Some(removed?.describe());
+    }
     let opened = track::Tracker::open_running(pid).and_then(|found| match found {
         Some(tracker) => Ok((tracker, FreezeTimes::default())),
         None => {
             let frozen = Frozen::freeze(pid)?;
             let made = (|| {
-                let mut inj = Injector::new(&frozen, pid)?;
+                let mut inj = Injector::any(&frozen)?;
                 let tracker =
                     track::Tracker::attach_with(track::Backend::UffdWp, &frozen, &mut inj, &[])?;
                 inj.restore()?;
@@ -458,15 +545,8 @@ fn pre_dump_freeze_free(
                 backend: None,
                 ..tracking.clone()
             };
-            let mut report = pre_dump_frozen(
-                pid,
-                pages_path,
-                Mode::Read,
-                config,
-                &untracked,
-                progress,
-                created,
-            )?;
+            let mut report =
+                pre_dump_frozen(pid, dest, Mode::Read, config, &untracked, progress, created)?;
             report.requested_mode = Mode::FreezeFree;
             report.fallback = Some(untracked_note(track::Backend::UffdWp, &e));
             return Ok(report);
@@ -474,7 +554,8 @@ fn pre_dump_freeze_free(
         Err(e) => return Err(e),
     };
     created.set(tracker.created());
-    let out = create_image(pages_path)?;
+    let mut opened = dest.open()?;
+    let out = opened.out();
     if let Some(p) = progress {
         p.thawed.store(true, Ordering::SeqCst);
     }
@@ -495,19 +576,14 @@ fn pre_dump_freeze_free(
     let scan_time = scan_started.elapsed();
 
     let (dump, to_parent, track_note) = choose_pages(&found.ranges, Some(dirty), tracking);
+    out.parent_ranges(&to_parent)?;
     if let Some(p) = progress {
         let bytes: u64 = dump.iter().map(|r| r.len()).sum();
         p.total.store(bytes, Ordering::Relaxed);
     }
     let drain_started = Instant::now();
-    let outcome =
-        drain_gated(pid, &dump, &out, config, progress.map(|p| &p.done)).map_err(|e| match e {
-            Error::NoSpace { .. } => Error::NoSpace {
-                path: pages_path.display().to_string(),
-            },
-            e => e,
-        })?;
-    out.sync_all().map_err(|e| write_error(pages_path, e))?;
+    let outcome = drain_gated(pid, &dump, out, config, progress.map(|p| &p.done))?;
+    out.finish()?;
     let drain_time = drain_started.elapsed();
     Ok(PreDumpReport {
         requested_mode: Mode::FreezeFree,
@@ -528,31 +604,15 @@ fn pre_dump_freeze_free(
         vmas_skipped: found.vmas_skipped,
         pages_scanned: found.pages_scanned,
         pages_present: found.pages_present,
+        // Read-mode images: CRIU never asks them of the parent.
+        unreadable_pages: 0,
         freeze,
         scan_time,
         drain_time,
         partial: outcome.end == DrainEnd::TargetExited,
         drain: outcome.stats,
+        leftovers_removed,
     })
-}
-
-fn create_image(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| write_error(path, e))
-}
-
-fn write_error(path: &Path, e: io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace {
-            path: path.display().to_string(),
-        },
-        _ => Error::sys(format!("writing {}", path.display()), e),
-    }
 }
 
 /// The drain, with a test hook: when `PREDUMP_TEST_DRAIN_GATE` names a FIFO, the
@@ -562,7 +622,7 @@ fn write_error(path: &Path, e: io::Error) -> Error {
 fn drain_gated(
     pid: i32,
     ranges: &[PageRange],
-    out: &File,
+    out: &mut dyn PagesOut,
     config: &DrainConfig,
     progress: Option<&AtomicU64>,
 ) -> Result<drain::DrainOutcome> {
@@ -624,7 +684,7 @@ fn split_ranges(ranges: &[PageRange], mut pages: u64) -> (Vec<PageRange>, Vec<Pa
 /// arming, and the generation that armed it (None: tracking starts now).
 struct Dirty {
     pages: Vec<PageRange>,
-    previous: Option<String>,
+    previous: Option<track::Armed>,
     /// This run made the tracking (no earlier run left it).
     created: bool,
 }
@@ -647,7 +707,16 @@ fn take_dirty(
             return Ok(dirty);
         }
     }
-    let mut inj = Injector::new(frozen, pid)?;
+    // Soft-dirty lives in the kernel's page tables: nothing to inject, so no
+    // injector (which would write its stub into the target's vDSO, and fails
+    // where the vDSO has no room for it).
+    if backend != track::Backend::UffdWp {
+        let mut tracker = track::Tracker::attach_without_injection(backend, frozen, keep)?;
+        let dirty = arm(&mut tracker, keep, generation)?;
+        tracker.keep();
+        return Ok(dirty);
+    }
+    let mut inj = Injector::any(frozen)?;
     let mut tracker = track::Tracker::attach_with(backend, frozen, &mut inj, keep)?;
     let dirty = arm(&mut tracker, keep, generation)?;
     inj.restore()?;
@@ -686,6 +755,45 @@ fn arm(tracker: &mut track::Tracker, keep: &[&maps::Vma], generation: &str) -> R
     })
 }
 
+/// Why the parent cannot be trusted to hold every page the tracking calls clean
+/// (None: it can). The rule: a parent is usable only if it was made after the
+/// last reset of the target's dirty state, i.e. by the run that armed it last.
+/// predump knows its own runs (the generation in the marker or the soft-dirty
+/// record); a CRIU pre-dump leaves no trace in the process, but its images say
+/// when it was frozen, and predump's soft-dirty record when predump cleared
+/// last. (A CRIU run whose images are not the parent cannot be seen at all: as
+/// with CRIU's own chains, the parent must be the latest pre-dump.)
+fn distrust(
+    parent: &ParentChain,
+    backend: Option<track::Backend>,
+    previous: Option<&track::Armed>,
+) -> Option<&'static str> {
+    match (&parent.origin, previous) {
+        (ParentOrigin::Armed(g), Some(p)) if p.generation == *g => None,
+        (ParentOrigin::Armed(_), None) => {
+            Some("dirty tracking starts with this pre-dump: every page is copied")
+        }
+        (ParentOrigin::Armed(_), Some(_)) => Some(
+            "the target's dirty tracking was re-armed after the parent images were made, \
+             by a later pre-dump (is the parent the newest of its chain?) or by one that \
+             failed: what was written since the parent is not known, so every page is copied",
+        ),
+        (ParentOrigin::Snapshot { .. }, _) if backend != Some(track::Backend::SoftDirty) => Some(
+            "the parent was made by CRIU or without dirty tracking, which only \
+                 soft-dirty tracking can continue: every page is copied",
+        ),
+        // No predump run cleared this process's bits: the parent's run (CRIU's
+        // pre-dump) or an earlier one did, or nobody did and every page written
+        // since the process started is soft-dirty.
+        (ParentOrigin::Snapshot { .. }, None) => None,
+        (ParentOrigin::Snapshot { at_us }, Some(p)) if p.at_us.is_some_and(|t| t < *at_us) => None,
+        (ParentOrigin::Snapshot { .. }, Some(_)) => Some(
+            "a predump pre-dump cleared the target's soft-dirty bits after the parent \
+             was made: it may lack pages they now call clean; every page is copied",
+        ),
+    }
+}
+
 /// Splits the present pages into those to copy and those the parent holds.
 fn choose_pages(
     present: &[PageRange],
@@ -699,19 +807,66 @@ fn choose_pages(
     let Some(dirty) = dirty else {
         return full("no dirty tracking (--track-mem none): every page is copied");
     };
-    match &dirty.previous {
-        None => return full("dirty tracking starts with this pre-dump: every page is copied"),
-        Some(g) if *g != parent.generation => {
-            return full(
-                "the target's dirty tracking was armed by another run than the parent's \
-                 (a failed or foreign pre-dump): every page is copied",
-            )
-        }
-        Some(_) => {}
+    if let Some(why) = distrust(parent, tracking.backend, dirty.previous.as_ref()) {
+        return full(why);
     }
     let mut must: Vec<PageRange> = dirty.pages;
     must.extend(crate::subtract(present, &parent.pages));
     let dump = crate::intersect(present, &crate::merged(must));
     let to_parent = crate::subtract(present, &dump);
     (dump, to_parent, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use track::{Armed, Backend};
+
+    fn armed(generation: &str, at_us: Option<u64>) -> Armed {
+        Armed {
+            generation: generation.into(),
+            at_us,
+        }
+    }
+
+    fn parent(origin: ParentOrigin) -> ParentChain {
+        ParentChain {
+            pages: Vec::new(),
+            origin,
+        }
+    }
+
+    /// The rule: a parent is trusted only if it was made after the last reset of
+    /// the dirty state, as far as predump can tell.
+    #[test]
+    fn which_parents_are_trusted() {
+        let sd = Some(Backend::SoftDirty);
+        let uffd = Some(Backend::UffdWp);
+        let ours = parent(ParentOrigin::Armed("g1".into()));
+        // predump's own parent: only the run that armed last.
+        assert_eq!(distrust(&ours, sd, Some(&armed("g1", Some(5)))), None);
+        assert_eq!(distrust(&ours, uffd, Some(&armed("g1", None))), None);
+        assert!(distrust(&ours, sd, Some(&armed("g2", Some(5))))
+            .unwrap()
+            .contains("re-armed after the parent images were made"));
+        assert!(distrust(&ours, sd, None)
+            .unwrap()
+            .contains("starts with this"));
+        // CRIU's pre-dump (or an untracked one), frozen at 1000 µs after boot.
+        let criu = parent(ParentOrigin::Snapshot { at_us: 1000 });
+        assert_eq!(distrust(&criu, sd, None), None, "no predump clear at all");
+        assert_eq!(distrust(&criu, sd, Some(&armed("g", Some(999)))), None);
+        for later in [Some(1000), Some(1001), None] {
+            assert!(
+                distrust(&criu, sd, Some(&armed("g", later)))
+                    .unwrap()
+                    .contains("cleared the target's soft-dirty bits after"),
+                "{later:?}"
+            );
+        }
+        // uffd-wp arming knows nothing of CRIU's clears.
+        assert!(distrust(&criu, uffd, None)
+            .unwrap()
+            .contains("only soft-dirty"));
+    }
 }

@@ -1,5 +1,6 @@
 //! Finding the pages worth dumping: present (or swapped) and not the shared zero
-//! page, in the mappings CRIU's pre-dump keeps.
+//! page, in the mappings CRIU's pre-dump keeps; of a private file mapping only the
+//! pages no longer the file's, of the vDSO every page (`maps::Take`: CRIU's rules).
 //!
 //! The kernel's PAGEMAP_SCAN ioctl (Linux 6.7+) answers with ranges, filtered in
 //! the kernel, at about 2.75 ms per GiB here; older kernels get /proc/PID/pagemap
@@ -14,72 +15,16 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::freeze::{Frozen, Urgent};
-use crate::maps::{Skip, VmFlags, Vma};
+use crate::maps::{Skip, Take, VmFlags, Vma};
+use crate::sys::pagemap::{
+    self, PageRegion, ScanQuery, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED,
+    PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, SWP_PTE_MARKER, SWP_TYPE_MASK,
+};
 use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
-
-/// include/uapi/linux/fs.h
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PageRegion {
-    pub start: u64,
-    pub end: u64,
-    pub categories: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Default)]
-pub(crate) struct PmScanArg {
-    pub size: u64,
-    pub flags: u64,
-    pub start: u64,
-    pub end: u64,
-    pub walk_end: u64,
-    pub vec: u64,
-    pub vec_len: u64,
-    pub max_pages: u64,
-    pub category_inverted: u64,
-    pub category_mask: u64,
-    pub category_anyof_mask: u64,
-    pub return_mask: u64,
-}
-
-/// `_IOWR('f', 16, struct pm_scan_arg)`.
-pub(crate) const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
-    | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16)
-    | ((b'f' as libc::c_ulong) << 8)
-    | 16;
-
-/// Flags of pm_scan_arg: write-protect the matching pages (uffd-wp async), and
-/// fail unless the whole range is registered with WP_ASYNC.
-pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-
-pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
-pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
-pub const PAGE_IS_FILE: u64 = 1 << 2;
-pub const PAGE_IS_PRESENT: u64 = 1 << 3;
-pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
-pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
-pub const PAGE_IS_HUGE: u64 = 1 << 6;
-pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
-
-/// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAP: u64 = 1 << 62;
-const PM_PFN_MASK: u64 = (1 << 55) - 1;
-/// The swap type of a pte marker (SWP_PTE_MARKER: the last of the 32 types that
-/// MAX_SWAPFILES_SHIFT = 5 allows, on every architecture). uffd-wp installs
-/// markers on unpopulated pages of registered ranges (WP_UNPOPULATED) and where
-/// write-protected pages are zapped; pagemap reports them as swapped (type in
-/// the low 5 bits of the frame field), but they hold no data.
-const SWP_PTE_MARKER: u64 = 31;
-const SWP_TYPE_MASK: u64 = 0x1f;
 
 /// Regions asked of the kernel per PAGEMAP_SCAN call; a full vector is continued
 /// from `walk_end`.
@@ -120,6 +65,9 @@ pub struct ScanResult {
     pub pages_present: u64,
     pub vmas_scanned: usize,
     pub vmas_skipped: usize,
+    /// Pages of the mappings left out for being unreadable (see
+    /// `PreDumpReport::unreadable_pages`).
+    pub unreadable_pages: u64,
 }
 
 /// An open /proc/PID/pagemap and the method that works on it.
@@ -132,6 +80,15 @@ pub struct Scanner {
     /// The caller's PAGEMAP_SCAN result vector (helpers make their own).
     vec: Vec<PageRegion>,
     helpers: usize,
+}
+
+/// A stretch of address space to scan, and whether the file's own pages are left
+/// out (`Take::PresentNotFile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    end: u64,
+    not_file: bool,
 }
 
 /// What one scanning thread needs: the shared pagemap and how to read it.
@@ -195,7 +152,7 @@ impl Scanner {
     /// An empty scan of page 0, where nothing is ever mapped: ENOTTY on kernels
     /// without the ioctl.
     fn pagemap_scan_works(&mut self) -> bool {
-        scan_call(&self.pagemap, 0, PAGE_SIZE, &mut self.vec).is_ok()
+        scan_call(&self.pagemap, 0, PAGE_SIZE, false, &mut self.vec).is_ok()
     }
 
     /// Finds the present pages of `vmas` (already filtered; sorted by address)
@@ -219,18 +176,33 @@ impl Scanner {
             pages_scanned: vmas.iter().map(|v| v.pages()).sum(),
             ..Default::default()
         };
-        let spans: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+        let mut whole = Vec::new();
+        let mut spans = Vec::with_capacity(vmas.len());
+        for v in vmas {
+            match crate::maps::take(v) {
+                Take::All => whole.push(PageRange::new(v.start, v.pages())),
+                take => spans.push(Span {
+                    start: v.start,
+                    end: v.end,
+                    not_file: take == Take::PresentNotFile,
+                }),
+            }
+        }
         if self.helpers == 0 || out.pages_scanned < PARALLEL_MIN_PAGES {
             let walk = Walk {
                 pagemap: &self.pagemap,
                 method: self.method,
                 zero_pfn: self.zero_pfn,
             };
-            for &(start, end) in &spans {
-                walk.range(start, end, &mut self.vec, &mut out.ranges)?;
+            for &span in &spans {
+                walk.range(span, &mut self.vec, &mut out.ranges)?;
             }
         } else {
             out.ranges = self.present_parallel(&spans, realtime)?;
+        }
+        if !whole.is_empty() {
+            whole.append(&mut out.ranges);
+            out.ranges = crate::merged(whole);
         }
         out.pages_present = out.ranges.iter().map(|r| r.pages).sum();
         Ok(out)
@@ -238,7 +210,7 @@ impl Scanner {
 
     /// The chunks of `spans`, taken in turn by this thread and the helpers;
     /// the results put back in address order.
-    fn present_parallel(&mut self, spans: &[(u64, u64)], realtime: bool) -> Result<Vec<PageRange>> {
+    fn present_parallel(&mut self, spans: &[Span], realtime: bool) -> Result<Vec<PageRange>> {
         let chunks = chunks(spans, CHUNK_PAGES);
         let next = AtomicUsize::new(0);
         let done: Vec<Mutex<Option<Result<Vec<PageRange>>>>> =
@@ -254,7 +226,7 @@ impl Scanner {
             let mut found = Vec::new();
             let r = chunk
                 .iter()
-                .try_for_each(|&(start, end)| walk.range(start, end, vec, &mut found))
+                .try_for_each(|&span| walk.range(span, vec, &mut found))
                 .map(|()| found);
             let failed = r.is_err();
             *done[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
@@ -298,16 +270,20 @@ impl Scanner {
 
 /// Cuts `spans` (sorted, disjoint) into chunks of about `pages` pages each, in
 /// address order; a span larger than a chunk is cut at page boundaries.
-fn chunks(spans: &[(u64, u64)], pages: u64) -> Vec<Vec<(u64, u64)>> {
+fn chunks(spans: &[Span], pages: u64) -> Vec<Vec<Span>> {
     let limit = pages * PAGE_SIZE;
-    let mut out: Vec<Vec<(u64, u64)>> = Vec::new();
-    let mut current: Vec<(u64, u64)> = Vec::new();
+    let mut out: Vec<Vec<Span>> = Vec::new();
+    let mut current: Vec<Span> = Vec::new();
     let mut filled = 0;
-    for &(start, end) in spans {
-        let mut at = start;
-        while at < end {
-            let take = (end - at).min(limit - filled);
-            current.push((at, at + take));
+    for &span in spans {
+        let mut at = span.start;
+        while at < span.end {
+            let take = (span.end - at).min(limit - filled);
+            current.push(Span {
+                start: at,
+                end: at + take,
+                ..span
+            });
             filled += take;
             at += take;
             if filled == limit {
@@ -323,35 +299,33 @@ fn chunks(spans: &[(u64, u64)], pages: u64) -> Vec<Vec<(u64, u64)>> {
 }
 
 impl Walk<'_> {
-    fn range(
-        self,
-        start: u64,
-        end: u64,
-        vec: &mut [PageRegion],
-        out: &mut Vec<PageRange>,
-    ) -> Result<()> {
+    fn range(self, span: Span, vec: &mut [PageRegion], out: &mut Vec<PageRange>) -> Result<()> {
         match self.method {
-            ScanMethod::PagemapScan => self.scan_ioctl(start, end, vec, out),
-            ScanMethod::PagemapRead => self.scan_read(start, end, out),
+            ScanMethod::PagemapScan => self.scan_ioctl(span, vec, out),
+            ScanMethod::PagemapRead => self.scan_read(span, out),
         }
     }
 
     fn scan_ioctl(
         self,
-        start: u64,
-        end: u64,
+        span: Span,
         vec: &mut [PageRegion],
         out: &mut Vec<PageRange>,
     ) -> Result<()> {
-        let mut at = start;
+        let (end, mut at) = (span.end, span.start);
         while at < end {
-            let (n, walk_end) =
-                scan_call(self.pagemap, at, end, vec).map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
+            let (n, walk_end) = scan_call(self.pagemap, at, end, span.not_file, vec)
+                .map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
             let mut reported = at;
             for r in &vec[..n] {
                 if r.categories & PAGE_IS_PRESENT == 0 {
                     // Swapped: a real page in swap, or a uffd-wp marker.
-                    self.scan_read(r.start, r.end, out)?;
+                    let swapped = Span {
+                        start: r.start,
+                        end: r.end,
+                        ..span
+                    };
+                    self.scan_read(swapped, out)?;
                 } else {
                     push_merged(out, r.start, (r.end - r.start) / PAGE_SIZE);
                 }
@@ -368,24 +342,23 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn scan_read(self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
-        let mut page = start / PAGE_SIZE;
-        let last = end / PAGE_SIZE;
-        let mut buf = vec![0u8; ((last.saturating_sub(page)) as usize).min(PAGEMAP_CHUNK) * 8];
+    fn scan_read(self, span: Span, out: &mut Vec<PageRange>) -> Result<()> {
+        let mut page = span.start / PAGE_SIZE;
+        let last = span.end / PAGE_SIZE;
+        let mut buf = vec![0u64; ((last.saturating_sub(page)) as usize).min(PAGEMAP_CHUNK)];
         while page < last {
             let n = ((last - page) as usize).min(PAGEMAP_CHUNK);
-            let bytes = &mut buf[..n * 8];
-            self.pagemap
-                .read_exact_at(bytes, page * 8)
+            let entries = &mut buf[..n];
+            pagemap::read_entries(self.pagemap, page, entries)
                 .map_err(|e| Error::sys("reading /proc/PID/pagemap", e))?;
-            for (i, entry) in bytes.chunks_exact(8).enumerate() {
-                let e = u64::from_ne_bytes(entry.try_into().expect("8 bytes"));
+            for (i, &e) in entries.iter().enumerate() {
                 let present = e & PM_PRESENT != 0;
                 let is_zero = present && self.zero_pfn.is_some_and(|z| e & PM_PFN_MASK == z);
                 // Without CAP_SYS_ADMIN the frame field reads 0: markers then
                 // look like swap type 0 and are kept (copied as zeros).
                 let is_marker = !present && e & PM_SWAP != 0 && e & SWP_TYPE_MASK == SWP_PTE_MARKER;
-                if (present || e & PM_SWAP != 0) && !is_zero && !is_marker {
+                let is_files = span.not_file && e & PM_FILE != 0;
+                if (present || e & PM_SWAP != 0) && !is_zero && !is_marker && !is_files {
                     push_merged(out, (page + i as u64) * PAGE_SIZE, 1);
                 }
             }
@@ -395,56 +368,28 @@ impl Walk<'_> {
     }
 }
 
-/// One PAGEMAP_SCAN: present or swapped pages that are not the zero page.
+/// One PAGEMAP_SCAN: present or swapped pages that are not the zero page (nor,
+/// with `not_file`, the file's own pages).
 fn scan_call(
     pagemap: &File,
     start: u64,
     end: u64,
+    not_file: bool,
     vec: &mut [PageRegion],
 ) -> io::Result<(usize, u64)> {
-    let query = PmScanArg {
+    // Asking about PAGE_IS_FILE costs the kernel a page lookup per entry: only
+    // where it matters.
+    let excluded = PAGE_IS_PFNZERO | if not_file { PAGE_IS_FILE } else { 0 };
+    let query = ScanQuery {
         start,
         end,
-        category_inverted: PAGE_IS_PFNZERO,
-        category_mask: PAGE_IS_PFNZERO,
+        category_inverted: excluded,
+        category_mask: excluded,
         category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         ..Default::default()
     };
-    pagemap_scan(pagemap, query, vec)
-}
-
-/// One PAGEMAP_SCAN ioctl on an open /proc/PID/pagemap: `query` gives the range,
-/// flags and category filters (its `size`, `vec` and `vec_len` are set here, to
-/// `out`; a non-zero `vec_len` caps how much of `out` is used). Returns the
-/// regions written to `out` and the walk's end.
-pub(crate) fn pagemap_scan(
-    pagemap: &File,
-    mut query: PmScanArg,
-    out: &mut [PageRegion],
-) -> io::Result<(usize, u64)> {
-    query.size = std::mem::size_of::<PmScanArg>() as u64;
-    query.vec_len = match query.vec_len {
-        0 => out.len() as u64,
-        n => n.min(out.len() as u64),
-    };
-    query.vec = out.as_mut_ptr() as u64;
-    // SAFETY: `query` is a properly sized pm_scan_arg whose `vec` points to
-    // `vec_len` ≤ out.len() writable PageRegion entries, borrowed mutably for the
-    // whole call; the kernel writes only within them and into `query`. (With
-    // PM_SCAN_WP_MATCHING it write-protects the *scanned* process's pages, never
-    // our memory.)
-    let n = unsafe {
-        libc::ioctl(
-            pagemap.as_raw_fd(),
-            PAGEMAP_SCAN,
-            &mut query as *mut PmScanArg,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((n as usize, query.walk_end))
+    pagemap::scan(pagemap, query, vec)
 }
 
 /// The frame number of the shared zero page, read from our own pagemap after
@@ -467,14 +412,20 @@ fn own_zero_pfn() -> Option<u64> {
             return None;
         }
         std::ptr::read_volatile(p as *const u8);
-        let mut entry = [0u8; 8];
-        let ok = File::open("/proc/self/pagemap")
-            .and_then(|f| f.read_exact_at(&mut entry, p as u64 / PAGE_SIZE * 8))
-            .is_ok();
+        let entry = File::open("/proc/self/pagemap").and_then(|f| pagemap::entry(&f, p as u64));
         libc::munmap(p, PAGE_SIZE as usize);
-        let pfn = u64::from_ne_bytes(entry) & PM_PFN_MASK;
-        (ok && pfn != 0).then_some(pfn)
+        let pfn = entry.ok()? & PM_PFN_MASK;
+        (pfn != 0).then_some(pfn)
     }
+}
+
+/// The mappings of `skipped` left out only for being unreadable.
+pub fn unreadable<'a>(skipped: &[(&'a Vma, Skip)]) -> Vec<&'a Vma> {
+    skipped
+        .iter()
+        .filter(|(_, why)| *why == Skip::Unreadable)
+        .map(|(v, _)| *v)
+        .collect()
 }
 
 /// The mappings a pre-dump reads, with the reason for each one left out.
@@ -501,12 +452,14 @@ pub fn select<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
 
     /// Whether the PAGEMAP_SCAN ioctl exists here: anything but ENOTTY (Linux
     /// < 6.7) on an empty scan of our own page 0.
     fn has_pagemap_scan() -> bool {
         let pagemap = File::open("/proc/self/pagemap").unwrap();
-        let query = PmScanArg {
+        let query = ScanQuery {
             start: 0,
             end: PAGE_SIZE,
             category_anyof_mask: PAGE_IS_PRESENT,
@@ -514,7 +467,7 @@ mod tests {
             ..Default::default()
         };
         let mut vec = [PageRegion::default(); 1];
-        match pagemap_scan(&pagemap, query, &mut vec) {
+        match pagemap::scan(&pagemap, query, &mut vec) {
             Err(e) => e.raw_os_error() != Some(libc::ENOTTY),
             Ok(_) => true,
         }
@@ -662,16 +615,96 @@ mod tests {
         assert_eq!(b.ranges, expect);
     }
 
+    /// Both methods, on our own memory: the ranges found in `vma`.
+    fn both_methods(vma: &Vma) -> (Vec<PageRange>, Vec<PageRange>) {
+        let me = std::process::id() as i32;
+        let a = Scanner::open(me).unwrap().present(&[vma]).unwrap();
+        let b = Scanner::open_with(me, Some(ScanMethod::PagemapRead))
+            .unwrap()
+            .present(&[vma])
+            .unwrap();
+        (a.ranges, b.ranges)
+    }
+
+    /// A private file mapping: pages only read are the file's (CRIU does not dump
+    /// them, nor do we); a page written is a copy of our own, taken.
+    #[test]
+    fn a_private_file_mappings_own_pages_only() {
+        let path = std::env::temp_dir().join(format!("predump-scan-file-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 8 * PAGE_SIZE as usize]).unwrap();
+        let file = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let len = 8 * PAGE_SIZE as usize;
+        // SAFETY: a fresh private mapping of our own file, unmapped below; nothing
+        // else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        // SAFETY: pages 0..4 and 5 are inside the mapping.
+        unsafe {
+            for i in 0..4 {
+                std::ptr::read_volatile((base + i * PAGE_SIZE) as *const u8);
+            }
+            std::ptr::write_volatile((base + 5 * PAGE_SIZE) as *mut u8, 1);
+        }
+        let vma = Vma {
+            start: base,
+            end: base + len as u64,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            inode: file.metadata().unwrap().ino(),
+            name: "/tmp/predump-scan-file (deleted)".into(),
+        };
+        let (a, b) = both_methods(&vma);
+        // SAFETY: unmapping our own mapping; nothing points into it any more.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        let want = vec![PageRange::new(base + 5 * PAGE_SIZE, 1)];
+        assert_eq!(a, want, "{:?}", ScanMethod::PagemapScan);
+        assert_eq!(b, want, "{:?}", ScanMethod::PagemapRead);
+    }
+
+    /// The vDSO is taken whole, whichever of its pages were ever touched.
+    #[test]
+    fn the_vdso_whole() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let vmas = crate::maps::parse_maps(&maps).unwrap();
+        let Some(vdso) = vmas.iter().find(|v| v.name == "[vdso]") else {
+            eprintln!("no [vdso] in this process: test skipped");
+            return;
+        };
+        let (a, b) = both_methods(vdso);
+        let want = vec![PageRange::new(vdso.start, vdso.pages())];
+        assert_eq!(a, want);
+        assert_eq!(b, want);
+    }
+
     #[test]
     fn chunks_cut_spans_at_page_boundaries_in_order() {
         let p = PAGE_SIZE;
-        let spans = [(0, 3 * p), (10 * p, 11 * p), (20 * p, 25 * p)];
+        let span = |start, end, not_file| Span {
+            start: start * p,
+            end: end * p,
+            not_file,
+        };
+        let spans = [span(0, 3, false), span(10, 11, true), span(20, 25, false)];
         assert_eq!(
             chunks(&spans, 4),
             vec![
-                vec![(0, 3 * p), (10 * p, 11 * p)],
-                vec![(20 * p, 24 * p)],
-                vec![(24 * p, 25 * p)],
+                vec![span(0, 3, false), span(10, 11, true)],
+                vec![span(20, 24, false)],
+                vec![span(24, 25, false)],
             ]
         );
         assert_eq!(chunks(&spans, 100), vec![spans.to_vec()]);

@@ -18,12 +18,14 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 use crate::drain::{self, MAX_IOVS};
 use crate::freeze::Frozen;
-use crate::inject::{Call, Injector, PidFd, BATCH_ENTRY_BYTES};
+use crate::inject::{Call, FdKind, Injector, Leftover, BATCH_ENTRY_BYTES};
+use crate::pages_out::PagesOut;
+use crate::sys::pidfd::PidFd;
 use crate::{Error, PageRange, Result, PAGE_SIZE};
 
 /// The pipe size asked for; without CAP_SYS_RESOURCE the kernel stops at
@@ -129,15 +131,6 @@ pub fn target_fd_room(pid: i32) -> Result<usize> {
     Ok(soft.saturating_sub(open + FD_HEADROOM))
 }
 
-/// SigIgn of /proc/PID/status has SIGTRAP's bit: injection must not touch it.
-fn ignores_sigtrap(pid: i32) -> Result<bool> {
-    let status = crate::proc::read_proc(pid, &format!("/proc/{pid}/status"))?;
-    let ignored = crate::proc::parse_status_field(&status, "SigIgn")
-        .and_then(|v| u64::from_str_radix(v, 16).ok())
-        .unwrap_or(0);
-    Ok(ignored & (1 << (libc::SIGTRAP - 1)) != 0)
-}
-
 /// References `ranges` (sorted) of the frozen process into `pipes`. `Ok(Err(_))`:
 /// the kernel or a seccomp filter refuses vmsplice; nothing is left in the target.
 pub fn reference(
@@ -147,7 +140,6 @@ pub fn reference(
     fd_room: usize,
 ) -> Result<std::result::Result<Pinned, Refused>> {
     let started = Instant::now();
-    let pid = frozen.pid();
     let group_max = fd_room.clamp(1, SCM_MAX_FD);
     let batches: Vec<Vec<PageRange>> =
         drain::batches(ranges, MAX_IOVS, pipes.pipe_bytes as u64).collect();
@@ -155,13 +147,7 @@ pub fn reference(
     let retry_at = IOVS_AT + iov_room;
     let table_at = retry_at + (MAX_IOVS * 16) as u64;
 
-    if ignores_sigtrap(pid)? {
-        return Ok(Err(Refused {
-            reason: "the target ignores SIGTRAP, which an injected trap would reset to its default"
-                .into(),
-        }));
-    }
-    let mut inj = Injector::new(frozen, pid)?;
+    let mut inj = Injector::any(frozen)?;
     let scratch = inj.scratch(table_at + group_max as u64 * BATCH_ENTRY_BYTES)?;
     let mut pinned = Pinned {
         pipes: Vec::with_capacity(batches.len()),
@@ -231,6 +217,10 @@ fn reference_groups(
         let used = target_fds.len();
         let outcome = fill_group(inj, at, &group[..used], &target_fds, pinned);
         close_runs(inj, &target_fds, &mut pinned.injected_calls)?;
+        inj.forget(&Leftover::FdCmsg {
+            addr: at.scratch + CTL_CMSG,
+            kind: FdKind::Pipe,
+        })?;
         let filled = match outcome? {
             Ok(filled) => filled,
             Err(errno) => return Ok(Some(errno)),
@@ -317,6 +307,14 @@ struct Channel {
 impl Channel {
     /// Injected socketpair; we take one end and close it in the target.
     fn open(inj: &mut Injector, scratch: u64, calls: &mut u64) -> Result<Channel> {
+        // Journaled before the call (the kernel writes the pair there), as one
+        // fd by number once known; a closed end is never named.
+        let pair_at = Leftover::FdPair {
+            addr: scratch + CTL_PAIR,
+            kind: FdKind::Socket,
+        };
+        inj.write_memory(scratch + CTL_PAIR, &[0xff; 8])?;
+        inj.note(pair_at)?;
         *calls += 1;
         inj.syscall_ok(
             libc::SYS_socketpair,
@@ -333,9 +331,17 @@ impl Channel {
             i32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")),
             i32::from_ne_bytes(b[4..8].try_into().expect("4 bytes")),
         ];
+        let theirs = Leftover::Fd {
+            fd: pair[1],
+            kind: FdKind::Socket,
+        };
+        inj.note(theirs)?;
         let taken = PidFd::open(inj.pid()).and_then(|p| p.get_fd(pair[0]));
         *calls += 1;
+        // The pair stays journaled until our end is closed: `close` journals
+        // that end as being closed before it scrubs it from the pair.
         inj.close(pair[0])?;
+        inj.forget(&pair_at)?;
         match taken {
             Ok(ours) => Ok(Channel {
                 ours,
@@ -381,13 +387,19 @@ impl Channel {
         put(&mut ctl, CTL_IOVEC, scratch + CTL_BYTE); // iov_base
         put(&mut ctl, CTL_IOVEC + 8, 1); // iov_len
         inj.write_memory(scratch, &ctl)?;
+        // The kernel writes the received fds into the (zeroed) cmsg buffer: a
+        // run that dies from here on leaves them named there.
+        inj.note(Leftover::FdCmsg {
+            addr: scratch + CTL_CMSG,
+            kind: FdKind::Pipe,
+        })?;
         *calls += 1;
         inj.syscall_ok(
             libc::SYS_recvmsg,
             &[
                 self.theirs as u64,
                 scratch + CTL_MSGHDR,
-                libc::MSG_CMSG_CLOEXEC as u64,
+                (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64,
             ],
         )?;
         inj.read_memory(scratch, &mut ctl)?;
@@ -433,10 +445,7 @@ fn close_runs(inj: &mut Injector, fds: &[i32], calls: &mut u64) -> Result<()> {
             j += 1;
         }
         *calls += 1;
-        inj.syscall_ok(
-            libc::SYS_close_range,
-            &[sorted[i] as u64, sorted[j] as u64, 0],
-        )?;
+        inj.close_range(sorted[i], sorted[j], FdKind::Pipe)?;
         i = j + 1;
     }
     Ok(())
@@ -566,42 +575,17 @@ fn advance(rest: &mut Vec<PageRange>, done: &mut Vec<PageRange>, mut pages: u64)
 /// time it took. `progress` counts bytes done.
 pub fn drain_pipes(
     pinned: Pinned,
-    out: &File,
+    out: &mut dyn PagesOut,
     progress: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<(Vec<PageRange>, Duration)> {
     let started = Instant::now();
     let mut regions: Vec<PageRange> = Vec::new();
     for (pipe, held) in pinned.pipes {
-        let mut left: usize = held.iter().map(|r| r.len() as usize).sum();
-        while left > 0 {
-            match splice(
-                pipe.as_fd(),
-                None,
-                out.as_fd(),
-                None,
-                left,
-                SpliceFFlags::SPLICE_F_MOVE,
-            ) {
-                Ok(0) => {
-                    return Err(Error::sys(
-                        "splicing a pipe into the pages image",
-                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                    ))
-                }
-                Ok(n) => {
-                    left -= n;
-                    if let Some(p) = progress {
-                        p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(e @ (Errno::ENOSPC | Errno::EDQUOT)) => {
-                    return Err(Error::NoSpace {
-                        path: format!("pages image ({e})"),
-                    })
-                }
-                Err(e) => return Err(Error::sys("splicing a pipe into the pages image", e)),
-            }
+        let len: usize = held.iter().map(|r| r.len() as usize).sum();
+        out.from_pipe(pipe.as_fd(), &held, len)
+            .map_err(|(e, _)| e)?;
+        if let Some(p) = progress {
+            p.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
         }
         for r in held {
             crate::push_merged(&mut regions, r.start, r.pages);

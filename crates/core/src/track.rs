@@ -8,7 +8,7 @@
 //!   sets it again. Nothing is left in the target. The clear covers the *whole*
 //!   process, so `take_dirty` must be given every range in one call, while frozen.
 //!   The development kernel lacks the option: tested in the kernel matrix
-//!   (`.ci/kernel-matrix`, Debian 6.1 under qemu).
+//!   (`.ci/vm`: Debian 6.1 and 6.12 under qemu).
 //! * **uffd-wp async** (Linux ≥ 6.7): a userfaultfd is created *in the target*
 //!   by an injected `userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY)`, taken
 //!   with pidfd_getfd, switched on with `UFFDIO_API{WP_ASYNC|WP_UNPOPULATED}` and
@@ -55,110 +55,26 @@
 //! pre-dump must not rely on the chain: make it a full one, or `release` and
 //! start tracking again.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::sync::OnceLock;
 
 use crate::freeze::Frozen;
-use crate::inject::{Injector, PidFd};
+use crate::inject::Injector;
 use crate::maps::Vma;
-use crate::scan::{
-    PageRegion, PmScanArg, PAGE_IS_SOFT_DIRTY, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN,
-    PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
+use crate::sys::pagemap::{
+    self, PageRegion, ScanQuery, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED,
+    PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN, PM_PRESENT, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
+    PM_SOFT_DIRTY, PM_SWAP,
 };
-use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
+use crate::sys::pidfd::PidFd;
+use crate::{probe, push_merged, Error, PageRange, Result, PAGE_SIZE};
 
-/// The userfaultfd ABI, include/uapi/linux/userfaultfd.h (shared with `check`).
-pub(crate) mod uffd {
-    use std::io;
-    use std::os::fd::AsRawFd;
-
-    pub const UFFD_API: u64 = 0xaa;
-    /// userfaultfd() flag: only faults from user mode go to the uffd. Lets an
-    /// unprivileged process create one whatever vm.unprivileged_userfaultfd says;
-    /// harmless for WP async, whose faults never reach the uffd at all.
-    pub const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-    pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-    pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-    pub const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-
-    #[repr(C)]
-    #[derive(Default)]
-    pub struct UffdioApi {
-        pub api: u64,
-        pub features: u64,
-        pub ioctls: u64,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    pub struct UffdioRegister {
-        pub start: u64,
-        pub len: u64,
-        pub mode: u64,
-        pub ioctls: u64,
-    }
-
-    /// The `_IOWR` encoding (asm-generic/ioctl.h, used by x86_64 and arm64).
-    const fn iowr(ty: u8, nr: u8, size: usize) -> libc::c_ulong {
-        (3 << 30)
-            | ((size as libc::c_ulong) << 16)
-            | ((ty as libc::c_ulong) << 8)
-            | nr as libc::c_ulong
-    }
-
-    /// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
-    pub const UFFDIO_API: libc::c_ulong = iowr(0xaa, 0x3f, std::mem::size_of::<UffdioApi>());
-    /// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
-    pub const UFFDIO_REGISTER: libc::c_ulong =
-        iowr(0xaa, 0x00, std::mem::size_of::<UffdioRegister>());
-
-    /// UFFDIO_API with `features`; Ok(the features the kernel offers). Works
-    /// once per uffd: a second call fails with EINVAL.
-    pub fn uffdio_api(uffd: &impl AsRawFd, features: u64) -> io::Result<u64> {
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features,
-            ioctls: 0,
-        };
-        // SAFETY: `api` is a properly sized uffdio_api the kernel reads and writes
-        // during the call only.
-        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(api.features)
-    }
-
-    /// UFFDIO_REGISTER of [start, start+len) in `mode`. The range is in the
-    /// address space of the process that created the uffd, whoever calls.
-    pub fn uffdio_register(uffd: &impl AsRawFd, start: u64, len: u64, mode: u64) -> io::Result<()> {
-        let mut reg = UffdioRegister {
-            start,
-            len,
-            mode,
-            ioctls: 0,
-        };
-        // SAFETY: `reg` is a properly sized uffdio_register the kernel reads and
-        // writes during the call only. Registering changes no memory of ours.
-        if unsafe {
-            libc::ioctl(
-                uffd.as_raw_fd(),
-                UFFDIO_REGISTER,
-                &mut reg as *mut UffdioRegister,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-use uffd::{
-    uffdio_api, uffdio_register, UFFDIO_REGISTER_MODE_WP, UFFD_FEATURE_WP_ASYNC,
-    UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
+use crate::sys::uffd::{
+    self, UFFDIO_REGISTER_MODE_WP, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
+    UFFD_USER_MODE_ONLY,
 };
 
 /// How written pages are found.
@@ -171,30 +87,41 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn name(self) -> &'static str {
+    /// The name used by `--track-mem` and `predump check`.
+    pub const fn name(self) -> &'static str {
         match self {
-            Backend::SoftDirty => crate::check::SOFT_DIRTY,
-            Backend::UffdWp => crate::check::UFFD_WP,
+            Backend::SoftDirty => "soft-dirty",
+            Backend::UffdWp => "uffd-wp",
             Backend::None => "none",
         }
     }
 
-    /// soft-dirty if a real probe (write a page, clear, write, look at bit 55)
-    /// shows it, else uffd-wp if its probe works, else None. The probes run on
-    /// our own memory (check.rs), once per process (the kernel does not change
-    /// under us); soft-dirty first: it leaves nothing in the target.
+    /// What `--track-mem auto` takes, given which backends work: soft-dirty
+    /// first (it leaves nothing in the target), uffd-wp next.
+    pub fn auto(soft_dirty: bool, uffd_wp: bool) -> Backend {
+        if soft_dirty {
+            Backend::SoftDirty
+        } else if uffd_wp {
+            Backend::UffdWp
+        } else {
+            Backend::None
+        }
+    }
+
+    /// `auto` on this machine: soft-dirty if a real probe (write a page, clear,
+    /// write, look at bit 55) shows it, else uffd-wp if its probe works, else
+    /// None. The probes (probe.rs, the same as `predump check`'s) run on our
+    /// own memory, once per process: the kernel does not change under us.
     pub fn detect() -> Backend {
         static DETECTED: OnceLock<Backend> = OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            crate::check::auto_backend(Backend::SoftDirty.works(), Backend::UffdWp.works())
-        })
+        *DETECTED.get_or_init(|| Backend::auto(Backend::SoftDirty.works(), Backend::UffdWp.works()))
     }
 
     /// Whether this backend works here: the real probe of `predump check`.
     pub fn works(self) -> bool {
         match self {
-            Backend::SoftDirty => crate::check::soft_dirty_works(),
-            Backend::UffdWp => crate::check::uffd_wp_works(),
+            Backend::SoftDirty => probe::soft_dirty().is_ok_and(|p| p.supported),
+            Backend::UffdWp => probe::uffd_wp().is_ok_and(|p| p.supported),
             Backend::None => true,
         }
     }
@@ -415,14 +342,35 @@ impl TrackLock {
     }
 }
 
+/// The run that armed a target's tracking last: the generation it recorded and,
+/// for soft-dirty, when (CLOCK_BOOTTIME µs, taken while the target was frozen,
+/// before the bits were cleared). The time orders our clears against those of
+/// CRIU's pre-dumps, whose images say when they were made (`dump_uptime`, taken
+/// in their own frozen window, after their clear): two runs cannot hold one
+/// process frozen at once, so the one whose time is earlier also cleared first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Armed {
+    pub generation: String,
+    pub at_us: Option<u64>,
+}
+
+impl Armed {
+    fn parse(text: &str) -> Option<Armed> {
+        let mut words = text.split_whitespace();
+        let generation = words.next()?.to_string();
+        let at_us = words.next().and_then(|w| w.parse().ok());
+        Some(Armed { generation, at_us })
+    }
+}
+
 /// Where soft-dirty tracking records which run cleared a process's bits last.
 ///
 /// Soft-dirty keeps no state in the target (the bits are the kernel's), so the
 /// generation that uffd-wp keeps in its marker lives in a file of predump's:
 /// `/run/predump/soft-dirty-PID-START` (root), else under the temporary
-/// directory, per user. The process's start time in the name keeps a reused
-/// pid from finding its predecessor's record. Records are a few bytes each and
-/// are not removed (a tmpfs empties at boot).
+/// directory, per user: `GENERATION UPTIME_US`. The process's start time in the
+/// name keeps a reused pid from finding its predecessor's record. Records are a
+/// few bytes each, removed once their process is gone (and a tmpfs empties at boot).
 #[derive(Debug)]
 pub struct SoftDirtyRecord {
     path: std::path::PathBuf,
@@ -440,15 +388,16 @@ impl SoftDirtyRecord {
         }
     }
 
-    pub fn read(&self) -> Result<Option<String>> {
+    pub fn read(&self) -> Result<Option<Armed>> {
         match std::fs::read_to_string(&self.path) {
-            Ok(g) => Ok(Some(g)),
+            Ok(text) => Ok(Armed::parse(&text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::sys(format!("reading {}", self.path.display()), e)),
         }
     }
 
-    /// Written whole or not at all (temporary file, then rename).
+    /// Written whole or not at all (temporary file, then rename), with the time
+    /// of writing: call it while the target is frozen, before clearing.
     pub fn write(&self, generation: &str) -> Result<()> {
         let dir = self.path.parent().expect("a file in a directory");
         let failed = |e| Error::sys(format!("writing {}", self.path.display()), e);
@@ -460,7 +409,7 @@ impl SoftDirtyRecord {
         let tmp = self
             .path
             .with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, generation)
+        std::fs::write(&tmp, format!("{generation} {}\n", crate::proc::uptime_us()))
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .map_err(failed)?;
         self.prune_others(dir);
@@ -567,13 +516,35 @@ impl Tracker {
         injector: &mut Injector,
         vmas: &[&Vma],
     ) -> Result<Tracker> {
-        let pid = frozen.pid();
-        if injector.pid() != pid {
+        if injector.pid() != frozen.pid() {
             return Err(Error::InvalidArgument(format!(
-                "the injector works on process {}, not {pid}",
-                injector.pid()
+                "the injector works on process {}, not {}",
+                injector.pid(),
+                frozen.pid()
             )));
         }
+        Self::attach_inner(backend, frozen, Some(injector), vmas)
+    }
+
+    /// `attach_with` for the backends that put nothing into the target
+    /// (soft-dirty, none): no injector, so nothing is written into the target's
+    /// vDSO and no thread runs our code. uffd-wp is refused: its userfaultfd is
+    /// made by an injected call.
+    pub fn attach_without_injection(
+        backend: Backend,
+        frozen: &Frozen,
+        vmas: &[&Vma],
+    ) -> Result<Tracker> {
+        Self::attach_inner(backend, frozen, None, vmas)
+    }
+
+    fn attach_inner(
+        backend: Backend,
+        frozen: &Frozen,
+        injector: Option<&mut Injector>,
+        vmas: &[&Vma],
+    ) -> Result<Tracker> {
+        let pid = frozen.pid();
         let path = format!("/proc/{pid}/pagemap");
         let pagemap = File::open(&path).map_err(|e| proc_error(pid, &path, e))?;
         let mut t = Tracker {
@@ -598,6 +569,13 @@ impl Tracker {
             // made after the last clear (VM_SOFTDIRTY), reads as dirty by itself.
             Backend::SoftDirty => t.tracked = merge(ranges),
             Backend::UffdWp => {
+                let Some(injector) = injector else {
+                    return Err(Error::InvalidArgument(
+                        "uffd-wp tracking makes its userfaultfd by an injected call: it needs an \
+                         injector"
+                            .into(),
+                    ));
+                };
                 t.open_uffd(injector)?;
                 if let Err(e) = t.register(&ranges) {
                     // A uffd made by this run goes again: the next run starts
@@ -683,14 +661,12 @@ impl Tracker {
         // From here a failure closes what we made in the target (close_in_target).
         let made = (|| -> Result<()> {
             let ours = PidFd::open(pid)?.get_fd(uffd_fd)?;
-            uffdio_api(&ours, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED).map_err(
-                |e| {
-                    Error::sys(
-                        "UFFDIO_API with UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED on the target's uffd",
-                        e,
-                    )
-                },
-            )?;
+            uffd::api(&ours, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED).map_err(|e| {
+                Error::sys(
+                    "UFFDIO_API with UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED on the target's uffd",
+                    e,
+                )
+            })?;
             let ino = std::fs::metadata(format!("/proc/self/fd/{}", ours.as_raw_fd()))
                 .map_err(|e| Error::sys("fstat of the uffd", e))?
                 .ino();
@@ -738,7 +714,7 @@ impl Tracker {
             // ours from an earlier run, not new. Asked before registering, since
             // registering makes the answer yes.
             let before = self.wp_async_registered(start, end)?;
-            match uffdio_register(uffd, start, end - start, UFFDIO_REGISTER_MODE_WP) {
+            match uffd::register(uffd, start, end - start, UFFDIO_REGISTER_MODE_WP) {
                 Ok(()) => {
                     tracked.push((start, end));
                     if !before {
@@ -779,6 +755,7 @@ impl Tracker {
             start,
             end,
             PM_SCAN_CHECK_WPASYNC,
+            0,
             0,
             PAGE_IS_WPALLOWED,
             1,
@@ -869,9 +846,18 @@ impl Tracker {
 
     /// The written pages of one tracked interval, into `out`.
     fn scan_dirty(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
-        let (flags, category) = match self.backend {
-            Backend::UffdWp => (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN),
-            Backend::SoftDirty => (0, PAGE_IS_SOFT_DIRTY),
+        // soft-dirty: of present or swapped pages only. PAGEMAP_SCAN also calls
+        // every page of a VMA made since the last clear soft-dirty (VM_SOFTDIRTY),
+        // never-populated ones and whole page-table holes included (seen on
+        // Debian's 6.12: 66,000 untouched pages reported), where pagemap's bit 55
+        // is only read for pages that exist (`soft_dirty_read`).
+        let (flags, category, anyof) = match self.backend {
+            Backend::UffdWp => (
+                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                PAGE_IS_WRITTEN,
+                0,
+            ),
+            Backend::SoftDirty => (0, PAGE_IS_SOFT_DIRTY, PAGE_IS_PRESENT | PAGE_IS_SWAPPED),
             Backend::None => {
                 push_merged(out, start, (end - start) / PAGE_SIZE);
                 return Ok(());
@@ -883,7 +869,7 @@ impl Tracker {
         let mut at = start;
         while at < end {
             let vec_len = self.vec.len() as u64;
-            match self.scan_call(at, end, flags, category, category, vec_len, 0) {
+            match self.scan_call(at, end, flags, category, anyof, category, vec_len, 0) {
                 Ok((n, walk_end)) => {
                     let mut reported = at;
                     for i in 0..n {
@@ -932,21 +918,23 @@ impl Tracker {
         end: u64,
         flags: u64,
         mask: u64,
+        anyof: u64,
         ret: u64,
         vec_len: u64,
         max_pages: u64,
     ) -> io::Result<(usize, u64)> {
-        let query = PmScanArg {
+        let query = ScanQuery {
             flags,
             start,
             end,
             vec_len: vec_len.max(1),
             max_pages,
             category_mask: mask,
+            category_anyof_mask: anyof,
             return_mask: ret,
             ..Default::default()
         };
-        crate::scan::pagemap_scan(&self.pagemap, query, &mut self.vec)
+        pagemap::scan(&self.pagemap, query, &mut self.vec)
     }
 
     fn scan_error(&self, e: io::Error) -> Error {
@@ -958,21 +946,16 @@ impl Tracker {
 
     /// soft-dirty without PAGEMAP_SCAN: pagemap bit 55 of present or swapped pages.
     fn soft_dirty_read(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
-        const PM_PRESENT: u64 = 1 << 63;
-        const PM_SWAP: u64 = 1 << 62;
-        const PM_SOFT_DIRTY: u64 = 1 << 55;
         const CHUNK: u64 = 64 * 1024;
-        let mut buf = vec![0u8; (CHUNK * 8) as usize];
+        let mut buf = vec![0u64; CHUNK as usize];
         let mut page = start / PAGE_SIZE;
         let last = end / PAGE_SIZE;
         while page < last {
             let n = (last - page).min(CHUNK);
-            let bytes = &mut buf[..(n * 8) as usize];
-            self.pagemap
-                .read_exact_at(bytes, page * 8)
+            let entries = &mut buf[..n as usize];
+            pagemap::read_entries(&self.pagemap, page, entries)
                 .map_err(|e| Error::sys(format!("reading /proc/{}/pagemap", self.pid), e))?;
-            for (i, entry) in bytes.chunks_exact(8).enumerate() {
-                let e = u64::from_ne_bytes(entry.try_into().expect("8 bytes"));
+            for (i, &e) in entries.iter().enumerate() {
                 if e & (PM_PRESENT | PM_SWAP) != 0 && e & PM_SOFT_DIRTY != 0 {
                     push_merged(out, (page + i as u64) * PAGE_SIZE, 1);
                 }
@@ -982,15 +965,11 @@ impl Tracker {
         Ok(())
     }
 
-    /// `4` into /proc/PID/clear_refs: clears every soft-dirty bit of the process
-    /// (and write-protects the pages so the next write sets it again).
+    /// Clears every soft-dirty bit of the process (and write-protects the pages
+    /// so the next write sets it again).
     fn clear_soft_dirty(&self) -> Result<()> {
-        let path = format!("/proc/{}/clear_refs", self.pid);
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(b"4"))
-            .map_err(|e| proc_error(self.pid, &path, e))
+        pagemap::clear_soft_dirty(Some(self.pid))
+            .map_err(|e| proc_error(self.pid, &format!("/proc/{}/clear_refs", self.pid), e))
     }
 
     /// Ends tracking: closes the uffd and its marker in the target (injected
@@ -1017,10 +996,15 @@ impl Tracker {
     /// `generation`), read through the marker this Tracker already knows.
     /// soft-dirty leaves nothing in the target: its generation is kept in a
     /// file of ours instead (`SoftDirtyRecord`).
-    pub fn generation(&self) -> Result<Option<String>> {
+    pub fn generation(&self) -> Result<Option<Armed>> {
         match (self.backend, self.target_marker_fd) {
             (Backend::SoftDirty, _) => SoftDirtyRecord::of(self.pid)?.read(),
-            (_, Some(fd)) if !self.created => read_generation(self.pid, fd),
+            (_, Some(fd)) if !self.created => {
+                Ok(read_generation(self.pid, fd)?.map(|generation| Armed {
+                    generation,
+                    at_us: None,
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -1034,9 +1018,13 @@ impl Tracker {
         }
     }
 
+    /// The uffd goes first: a predump killed between the two closes leaves a
+    /// stale marker, which the next run (any command, `untrack` too) recognises
+    /// and closes; the other way round it would leave a bare userfaultfd that
+    /// nothing names.
     fn close_in_target(&mut self, inj: &mut Injector) -> Result<()> {
         let mut first = None;
-        for fd in [self.target_marker_fd.take(), self.target_uffd_fd.take()]
+        for fd in [self.target_uffd_fd.take(), self.target_marker_fd.take()]
             .into_iter()
             .flatten()
         {
@@ -1084,22 +1072,49 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+/// What `untrack` did.
+#[derive(Debug, Clone, Default)]
+pub struct Untracked {
+    /// The target had tracking of ours, now ended.
+    pub tracking: bool,
+    /// What a predump that died while injecting had left, now removed.
+    pub leftovers: Option<String>,
+}
+
 /// Ends predump's dirty tracking of `pid`: closes the uffd and its marker in the
 /// target (briefly frozen for the injected closes), which unregisters every
-/// range. Ok(false): the target had no tracking of ours.
-pub fn untrack(pid: i32) -> Result<bool> {
+/// range. Also removes what a predump that died while injecting left in it.
+pub fn untrack(pid: i32) -> Result<Untracked> {
     let st = crate::proc::check_target(pid)?;
     let _lock = TrackLock::acquire(pid, st.start_time)?;
-    if find_ours(pid)?.is_none() {
-        return Ok(false);
+    let (ours, stale, _) = scan_fds(pid)?;
+    if ours.is_none() && stale.is_empty() && crate::inject::leftovers::find(pid)?.is_empty() {
+        return Ok(Untracked::default());
     }
     let frozen = Frozen::freeze(pid)?;
-    let mut inj = Injector::new(&frozen, pid)?;
-    let tracker = Tracker::attach_with(Backend::UffdWp, &frozen, &mut inj, &[])?;
-    tracker.release(&mut inj)?;
-    inj.restore()?;
+    let removed = crate::inject::leftovers::clean(&frozen)?;
+    let mut out = Untracked {
+        tracking: false,
+        leftovers: (!removed.is_empty()).then(|| removed.describe()),
+    };
+    // One injector for both: our uffd and its marker, or markers whose uffd is gone (a
+    // run killed while ending the tracking), which attaching closes as well.
+    let (ours, stale, _) = scan_fds(pid)?;
+    if ours.is_some() || !stale.is_empty() {
+        let mut inj = Injector::any(&frozen)?;
+        if ours.is_some() {
+            let tracker = Tracker::attach_with(Backend::UffdWp, &frozen, &mut inj, &[])?;
+            tracker.release(&mut inj)?;
+        } else {
+            for fd in stale {
+                inj.close(fd)?;
+            }
+        }
+        inj.restore()?;
+        out.tracking = true;
+    }
     frozen.thaw();
-    Ok(true)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1157,10 +1172,14 @@ Max open files            1024                 524288               files     \n
         let dir = std::env::temp_dir().join(format!("predump-record-test-{}", std::process::id()));
         let r = SoftDirtyRecord::at(&dir, 42, 7);
         assert_eq!(r.read().unwrap(), None);
+        let before = crate::proc::uptime_us();
         r.write("abc").unwrap();
-        assert_eq!(r.read().unwrap().as_deref(), Some("abc"));
+        let first = r.read().unwrap().unwrap();
+        assert_eq!(first.generation, "abc");
+        let at = first.at_us.expect("the time of the arming");
+        assert!(before <= at && at <= crate::proc::uptime_us());
         r.write("def").unwrap();
-        assert_eq!(r.read().unwrap().as_deref(), Some("def"));
+        assert_eq!(r.read().unwrap().unwrap().generation, "def");
         // Another start time of the same pid: another process.
         assert_eq!(SoftDirtyRecord::at(&dir, 42, 8).read().unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1180,12 +1199,12 @@ Max open files            1024                 524288               files     \n
         gone.write("g").unwrap();
         reused.write("r").unwrap(); // prunes `gone`, keeps itself and `live`
         assert_eq!(gone.read().unwrap(), None);
-        assert_eq!(reused.read().unwrap().as_deref(), Some("r"));
+        assert_eq!(reused.read().unwrap().unwrap().generation, "r");
         let other = dir.join("not-a-record");
         std::fs::write(&other, "x").unwrap();
-        live.write("mine again").unwrap(); // prunes `reused`
+        live.write("mine-again").unwrap(); // prunes `reused`
         assert_eq!(reused.read().unwrap(), None);
-        assert_eq!(live.read().unwrap().as_deref(), Some("mine again"));
+        assert_eq!(live.read().unwrap().unwrap().generation, "mine-again");
         assert!(other.exists(), "only records are touched");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,5 +1,11 @@
 //! Verifying an image chain against the live process: every page the chain
 //! holds is compared with the target's memory while the target is frozen.
+//!
+//! The threads' rseq areas are left out of the comparison: the kernel rewrites
+//! their cpu and concurrency ids whenever a thread returns to user mode (after
+//! every freeze, and after a restore: CRIU's restored threads run before they
+//! stop), so a page holding one may differ in those bytes alone. Such pages are
+//! counted apart (`rseq_only`), the rest of them is compared.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -33,6 +39,8 @@ pub struct VerifyReport {
     pub unreadable: u64,
     /// Present pages of the process that the chain does not hold.
     pub missing: u64,
+    /// Pages that differ only inside a thread's rseq area.
+    pub rseq_only: u64,
 }
 
 const CHUNK_PAGES: u64 = 256;
@@ -55,6 +63,7 @@ pub fn verify(pid: i32, chain: &[Layer], wanted: &[PageRange]) -> Result<VerifyR
     let frozen = Frozen::freeze(pid)?;
     let mut report = VerifyReport::default();
     let outcome = (|| {
+        let rseq = rseq_areas(&frozen)?;
         let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
         let vmas = maps::parse_maps(&text)?;
         let (keep, _) = scan::select(&vmas, &vm_flags, true);
@@ -64,7 +73,7 @@ pub fn verify(pid: i32, chain: &[Layer], wanted: &[PageRange]) -> Result<VerifyR
         for (layer, file) in chain.iter().zip(&files) {
             let starts = offsets(&layer.present);
             for r in intersect(&remaining, &layer.present) {
-                compare(pid, layer, &starts, file, r, &mut report)?;
+                compare(pid, layer, &starts, file, r, &rseq, &mut report)?;
             }
             remaining = subtract(&remaining, &layer.present);
         }
@@ -83,6 +92,7 @@ fn compare(
     starts: &[u64],
     file: &File,
     r: PageRange,
+    rseq: &[(u64, u64)],
     report: &mut VerifyReport,
 ) -> Result<()> {
     let page = PAGE_SIZE as usize;
@@ -102,7 +112,13 @@ fn compare(
                 continue;
             }
             report.pages_compared += 1;
-            if image[i * page..(i + 1) * page] != live[i * page..(i + 1) * page] {
+            let (want, got) = (
+                &image[i * page..(i + 1) * page],
+                &live[i * page..(i + 1) * page],
+            );
+            if want != got && masked(want, addr, rseq) == masked(got, addr, rseq) {
+                report.rseq_only += 1;
+            } else if want != got {
                 report.mismatches += 1;
                 if report.first_mismatches.len() < 16 {
                     report.first_mismatches.push(addr);
@@ -112,6 +128,33 @@ fn compare(
         at += (n * page) as u64;
     }
     Ok(())
+}
+
+/// The rseq areas of the frozen threads, as [start, end) (at least the 32
+/// bytes of the original struct rseq).
+fn rseq_areas(frozen: &Frozen) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for tid in frozen.tids() {
+        let conf = crate::sys::ptrace::rseq_configuration(tid)
+            .map_err(|e| Error::sys(format!("PTRACE_GET_RSEQ_CONFIGURATION of thread {tid}"), e))?;
+        if let Some(c) = conf.filter(|c| c.area != 0) {
+            out.push((c.area, c.area + u64::from(c.size).max(32)));
+        }
+    }
+    Ok(out)
+}
+
+/// A copy of the page at `addr` with the bytes of every rseq area zeroed.
+fn masked(page: &[u8], addr: u64, rseq: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = page.to_vec();
+    let end = addr + page.len() as u64;
+    for &(s, e) in rseq {
+        let (s, e) = (s.max(addr), e.min(end));
+        if s < e {
+            out[(s - addr) as usize..(e - addr) as usize].fill(0);
+        }
+    }
+    out
 }
 
 /// Bytes read from the process at `addr` (a short count: the rest is unreadable).
@@ -150,4 +193,26 @@ fn file_offset(present: &[PageRange], starts: &[u64], addr: u64) -> u64 {
     let i = present.partition_point(|r| r.end() <= addr);
     debug_assert!(i < present.len() && present[i].start <= addr);
     starts[i] + (addr - present[i].start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_rseq_bytes_of_a_page_are_masked() {
+        let page = vec![7u8; PAGE_SIZE as usize];
+        let at = 0x10000;
+        // One area inside the page, one across its end, one elsewhere.
+        let areas = [
+            (at + 16, at + 48),
+            (at + 4090, at + 4122),
+            (0x20000, 0x20020),
+        ];
+        let m = masked(&page, at, &areas);
+        assert!(m[16..48].iter().all(|&b| b == 0));
+        assert!(m[4090..].iter().all(|&b| b == 0));
+        assert!(m[..16].iter().chain(&m[48..4090]).all(|&b| b == 7));
+        assert_eq!(masked(&page, 0x30000, &areas), page, "no area in that page");
+    }
 }

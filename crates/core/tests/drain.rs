@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use predump_core::drain::{batches, drain, fill_userbuf, DrainConfig, DrainEnd, Fill};
+use predump_core::pages_out::PagesFile;
 use predump_core::{Error, PageRange, PAGE_SIZE};
 
 const P: usize = PAGE_SIZE as usize;
@@ -286,6 +287,11 @@ impl TempFile {
         TempFile { path, file }
     }
 
+    /// The file as a drain's output (the same open file: one position).
+    fn out(&self) -> PagesFile {
+        PagesFile::new(self.file.try_clone().unwrap(), &self.path)
+    }
+
     fn contents(&self) -> Vec<u8> {
         let mut f = File::open(&self.path).unwrap();
         let mut v = Vec::new();
@@ -559,7 +565,7 @@ fn drain_writes_pattern_from_current_position_and_merges_regions() {
     let out = drain(
         child.pid,
         &ranges,
-        &tmp.file,
+        &mut tmp.out(),
         &DrainConfig::default(),
         Some(&progress),
     )
@@ -588,7 +594,7 @@ fn drain_splits_a_range_longer_than_the_buffer() {
     let out = drain(
         child.pid,
         &layout.regions,
-        &tmp.file,
+        &mut tmp.out(),
         &small_config(64 << 10),
         None,
     )
@@ -609,7 +615,7 @@ fn drain_buffer_is_the_real_pipe_size() {
     let out = drain(
         child.pid,
         &layout.regions,
-        &tmp.file,
+        &mut tmp.out(),
         &small_config(100 << 10),
         None,
     )
@@ -636,7 +642,7 @@ fn drain_many_mappings_over_several_batches() {
     let out = drain(
         child.pid,
         &layout.regions,
-        &tmp.file,
+        &mut tmp.out(),
         &DrainConfig::default(),
         None,
     )
@@ -656,7 +662,7 @@ fn drain_into_an_append_only_file() {
     let out = drain(
         child.pid,
         &layout.regions,
-        &tmp.file,
+        &mut tmp.out(),
         &small_config(32 << 10),
         None,
     )
@@ -678,7 +684,7 @@ fn drain_everything_gone_writes_nothing() {
     let out = drain(
         child.pid,
         &layout.regions,
-        &tmp.file,
+        &mut tmp.out(),
         &DrainConfig::default(),
         None,
     )
@@ -698,7 +704,7 @@ fn drain_of_an_exited_target_is_a_partial_dump_not_an_error() {
     let out = drain(
         child.pid,
         &layout.regions,
-        &tmp.file,
+        &mut tmp.out(),
         &DrainConfig::default(),
         None,
     )
@@ -712,7 +718,7 @@ fn drain_of_an_exited_target_is_a_partial_dump_not_an_error() {
 #[test]
 fn drain_of_nothing() {
     let tmp = TempFile::new(false);
-    let out = drain(1, &[], &tmp.file, &DrainConfig::default(), None).unwrap();
+    let out = drain(1, &[], &mut tmp.out(), &DrainConfig::default(), None).unwrap();
     assert_eq!(out.end, DrainEnd::Complete);
     assert!(out.regions.is_empty());
     assert_eq!(out.stats.readv_calls, 0);
@@ -724,7 +730,7 @@ fn drain_rejects_unsorted_ranges() {
     let err = drain(
         1,
         &[r(0x5000, 1), r(0x1000, 1)],
-        &tmp.file,
+        &mut tmp.out(),
         &DrainConfig::default(),
         None,
     )
@@ -742,7 +748,7 @@ fn drain_to_a_full_device_is_no_space_and_does_not_hang() {
     let err = drain(
         child.pid,
         &layout.regions,
-        &full,
+        &mut PagesFile::new(full, std::path::Path::new("/dev/full")),
         &small_config(64 << 10),
         None,
     )

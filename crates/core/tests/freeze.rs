@@ -187,8 +187,15 @@ fn the_tracer_priority_is_back_after_freeze_and_thaw() {
 /// A tracer that already runs real-time (under chrt) keeps its own policy.
 #[test]
 fn a_real_time_caller_keeps_its_own_priority() {
+    /// musl's sched_param has more fields than glibc's: no struct literal.
+    fn param(priority: i32) -> libc::sched_param {
+        // SAFETY: sched_param is plain integers; all-zero is a valid value.
+        let mut p: libc::sched_param = unsafe { std::mem::zeroed() };
+        p.sched_priority = priority;
+        p
+    }
     fn get() -> (i32, i32) {
-        let mut p = libc::sched_param { sched_priority: 0 };
+        let mut p = param(0);
         // SAFETY: pid 0 is the calling thread; `p` is a valid out pointer.
         let policy = unsafe { libc::sched_getscheduler(0) };
         // SAFETY: as above.
@@ -196,9 +203,7 @@ fn a_real_time_caller_keeps_its_own_priority() {
         (policy, p.sched_priority)
     }
     fn set(policy: i32, priority: i32) -> bool {
-        let p = libc::sched_param {
-            sched_priority: priority,
-        };
+        let p = param(priority);
         // SAFETY: pid 0 is the calling thread; `p` is a valid sched_param.
         unsafe { libc::sched_setscheduler(0, policy, &p) == 0 }
     }

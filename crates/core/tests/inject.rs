@@ -8,6 +8,10 @@
 //! state (registers, FP registers, signal mask, stop siginfo), the code bytes,
 //! /proc/PID/maps and /proc/PID/fd must come back identical.
 
+// aarch64 refuses injection until its epilogue exists (inject/aarch64.rs,
+// docs/INJECTION-SAFETY.md): nothing here can run there.
+#![cfg(target_arch = "x86_64")]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -15,7 +19,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use predump_core::freeze::Frozen;
-use predump_core::inject::{pidfd_getfd, thread_state, Call, Injector, BATCH_ENTRY_BYTES};
+use predump_core::inject::{
+    leftovers, thread_state, Call, FdKind, Injector, Leftover, BATCH_ENTRY_BYTES,
+};
+use predump_core::sys::pidfd::pidfd_getfd;
 use predump_core::{proc, Error};
 
 mod common;
@@ -687,8 +694,8 @@ fn a_blocking_injected_call_times_out_and_the_thread_is_put_back() {
     let maps_before = maps(pid);
     let fds_before = fds(pid);
     let mut inj = Injector::new(&frozen, main).unwrap();
-    let [r, w] = inj.pipe2(0).unwrap();
     let buf = inj.scratch(8192).unwrap();
+    let [r, w] = inj.pipe2(0).unwrap();
     inj.set_timeout(Duration::from_millis(200));
     let started = Instant::now();
     let e = inj
@@ -803,7 +810,7 @@ fn sigqueue_usr1(pid: i32, tid: i32) {
 fn a_signal_delivery_stop_at_freeze_keeps_its_signal_and_siginfo() {
     // When a thread dequeues a signal between PTRACE_SEIZE and PTRACE_INTERRUPT,
     // the freeze holds it at that signal's delivery stop and hands the signal back
-    // at thaw. Injection in between must keep that: the handler runs exactly once
+    // at thaw. Injection (into another thread) must keep that: the handler runs exactly once
     // per signal, with the queued siginfo (a lost siginfo would arrive as SI_USER
     // without the value), and the SA_RESTART read goes on.
     //
@@ -850,10 +857,18 @@ fn a_signal_delivery_stop_at_freeze_keeps_its_signal_and_siginfo() {
         rounds += 1;
         let frozen = Frozen::freeze(pid).unwrap();
         let before = thread_state(&frozen, worker).unwrap();
-        let mut inj = Injector::new(&frozen, worker).unwrap();
-        if inj.stop_signal() == Some(libc::SIGUSR1) {
-            held += 1;
-        }
+        // A thread the freeze caught delivering a signal is refused (only that
+        // stop can hand its signal back); `any` takes another thread.
+        let mut inj = match Injector::new(&frozen, worker) {
+            Ok(inj) => inj,
+            Err(e) => {
+                assert!(e.to_string().contains("delivering signal 10"), "{e}");
+                held += 1;
+                let inj = Injector::any(&frozen).unwrap();
+                assert_eq!(inj.tid(), pid);
+                inj
+            }
+        };
         assert_eq!(inj.getpid().unwrap(), pid);
         let [r, w] = inj.pipe2(0).unwrap();
         inj.close(r).unwrap();
@@ -932,21 +947,16 @@ fn a_computing_target_stays_correct_through_1000_injections() {
 }
 
 #[test]
-fn a_process_ignoring_sigtrap_is_refused_untouched() {
-    // int3's SIGTRAP is forced: the kernel would reset an ignored SIGTRAP to
-    // SIG_DFL, a lasting change to the target. The injector refuses instead.
+fn a_process_ignoring_sigtrap_is_injected_and_still_ignores_it() {
+    // No trap instruction and no SIGTRAP: a process ignoring SIGTRAP (whose
+    // disposition a forced trap would reset) is injected like any other.
     let t = Testee::spawn(&["ignoretrap"]);
     let (pid, main) = (t.pid, t.main);
     wait_blocked(pid, main, libc::SYS_read);
     let status = format!("/proc/{pid}/status");
     assert_ne!(pending(&status, "SigIgn:") & bit(libc::SIGTRAP), 0);
     let frozen = Frozen::freeze(pid).unwrap();
-    let before = thread_state(&frozen, main).unwrap();
-    let code = bytes_at(pid, before.pc & !7, 16);
-    let e = Injector::new(&frozen, main).unwrap_err();
-    assert!(e.to_string().contains("ignores SIGTRAP"), "{e}");
-    assert_eq!(thread_state(&frozen, main).unwrap(), before);
-    assert_eq!(bytes_at(pid, before.pc & !7, 16), code);
+    inject_sequence(&frozen, main);
     frozen.thaw();
     assert_ne!(pending(&status, "SigIgn:") & bit(libc::SIGTRAP), 0);
 }
@@ -1005,6 +1015,15 @@ fn a_thread_inside_an_rseq_critical_section_runs_our_calls_not_its_abort_handler
     assert!(first > 0);
 }
 
+/// The page frame of `addr` in process `pid` (/proc/PID/pagemap, root).
+fn pfn(pid: i32, addr: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, addr / 4096 * 8).unwrap();
+    u64::from_ne_bytes(b) & ((1 << 55) - 1)
+}
+
 /// Anonymous kB of the mapping containing `addr` (/proc/PID/smaps).
 fn anon_kb(pid: i32, addr: u64) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
@@ -1027,29 +1046,48 @@ fn anon_kb(pid: i32, addr: u64) -> u64 {
 }
 
 #[test]
-fn the_code_page_becomes_one_private_copy() {
-    // PTRACE_POKEDATA into read-only text copies the page (FOLL_FORCE COW), as a
-    // debugger's breakpoint does. The bytes come back, the copy stays: one
-    // anonymous page in the text mapping per page ever injected into.
+fn the_stub_goes_into_the_vdsos_last_page_and_out_again() {
+    // The stub is written into the zero padding at the end of the vDSO, through
+    // its read-only protection (FOLL_FORCE: a private copy of that page, as a
+    // debugger's breakpoint makes). The padding is zero again after restore, the
+    // first page (whose frame CRIU compares with its own vDSO's) is never copied,
+    // and no other mapping changes.
     let t = Testee::spawn(&["signals"]);
     let (pid, main) = (t.pid, t.main);
     wait_blocked(pid, main, libc::SYS_read);
     let frozen = Frozen::freeze(pid).unwrap();
-    let pc = thread_state(&frozen, main).unwrap().pc;
     let maps_before = maps(pid);
-    let before = anon_kb(pid, pc);
-    let mut after = Vec::new();
+    let vdso = maps_before
+        .lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .and_then(|l| l.split('-').next())
+        .map(|a| u64::from_str_radix(a, 16).unwrap())
+        .unwrap();
+    let first_before = pfn(pid, vdso);
+    assert_eq!(anon_kb(pid, vdso), 0);
     for _ in 0..3 {
         let mut inj = Injector::new(&frozen, main).unwrap();
-        assert_eq!(inj.point() / 4096, pc / 4096, "injected in the page of pc");
+        let stub = inj.stub();
+        assert!(
+            stub / 4096 > vdso / 4096,
+            "the stub is past the first vDSO page"
+        );
+        assert_eq!(&bytes_at(pid, stub, 14), b"predump-inject");
         inj.getpid().unwrap();
         inj.restore().unwrap();
-        after.push(anon_kb(pid, pc));
+        assert!(
+            bytes_at(pid, stub, 512).iter().all(|&b| b == 0),
+            "padding zero again"
+        );
     }
+    assert_eq!(
+        pfn(pid, vdso),
+        first_before,
+        "the first vDSO page is the kernel's"
+    );
+    assert_eq!(anon_kb(pid, vdso), 4, "one page copied, once");
     assert_eq!(maps(pid), maps_before);
     frozen.thaw();
-    eprintln!("text mapping at {pc:#x}: Anonymous {before} kB before, {after:?} kB after each of 3 injections");
-    assert_eq!(after, vec![before + 4; 3], "one page copied, once");
 }
 
 #[test]
@@ -1101,12 +1139,11 @@ fn injected_call_latency() {
 }
 
 #[test]
-fn between_calls_the_thread_is_back_in_its_freeze_state() {
-    // After each call the injector re-stops the thread (PTRACE_INTERRUPT, then
-    // PTRACE_CONT with signal 0 from our trap's stop): get_signal() takes the
-    // interrupt trap before anything else, so the thread waits in an interrupt
-    // stop with its own registers, mask and siginfo, at its own code, as right
-    // after the freeze. A tracer dying there is harmless.
+fn between_calls_the_thread_waits_in_our_stub_and_its_code_is_untouched() {
+    // Between calls the thread waits in a syscall stop inside our stub (pc in
+    // the vDSO tail): a tracer dying there lets it run the stub's epilogue. Its
+    // own code is never written; `new` changes nothing of the thread; restore
+    // gives back the freeze's state exactly.
     let mut t = Testee::spawn(&["nanosleep", "5000"]);
     let (pid, worker) = (t.pid, t.worker());
     wait_blocked(pid, worker, libc::SYS_nanosleep);
@@ -1116,8 +1153,8 @@ fn between_calls_the_thread_is_back_in_its_freeze_state() {
         let before = thread_state(&frozen, tid).unwrap();
         let code = bytes_at(pid, before.pc.saturating_sub(16) & !7, 48);
         let mut inj = Injector::new(&frozen, tid).unwrap();
-        assert_ne!(inj.point(), 0);
         assert_eq!(thread_state(&frozen, tid).unwrap(), before, "after new");
+        let stub = inj.stub();
         for i in 0..5 {
             assert_eq!(inj.getpid().unwrap(), pid);
             if i == 2 {
@@ -1125,10 +1162,10 @@ fn between_calls_the_thread_is_back_in_its_freeze_state() {
                 inj.close(r).unwrap();
                 inj.close(w).unwrap();
             }
-            assert_eq!(
-                thread_state(&frozen, tid).unwrap(),
-                before,
-                "after call {i}"
+            let pc = thread_state(&frozen, tid).unwrap().pc;
+            assert!(
+                (stub..stub + 512).contains(&pc),
+                "after call {i}: pc {pc:#x} in the stub"
             );
             assert_eq!(bytes_at(pid, before.pc.saturating_sub(16) & !7, 48), code);
             assert_eq!(state(pid, tid), 't');
@@ -1142,47 +1179,63 @@ fn between_calls_the_thread_is_back_in_its_freeze_state() {
 }
 
 /// The tracer process of the kill test: this test binary run again with
-/// PREDUMP_KILL_TEST_TARGET="pid tid pause_us". It freezes the target, makes an
-/// Injector into thread tid and runs up to 50,000 getpid calls, `pause_us`
-/// microseconds apart, until the test SIGKILLs it. A no-op in a normal test run.
+/// PREDUMP_KILL_TEST_TARGET="pid tid". It freezes the target, makes an Injector
+/// into thread tid and runs, back to back, single calls and batches (getpid,
+/// pipe2 + close, a batch of 64 calls), until the test SIGKILLs it. A no-op in a
+/// normal test run.
 #[test]
 fn kill_test_tracer_helper() {
     let Ok(spec) = std::env::var("PREDUMP_KILL_TEST_TARGET") else {
         return;
     };
-    let v: Vec<i64> = spec
+    let v: Vec<i32> = spec
         .split_whitespace()
         .map(|w| w.parse().unwrap())
         .collect();
-    let (pid, tid, pause) = (v[0] as i32, v[1] as i32, Duration::from_micros(v[2] as u64));
+    let (pid, tid) = (v[0], v[1]);
     let frozen = Frozen::freeze(pid).unwrap();
     let mut inj = Injector::new(&frozen, tid).unwrap();
-    assert_eq!(inj.getpid().unwrap(), pid);
-    // Calls spaced relative to their length as on real hardware: where a call
-    // takes far longer (an emulated VM, the kernel matrix: 0.3-8 ms instead of
-    // ~20 µs, and more when the host deschedules a vCPU in the middle of one)
-    // the pause is at least 200 calls' time, so that a kill still lands inside a
-    // call rarely. Measured before "injecting": no kill comes yet.
-    let t0 = Instant::now();
-    for _ in 0..10 {
-        inj.getpid().unwrap();
-    }
-    let pause = if pause.is_zero() {
-        pause
-    } else {
-        pause.max(t0.elapsed() * 20)
-    };
+    let scratch = inj.scratch(64 * BATCH_ENTRY_BYTES + 4096).unwrap();
+    let table = scratch + 4096;
+    let batch: Vec<Call> = (0..64)
+        .map(|i| match i % 4 {
+            0 => Call::new(libc::SYS_pipe2, &[scratch + 2 * i, libc::O_CLOEXEC as u64]),
+            _ => Call::new(libc::SYS_getpid, &[]),
+        })
+        .collect();
     let mut out = std::io::stdout();
     writeln!(out, "KILLTEST injecting").unwrap();
     out.flush().unwrap();
-    for _ in 0..50_000 {
-        inj.getpid().unwrap();
-        if !pause.is_zero() {
-            // Spin: the tracer's own work between calls (splice mode: reading the
-            // pipe), without the wake-up latency of a sleep.
-            let until = Instant::now() + pause;
-            while Instant::now() < until {
-                std::hint::spin_loop();
+    for round in 0..20_000 {
+        assert_eq!(inj.getpid().unwrap(), pid);
+        let [r, w] = inj.pipe2(libc::O_CLOEXEC).unwrap();
+        inj.close(r).unwrap();
+        inj.close(w).unwrap();
+        if round % 2 == 0 {
+            // The pipes the batch makes are journaled before it runs, as
+            // splice mode's are: a dead tracer's next run finds them.
+            inj.write_memory(scratch, &[0xff; 128]).unwrap();
+            let slots: Vec<Leftover> = (0..16)
+                .map(|k| Leftover::FdPair {
+                    addr: scratch + 8 * k,
+                    kind: FdKind::Pipe,
+                })
+                .collect();
+            for slot in &slots {
+                inj.note(*slot).unwrap();
+            }
+            let got = inj.batch(table, &batch).unwrap();
+            assert_eq!(got.len(), 64);
+            // Close what the batch's pipe2 calls made (each close takes its fd
+            // out of the journal's pair exactly, see Injector::close).
+            let mut pairs = [0u8; 128];
+            inj.read_memory(scratch, &mut pairs).unwrap();
+            for b in pairs.chunks_exact(4) {
+                inj.close(i32::from_ne_bytes(b.try_into().unwrap()))
+                    .unwrap();
+            }
+            for slot in &slots {
+                inj.forget(slot).unwrap();
             }
         }
     }
@@ -1192,10 +1245,10 @@ fn kill_test_tracer_helper() {
     frozen.thaw();
 }
 
-/// Runs `trials` kills of a tracer process injecting calls `pause_us` apart into
-/// a testee that is not its child; returns (kills that landed during the calls,
-/// target deaths).
-fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String>) {
+/// Runs `trials` kills of a tracer process injecting calls into a testee
+/// (`args`) that is not its child, at a random moment 0.5–20 ms after it began;
+/// returns (kills that landed during the calls, harmed targets and how).
+fn kill_tracer_trials(args: &[&str], trials: usize) -> (usize, usize, Vec<String>) {
     let exe = std::env::current_exe().unwrap();
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1209,8 +1262,10 @@ fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String
         seed ^= seed << 17;
         seed % n
     };
-    let mut t = Testee::spawn(&["signals"]);
-    let (mut landed, mut deaths) = (0, 0);
+    let mut t = Testee::spawn(args);
+    wait_blocked(t.pid, t.main, libc::SYS_read);
+    let mut baseline = (fds(t.pid), maps(t.pid));
+    let (mut landed, mut harmed, mut with_leftovers) = (0, 0, 0);
     let mut how = Vec::new();
     for i in 0..trials {
         wait_blocked(t.pid, t.main, libc::SYS_read);
@@ -1221,10 +1276,7 @@ fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(
-                "PREDUMP_KILL_TEST_TARGET",
-                format!("{} {} {pause_us}", t.pid, t.main),
-            )
+            .env("PREDUMP_KILL_TEST_TARGET", format!("{} {}", t.pid, t.main))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -1240,7 +1292,7 @@ fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String
                 break;
             }
         }
-        std::thread::sleep(Duration::from_micros(1000 + rand(100_000)));
+        std::thread::sleep(Duration::from_micros(500 + rand(20_000)));
         // SAFETY: kill by pid of our own unreaped child.
         unsafe { libc::kill(hpid, libc::SIGKILL) };
         helper.wait().unwrap();
@@ -1250,53 +1302,97 @@ fn kill_tracer_trials(trials: usize, pause_us: u64) -> (usize, usize, Vec<String
             continue; // the kill came after the calls
         }
         landed += 1;
-        assert_eq!(tracer(t.pid, t.main), 0, "detached by the tracer's death");
         let cmd = format!("echo trial-{i}");
         let sent = writeln!(t.stdin, "{cmd}").and_then(|_| t.stdin.flush());
+        let mut why = String::new();
         let alive = sent.is_ok()
             && loop {
                 match t.lines.recv_timeout(Duration::from_secs(5)) {
                     Ok(l) if l == cmd => break true,
+                    Ok(l) if l.starts_with("result") => why = l,
                     Ok(_) => continue,
                     Err(_) => break false,
                 }
             };
-        if !alive {
-            deaths += 1;
-            let status = t.child.wait().unwrap();
-            how.push(format!("{status}"));
-            t = Testee::spawn(&["signals"]);
+        for &tid in std::iter::once(&t.main).chain(&t.workers) {
+            if alive && tracer(t.pid, tid) != 0 {
+                why = format!("thread {tid} still traced");
+            }
+        }
+        if alive && args[0] == "compute" {
+            t.send("check");
+            let l = t.expect("compute");
+            if num(&l, "errors") != 0 {
+                why = l;
+            }
+        }
+        if alive && why.is_empty() {
+            // What the dead tracer left is found from its journal and removed:
+            // afterwards the fds and mappings are as before the first run.
+            wait_blocked(t.pid, t.main, libc::SYS_read);
+            let found = leftovers::find(t.pid).unwrap();
+            let fds_at_kill = (fds(t.pid), leftovers::journal(t.pid));
+            if !found.is_empty() {
+                with_leftovers += 1;
+                let frozen = Frozen::freeze(t.pid).unwrap();
+                leftovers::clean(&frozen).unwrap();
+                frozen.thaw();
+            }
+            if (fds(t.pid), maps(t.pid)) != baseline {
+                why = format!(
+                    "not clean after removing {found:?} of {fds_at_kill:?}: fds {:?}, maps {}",
+                    fds(t.pid),
+                    maps(t.pid)
+                );
+            }
+        }
+        if !alive || !why.is_empty() {
+            harmed += 1;
+            if !alive {
+                why = format!("{}", t.child.wait().unwrap());
+            }
+            how.push(format!("trial {i}: {why}"));
+            t = Testee::spawn(args);
+            wait_blocked(t.pid, t.main, libc::SYS_read);
+            baseline = (fds(t.pid), maps(t.pid));
         }
     }
-    (landed, deaths, how)
+    eprintln!("{args:?}: leftovers found and removed after {with_leftovers} kills");
+    (landed, harmed, how)
 }
 
 #[test]
-fn a_tracer_killed_between_injected_calls_leaves_the_target_alive() {
-    // predump SIGKILLed during an injection: the kernel detaches the target.
-    // Between calls the thread waits in the freeze's kind of stop and must
-    // simply go on; the calls themselves (~10-40 µs each, here 5 ms apart, as
-    // the splice mode's reads of the pipe space them; at least 200 calls' time
-    // apart on slower machines) are the only window left.
-    // The window per call grows with scheduling delays on a loaded machine (a
-    // call waits for the target to be scheduled): ~2/50 deaths with calls 1 ms
-    // apart on an idle 2-CPU machine, up to 10/50 under load; the bound below
-    // is loose on purpose (before the re-stop: 55-70 % of kills were fatal).
-    let (landed, deaths, how) = kill_tracer_trials(50, 5000);
-    eprintln!(
-        "tracer killed with calls 5 ms apart: {deaths} target deaths in {landed} kills {how:?}"
-    );
-    assert!(landed >= 40, "only {landed} kills landed during the calls");
-    assert!(
-        deaths * 5 <= landed,
-        "{deaths} target deaths in {landed} kills: {how:?}"
-    );
-    // Back to back calls: the kills land inside a call most of the time. Not
-    // asserted: it measures how much of a call is the window.
-    let (landed, deaths, how) = kill_tracer_trials(20, 0);
-    eprintln!(
-        "tracer killed with calls back to back: {deaths} target deaths in {landed} kills {how:?}"
-    );
+fn a_tracer_killed_at_any_moment_of_an_injection_leaves_the_target_unharmed() {
+    // predump SIGKILLed while injecting: the kernel detaches the target, whose
+    // thread is then in a syscall stop of ours, inside one of our calls, in our
+    // batch loop or its wait, or in the freeze's stop. Wherever it is, it must
+    // go on as after a thaw: its blocked read(0) still returns the next line (a
+    // SIGTRAP would kill it, our registers or mask would garble the read), its
+    // sibling threads (a blocked reader; busy ones that check their own
+    // arithmetic) are untouched, nothing stays traced. The calls run back to
+    // back, so nearly every kill lands inside the injection.
+    // PREDUMP_KILL_TRIALS scales the 200 kills down where each trial is slow
+    // (the emulated kernel matrix) or up for a soak.
+    let total: usize = std::env::var("PREDUMP_KILL_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let blocked = (total * 3 / 5).max(1);
+    for (args, trials) in [
+        (&["signals"][..], blocked),
+        (&["compute", "2"][..], total - blocked),
+    ] {
+        if trials == 0 {
+            continue;
+        }
+        let (landed, harmed, how) = kill_tracer_trials(args, trials);
+        eprintln!("{args:?}: {harmed} harmed targets in {landed} kills during injection {how:?}");
+        assert!(
+            landed * 10 >= trials * 9,
+            "only {landed} of {trials} kills landed during the calls"
+        );
+        assert_eq!(harmed, 0, "{how:?}");
+    }
 }
 
 #[test]
@@ -1326,25 +1422,35 @@ fn a_batch_runs_in_order_stops_at_the_first_failure_and_leaves_nothing() {
         .copied()
         .filter(|fd| !fds_before.contains_key(fd))
         .collect();
-    assert_eq!(opened.len(), 4, "two pipes: {opened:?}");
-    assert!(opened.contains(&last_w));
+    // Two pipes, and the lifeline socket of the batch's wait.
+    assert_eq!(opened.len(), 5, "two pipes and the lifeline: {opened:?}");
+    let (lifeline, pipes): (Vec<i32>, Vec<i32>) = opened
+        .iter()
+        .partition(|fd| fds(pid)[fd].starts_with("socket:"));
+    assert_eq!(lifeline.len(), 1, "{:?}", fds(pid));
+    assert!(pipes.contains(&last_w));
+    let without_lifeline = || {
+        let mut f = fds(pid);
+        f.remove(&lifeline[0]);
+        f
+    };
     // A failing call ends the batch: the pipe2 after it never runs.
     let got = inj
         .batch(
             table,
             &[
-                Call::new(
-                    libc::SYS_close_range,
-                    &[opened[0] as u64, opened[3] as u64, 0],
-                ),
+                Call::new(libc::SYS_close, &[pipes[0] as u64]),
+                Call::new(libc::SYS_close, &[pipes[1] as u64]),
+                Call::new(libc::SYS_close, &[pipes[2] as u64]),
+                Call::new(libc::SYS_close, &[pipes[3] as u64]),
                 Call::new(libc::SYS_close, &[999_999]),
                 pipe,
             ],
         )
         .unwrap();
-    assert_eq!(got, vec![0, -(libc::EBADF as i64)]);
+    assert_eq!(got, vec![0, 0, 0, 0, -(libc::EBADF as i64)]);
     assert_eq!(
-        fds(pid),
+        without_lifeline(),
         fds_before,
         "closed, and the last pipe2 did not run"
     );

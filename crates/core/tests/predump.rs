@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use predump_core::drain::DrainConfig;
-use predump_core::predump::{pre_dump, FinalDump, Mode, ParentChain, TrackOptions};
+use predump_core::predump::{pre_dump, FinalDump, Mode, ParentChain, ParentOrigin, TrackOptions};
 use predump_core::track::Backend;
 use predump_core::{PageRange, PAGE_SIZE};
 
@@ -74,7 +74,7 @@ fn run_chain(backend: Backend, mode: Mode) {
             generation: format!("g{i}"),
             parent: generation.as_ref().map(|g| ParentChain {
                 pages: chain_pages(&chain),
-                generation: g.clone(),
+                origin: ParentOrigin::Armed(g.clone()),
             }),
             final_dump: last.then_some(FinalDump {
                 leave_stopped: true,

@@ -335,10 +335,47 @@ fn required(backend: &str) -> bool {
     std::env::var("PREDUMP_TEST_REQUIRE").is_ok_and(|v| v.split(',').any(|b| b.trim() == backend))
 }
 
-fn attach_soft_dirty(frozen: &Frozen, inj: &mut Injector) -> Tracker {
+/// Soft-dirty as a pre-dump attaches it: without an injector (the run's one is
+/// there for `release`, which needs it for uffd-wp only).
+fn attach_soft_dirty(frozen: &Frozen, _inj: &mut Injector) -> Tracker {
     let vmas = eligible(frozen.pid());
     let refs: Vec<&Vma> = vmas.iter().collect();
-    Tracker::attach_with(Backend::SoftDirty, frozen, inj, &refs).unwrap()
+    Tracker::attach_without_injection(Backend::SoftDirty, frozen, &refs).unwrap()
+}
+
+/// The backends that leave nothing in the target attach without an injector:
+/// nothing is written into its vDSO, none of its threads runs our code (and a
+/// vDSO without room for the stub does not matter). uffd-wp is refused: its
+/// userfaultfd is made by an injected call.
+#[test]
+fn attach_without_injection_only_for_what_injects_nothing() {
+    let mut t = Testee::track();
+    let r = t.region("r", 16, 16);
+    let (fds_before, maps_before) = (fds(t.pid), maps(t.pid));
+    let vmas = eligible(t.pid);
+    let refs: Vec<&Vma> = vmas.iter().collect();
+    let frozen = Frozen::freeze(t.pid).unwrap();
+    let err = Tracker::attach_without_injection(Backend::UffdWp, &frozen, &refs).unwrap_err();
+    assert!(
+        matches!(err, predump_core::Error::InvalidArgument(_))
+            && err.to_string().contains("injected call"),
+        "{err}"
+    );
+    let mut none = Tracker::attach_without_injection(Backend::None, &frozen, &refs).unwrap();
+    assert_eq!((none.created(), none.target_fd()), (false, None));
+    // Untracked: every page of every range counts as written.
+    assert_eq!(none.take_dirty(&[r]).unwrap(), pages(r.0, &[(0, 16)]));
+    none.keep();
+    if soft_dirty() {
+        let sd = Tracker::attach_without_injection(Backend::SoftDirty, &frozen, &refs).unwrap();
+        assert_eq!((sd.created(), sd.target_fd()), (false, None));
+        sd.keep();
+    }
+    frozen.thaw();
+    assert_eq!(fds(t.pid), fds_before);
+    assert_eq!(maps(t.pid), maps_before);
+    assert_eq!(proc::tracer_pid(t.pid, t.pid).unwrap(), 0);
+    t.ask("echo alive", "echo alive");
 }
 
 /// The soft-dirty backend: exact pages between two scans; reads are not writes;

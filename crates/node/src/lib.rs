@@ -13,6 +13,8 @@ use napi::{Env, JsDeferred};
 use napi_derive::napi;
 
 use predump_core::drain::DrainConfig;
+
+mod pageserver;
 use predump_core::predump::{self as core_predump, PreDumpReport as CoreReport};
 
 /// Options of a pre-dump.
@@ -26,15 +28,20 @@ pub struct PreDumpOptions {
     pub track_mem: Option<String>,
     /// A name for this run's arming of the tracking (recorded in the target).
     pub generation: Option<String>,
-    /// The parent images: the pages they hold as [vaddr, nrPages] pairs, and the
-    /// generation recorded with them.
+    /// The parent images: the pages they hold as [vaddr, nrPages] pairs, the
+    /// generation recorded with them by the predump run that made them, and when
+    /// they were made (their dump_uptime, µs): without a generation (CRIU's
+    /// pre-dump, or predump's without tracking) soft-dirty tracking can still
+    /// trust them if no predump run cleared the bits since.
     pub parent_pages: Option<Float64Array>,
     pub parent_generation: Option<String>,
+    pub parent_made_us: Option<f64>,
     /// `predump dump`: copy while frozen throughout, end tracking, and leave the
     /// target running or (leaveStopped) job-stopped.
     pub final_dump: Option<bool>,
     pub leave_stopped: Option<bool>,
-    /// Path of the pages image to create (it must not exist).
+    /// Path of the pages image to create (it must not exist); ignored when the
+    /// pages go to a page server.
     pub pages_path: String,
     /// Size of each drain buffer; the real size is the pipe's (a power of two).
     pub buffer_bytes: Option<u32>,
@@ -64,6 +71,8 @@ pub struct PreDumpReport {
     pub parent_regions: Float64Array,
     /// Why a pre-dump with a parent still copied every page.
     pub track_note: Option<String>,
+    /// What a predump that died while injecting had left in the target, removed.
+    pub leftovers_removed: Option<String>,
     /// The dirty tracking used: "uffd-wp", "soft-dirty" or "none" ("auto" resolved).
     pub track_backend: String,
     /// This run started the target's tracking: undo it (untrack) if the images
@@ -73,6 +82,8 @@ pub struct PreDumpReport {
     pub scan_method: String,
     pub vmas_scanned: u32,
     pub vmas_skipped: u32,
+    /// Pages of unreadable mappings left out (see the core's PreDumpReport).
+    pub unreadable_pages: f64,
     pub pages_scanned: f64,
     pub pages_present: f64,
     pub pages_written: f64,
@@ -92,7 +103,7 @@ pub struct PreDumpReport {
 /// Progress of a running pre-dump, polled from JavaScript for a progress bar.
 #[napi]
 pub struct Progress {
-    inner: Arc<core_predump::Progress>,
+    pub(crate) inner: Arc<core_predump::Progress>,
 }
 
 #[napi]
@@ -129,8 +140,39 @@ pub fn pre_dump<'env>(
     options: PreDumpOptions,
     progress: Option<&Progress>,
 ) -> Result<Object<'env>> {
+    let path = PathBuf::from(&options.pages_path);
+    let Planned {
+        pid,
+        mode,
+        tracking,
+        config,
+    } = plan(options)?;
+    let progress = progress.map(|p| p.inner.clone());
+    on_own_thread(env, move || {
+        core_predump::pre_dump(pid, &path, mode, &config, &tracking, progress.as_deref())
+            .map(report)
+    })
+}
+
+/// A pre-dump's options, converted.
+pub(crate) struct Planned {
+    pub pid: i32,
+    pub mode: core_predump::Mode,
+    pub tracking: core_predump::TrackOptions,
+    pub config: DrainConfig,
+}
+
+pub(crate) fn plan(options: PreDumpOptions) -> Result<Planned> {
     let backend = match options.track_mem.as_deref() {
         None | Some("none") => None,
+        // The freeze-free mode asked for: its tracking is uffd-wp, though auto
+        // would otherwise take soft-dirty where both work (6.12).
+        Some("auto")
+            if options.mode.as_deref() == Some("freeze-free")
+                && predump_core::track::Backend::UffdWp.works() =>
+        {
+            Some(predump_core::track::Backend::UffdWp)
+        }
         Some("auto") => match predump_core::track::Backend::detect() {
             predump_core::track::Backend::None => None,
             b => Some(b),
@@ -162,10 +204,18 @@ pub fn pre_dump<'env>(
             ))
         }
     };
-    let parent = match (options.parent_pages, options.parent_generation) {
-        (Some(pages), Some(generation)) => Some(core_predump::ParentChain {
+    let parent = match (
+        options.parent_pages,
+        options.parent_generation,
+        options.parent_made_us,
+    ) {
+        (Some(pages), Some(generation), _) => Some(core_predump::ParentChain {
             pages: pairs(&pages),
-            generation,
+            origin: core_predump::ParentOrigin::Armed(generation),
+        }),
+        (Some(pages), None, Some(made)) => Some(core_predump::ParentChain {
+            pages: pairs(&pages),
+            origin: core_predump::ParentOrigin::Snapshot { at_us: made as u64 },
         }),
         _ => None,
     };
@@ -185,16 +235,15 @@ pub fn pre_dump<'env>(
     if let Some(bytes) = options.buffer_bytes {
         config.buffer_bytes = bytes as usize;
     }
-    let pid = options.pid;
-    let path = PathBuf::from(options.pages_path);
-    let progress = progress.map(|p| p.inner.clone());
-    on_own_thread(env, move || {
-        core_predump::pre_dump(pid, &path, mode, &config, &tracking, progress.as_deref())
-            .map(report)
+    Ok(Planned {
+        pid: options.pid,
+        mode,
+        tracking,
+        config,
     })
 }
 
-fn report(r: CoreReport) -> PreDumpReport {
+pub(crate) fn report(r: CoreReport) -> PreDumpReport {
     let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
     let flat = |v: &[predump_core::PageRange]| -> Vec<f64> {
         v.iter()
@@ -219,12 +268,14 @@ fn report(r: CoreReport) -> PreDumpReport {
         regions: Float64Array::new(regions),
         parent_regions: Float64Array::new(parent_regions),
         track_note: r.track_note.clone(),
+        leftovers_removed: r.leftovers_removed.clone(),
         track_backend: r.tracking.map_or("none", |b| b.name()).to_string(),
         created_tracking: r.created_tracking,
         threads: r.threads as u32,
         scan_method: r.scan_method.name().to_string(),
         vmas_scanned: r.vmas_scanned as u32,
         vmas_skipped: r.vmas_skipped as u32,
+        unreadable_pages: r.unreadable_pages as f64,
         pages_scanned: r.pages_scanned as f64,
         pages_present: r.pages_present as f64,
         pages_written: r.drain.pages_written as f64,
@@ -245,7 +296,7 @@ fn report(r: CoreReport) -> PreDumpReport {
 /// Runs `job` on a new, dedicated OS thread and returns a promise of its result.
 /// For the pre-dump itself that thread is the tracer: every ptrace request of
 /// the job comes from it.
-fn on_own_thread<'env, T, F>(env: &'env Env, job: F) -> Result<Object<'env>>
+pub(crate) fn on_own_thread<'env, T, F>(env: &'env Env, job: F) -> Result<Object<'env>>
 where
     T: ToNapiValue + Send + 'static,
     F: FnOnce() -> predump_core::Result<T> + Send + 'static,
@@ -262,7 +313,7 @@ where
 }
 
 /// A JavaScript Error carrying the core's stable code in `error.code`.
-fn js_error(env: &Env, e: &predump_core::Error) -> Error {
+pub(crate) fn js_error(env: &Env, e: &predump_core::Error) -> Error {
     let made = env
         .create_error(Error::new(Status::GenericFailure, e.to_string()))
         .and_then(|mut obj| {
@@ -474,10 +525,24 @@ fn pairs(flat: &[f64]) -> Vec<predump_core::PageRange> {
         .collect()
 }
 
-/// Ends predump's dirty tracking of `pid`; resolves with whether it had any.
-#[napi(ts_return_type = "Promise<boolean>")]
+/// What `untrack` did.
+#[napi(object)]
+pub struct UntrackReport {
+    /// The target had dirty tracking of predump's, now ended.
+    pub untracked: bool,
+    /// What a predump that died while injecting had left in it, now removed.
+    pub leftovers_removed: Option<String>,
+}
+
+/// Ends predump's dirty tracking of `pid` and removes a dead run's leftovers.
+#[napi(ts_return_type = "Promise<UntrackReport>")]
 pub fn untrack<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
-    on_own_thread(env, move || predump_core::track::untrack(pid))
+    on_own_thread(env, move || {
+        predump_core::track::untrack(pid).map(|u| UntrackReport {
+            untracked: u.tracking,
+            leftovers_removed: u.leftovers,
+        })
+    })
 }
 
 /// One image directory of a chain, newest first.
@@ -496,6 +561,9 @@ pub struct VerifyResult {
     pub not_in_chain: f64,
     pub unreadable: f64,
     pub missing: f64,
+    /// Pages that differ only inside a thread's rseq area (rewritten by the
+    /// kernel whenever the thread returns to user mode).
+    pub rseq_only: f64,
 }
 
 /// Freezes `pid` and compares every page of `wanted` rebuilt from `chain` with
@@ -524,6 +592,7 @@ pub fn verify<'env>(
             not_in_chain: r.not_in_chain as f64,
             unreadable: r.unreadable as f64,
             missing: r.missing as f64,
+            rseq_only: r.rseq_only as f64,
         })
     })
 }

@@ -1,6 +1,15 @@
-//! The data region: a big private anonymous mapping filled with the pattern, and the
-//! epoch of each of its pages. Only the main (command) thread touches it, so it needs
-//! no locking; the pre-dumper reads it from outside.
+//! The data regions: a mapping filled with the pattern, and the epoch of each of its
+//! pages. A private region (the process's own) is touched by its main (command)
+//! thread only, so it needs no locking; the pre-dumper reads it from outside.
+//!
+//! A shared region (`--shared`, `--devzero`: one anonymous shared object mapped by
+//! every process of a `--tree`) holds the pattern of its *offsets* (page k holds
+//! the words of address k * PAGE_SIZE), as predump's pagemap-shmem images list its
+//! pages, and keeps its epochs in shared memory too: any process may rewrite it on
+//! command (commands are handled one at a time for the whole tree), and every
+//! process checks it against the same epochs.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use predump_core::pattern::{fill_page, page_matches};
 use predump_core::PAGE_SIZE;
@@ -10,30 +19,78 @@ const P: usize = PAGE_SIZE as usize;
 pub struct Data {
     /// The whole mapping. It is never unmapped: the process exits with it mapped.
     mem: &'static mut [u8],
-    /// The pattern epoch each page holds now.
-    epochs: Vec<u32>,
+    /// The pattern epoch each page holds now (in shared memory for a shared region).
+    epochs: &'static mut [u32],
     /// The epoch the next `dirty` command writes.
-    next_epoch: u32,
+    next_epoch: &'static AtomicU32,
+    /// The pattern address of page 0: its own address (private), or 0 (shared:
+    /// offsets).
+    base: u64,
+}
+
+/// How a region's memory is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    Private,
+    /// MAP_SHARED|MAP_ANONYMOUS.
+    SharedAnonymous,
+    /// MAP_SHARED of /dev/zero (the same kind of object, made the other way).
+    DevZero,
 }
 
 impl Data {
     /// Map `bytes` (a multiple of the page size) and fill every page with epoch 0.
     pub fn new(bytes: usize) -> Data {
-        let base = crate::mem::map_anon(bytes, libc::PROT_READ | libc::PROT_WRITE, 0);
+        Self::with(bytes, Backing::Private)
+    }
+
+    pub fn with(bytes: usize, backing: Backing) -> Data {
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let pages = bytes / P;
+        let (base, epochs, next) = match backing {
+            Backing::Private => {
+                let base = crate::mem::map_anon(bytes, prot, 0);
+                let epochs: &'static mut [u32] = Box::leak(vec![0u32; pages].into_boxed_slice());
+                let next: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(1)));
+                (base, epochs, next)
+            }
+            Backing::SharedAnonymous | Backing::DevZero => {
+                let base = if backing == Backing::DevZero {
+                    crate::mem::map_dev_zero(bytes, prot)
+                } else {
+                    crate::mem::map_shared(bytes, prot)
+                };
+                // The epochs after one page holding the next epoch: a shared
+                // object of its own (fresh pages are zero: epoch 0).
+                let meta = crate::mem::map_shared(P + pages * 4, prot);
+                // SAFETY: `meta` is a fresh read-write mapping of P + 4*pages bytes,
+                // page-aligned, never unmapped, used only through these two views.
+                let (next, epochs) = unsafe {
+                    let next = &*(meta as *const AtomicU32);
+                    next.store(1, Relaxed);
+                    let epochs = std::slice::from_raw_parts_mut(meta.add(P) as *mut u32, pages);
+                    (next, epochs)
+                };
+                (base, epochs, next)
+            }
+        };
         // SAFETY: `base` is a fresh read-write mapping of `bytes` bytes that nothing
         // else references, and it stays mapped for the life of the process.
         let mem = unsafe { std::slice::from_raw_parts_mut(base, bytes) };
-        let start = mem.as_ptr() as u64;
+        let pattern_base = match backing {
+            Backing::Private => mem.as_ptr() as u64,
+            _ => 0,
+        };
         // Filling is bound by page faults; spread it over the cores (it runs before
         // the compute threads start, so it steals nothing from them).
         for_chunks(mem, |offset, chunk| {
-            fill_page(start + offset as u64, 0, chunk)
+            fill_page(pattern_base + offset as u64, 0, chunk)
         });
-        let pages = bytes / P;
         Data {
             mem,
-            epochs: vec![0; pages],
-            next_epoch: 1,
+            epochs,
+            next_epoch: next,
+            base: pattern_base,
         }
     }
 
@@ -46,19 +103,20 @@ impl Data {
     pub fn pages(&self) -> usize {
         self.epochs.len()
     }
+    /// The pattern address of page `index` (its address, or its offset if shared).
     fn page_addr(&self, index: usize) -> u64 {
-        self.start() + (index * P) as u64
+        self.base + (index * P) as u64
     }
 
     /// Rewrite the given pages (ascending indices) with the next epoch. Returns the
     /// epoch and the runs of consecutive pages as (start address, count).
     pub fn dirty(&mut self, indices: impl IntoIterator<Item = usize>) -> (u32, Vec<(u64, usize)>) {
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
+        let epoch = self.next_epoch.fetch_add(1, Relaxed);
         let mut runs: Vec<(u64, usize)> = Vec::new();
         for i in indices {
             let addr = self.page_addr(i);
-            fill_page(addr, epoch, &mut self.mem[i * P..(i + 1) * P]);
+            let page = i * P;
+            fill_page(addr, epoch, &mut self.mem[page..page + P]);
             self.epochs[i] = epoch;
             match runs.last_mut() {
                 Some((start, n)) if *start + (*n * P) as u64 == addr => *n += 1,
@@ -90,7 +148,7 @@ impl Data {
 
     /// Compare every page with its expected epoch: (pages checked, mismatches).
     pub fn check(&self) -> (u64, u64) {
-        let start = self.start();
+        let start = self.base;
         let bad = std::sync::atomic::AtomicU64::new(0);
         for_chunks_ro(&self.mem[..], |offset, chunk| {
             let first = offset / P;
@@ -110,7 +168,8 @@ impl Data {
         (self.pages() as u64, bad.into_inner())
     }
 
-    /// Runs of consecutive pages with the same non-zero epoch: (start, count, epoch).
+    /// Runs of consecutive pages with the same non-zero epoch: (pattern address,
+    /// count, epoch).
     pub fn epoch_runs(&self) -> Vec<(u64, usize, u32)> {
         let mut runs: Vec<(u64, usize, u32)> = Vec::new();
         for (i, &e) in self.epochs.iter().enumerate() {

@@ -4,12 +4,18 @@
 //! runs compute threads that check their own work, optionally churns its address
 //! space, prints one JSON "ready" line, then answers one-line commands on stdin with
 //! one JSON line each. EOF on stdin exits, so it never outlives whoever started it.
+//!
+//! With `--control DIR` the commands come through the FIFOs DIR/cmd and DIR/reply
+//! instead, each opened only for one exchange: between two commands the process
+//! holds no pipe of its starter (it waits in `open`), so CRIU can dump it and
+//! restore it, and it answers again after the restore.
 
 mod churn;
 mod compute;
 mod data;
 mod mem;
 mod seccomp;
+mod tree;
 mod vmops;
 
 use std::fmt::Write as _;
@@ -21,6 +27,8 @@ use predump_core::PAGE_SIZE;
 const USAGE: &str = "\
 usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
                         [--writer BYTES] [--deny-vmsplice] [--ignore-sigtrap] [--grandchild]
+                        [--tree N] [--shared BYTES] [--devzero BYTES]
+                        [--control DIR]
 
   --size BYTES      data region size; suffixes K, M, G (powers of 1024); default 64M
   --threads N       compute threads besides the command thread; default 1
@@ -35,12 +43,28 @@ usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
                     of its starter, whose own waitpid would take the ptrace stops
                     of a child it also traces (Node's child_process reads them as
                     exits); stdin and stdout are shared
+  --tree N          N processes in all: this one forks the others (process i is a
+                    child of process (i-1)/2), each with its own data region of
+                    --size and its own threads; commands go to process K with
+                    `proc K CMD` (see tree.rs for tree, spawn K, proc K exit|zombie)
+  --shared BYTES    a MAP_SHARED|MAP_ANONYMOUS region, mapped before the tree is
+                    forked: shared by every process, pattern by offset
+  --devzero BYTES   the same, made by a shared mapping of /dev/zero
+  --control DIR     read commands from the FIFO DIR/cmd and write the ready line
+                    and each answer to the FIFO DIR/reply (both made by the
+                    caller), opening each for one exchange only; stdin is not
+                    read. A process that holds no pipe between commands can be
+                    checkpointed and restored by CRIU. The FIFO gone: exit
 
 Prints one JSON ready line, then answers commands on stdin, one JSON line each:
   dirty PERMILLE SEED | dirty-range OFFSET_PAGES COUNT | check | epochs | progress | exit
 and, outside the data region (no pattern: compare images with the live memory):
   map PAGES SEED | write ADDR PAGES SEED | unmap ADDR PAGES | protect ADDR PAGES none|r|rw
   | dontneed ADDR PAGES | thread PAGES SEED | fork ADDR PAGES SEED
+and for the shared regions (NAME shared or devzero; pattern by offset in the object):
+  shared-dirty NAME PERMILLE SEED | shared-dirty-range NAME OFFSET_PAGES COUNT
+  | shared-epochs NAME
+  | aio (an AIO ring) | hugetlb PAGES SEED (2 MiB pages from vm.nr_hugepages)
 ";
 
 /// splitmix64: a tiny, good-enough deterministic generator for page selection and
@@ -66,6 +90,10 @@ struct Args {
     grandchild: bool,
     deny_vmsplice: bool,
     ignore_sigtrap: bool,
+    tree: usize,
+    shared: usize,
+    devzero: usize,
+    control: Option<std::path::PathBuf>,
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -91,6 +119,10 @@ fn parse_args() -> Result<Args, String> {
         grandchild: false,
         deny_vmsplice: false,
         ignore_sigtrap: false,
+        tree: 1,
+        shared: 0,
+        devzero: 0,
+        control: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -134,6 +166,29 @@ fn parse_args() -> Result<Args, String> {
                     "bad --writer {v:?}: want BYTES > 0 with optional K, M or G"
                 ))?;
             }
+            "--tree" => {
+                let v = value()?;
+                a.tree = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=4096).contains(&n))
+                    .ok_or(format!("bad --tree {v:?}: want 1..4096 processes"))?;
+            }
+            "--shared" | "--devzero" => {
+                let v = value()?;
+                let bytes = parse_size(&v).ok_or(format!(
+                    "bad {name} {v:?}: want BYTES > 0 with optional K, M or G"
+                ))?;
+                let bytes = bytes
+                    .checked_next_multiple_of(PAGE_SIZE as usize)
+                    .ok_or(format!("{name} too large"))?;
+                if name == "--shared" {
+                    a.shared = bytes;
+                } else {
+                    a.devzero = bytes;
+                }
+            }
+            "--control" => a.control = Some(value()?.into()),
             "--churn" if inline.is_none() => a.churn = true,
             "--grandchild" if inline.is_none() => a.grandchild = true,
             "--deny-vmsplice" if inline.is_none() => a.deny_vmsplice = true,
@@ -183,9 +238,26 @@ struct Workload {
     compute: Vec<std::sync::Arc<compute::Stats>>,
     churn: Option<std::sync::Arc<churn::Churn>>,
     writer: Option<vmops::Writer>,
+    /// The regions shared by the whole tree, by name ("shared", "devzero").
+    shared: Vec<(&'static str, data::Data)>,
+    /// This process's place in a `--tree` (None: a single process).
+    node: Option<tree::Node>,
+    /// --size and --threads, for a process spawned later.
+    size: usize,
+    threads: usize,
 }
 
 impl Workload {
+    fn epochs_answer(runs: &[(u64, usize, u32)]) -> String {
+        let mut s = String::from("{\"pages\":[");
+        for (k, (start, n, e)) in runs.iter().enumerate() {
+            let sep = if k > 0 { "," } else { "" };
+            write!(s, "{sep}[{},{n},{e}]", hex(*start)).unwrap();
+        }
+        s.push_str("]}");
+        s
+    }
+
     fn dirty_answer(epoch: u32, runs: &[(u64, usize)]) -> String {
         let dirtied: usize = runs.iter().map(|r| r.1).sum();
         let mut s = format!("{{\"dirtied\":{dirtied},\"epoch\":{epoch},\"pages\":[");
@@ -197,8 +269,66 @@ impl Workload {
         s
     }
 
-    /// Answer one command line.
+    /// Answer one command line: a tree's routing first (another process's
+    /// command, a tree command), then this process's own.
     fn command(&mut self, line: &str) -> String {
+        let Some(mut node) = self.node.take() else {
+            return self.local(line);
+        };
+        let answer = match node.route(line) {
+            tree::Routed::Answer(a) => a,
+            tree::Routed::Local(cmd) => {
+                self.node = Some(node);
+                return self.local(&cmd);
+            }
+            tree::Routed::Spawn(index) => match node.spawn(index) {
+                tree::Spawned::Parent(a) => a,
+                tree::Spawned::Child(parent) => {
+                    self.node = Some(node);
+                    self.become_spawned(parent)
+                }
+            },
+        };
+        self.node = Some(node);
+        answer
+    }
+
+    /// In a process just forked by `spawn K`: its own region and threads (the
+    /// parent's threads do not exist here), then it serves its parent.
+    fn become_spawned(&mut self, mut parent: tree::Parent) -> ! {
+        self.data = data::Data::new(self.size);
+        self.compute = compute::spawn(self.threads);
+        self.churn = None;
+        self.writer = None;
+        let index = self.node.as_ref().map_or(0, |n| n.index);
+        parent.ready(&[(
+            index,
+            std::process::id() as i32,
+            None,
+            self.data.start(),
+            self.data.bytes(),
+        )]);
+        self.serve(parent)
+    }
+
+    /// A process of the tree: answers its parent's commands until it is gone.
+    fn serve(&mut self, mut parent: tree::Parent) -> ! {
+        loop {
+            let line = parent.next();
+            let a = self.command(&line);
+            parent.answer(&a);
+        }
+    }
+
+    fn shared_region(&mut self, name: &str) -> Option<&mut data::Data> {
+        self.shared
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| d)
+    }
+
+    /// Answer one command of this process.
+    fn local(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
         match words.as_slice() {
@@ -228,6 +358,11 @@ impl Workload {
             }
             ["check"] => {
                 let (mut checked, mut bad) = self.data.check();
+                for (_, d) in &self.shared {
+                    let (c, b) = d.check();
+                    checked += c;
+                    bad += b;
+                }
                 if let Some(churn) = &self.churn {
                     let (c, b) = churn.check();
                     checked += c;
@@ -236,6 +371,42 @@ impl Workload {
                 let errors: u64 = self.compute.iter().map(|s| s.errors.load(Relaxed)).sum();
                 let ok = bad == 0 && errors == 0;
                 format!("{{\"ok\":{ok},\"pagesChecked\":{checked},\"mismatches\":{bad},\"computeErrors\":{errors}}}")
+            }
+            ["shared-dirty", name, _, _] => {
+                let (Some(permille), Some(seed)) = (num(2), num(3)) else {
+                    return error("usage: shared-dirty NAME PERMILLE SEED (decimal integers)");
+                };
+                if permille > 1000 {
+                    return error("PERMILLE must be 0..=1000");
+                }
+                let Some(d) = self.shared_region(name) else {
+                    return error(&format!("no shared region {name:?}"));
+                };
+                let pages = d.select(permille as u32, seed);
+                let (epoch, runs) = d.dirty(pages);
+                Self::dirty_answer(epoch, &runs)
+            }
+            ["shared-dirty-range", name, _, _] => {
+                let (Some(offset), Some(count)) = (num(2), num(3)) else {
+                    return error("usage: shared-dirty-range NAME OFFSET_PAGES COUNT");
+                };
+                let Some(d) = self.shared_region(name) else {
+                    return error(&format!("no shared region {name:?}"));
+                };
+                let total = d.pages() as u64;
+                if count > total || offset > total - count {
+                    return error(&format!(
+                        "range {offset}+{count} is outside the {total} pages of {name}"
+                    ));
+                }
+                let (epoch, runs) = d.dirty(offset as usize..(offset + count) as usize);
+                Self::dirty_answer(epoch, &runs)
+            }
+            ["shared-epochs", name] => {
+                let Some(d) = self.shared_region(name) else {
+                    return error(&format!("no shared region {name:?}"));
+                };
+                Self::epochs_answer(&d.epoch_runs())
             }
             ["epochs"] => {
                 let mut s = String::from("{\"pages\":[");
@@ -292,6 +463,17 @@ impl Workload {
                     Err(msg) => error(&msg),
                 }
             }
+            ["aio"] => match vmops::aio() {
+                Ok(addr) => format!("{{\"addr\":{}}}", hex(addr as u64)),
+                Err(msg) => error(&msg),
+            },
+            ["hugetlb", pages, seed] => match (pages.parse::<usize>(), seed.parse::<u64>()) {
+                (Ok(pages), Ok(seed)) if pages > 0 => match vmops::hugetlb(pages, seed) {
+                    Ok(addr) => format!("{{\"addr\":{},\"pages\":{pages}}}", hex(addr as u64)),
+                    Err(msg) => error(&msg),
+                },
+                _ => error("usage: hugetlb PAGES SEED (PAGES > 0, huge pages of 2 MiB)"),
+            },
             ["thread", pages, seed] => match (pages.parse::<usize>(), seed.parse::<u64>()) {
                 (Ok(pages), Ok(seed)) if pages > 0 => {
                     let (tid, addr) = vmops::thread(pages, seed);
@@ -302,6 +484,7 @@ impl Workload {
                 }
                 _ => error("usage: thread PAGES SEED (PAGES > 0)"),
             },
+            ["zombie"] => tree::zombie(),
             ["exit"] => std::process::exit(0),
             _ => error(&format!("unknown command {line:?}")),
         }
@@ -310,6 +493,37 @@ impl Workload {
 
 fn error(msg: &str) -> String {
     format!("{{\"error\":{}}}", json_str(msg))
+}
+
+/// `--control DIR`: the ready line, then commands, each FIFO opened for one
+/// exchange. Never returns: exits when a FIFO cannot be opened any more.
+fn serve_fifos(w: &mut Workload, dir: &std::path::Path, ready: &str) -> ! {
+    let (cmd, reply) = (dir.join("cmd"), dir.join("reply"));
+    let answer = |line: &str| {
+        // Blocks until the caller opens the FIFO to read the answer.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&reply)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if written.is_err() {
+            std::process::exit(0);
+        }
+    };
+    answer(ready);
+    loop {
+        // Blocks until the caller opens it to write a command: the wait in
+        // which a checkpoint finds the process.
+        let Ok(f) = std::fs::File::open(&cmd) else {
+            std::process::exit(0)
+        };
+        for line in std::io::BufReader::new(f).lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            answer(&w.command(&line));
+        }
+    }
 }
 
 /// Forks; the first process waits for the child and exits as it did. A real
@@ -348,6 +562,20 @@ fn become_grandchild() {
     }
 }
 
+/// The inode of the mapping at `start` in /proc/self/maps (a shared object's id).
+fn inode_of(start: u64) -> u64 {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .find(|l| {
+            l.split_once('-')
+                .and_then(|(a, _)| u64::from_str_radix(a, 16).ok())
+                == Some(start)
+        })
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits (bounded) until /proc/self/task lists exactly `want` threads.
 fn settle_threads(want: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -381,6 +609,27 @@ fn main() {
         }
     }
 
+    // The shared regions first: every process of the tree maps them.
+    let mut shared = Vec::new();
+    if args.shared > 0 {
+        shared.push((
+            "shared",
+            data::Data::with(args.shared, data::Backing::SharedAnonymous),
+        ));
+    }
+    if args.devzero > 0 {
+        shared.push((
+            "devzero",
+            data::Data::with(args.devzero, data::Backing::DevZero),
+        ));
+    }
+    // Then the tree, while this process still has one thread.
+    let (node, parent) = match (args.tree > 1).then(|| tree::grow(args.tree)) {
+        None => (None, None),
+        Some(tree::Role::Root(node)) => (Some(node), None),
+        Some(tree::Role::Member(node, parent)) => (Some(node), Some(parent)),
+    };
+
     let data = data::Data::new(args.size);
     let churn = args.churn.then(|| churn::Churn::new(args.churn_slots));
     let compute = compute::spawn(args.threads);
@@ -392,34 +641,76 @@ fn main() {
     // joined thread can linger in /proc for a moment) and the others exist.
     settle_threads(1 + args.threads + usize::from(args.churn) + usize::from(writer.is_some()));
 
-    let churn_json = churn.as_ref().map_or("null".to_string(), |c| {
+    let mut w = Workload {
+        data,
+        compute,
+        churn,
+        writer,
+        shared,
+        node,
+        size: args.size,
+        threads: args.threads,
+    };
+    // A tree's processes report to their parents, which report to theirs: the
+    // root is ready once the whole tree is.
+    let own = (w.data.start(), w.data.bytes());
+    let entries = w.node.as_mut().map(|n| n.gather(own));
+    if let Some(mut parent) = parent {
+        parent.ready(&entries.unwrap_or_default());
+        w.serve(parent);
+    }
+    if let (Some(node), Some(entries)) = (w.node.as_mut(), entries) {
+        node.set_table(&entries);
+    }
+
+    let churn_json = w.churn.as_ref().map_or("null".to_string(), |c| {
         format!(
             "{{\"start\":{},\"bytes\":{}}}",
             hex(c.start() as u64),
             c.bytes()
         )
     });
-    let writer_json = writer.as_ref().map_or("null".to_string(), |w| {
+    let writer_json = w.writer.as_ref().map_or("null".to_string(), |wr| {
         format!(
             "{{\"start\":{},\"bytes\":{}}}",
-            hex(w.start as u64),
-            w.bytes
+            hex(wr.start as u64),
+            wr.bytes
         )
     });
-    say(&format!(
-        "{{\"ready\":true,\"pid\":{},\"data\":{{\"start\":{},\"bytes\":{}}},\"churn\":{churn_json},\"writer\":{writer_json},\"threads\":{},\"pageSize\":{PAGE_SIZE}}}",
-        std::process::id(),
-        hex(data.start()),
-        data.bytes(),
-        args.threads,
-    ));
-
-    let mut w = Workload {
-        data,
-        compute,
-        churn,
-        writer,
+    let region_json = |name: &str| {
+        w.shared
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("null".to_string(), |(_, d)| {
+                format!(
+                    "{{\"start\":{},\"bytes\":{},\"inode\":{}}}",
+                    hex(d.start()),
+                    d.bytes(),
+                    inode_of(d.start())
+                )
+            })
     };
+    let tree_json = match &mut w.node {
+        Some(node) => match node.route("tree") {
+            tree::Routed::Answer(a) => a,
+            _ => "null".to_string(),
+        },
+        None => "null".to_string(),
+    };
+    let ready = format!(
+        "{{\"ready\":true,\"pid\":{},\"data\":{{\"start\":{},\"bytes\":{}}},\"churn\":{churn_json},\"writer\":{writer_json},\"shared\":{},\"devzero\":{},\"tree\":{tree_json},\"threads\":{},\"pageSize\":{PAGE_SIZE}}}",
+        std::process::id(),
+        hex(w.data.start()),
+        w.data.bytes(),
+        region_json("shared"),
+        region_json("devzero"),
+        args.threads,
+    );
+
+    if let Some(dir) = &args.control {
+        serve_fifos(&mut w, dir, &ready);
+    }
+    say(&ready);
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         say(&w.command(&line));

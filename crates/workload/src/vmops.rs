@@ -100,6 +100,46 @@ pub fn dontneed(addr: usize, pages: usize) -> Result<(), String> {
     )
 }
 
+/// `aio`: an AIO context (io_setup). The kernel maps its ring into the process
+/// (`/[aio] (deleted)`, shared), which the kernel itself writes: CRIU's pre-dump
+/// leaves it out and its dump copies it whole. Answers the ring's address.
+pub fn aio() -> Result<usize, String> {
+    let mut ctx: libc::c_ulong = 0;
+    // SAFETY: io_setup writes the new context (the ring's address) into `ctx`.
+    let rc = unsafe { libc::syscall(libc::SYS_io_setup, 128, &mut ctx as *mut libc::c_ulong) };
+    if rc != 0 {
+        return Err(format!("io_setup: {}", std::io::Error::last_os_error()));
+    }
+    Ok(ctx as usize)
+}
+
+/// `hugetlb PAGES SEED`: a private anonymous mapping of PAGES huge pages (2 MiB
+/// each, from the kernel's pool: vm.nr_hugepages), filled.
+pub fn hugetlb(pages: usize, seed: u64) -> Result<usize, String> {
+    const HUGE: usize = 2 << 20;
+    // SAFETY: a fresh mapping at a kernel-chosen address, ours alone.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap(MAP_HUGETLB): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: just mapped, read-write, ours alone. (A pool too small for the
+    // pages would fault here: the caller sizes vm.nr_hugepages first.)
+    unsafe { fill(p as usize, pages * HUGE / P, seed) };
+    Ok(p as usize)
+}
+
 /// `write ADDR PAGES SEED`: new contents.
 pub fn write(addr: usize, pages: usize, seed: u64) -> Result<(), String> {
     let _ = range(addr, pages)?;
@@ -115,8 +155,10 @@ pub fn thread(pages: usize, seed: u64) -> (i32, usize) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let addr = map(pages, seed);
+        // The system call, not glibc's gettid() wrapper: that one is glibc 2.30+,
+        // and the prebuilt workload must run on glibc 2.17.
         // SAFETY: gettid has no arguments and cannot fail.
-        let tid = unsafe { libc::gettid() };
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
         let _ = tx.send((tid, addr));
         loop {
             std::thread::park();

@@ -545,12 +545,12 @@ fn own_uffd(rest: &str) {
 /// the section to its abort handler when it returns to user space.
 mod rseq {
     use std::sync::atomic::AtomicU64;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
     use std::sync::atomic::Ordering;
 
     pub static ABORTS: AtomicU64 = AtomicU64::new(0);
 
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
     std::arch::global_asm!(
         ".text",
         ".globl predump_testee_rseq_loop",
@@ -570,7 +570,7 @@ mod rseq {
         "    ret",
     );
 
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
     extern "C" {
         fn predump_testee_rseq_loop(counter: *mut u64);
         fn predump_testee_rseq_start();
@@ -581,7 +581,7 @@ mod rseq {
     }
 
     /// struct rseq_cs (include/uapi/linux/rseq.h), 32-byte aligned.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
     #[repr(C, align(32))]
     struct Cs {
         version: u32,
@@ -591,7 +591,7 @@ mod rseq {
         abort_ip: u64,
     }
 
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
     pub fn spin() {
         // SAFETY: glibc's exported rseq layout symbols, read-only.
         let (offset, size) = unsafe { (__rseq_offset, __rseq_size) };
@@ -625,7 +625,7 @@ mod rseq {
     }
 
     /// The critical section's code range, for the test to check where pc is.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
     pub fn print_range() {
         println!(
             "addr rseq_start {}",
@@ -637,11 +637,14 @@ mod rseq {
         );
     }
 
-    #[cfg(not(target_arch = "x86_64"))]
-    pub fn print_range() {}
-
-    #[cfg(not(target_arch = "x86_64"))]
-    pub fn spin() {
+    // The section is x86_64 assembly, and the registration is glibc's (its
+    // __rseq_offset/__rseq_size, 2.35+; musl registers no rseq). Said before
+    // "ready", where the test looks for it.
+    #[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
+    pub fn print_range() {
         println!("rseq unavailable");
     }
+
+    #[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
+    pub fn spin() {}
 }

@@ -1,114 +1,68 @@
-//! Running single system calls inside a stopped thread of a frozen process.
+//! Running system calls inside a stopped thread of a frozen process, such that
+//! nothing predump can suffer (SIGKILL included) harms the target.
 //!
 //! The splice mode and uffd dirty tracking need a few system calls made *by the
-//! target* (pipe2, mmap, vmsplice, userfaultfd, close, munmap). CRIU does this with
-//! a parasite blob; we need no blob: single calls, plus one small loop for runs
-//! of calls, do. Single calls work as CRIU's compel does for its bootstrap calls
-//! (compel_execute_syscall):
+//! target* (mmap, socketpair, recvmsg, vmsplice, userfaultfd, close, munmap). We
+//! need no parasite blob: a small *stub* of ours, written into the unused tail
+//! of the target's vDSO (`place`), runs one call, or a table of calls, at a time.
+//! docs/INJECTION-SAFETY.md is the safety argument, step by step; in short:
 //!
-//! 1. save the thread's registers, its signal mask and the siginfo of its stop;
-//! 2. once, at the thread's pc: write `syscall; int3` (aarch64: `svc #0; brk #0`)
-//!    there through PTRACE_POKEDATA (which writes through read-only text mappings
-//!    by copy-on-write), run `mmap(PROT_READ|PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS)`
-//!    from it for a *code page* of our own, put the original bytes back at once,
-//!    and poke `syscall; int3` into the code page (POKEDATA writes through its
-//!    missing PROT_WRITE as well);
-//! 3. per call: set pc to the code page, the number and arguments in the syscall
-//!    registers, PTRACE_CONT, wait for the SIGTRAP of the trap instruction, read
-//!    the result register, then *re-stop* (below);
-//! 4. a batch (`Injector::batch`, splice mode's vmsplice per pipe): the code
-//!    page also holds a loop (`arch::BATCH_CODE`) that runs the calls of a table
-//!    in the scratch mapping (number, six arguments, a result slot each) and
-//!    traps after the last or after the first that fails. One resume and one
-//!    re-stop for the whole run, instead of ~10 ptrace requests and a scheduler
-//!    round trip per call (1 GiB in splice mode: 1,024 vmsplices, frozen 91 →
-//!    31 ms);
-//! 5. restore: unmap the scratch mapping from the code page; unmap the code page
-//!    with one last call run at the thread's pc again (the bytes written, the
-//!    call run, the bytes put back: a munmap run *from* the code page would take
-//!    away the page under its own trap instruction, a SIGSEGV); put back the
-//!    registers, the mask and the siginfo.
+//! * The stub never ends in a trap. After its call(s) comes an **epilogue** that
+//!   puts back, by itself, the signal mask, every general register, the flags,
+//!   the stack pointer and the pc the thread had at the freeze (with the restart
+//!   of an interrupted call applied, as a thaw without a signal to handle does).
+//!   The epilogue runs only if predump is gone: while predump lives the thread
+//!   never gets there.
+//! * One call (`syscall`) is run with PTRACE_SYSCALL and `PTRACE_O_TRACESYSGOOD`:
+//!   the thread stops at the call's entry and exit, syscall stops. A tracer that
+//!   dies there leaves `SIGTRAP|0x80` as the stop's code, which the kernel's
+//!   `ptrace_report_syscall()` hands to `send_sig()` as a signal number, which
+//!   fails (no such signal): the thread goes on into the epilogue, with no signal.
+//!   Between calls the thread waits in such a stop.
+//! * A batch (`batch`: splice mode's vmsplices) runs with PTRACE_CONT: the stub
+//!   loops over a table of calls in the scratch mapping, writes one byte to a
+//!   *lifeline* socket whose other end only predump holds, and blocks reading
+//!   it. predump wakes on the byte and interrupts the read (an interrupt stop);
+//!   a dead predump's end is closed by its exit, so the read returns 0 and the
+//!   thread goes on into the epilogue.
+//! * Restore puts back the mask, the rseq pointer and then the registers, and
+//!   leaves the thread in an interrupt stop: the state of a freeze. Each partial
+//!   step leaves a thread that either waits as after a freeze or goes on into
+//!   the epilogue.
 //!
-//! Re-stop: a thread stopped at our trap sits in a *signal-delivery stop* for the
-//! trap's SIGTRAP. If predump died there, the kernel would detach it without
-//! clearing that stop's signal (exit_ptrace → __ptrace_detach, unlike
-//! PTRACE_DETACH) and deliver the SIGTRAP: the target would die. So after each
-//! call we set the thread's own registers (and signal mask, rseq pointer) back,
-//! PTRACE_INTERRUPT it and PTRACE_CONT it with signal 0: the SIGTRAP is
-//! discarded, and `get_signal()`'s loop takes the pending interrupt trap before
-//! it dequeues any signal or returns to user mode, so the thread stops again in a
-//! PTRACE_EVENT_STOP with its original registers, at its original code: the state
-//! a freeze leaves it in (test: the state read between two calls equals the state
-//! read right after the freeze). A tracer that dies there leaves a thread that
-//! simply goes on, restarting or finishing its interrupted call as after a thaw.
+//! Signals: while our code runs every signal the thread may block is blocked, so
+//! a signal sent meanwhile stays pending with its siginfo and is delivered after
+//! thaw (or after the epilogue), never to a handler inside our code while
+//! predump lives. Left unblocked: the fault signals (the kernel resets the handler
+//! of a forced signal that is blocked, which would change the target's
+//! dispositions if our code faulted) and SIGKILL/SIGSTOP. If one of those
+//! arrives from outside during a call, we take it at its signal-delivery stop
+//! and send it again when we restore (its sender pid is then ours).
 //!
-//! Why the last stop keeps the thread's behaviour exact (x86_64): the freeze stops
-//! a thread inside the kernel's `get_signal()`, where a thread blocked in a system
-//! call has not yet decided whether to restart it; that decision is taken from the
-//! registers after the stop. Our trap's stop and the re-stop are also inside
-//! `get_signal()`, so with the saved registers back the kernel takes, at thaw, the
-//! decision it would have taken without us (restart, restart_syscall with the
-//! remaining time, or -EINTR for a handler without SA_RESTART). Each injected call
-//! runs with orig_rax = -1 so that leaving the stop does not restart the
-//! interrupted call. aarch64 decides before the stop and cannot be made exact:
-//! see aarch64.rs.
-//!
-//! Signals: while our code runs, every signal the thread may block is blocked
-//! (PTRACE_SETSIGMASK), so a signal sent meanwhile stays *pending* with its
-//! siginfo and is delivered after thaw, never into our code. The blocking mask is
-//! set right before each call and the thread's own mask put back before the
-//! re-stop, so a thread left behind by a dead tracer between calls never keeps
-//! it. Left unblocked: SIGTRAP and the fault signals (the kernel resets the
-//! handler of a forced signal that is blocked, which would change the target's
-//! dispositions if our code faulted), and SIGKILL/SIGSTOP (unblockable). If one
-//! of those arrives from outside during a call, we take it at its
-//! signal-delivery stop and send it again when we restore (kill/tgkill: the
-//! signal is kept, its sender pid is then ours).
-//!
-//! A freeze that caught the thread at a signal-delivery stop (a signal dequeued
-//! just before our interrupt) hands that signal back at thaw, which only a
-//! signal-delivery stop can deliver. Between calls such a thread waits in the
-//! re-stop (an interrupt stop) like any other, and `restore` ends it at the trap
-//! of its last call (the munmap of the code page) with the original registers
-//! and siginfo, so the thaw delivers the same signal with the same siginfo.
-//!
-//! Restrictions: one Injector per process at a time (two at one pc would save
-//! each other's code bytes); the process must not ignore SIGTRAP (the kernel would
-//! reset that disposition to SIG_DFL at our int3); a thread in an rseq critical
-//! section has its rseq_cs pointer cleared while each call runs and put back at
-//! each re-stop, or the kernel would divert our pc to the section's abort handler
-//! (first and last call, at pc) or clear the pointer (calls at the code page).
-//!
-//! If predump is killed (even by SIGKILL) while an Injector is active, the kernel
-//! detaches the thread. Harmless whenever the thread is in its re-stop, i.e.
-//! between calls and before `new` / after `restore` returns: it resumes as after
-//! a thaw. Harmful (the thread dies of our SIGTRAP, runs with our registers or
-//! blocking mask, or runs our code at its pc) only inside these windows:
-//! - each call, from the moment we set its mask and registers until the
-//!   PTRACE_CONT of its re-stop (which discards the SIGTRAP): the run of the
-//!   call itself plus about ten ptrace requests, ~10 µs for a short call, as long
-//!   as the call for a blocking one (bounded by the timeout, default 10 s, after
-//!   which the call is interrupted and the thread re-stopped); for a batch, the
-//!   run of all its calls (splice mode: ~7 ms per group of 253 1-MiB pipes);
-//! - the first call (`new`) and the last one (`restore`): from writing our bytes
-//!   at pc to putting them back (two or three more ptrace requests);
-//! - for a thread frozen at a signal-delivery stop: from the last call of
-//!   `restore` until the thaw (the thread then waits in our trap's stop, whose
-//!   SIGTRAP a dying tracer would deliver). Between calls, such a thread loses
-//!   the signal the freeze held if the tracer dies (it does not die).
-//!
-//! Signals taken from outside during a call (only unblockable or fault signals)
-//! are lost if the tracer dies before `restore` sends them again.
+//! Restrictions: one Injector per process at a time; a thread stopped at a
+//! signal-delivery stop by the freeze is refused (its signal could only be
+//! handed back from such a stop: `Injector::any` picks another thread); a
+//! thread that single-steps itself, 32-bit code, a process without this
+//! kernel's vDSO, and aarch64 (see aarch64.rs) are refused. No injected call may
+//! block or use the kernel's restart block: all ours are non-blocking.
 
 use std::cell::RefCell;
+use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 
 use crate::freeze::Frozen;
+use crate::sys::pidfd::PidFd;
+use crate::sys::ptrace::{
+    self as pt, get_sigmask, getregset, rseq_configuration, set_sigmask, siginfo_bytes,
+    stop_siginfo, NT_PRFPREG, PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD,
+};
 use crate::{proc, Error, Result, PAGE_SIZE};
 
 #[cfg(target_arch = "aarch64")]
@@ -122,31 +76,24 @@ use x86_64 as arch;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("syscall injection supports x86_64 and aarch64 only");
 
-pub mod fd;
-pub use fd::{pidfd_getfd, PidFd};
+pub mod leftovers;
+mod place;
+pub use leftovers::{FdKind, Leftover};
 
-/// include/uapi/linux/elf.h
-const NT_PRSTATUS: u32 = 1;
-const NT_PRFPREG: u32 = 2;
-/// ptrace requests (include/uapi/linux/ptrace.h), as u32 on every libc flavour.
-const PTRACE_CONT: u32 = 7;
-const PTRACE_GETREGSET: u32 = 0x4204;
-const PTRACE_SETREGSET: u32 = 0x4205;
-const PTRACE_INTERRUPT: u32 = 0x4207;
-const PTRACE_GETSIGMASK: u32 = 0x420a;
-const PTRACE_SETSIGMASK: u32 = 0x420b;
-/// Linux 5.13.
-const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
-/// include/uapi/linux/ptrace.h: `status >> 16` of PTRACE_INTERRUPT and group stops.
-const PTRACE_EVENT_STOP: i32 = 128;
+/// Where the journal of leftovers lies in the stub, and its size.
+const JOURNAL_AT: u64 = 512;
+const JOURNAL_BYTES: u64 = leftovers::JOURNAL_BYTES;
+
 /// si_code of a tkill/tgkill signal.
 const SI_TKILL: i32 = -6;
 /// Largest errno a raw system call returns as -errno.
 const MAX_ERRNO: i64 = 4095;
 
+/// The first bytes of a stub of ours: how a later run knows a leftover stub.
+pub(crate) const STUB_MAGIC: &[u8; 16] = b"predump-inject\0\0";
+
 /// Signals left deliverable while an injected call runs (see the module comment).
-const UNBLOCKED: [i32; 6] = [
-    libc::SIGTRAP,
+const UNBLOCKED: [i32; 5] = [
     libc::SIGSEGV,
     libc::SIGBUS,
     libc::SIGILL,
@@ -164,7 +111,7 @@ thread_local! {
     static ACTIVE: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs single system calls inside a stopped thread of a frozen process.
+/// Runs system calls inside a stopped thread of a frozen process.
 /// Not `Send`: ptrace requests must come from the thread that froze.
 pub struct Injector<'f> {
     frozen: &'f Frozen,
@@ -172,25 +119,29 @@ pub struct Injector<'f> {
     tid: i32,
     /// Everything saved at creation, put back by `restore`.
     regs: arch::Regs,
-    extra: arch::Extra,
     sigmask: u64,
-    siginfo: Option<libc::siginfo_t>,
-    /// Where the first and last calls run (at or next to pc), and the bytes our
-    /// code replaces there while they run.
-    point: u64,
-    code: Vec<u8>,
-    code_written: bool,
-    /// Our code page in the target (`syscall; int3`), where every other call runs.
-    code_page: Option<u64>,
-    /// Where the call being run has its code (point or the code page), and which.
-    at: u64,
-    kind: Code,
-    /// The thread was changed (registers, mask, code): restore has work to do.
-    touched: bool,
+    /// /proc/PID/mem, to write the stub (FOLL_FORCE).
+    mem: File,
+    /// The stub's address, and the bytes it covers (zeros: the vDSO's padding).
+    stub: u64,
+    stub_len: usize,
+    stub_written: bool,
+    /// Our registers or mask are in the thread: restore has work to do.
+    engaged: bool,
+    /// The thread waits in a syscall stop (else an interrupt or freeze stop).
+    at_syscall_stop: bool,
     /// (address of the thread's rseq.rseq_cs, its value) while we keep it cleared.
     rseq_cs: Option<(u64, u64)>,
-    /// Our scratch mapping in the target: (address, length).
+    /// Our scratch mapping in the target: (address, length). Its last page is
+    /// the injector's own (the lifeline's byte and socket pair).
     scratch: Option<(u64, u64)>,
+    /// The lifeline: our end, and the target's fd of the other end.
+    lifeline: Option<(OwnedFd, i32)>,
+    /// What of ours may be in the target, written after the stub for a later
+    /// run to find if predump dies (see `leftovers`).
+    journal: Vec<Leftover>,
+    /// Which of the two result slots the next recorded call uses.
+    flip: bool,
     /// Signals taken from outside during our calls: (signo, si_code), sent again
     /// at restore.
     caught: Vec<(i32, i32)>,
@@ -207,7 +158,7 @@ impl std::fmt::Debug for Injector<'_> {
         f.debug_struct("Injector")
             .field("pid", &self.pid)
             .field("tid", &self.tid)
-            .field("point", &format_args!("{:#x}", self.point))
+            .field("stub", &format_args!("{:#x}", self.stub))
             .field("scratch", &self.scratch)
             .finish_non_exhaustive()
     }
@@ -262,21 +213,31 @@ pub fn thread_state(frozen: &Frozen, tid: i32) -> Result<ThreadState> {
     let mut fp = vec![0u8; 4096];
     let n = getregset(tid, NT_PRFPREG, &mut fp).map_err(|e| err("reading the FP registers", e))?;
     fp.truncate(n);
-    let extra = arch::save_extra(tid).map_err(|e| err("reading the extra registers", e))?;
+    let extra = arch::extra_bytes(tid).map_err(|e| err("reading the extra registers", e))?;
     let sigmask = get_sigmask(tid).map_err(|e| err("PTRACE_GETSIGMASK", e))?;
-    let siginfo = get_siginfo(tid).map_err(|e| err("PTRACE_GETSIGINFO", e))?;
+    let siginfo = stop_siginfo(tid).map_err(|e| err("PTRACE_GETSIGINFO", e))?;
     Ok(ThreadState {
         pc: arch::pc(&regs),
         regs: arch::words(&regs),
         fpregs: fp,
-        extra: arch::extra_bytes(&extra),
+        extra,
         sigmask,
         siginfo: siginfo.as_ref().map(siginfo_bytes),
     })
 }
 
+/// How a thread is let go from a stop.
+#[derive(Clone, Copy)]
+enum Resume {
+    Cont,
+    /// Stopping at the next system call's entry and exit.
+    Syscall,
+}
+
 /// How a stop we waited for ended.
 enum Stop {
+    /// A syscall-entry or -exit stop (SIGTRAP|0x80).
+    Syscall,
     /// A signal-delivery stop for this signal.
     Signal(i32),
     /// A PTRACE_EVENT stop (group stop or PTRACE_INTERRUPT).
@@ -285,50 +246,10 @@ enum Stop {
     Gone,
 }
 
-/// What a signal-delivery stop during our call was.
-enum Class {
-    /// The trap after our system call: the call is done; its registers.
-    Trap(Box<arch::Regs>),
-    /// A signal from outside, kept to be sent again at restore.
-    Foreign,
-}
-
-/// Which of our code a call runs.
-#[derive(Clone, Copy)]
-enum Code {
-    /// `syscall; int3`: one call (at pc, or at the start of the code page).
-    Single,
-    /// The batch loop, at `BATCH_AT` in the code page.
-    Batch,
-}
-
-impl Code {
-    fn len(self) -> u64 {
-        match self {
-            Code::Single => arch::CODE.len() as u64,
-            Code::Batch => arch::BATCH_CODE.len() as u64,
-        }
-    }
-    fn trap_offset(self) -> u64 {
-        match self {
-            Code::Single => arch::TRAP_OFFSET,
-            Code::Batch => arch::BATCH_TRAP_OFFSET,
-        }
-    }
-    fn trap_stop_offset(self) -> u64 {
-        match self {
-            Code::Single => arch::TRAP_STOP_OFFSET,
-            Code::Batch => arch::BATCH_TRAP_STOP_OFFSET,
-        }
-    }
-}
-
-/// Where the batch loop sits in our code page (after `CODE`, aligned).
-const BATCH_AT: u64 = 64;
 /// Bytes per call in a batch table: number, six arguments, result.
 pub const BATCH_ENTRY_BYTES: u64 = 64;
 /// The result slot of a call that did not run (no system call returns it).
-const NOT_RUN: i64 = i64::MIN;
+pub(crate) const NOT_RUN: i64 = i64::MIN;
 
 /// One system call of a [`Injector::batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,38 +267,100 @@ impl Call {
     }
 }
 
+/// The signal a freeze stop of `tid` intercepted (to be handed back at thaw), or
+/// None for an interrupt or group stop.
+fn stop_signal(tid: i32) -> io::Result<Option<i32>> {
+    Ok(stop_siginfo(tid)?
+        .and_then(|si| (si.si_code >> 8 != PTRACE_EVENT_STOP).then_some(si.si_signo)))
+}
+
 impl<'f> Injector<'f> {
-    /// Prepares injection into thread `tid` of `frozen` (`frozen.pid()` for the main
-    /// thread): saves its registers, signal mask and stop siginfo, writes the
-    /// syscall and trap instructions next to its pc, and blocks its signals.
+    /// An Injector into some thread of `frozen`: the main thread if it can take
+    /// one, else the first other thread that can (see `new`).
+    pub fn any(frozen: &'f Frozen) -> Result<Injector<'f>> {
+        Self::any_inner(frozen, false)
+    }
+
+    fn any_inner(frozen: &'f Frozen, over_leftovers: bool) -> Result<Injector<'f>> {
+        let pid = frozen.pid();
+        let mut tids: Vec<i32> = frozen.tids().collect();
+        tids.sort_by_key(|&t| t != pid);
+        let mut first = None;
+        for tid in tids {
+            match Injector::new_inner(frozen, tid, over_leftovers) {
+                Ok(inj) => return Ok(inj),
+                Err(e @ Error::TargetExited { .. }) => return Err(e),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.unwrap_or(Error::NoSuchProcess { pid }))
+    }
+
+    /// Prepares injection into thread `tid` of `frozen` (`frozen.pid()` for the
+    /// main thread): saves its registers and signal mask, and writes our stub
+    /// (with the epilogue's copy of them) into the tail of the vDSO. Nothing of
+    /// the thread changes before the first call.
     pub fn new(frozen: &'f Frozen, tid: i32) -> Result<Injector<'f>> {
+        Self::new_inner(frozen, tid, false)
+    }
+
+    /// `new`; with `over_leftovers`, a dead run's stub is overwritten (its
+    /// journal read before: `leftovers::remove`), else it is refused.
+    fn new_inner(frozen: &'f Frozen, tid: i32, over_leftovers: bool) -> Result<Injector<'f>> {
         let pid = frozen.pid();
         check_held(frozen, tid)?;
+        let refuse = |detail: &str| {
+            Error::sys(
+                format!("injecting into process {pid} (thread {tid}): {detail}"),
+                io::Error::from_raw_os_error(libc::ENOEXEC),
+            )
+        };
+        arch::SUPPORTED.map_err(refuse)?;
         if ACTIVE.with(|a| a.borrow().contains(&pid)) {
             return Err(Error::InvalidArgument(format!(
                 "another injection into process {pid} is active: restore it first"
             )));
         }
-        if sigtrap_ignored(pid)? {
-            // The kernel forces int3/brk's SIGTRAP and resets an ignored
-            // disposition to SIG_DFL: injecting would change the target.
-            return Err(Error::sys(
-                format!("injecting into process {pid}: it ignores SIGTRAP, which a trap would reset to the default action"),
-                io::Error::from_raw_os_error(libc::EPERM),
+        let err = |what: &str, e: io::Error| os_error(pid, tid, what, e);
+        if let Some(sig) = stop_signal(tid).map_err(|e| err("PTRACE_GETSIGINFO", e))? {
+            return Err(refuse(&format!(
+                "the freeze stopped it delivering signal {sig}, which only that stop can hand back"
+            )));
+        }
+        let regs = arch::get_regs(tid).map_err(|e| err("reading the registers", e))?;
+        arch::check_injectable(&regs).map_err(|d| refuse(&d))?;
+        let sigmask = get_sigmask(tid).map_err(|e| err("PTRACE_GETSIGMASK", e))?;
+        let rseq = find_rseq_cs(pid, tid)?;
+        // Where the epilogue resumes: the kernel's restart, and the rseq abort a
+        // thaw would do for a thread stopped inside its critical section.
+        let (mut pc, rax) = arch::resume_point(&regs);
+        if let Some((_, _, Some(abort))) = rseq {
+            pc = abort;
+        }
+        let (stub, room) = place::locate(pid)?;
+        if !over_leftovers && !leftovers::find(pid)?.is_empty() {
+            return Err(refuse(
+                "a predump that died while injecting left things in it; \
+                 any predump command on it (or `predump untrack`) removes them first",
             ));
         }
-        let err = |what: &str, e: io::Error| os_error(pid, tid, what, e);
-        let regs = arch::get_regs(tid).map_err(|e| err("reading the registers", e))?;
-        arch::check_injectable(&regs).map_err(|detail| {
-            Error::sys(
-                format!("injecting into process {pid} (thread {tid}): {detail}"),
-                io::Error::from_raw_os_error(libc::ENOEXEC),
-            )
-        })?;
-        let extra = arch::save_extra(tid).map_err(|e| err("reading the extra registers", e))?;
-        let sigmask = get_sigmask(tid).map_err(|e| err("PTRACE_GETSIGMASK", e))?;
-        let siginfo = get_siginfo(tid).map_err(|e| err("PTRACE_GETSIGINFO", e))?;
-        let point = arch::injection_point(&regs);
+        let mut head = [0u8; 24];
+        head[..16].copy_from_slice(STUB_MAGIC);
+        head[16..20].copy_from_slice(&pid.to_ne_bytes());
+        head[20..24].copy_from_slice(&tid.to_ne_bytes());
+        let image = arch::stub_image(&head, &regs, sigmask, pc, rax);
+        if image.len() as u64 > room {
+            return Err(refuse("the vDSO has no room for the stub"));
+        }
+        let path = format!("/proc/{pid}/mem");
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| err("opening /proc/PID/mem", e))?;
+        pt::set_options(tid, PTRACE_O_TRACESYSGOOD).map_err(|e| err("PTRACE_SETOPTIONS", e))?;
 
         // From here on, Drop undoes whatever was done if a step fails.
         ACTIVE.with(|a| a.borrow_mut().push(pid));
@@ -386,52 +369,34 @@ impl<'f> Injector<'f> {
             pid,
             tid,
             regs,
-            extra,
             sigmask,
-            siginfo,
-            point,
-            code: Vec::new(),
-            code_written: false,
-            code_page: None,
-            at: point,
-            kind: Code::Single,
-            touched: false,
-            rseq_cs: None,
+            mem,
+            stub,
+            stub_len: image.len(),
+            stub_written: false,
+            engaged: false,
+            at_syscall_stop: false,
+            rseq_cs: rseq.map(|(addr, value, _)| (addr, value)),
             scratch: None,
+            lifeline: None,
+            journal: Vec::new(),
+            flip: false,
             caught: Vec::new(),
             timeout: Duration::from_secs(10),
             gone: false,
             done: false,
             _not_send: PhantomData,
         };
-        match peek_bytes(tid, point, arch::CODE.len()) {
-            Ok(code) => inj.code = code,
-            Err(e) => return Err(inj.os("reading the code at the injection point", e)),
+        inj.stub_written = true;
+        if image.len() as u64 > JOURNAL_AT || JOURNAL_AT + JOURNAL_BYTES > room {
+            return Err(refuse("the vDSO has no room for the stub's journal"));
         }
-        inj.find_rseq_cs()?;
-        // The code page, mapped by a call run at pc (the one time our code sits
-        // there besides the last call of restore).
-        let page = inj.call_at_point(
-            libc::SYS_mmap,
-            &[
-                0,
-                PAGE_SIZE,
-                libc::PROT_READ as u64 | libc::PROT_EXEC as u64,
-                libc::MAP_PRIVATE as u64 | libc::MAP_ANONYMOUS as u64,
-                u64::MAX,
-                0,
-            ],
-        );
-        let page = match page {
-            Ok(r) if !(-MAX_ERRNO..0).contains(&r) => r as u64,
-            Ok(r) => return Err(inj.call_error(libc::SYS_mmap, -r as i32)),
-            Err(e) => return Err(e),
-        };
-        inj.code_page = Some(page);
-        poke_bytes(tid, page, &arch::CODE).map_err(|e| inj.os("writing our code page", e))?;
-        poke_bytes(tid, page + BATCH_AT, &arch::BATCH_CODE)
-            .map_err(|e| inj.os("writing our code page", e))?;
-        inj.settle()?;
+        let mut all = image;
+        all.resize((JOURNAL_AT + JOURNAL_BYTES) as usize, 0);
+        inj.stub_len = all.len();
+        if let Err(e) = inj.mem.write_all_at(&all, stub) {
+            return Err(inj.os("writing our stub into the vDSO", e));
+        }
         Ok(inj)
     }
 
@@ -443,24 +408,13 @@ impl<'f> Injector<'f> {
         self.tid
     }
 
-    /// The address our code is written to for the first and last call (at or
-    /// next to the thread's pc; the other calls run in a code page of our own).
-    pub fn point(&self) -> u64 {
-        self.point
+    /// Where our stub lies (in the tail of the target's vDSO).
+    pub fn stub(&self) -> u64 {
+        self.stub
     }
 
-    /// The signal the thread was stopped to deliver when we took it (the freeze
-    /// hands it back at thaw), or None for an interrupt or group stop.
-    pub fn stop_signal(&self) -> Option<i32> {
-        let si = self.siginfo.as_ref()?;
-        if si.si_code >> 8 == PTRACE_EVENT_STOP {
-            None
-        } else {
-            Some(si.si_signo)
-        }
-    }
-
-    /// How long one injected call may take before it is interrupted (default 10 s).
+    /// How long one injected call or batch may take before it is interrupted
+    /// (default 10 s). Our calls never block; this bounds a broken kernel.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
@@ -476,24 +430,29 @@ impl<'f> Injector<'f> {
                 args.len()
             )));
         }
-        if self.gone {
-            return Err(Error::TargetExited { pid: self.pid });
-        }
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
-        let Some(page) = self.code_page else {
-            return Err(Error::InvalidArgument(format!(
-                "injection into process {} is being restored",
-                self.pid
-            )));
-        };
-        let out = self.call_at(page, nr, &a);
-        // Back to the freeze's state even if the call failed (a fault of our
-        // code, a timeout): the thread must not wait in a signal-delivery stop.
-        let settled = if self.gone { Ok(()) } else { self.settle() };
-        let out = out?;
-        settled?;
-        Ok(arch::result(&out))
+        self.run_single(nr, &a, 0)
+    }
+
+    /// One call; the stub stores its result at `done` (0: nowhere).
+    fn run_single(&mut self, nr: i64, a: &[u64; 6], done: u64) -> Result<i64> {
+        self.usable()?;
+        let mut regs = self.regs;
+        arch::set_single(&mut regs, self.stub, nr, a, done);
+        self.enter(&regs)?;
+        let what = syscall_name(nr);
+        let deadline = Instant::now() + self.timeout;
+        // The entry stop, then the exit stop.
+        self.resume(Resume::Syscall)?;
+        if self.wait_syscall(&what, deadline)?.is_none() {
+            return Err(self.timed_out(&what));
+        }
+        self.resume(Resume::Syscall)?;
+        match self.wait_syscall(&what, deadline)? {
+            Some(regs) => Ok(arch::result(&regs)),
+            None => Err(self.timed_out(&what)),
+        }
     }
 
     /// `syscall`, with -errno turned into an error naming the call.
@@ -505,36 +464,29 @@ impl<'f> Injector<'f> {
         Ok(r)
     }
 
-    /// Runs `calls` in order inside the thread with a single resume: our code
+    /// Runs `calls` in order inside the thread with a single resume: our stub
     /// loops over a table of them at `table` (inside the scratch mapping,
     /// [`BATCH_ENTRY_BYTES`] per call) and stops after the first that fails.
     /// Returns the raw results of the calls that ran: all of them, or up to and
-    /// including the first -errno. One batch costs about what one `syscall`
-    /// does in ptrace requests, whatever its length; signals, the timeout (for
-    /// the whole batch) and the re-stop are as for `syscall`.
+    /// including the first -errno.
     pub fn batch(&mut self, table: u64, calls: &[Call]) -> Result<Vec<i64>> {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
         let bytes = calls.len() as u64 * BATCH_ENTRY_BYTES;
-        match self.scratch {
-            Some((addr, len)) if table >= addr && table + bytes <= addr + len => {}
+        let own = match self.scratch {
+            Some((addr, len)) if table >= addr && table + bytes <= addr + len - PAGE_SIZE => {
+                addr + len - PAGE_SIZE
+            }
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "a batch table of {} calls at {table:#x} is not inside the scratch mapping",
                     calls.len()
                 )))
             }
-        }
-        if self.gone {
-            return Err(Error::TargetExited { pid: self.pid });
-        }
-        let Some(page) = self.code_page else {
-            return Err(Error::InvalidArgument(format!(
-                "injection into process {} is being restored",
-                self.pid
-            )));
         };
+        self.usable()?;
+        let theirs = self.lifeline(own)?;
         let mut raw = Vec::with_capacity(bytes as usize);
         for call in calls {
             raw.extend_from_slice(&(call.nr as u64).to_ne_bytes());
@@ -545,16 +497,33 @@ impl<'f> Injector<'f> {
         }
         self.write_memory(table, &raw)?;
         let mut regs = self.regs;
-        arch::set_batch(&mut regs, page + BATCH_AT, table, calls.len() as u64);
+        arch::set_batch(
+            &mut regs,
+            self.stub,
+            table,
+            calls.len() as u64,
+            theirs,
+            own + 8,
+        );
+        self.enter(&regs)?;
         let what = format!(
             "batch of {} calls ({}, …)",
             calls.len(),
             syscall_name(calls[0].nr)
         );
-        let out = self.enter(page + BATCH_AT, Code::Batch, &regs, &what);
-        let settled = if self.gone { Ok(()) } else { self.settle() };
-        out?;
-        settled?;
+        self.resume(Resume::Cont)?;
+        let finished = self.wait_lifeline(&what)?;
+        // Done or not, the thread is taken out of our wait into an interrupt stop.
+        self.stop_in_stub(&what)?;
+        if !finished {
+            return Err(Error::sys(
+                format!(
+                    "injected {what} in process {} (thread {}) did not return within {:?}; it was interrupted",
+                    self.pid, self.tid, self.timeout
+                ),
+                io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            ));
+        }
         self.read_memory(table, &mut raw)?;
         let mut results = Vec::with_capacity(calls.len());
         for entry in raw.chunks_exact(BATCH_ENTRY_BYTES as usize) {
@@ -589,12 +558,17 @@ impl<'f> Injector<'f> {
     }
 
     /// pipe2 in the target: returns [read end, write end] as the target's fds.
-    /// The kernel writes the two fds into the target's memory; we give it our
-    /// scratch mapping (not the thread's stack: below the red zone is free by the
-    /// ABI, but its page may be unmapped, and a fault there would grow the stack
-    /// VMA, a lasting change to the target's maps).
+    /// The kernel writes the two fds into our scratch mapping (never the
+    /// thread's stack: the memory below a Go goroutine's stack pointer is
+    /// another goroutine's).
     pub fn pipe2(&mut self, flags: i32) -> Result<[i32; 2]> {
         let at = self.scratch(8)?;
+        // Journaled before the call: the kernel writes the fds there.
+        self.write_memory(at, &[0xff; 8])?;
+        self.note(Leftover::FdPair {
+            addr: at,
+            kind: FdKind::Pipe,
+        })?;
         self.syscall_ok(libc::SYS_pipe2, &[at, flags as u32 as u64])?;
         let mut b = [0u8; 8];
         self.read_memory(at, &mut b)?;
@@ -604,8 +578,119 @@ impl<'f> Injector<'f> {
         ])
     }
 
+    /// close in the target. A journaled fd is journaled as being closed, with
+    /// the slot where the stub stores close's result, before the call; a later
+    /// run then knows exactly whether it ran (see `leftovers`).
     pub fn close(&mut self, fd: i32) -> Result<()> {
-        self.syscall_ok(libc::SYS_close, &[fd as u32 as u64])?;
+        let kind = std::fs::read_link(format!("/proc/{}/fd/{fd}", self.pid))
+            .ok()
+            .and_then(|l| {
+                let l = l.to_string_lossy();
+                [FdKind::Socket, FdKind::Pipe]
+                    .into_iter()
+                    .find(|k| k.matches(&l))
+            });
+        let closing = match (self.own_page(), kind) {
+            (Some(own), Some(kind)) => {
+                let done = self.done_slot(own);
+                self.write_memory(done, &NOT_RUN.to_ne_bytes())?;
+                let c = Leftover::Closing { fd, kind, done };
+                self.note(c)?;
+                Some(c)
+            }
+            _ => None,
+        };
+        self.scrub(fd)?;
+        let done = match closing {
+            Some(Leftover::Closing { done, .. }) => done,
+            _ => 0,
+        };
+        let r = self.run_single(libc::SYS_close, &[fd as u32 as u64, 0, 0, 0, 0, 0], done)?;
+        if let Some(c) = closing {
+            self.forget(&c)?;
+        }
+        if (-MAX_ERRNO..0).contains(&r) {
+            return Err(self.call_error(libc::SYS_close, -r as i32));
+        }
+        Ok(())
+    }
+
+    /// Takes fd `fd` out of the journal before it is closed (see `scrub_all`).
+    pub fn scrub(&mut self, fd: i32) -> Result<()> {
+        self.scrub_all(&[fd])
+    }
+
+    /// Takes `fds` out of the journal: a later run must never close a number
+    /// the target may have reused. Where the kernel wrote them (a socketpair's
+    /// or pipe2's pair, a received cmsg) they become -1.
+    pub fn scrub_all(&mut self, fds: &[i32]) -> Result<()> {
+        let before = self.journal.len();
+        self.journal
+            .retain(|e| !matches!(e, Leftover::Fd { fd, .. } if fds.contains(fd)));
+        if self.journal.len() != before {
+            self.write_journal()?;
+        }
+        for e in self.journal.clone() {
+            let (addr, len) = match e {
+                Leftover::FdPair { addr, .. } => (addr, 8),
+                Leftover::FdCmsg { addr, .. } => (addr, 16 + 4 * 253),
+                _ => continue,
+            };
+            let mut b = vec![0u8; len];
+            if self.read_memory(addr, &mut b).is_err() {
+                continue;
+            }
+            let (start, end) = if len == 8 {
+                (0, 8)
+            } else {
+                let clen = u64::from_ne_bytes(b[..8].try_into().unwrap()) as usize;
+                (16, clen.clamp(16, len) / 4 * 4)
+            };
+            let mut changed = false;
+            for at in (start..end).step_by(4) {
+                if fds.contains(&i32::from_ne_bytes(b[at..at + 4].try_into().unwrap())) {
+                    b[at..at + 4].copy_from_slice(&(-1i32).to_ne_bytes());
+                    changed = true;
+                }
+            }
+            if changed {
+                self.write_memory(addr + start as u64, &b[start..end])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// close_range(first, last) in the target, journaled as `close` is.
+    pub fn close_range(&mut self, first: i32, last: i32, kind: FdKind) -> Result<()> {
+        let fds: Vec<i32> = (first..=last).collect();
+        let closing = match self.own_page() {
+            Some(own) => {
+                let done = self.done_slot(own);
+                self.write_memory(done, &NOT_RUN.to_ne_bytes())?;
+                let c = Leftover::ClosingRange {
+                    first,
+                    last,
+                    kind,
+                    done,
+                };
+                self.note(c)?;
+                Some((c, done))
+            }
+            None => None,
+        };
+        self.scrub_all(&fds)?;
+        let done = closing.map_or(0, |(_, d)| d);
+        let r = self.run_single(
+            libc::SYS_close_range,
+            &[first as u32 as u64, last as u32 as u64, 0, 0, 0, 0],
+            done,
+        )?;
+        if let Some((c, _)) = closing {
+            self.forget(&c)?;
+        }
+        if (-MAX_ERRNO..0).contains(&r) {
+            return Err(self.call_error(libc::SYS_close_range, -r as i32));
+        }
         Ok(())
     }
 
@@ -625,22 +710,51 @@ impl<'f> Injector<'f> {
 
     /// A read-write scratch mapping of at least `len` bytes in the target, owned by
     /// this Injector and unmapped by `restore`. A larger request replaces it.
+    /// (One more page, the injector's own, follows the caller's part.)
     pub fn scratch(&mut self, len: u64) -> Result<u64> {
         let need = len.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         if let Some((addr, have)) = self.scratch {
-            if have >= need {
+            if have - PAGE_SIZE >= need {
                 return Ok(addr);
             }
+            if self.lifeline.is_some()
+                || !self
+                    .journal
+                    .iter()
+                    .all(|e| matches!(e, Leftover::Mapping { .. }))
+            {
+                return Err(Error::InvalidArgument(
+                    "the scratch mapping cannot grow once it holds fds of ours".into(),
+                ));
+            }
+            self.forget(&Leftover::Mapping { addr, len: have })?;
             self.munmap(addr, have)?;
             self.scratch = None;
         }
-        let addr = self.mmap(
-            need,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        // The address is chosen, and journaled, before the call: a predump
+        // dying inside it leaves a mapping the next run knows.
+        let len = need + PAGE_SIZE;
+        let at = leftovers::free_range(self.pid, len)?;
+        self.note(Leftover::Mapping { addr: at, len })?;
+        let r = self.syscall(
+            libc::SYS_mmap,
+            &[
+                at,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+                u64::MAX,
+                0,
+            ],
         )?;
-        self.scratch = Some((addr, need));
-        Ok(addr)
+        if r as u64 != at {
+            self.forget(&Leftover::Mapping { addr: at, len })?;
+            let errno = if r < 0 { -r as i32 } else { libc::EEXIST };
+            return Err(self.call_error(libc::SYS_mmap, errno));
+        }
+        self.scratch = Some((at, len));
+        self.write_memory(at + need, STUB_MAGIC)?;
+        Ok(at)
     }
 
     /// Writes `data` into the target's memory at `addr` (process_vm_writev: the
@@ -654,10 +768,10 @@ impl<'f> Injector<'f> {
         read_memory(self.pid, addr, buf)
     }
 
-    /// Unmaps the scratch mapping and our code page, puts back the registers, the
-    /// signal mask, the stop's siginfo and the rseq pointer, and sends again the
-    /// signals taken from outside during the calls. The code at pc is the
-    /// original again (it is only ours during the first and last call).
+    /// Closes the lifeline and unmaps the scratch mapping in the target, puts
+    /// back the signal mask, the rseq pointer and the registers, leaves the
+    /// thread in an interrupt stop (the state of a freeze), takes our stub out of
+    /// the vDSO, and sends again the signals taken from outside during the calls.
     pub fn restore(mut self) -> Result<()> {
         self.restore_inner()
     }
@@ -670,66 +784,47 @@ impl<'f> Injector<'f> {
         if self.gone {
             return Err(Error::TargetExited { pid: self.pid });
         }
-        if !self.touched {
-            return Ok(());
-        }
         // Every step is tried even if an earlier one failed; the first error wins.
         let mut first: Option<Error> = None;
-        fn keep(e: Error, first: &mut Option<Error>) {
-            if first.is_none() {
-                *first = Some(e);
+        fn keep<T>(r: Result<T>, first: &mut Option<Error>) {
+            if let Err(e) = r {
+                first.get_or_insert(e);
             }
+        }
+        if let Some((_, theirs)) = self.lifeline.take() {
+            // Ours is dropped just after: the target's end is gone first.
+            let own = self.own_page().expect("a lifeline lives in the scratch");
+            let r = self.close(theirs);
+            keep(r, &mut first);
+            let r = self.forget(&Leftover::FdPair {
+                addr: own + 16,
+                kind: FdKind::Socket,
+            });
+            keep(r, &mut first);
         }
         if let Some((addr, len)) = self.scratch.take() {
-            if let Err(e) = self.munmap(addr, len) {
-                keep(e, &mut first);
-            }
+            // Out of the journal before it leaves the target: a run that dies
+            // in between leaks it (4 KiB or so), rather than have a later run
+            // unmap a range the target may have mapped again meanwhile.
+            let r = self.forget(&Leftover::Mapping { addr, len });
+            keep(r, &mut first);
+            let r = self.munmap(addr, len);
+            keep(r, &mut first);
         }
         if self.gone {
             return Err(Error::TargetExited { pid: self.pid });
         }
-        // The last call, at pc: the code page cannot unmap itself (its trap
-        // instruction would be gone when the thread fetches it). Without a code
-        // page (new failed), a getpid: a thread frozen at a signal-delivery stop
-        // must end in one, our trap's, to get its signal back at thaw.
-        let last = match self.code_page.take() {
-            Some(page) => (libc::SYS_munmap, [page, PAGE_SIZE, 0, 0, 0, 0]),
-            None => (libc::SYS_getpid, [0; 6]),
-        };
-        match self.call_at_point(last.0, &last.1) {
-            Ok(r) if (-MAX_ERRNO..0).contains(&r) => {
-                keep(self.call_error(last.0, -r as i32), &mut first)
-            }
-            Ok(_) => {}
-            Err(e) => keep(e, &mut first),
+        if self.engaged {
+            let r = self.put_back();
+            keep(r, &mut first);
         }
-        if self.gone {
-            return Err(Error::TargetExited { pid: self.pid });
-        }
-        let tid = self.tid;
-        if self.code_written {
-            // call_at_point failed to put the bytes back: once more.
-            if let Err(e) = poke_bytes(tid, self.point, &self.code) {
-                keep(self.os("putting back the code", e), &mut first);
-            } else {
-                self.code_written = false;
-            }
-        }
-        if self.stop_signal().is_none() {
-            // Frozen at an interrupt or group stop: end in the same kind of stop,
-            // with everything put back (settle does all of it).
-            if let Err(e) = self.settle() {
-                keep(e, &mut first);
-            }
-        } else {
-            // Frozen at a signal-delivery stop: stay in our trap's stop, with the
-            // original siginfo, so that the thaw delivers the same signal.
-            if let Err(e) = self.put_back() {
-                keep(e, &mut first);
-            }
-            if let Some(si) = self.siginfo {
-                if let Err(e) = set_siginfo(tid, &si) {
-                    keep(self.os("putting back the stop's siginfo", e), &mut first);
+        if self.stub_written && !self.gone {
+            let zeros = vec![0u8; self.stub_len];
+            match self.mem.write_all_at(&zeros, self.stub) {
+                Ok(()) => self.stub_written = false,
+                Err(e) => {
+                    let e = self.os("taking our stub out of the vDSO", e);
+                    keep::<()>(Err(e), &mut first)
                 }
             }
         }
@@ -737,17 +832,17 @@ impl<'f> Injector<'f> {
             // SAFETY: plain system calls with integer arguments.
             let r = unsafe {
                 if code == SI_TKILL && sig != libc::SIGSTOP {
-                    libc::syscall(libc::SYS_tgkill, self.pid, tid, sig) as i32
+                    libc::syscall(libc::SYS_tgkill, self.pid, self.tid, sig) as i32
                 } else {
                     libc::kill(self.pid, sig)
                 }
             };
             if r != 0 {
-                keep(
-                    Error::sys(
+                keep::<()>(
+                    Err(Error::sys(
                         format!("sending signal {sig} back to process {}", self.pid),
                         io::Error::last_os_error(),
-                    ),
+                    )),
                     &mut first,
                 );
             }
@@ -755,189 +850,270 @@ impl<'f> Injector<'f> {
         if self.gone {
             return Err(Error::TargetExited { pid: self.pid });
         }
-        match first {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        first.map_or(Ok(()), Err)
     }
 
-    /// Finds the thread's rseq critical-section pointer: with our pc inside a
-    /// critical section (first and last call), the kernel's rseq fixup on return
-    /// to user space would move pc to the section's abort handler instead of our
-    /// code; with pc outside (our code page) it would clear the pointer. So it is
-    /// cleared while each call runs and put back at each re-stop.
-    fn find_rseq_cs(&mut self) -> Result<()> {
-        let mut conf = [0u8; 24];
-        let r = ptrace(
-            PTRACE_GET_RSEQ_CONFIGURATION,
-            self.tid,
-            conf.len() as u64,
-            conf.as_mut_ptr() as u64,
-        );
-        match r {
-            Ok(_) => {}
-            // Before Linux 5.13 (or without CONFIG_RSEQ): no way to know; go on.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
-                return Ok(())
-            }
-            Err(e) => return Err(self.os("PTRACE_GET_RSEQ_CONFIGURATION", e)),
-        }
-        let area = u64::from_ne_bytes(conf[0..8].try_into().unwrap());
-        if area == 0 {
+    /// Journals something of ours that may stay in the target (see `leftovers`).
+    pub fn note(&mut self, what: Leftover) -> Result<()> {
+        if self.journal.contains(&what) {
             return Ok(());
         }
-        // struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; … }
-        let field = area + 8;
-        let mut b = [0u8; 8];
-        self.read_memory(field, &mut b)?;
-        let value = u64::from_ne_bytes(b);
-        if value != 0 {
-            self.rseq_cs = Some((field, value));
+        self.journal.push(what);
+        let written = self.write_journal();
+        if written.is_err() {
+            self.journal.pop();
+        }
+        written
+    }
+
+    /// Takes it out of the journal again (it is gone from the target).
+    pub fn forget(&mut self, what: &Leftover) -> Result<()> {
+        if let Some(i) = self.journal.iter().position(|j| j == what) {
+            self.journal.remove(i);
+        }
+        self.write_journal()
+    }
+
+    fn write_journal(&mut self) -> Result<()> {
+        let bytes = leftovers::encode(&self.journal)
+            .ok_or_else(|| Error::InvalidArgument("too many leftovers journaled at once".into()))?;
+        self.mem
+            .write_all_at(&bytes, self.stub + JOURNAL_AT)
+            .map_err(|e| self.os("writing the stub's journal", e))
+    }
+
+    /// Where the stub stores the result of the next recorded call: two slots in
+    /// turn, because a thread let go at the exit stop of the previous call
+    /// still stores that call's result into its slot.
+    fn done_slot(&mut self, own: u64) -> u64 {
+        self.flip = !self.flip;
+        own + if self.flip { 40 } else { 48 }
+    }
+
+    /// The injector's own page (the last of the scratch mapping).
+    fn own_page(&self) -> Option<u64> {
+        self.scratch.map(|(addr, len)| addr + len - PAGE_SIZE)
+    }
+
+    fn usable(&self) -> Result<()> {
+        if self.gone {
+            return Err(Error::TargetExited { pid: self.pid });
         }
         Ok(())
     }
 
-    /// Sets up and runs one call with our code at `at` (which must be there),
-    /// and waits for its trap: the thread is left in the trap's signal-delivery
-    /// stop, with the blocking mask; `settle` or `put_back` must follow.
-    fn call_at(&mut self, at: u64, nr: i64, args: &[u64; 6]) -> Result<arch::Regs> {
-        // Start from the thread's own registers: sp and the rest stay sane.
-        let mut regs = self.regs;
-        arch::set_syscall(&mut regs, at, nr, args);
-        self.enter(at, Code::Single, &regs, &syscall_name(nr))
-    }
-
-    /// Runs our code `kind` at `at` with `regs` (set up by the caller) and waits
-    /// for its trap, as `call_at`.
-    fn enter(&mut self, at: u64, kind: Code, regs: &arch::Regs, what: &str) -> Result<arch::Regs> {
-        self.touched = true;
-        self.at = at;
-        self.kind = kind;
-        let tid = self.tid;
-        set_sigmask(tid, injection_mask()).map_err(|e| self.os("PTRACE_SETSIGMASK", e))?;
-        if let Some((addr, _)) = self.rseq_cs {
-            write_memory(self.pid, addr, &0u64.to_ne_bytes())?;
+    /// Puts our registers in the thread; the first time also our signal mask and
+    /// a cleared rseq pointer. The registers go first: a predump dying right
+    /// after leaves a thread that runs the stub and its epilogue, never its own
+    /// code with our mask.
+    fn enter(&mut self, regs: &arch::Regs) -> Result<()> {
+        arch::set_regs(self.tid, regs).map_err(|e| self.os("setting the registers", e))?;
+        if !self.engaged {
+            self.engaged = true;
+            set_sigmask(self.tid, injection_mask()).map_err(|e| self.os("PTRACE_SETSIGMASK", e))?;
+            if let Some((addr, _)) = self.rseq_cs {
+                write_memory(self.pid, addr, &0u64.to_ne_bytes())?;
+            }
         }
-        arch::prepare(tid, &self.extra).map_err(|e| self.os("preparing the registers", e))?;
-        arch::set_regs(tid, regs).map_err(|e| self.os("setting the registers", e))?;
-        self.run(what)
+        Ok(())
     }
 
-    /// One call with our code written at the injection point for its duration
-    /// (first and last call). Leaves the thread in the trap's stop.
-    fn call_at_point(&mut self, nr: i64, args: &[u64; 6]) -> Result<i64> {
-        // Marked first: if the write fails halfway, restore rewrites the original.
-        self.touched = true;
-        self.code_written = true;
-        poke_bytes(self.tid, self.point, &arch::CODE)
-            .map_err(|e| self.os("writing the code at the injection point", e))?;
-        let out = self.call_at(self.point, nr, args);
-        if !self.gone {
-            poke_bytes(self.tid, self.point, &self.code)
-                .map_err(|e| self.os("putting back the code", e))?;
-            self.code_written = false;
-        }
-        Ok(arch::result(&out?))
-    }
-
-    /// Puts back the thread's registers, extra state, signal mask and rseq
-    /// pointer (at a stop of ours).
+    /// Back to the state of a freeze: mask, rseq pointer, then registers (each
+    /// prefix leaves a thread that goes into the epilogue if predump dies), then
+    /// an interrupt stop inside get_signal(), where the registers decide the
+    /// restart at thaw.
     fn put_back(&mut self) -> Result<()> {
         let tid = self.tid;
-        arch::set_regs(tid, &self.regs).map_err(|e| self.os("putting back the registers", e))?;
-        arch::restore_extra(tid, &self.extra)
-            .map_err(|e| self.os("putting back the extra registers", e))?;
-        // PTRACE_SETSIGMASK also clears TIF_RESTORE_SIGMASK; the mask we put
-        // back is the one GETSIGMASK gave, i.e. the saved mask of a thread in
-        // ppoll/pselect/epoll_pwait/sigsuspend, which is what the kernel would
-        // restore after the call returns anyway.
         set_sigmask(tid, self.sigmask).map_err(|e| self.os("putting back the signal mask", e))?;
         if let Some((addr, value)) = self.rseq_cs {
             write_memory(self.pid, addr, &value.to_ne_bytes())?;
         }
+        arch::set_regs(tid, &self.regs).map_err(|e| self.os("putting back the registers", e))?;
+        if self.at_syscall_stop {
+            // From a syscall-exit stop into an interrupt stop: the exit path
+            // enters get_signal() with the pending interrupt before it could
+            // return to user mode.
+            pt::interrupt(tid).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
+            self.resume(Resume::Cont)?;
+            self.wait_event("putting the thread back")?;
+        }
+        self.engaged = false;
         Ok(())
     }
 
-    /// The re-stop: from the stop after a call (our trap, or a fault of our
-    /// code), back to an interrupt stop (PTRACE_EVENT_STOP) inside get_signal()
-    /// with the thread's own registers, mask and code: the state of a freeze.
-    /// Everything is put back *before* the PTRACE_CONT that discards our
-    /// SIGTRAP, so a tracer dying at any point after it leaves a thread that goes
-    /// on as after a thaw (the detach also drops the pending interrupt).
-    fn settle(&mut self) -> Result<()> {
-        self.put_back()?;
-        ptrace(PTRACE_INTERRUPT, self.tid, 0, 0).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
-        self.cont()?;
-        // get_signal() takes a pending interrupt trap before it dequeues a
-        // signal, so the next stop is that trap; a signal-delivery stop is not
-        // expected here, but would be someone else's signal: kept.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.wait_stop(deadline)? {
-                None => {
-                    return Err(Error::sys(
-                        format!(
-                            "thread {} of process {} does not stop again after an injected call",
-                            self.tid, self.pid
-                        ),
-                        io::Error::from_raw_os_error(libc::ETIMEDOUT),
-                    ))
-                }
-                Some(Stop::Gone) => return Err(self.exited()),
-                Some(Stop::Event) => return Ok(()),
-                Some(Stop::Signal(sig)) => {
-                    let info = nix::sys::ptrace::getsiginfo(Pid::from_raw(self.tid))
-                        .map_err(|e| self.os("PTRACE_GETSIGINFO", e.into()))?;
-                    self.caught.push((sig, info.si_code));
-                    self.cont()?;
-                }
+    /// The lifeline's target fd, made on first use: an injected socketpair
+    /// (written into the injector's page `own`), one end taken with pidfd_getfd
+    /// and closed in the target.
+    fn lifeline(&mut self, own: u64) -> Result<i32> {
+        if let Some((_, theirs)) = &self.lifeline {
+            return Ok(*theirs);
+        }
+        // The kernel writes the pair into our page: journaled before the call.
+        self.write_memory(own + 16, &[0xff; 8])?;
+        self.note(Leftover::FdPair {
+            addr: own + 16,
+            kind: FdKind::Socket,
+        })?;
+        self.syscall_ok(
+            libc::SYS_socketpair,
+            &[
+                libc::AF_UNIX as u64,
+                (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64,
+                0,
+                own + 16,
+            ],
+        )?;
+        let mut b = [0u8; 8];
+        self.read_memory(own + 16, &mut b)?;
+        let pair = [
+            i32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")),
+            i32::from_ne_bytes(b[4..8].try_into().expect("4 bytes")),
+        ];
+        let taken = PidFd::open(self.pid).and_then(|p| p.get_fd(pair[0]));
+        // `close` journals the fd as being closed and only then takes it out
+        // of the journal's pair: a kill between the two never leaves it
+        // unnamed, and a later run never closes a number the target reused.
+        let closed = self.close(pair[0]);
+        match taken {
+            Ok(ours) => {
+                self.lifeline = Some((ours, pair[1]));
+                closed?;
+                Ok(pair[1])
+            }
+            Err(e) => {
+                let _ = self.close(pair[1]);
+                Err(e)
             }
         }
     }
 
-    /// Resumes the thread into our code and waits for the trap after the call.
-    fn run(&mut self, what: &str) -> Result<arch::Regs> {
-        self.cont()?;
-        if let Some(regs) = self.wait_trap(what, Instant::now() + self.timeout)? {
-            return Ok(regs);
-        }
-        self.interrupt_own_call(what)?;
-        Err(Error::sys(
-            format!(
-                "injected {} in process {} (thread {}) did not return within {:?}; it was interrupted",
-                what,
-                self.pid,
-                self.tid,
-                self.timeout
-            ),
-            io::Error::from_raw_os_error(libc::ETIMEDOUT),
-        ))
+    fn resume(&mut self, how: Resume) -> Result<()> {
+        self.at_syscall_stop = false;
+        // Signal 0: a signal-delivery stop we resume from is discarded (one we
+        // caught and will send again).
+        let r = match how {
+            Resume::Cont => pt::cont(self.tid, 0),
+            Resume::Syscall => pt::syscall(self.tid, 0),
+        };
+        r.map_err(|e| self.os("resuming the thread", e))
     }
 
-    /// Waits for the trap; takes foreign signals on the way. None: deadline passed.
-    fn wait_trap(&mut self, what: &str, deadline: Instant) -> Result<Option<arch::Regs>> {
+    /// Waits for the next syscall stop of a call run with PTRACE_SYSCALL; takes
+    /// other stops on the way. None: the deadline passed.
+    fn wait_syscall(&mut self, what: &str, deadline: Instant) -> Result<Option<arch::Regs>> {
         loop {
             match self.wait_stop(deadline)? {
                 None => return Ok(None),
                 Some(Stop::Gone) => return Err(self.exited()),
-                // A group stop or interrupt we did not ask for: a seized thread
-                // resumes from it with PTRACE_CONT; the detach at thaw re-enters
-                // a group stop that is still in effect.
-                Some(Stop::Event) => self.cont()?,
-                Some(Stop::Signal(sig)) => match self.classify(sig, what)? {
-                    Class::Trap(regs) => return Ok(Some(*regs)),
-                    Class::Foreign => self.cont()?,
-                },
+                Some(Stop::Syscall) => {
+                    self.at_syscall_stop = true;
+                    let regs = arch::get_regs(self.tid)
+                        .map_err(|e| self.os("reading the registers", e))?;
+                    return Ok(Some(regs));
+                }
+                // A group stop or an interrupt we did not ask for: a seized thread
+                // resumes from it; the detach at thaw re-enters a group stop that
+                // is still in effect.
+                Some(Stop::Event) => self.resume(Resume::Syscall)?,
+                Some(Stop::Signal(sig)) => {
+                    self.classify(sig, what)?;
+                    self.resume(Resume::Syscall)?;
+                }
             }
         }
     }
 
-    /// Our call blocks past the timeout: interrupt it (PTRACE_INTERRUPT makes it
-    /// return -ERESTART…/-EINTR into an interrupt stop), then jump over the
-    /// restart to our trap, so the thread ends in the same kind of stop as after
-    /// a completed call and `restore` works as usual.
-    fn interrupt_own_call(&mut self, what: &str) -> Result<()> {
-        ptrace(PTRACE_INTERRUPT, self.tid, 0, 0).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
+    /// A call past its deadline: interrupt it, and at its exit stop make sure
+    /// leaving the stop does not restart it.
+    fn timed_out(&mut self, what: &str) -> Error {
+        let out = (|| {
+            pt::interrupt(self.tid).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match self.wait_stop(deadline)? {
+                    None | Some(Stop::Gone) => return Err(self.exited()),
+                    Some(Stop::Syscall) | Some(Stop::Event) => break,
+                    Some(Stop::Signal(sig)) => {
+                        self.classify(sig, what)?;
+                        self.resume(Resume::Cont)?;
+                    }
+                }
+            }
+            let mut regs =
+                arch::get_regs(self.tid).map_err(|e| self.os("reading the registers", e))?;
+            arch::no_restart(&mut regs);
+            arch::set_regs(self.tid, &regs).map_err(|e| self.os("setting the registers", e))?;
+            self.at_syscall_stop = true;
+            Ok(())
+        })();
+        if let Err(e) = out {
+            return e;
+        }
+        Error::sys(
+            format!(
+                "injected {what} in process {} (thread {}) did not return within {:?}; it was interrupted",
+                self.pid, self.tid, self.timeout
+            ),
+            io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        )
+    }
+
+    /// Waits until the batch's byte arrives on the lifeline (true) or the
+    /// timeout passes (false); takes the thread's stops on the way.
+    fn wait_lifeline(&mut self, what: &str) -> Result<bool> {
+        let deadline = Instant::now() + self.timeout;
+        let fd = self.lifeline.as_ref().expect("lifeline").0.as_raw_fd();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let wait = (deadline - now).min(Duration::from_millis(2));
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, wait.as_millis().max(1) as i32) };
+            if r > 0 {
+                let mut byte = 0u8;
+                // SAFETY: reads at most one byte into `byte`.
+                let n = unsafe {
+                    libc::recv(
+                        fd,
+                        &mut byte as *mut u8 as *mut libc::c_void,
+                        1,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n == 1 {
+                    return Ok(true);
+                }
+            }
+            // Stops do not wake poll(): look for them.
+            match self.wait_stop(Instant::now())? {
+                None => {}
+                Some(Stop::Gone) => return Err(self.exited()),
+                Some(Stop::Syscall) | Some(Stop::Event) => self.resume(Resume::Cont)?,
+                Some(Stop::Signal(sig)) => {
+                    self.classify(sig, what)?;
+                    self.resume(Resume::Cont)?;
+                }
+            }
+        }
+    }
+
+    /// Interrupts the thread (in our wait, or wherever it is in the stub) into an
+    /// interrupt stop.
+    fn stop_in_stub(&mut self, what: &str) -> Result<()> {
+        pt::interrupt(self.tid).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
+        self.wait_event(what)
+    }
+
+    /// Waits for an interrupt stop (after PTRACE_INTERRUPT), taking signal stops
+    /// on the way.
+    fn wait_event(&mut self, what: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match self.wait_stop(deadline)? {
@@ -948,50 +1124,32 @@ impl<'f> Injector<'f> {
                     ))
                 }
                 Some(Stop::Gone) => return Err(self.exited()),
-                Some(Stop::Event) => break,
-                Some(Stop::Signal(sig)) => match self.classify(sig, what)? {
-                    // The call finished just now; the interrupt stays pending and
-                    // shows up (and is skipped) at the next resume, or is dropped
-                    // by the detach.
-                    Class::Trap(_) => return Ok(()),
-                    Class::Foreign => self.cont()?,
-                },
+                Some(Stop::Event) => {
+                    self.at_syscall_stop = false;
+                    return Ok(());
+                }
+                // Resumed with PTRACE_CONT: no syscall stop is expected; go on.
+                Some(Stop::Syscall) => self.resume(Resume::Cont)?,
+                Some(Stop::Signal(sig)) => {
+                    self.classify(sig, what)?;
+                    self.resume(Resume::Cont)?;
+                }
             }
-        }
-        let mut regs = arch::get_regs(self.tid).map_err(|e| self.os("reading the registers", e))?;
-        arch::set_pc(&mut regs, self.at + self.kind.trap_offset());
-        arch::no_restart(&mut regs);
-        arch::set_regs(self.tid, &regs).map_err(|e| self.os("setting the registers", e))?;
-        self.cont()?;
-        match self.wait_trap(what, Instant::now() + Duration::from_secs(5))? {
-            Some(_) => Ok(()),
-            None => Err(Error::sys(
-                format!(
-                    "thread {} of process {} does not reach the trap",
-                    self.tid, self.pid
-                ),
-                io::Error::from_raw_os_error(libc::ETIMEDOUT),
-            )),
         }
     }
 
-    /// Tells our trap from a fault of our code and from someone else's signal.
-    fn classify(&mut self, sig: i32, what: &str) -> Result<Class> {
+    /// A signal-delivery stop during our code: a fault of our code (an error),
+    /// or someone else's signal, kept to be sent again at restore.
+    fn classify(&mut self, sig: i32, what: &str) -> Result<()> {
         let info = nix::sys::ptrace::getsiginfo(Pid::from_raw(self.tid))
             .map_err(|e| self.os("PTRACE_GETSIGINFO", e.into()))?;
         let regs = arch::get_regs(self.tid).map_err(|e| self.os("reading the registers", e))?;
         let pc = arch::pc(&regs);
         let code = info.si_code;
-        if sig == libc::SIGTRAP
-            && code == arch::TRAP_SI_CODE
-            && pc == self.at + self.kind.trap_stop_offset()
-        {
-            return Ok(Class::Trap(Box::new(regs)));
-        }
-        // si_code > 0: raised by the kernel, and at our code: caused by our code
-        // (not executable there, single-step, or seccomp's SIGSYS for our call).
-        // Not sent again: the thread never caused it.
-        if code > 0 && (self.at..=self.at + self.kind.len()).contains(&pc) {
+        // si_code > 0: raised by the kernel, and inside our stub: caused by it
+        // (or seccomp's SIGSYS for our call). Not sent again: the thread never
+        // caused it.
+        if code > 0 && (self.stub..self.stub + self.stub_len as u64).contains(&pc) {
             let (errno, why) = if sig == libc::SIGSYS {
                 (libc::EPERM, " (a seccomp filter traps this call)")
             } else {
@@ -999,16 +1157,14 @@ impl<'f> Injector<'f> {
             };
             return Err(Error::sys(
                 format!(
-                    "injected {} in process {} (thread {}): signal {sig} (si_code {code}) at {pc:#x}{why}",
-                    what,
-                    self.pid,
-                    self.tid
+                    "injected {what} in process {} (thread {}): signal {sig} (si_code {code}) at {pc:#x}{why}",
+                    self.pid, self.tid
                 ),
                 io::Error::from_raw_os_error(errno),
             ));
         }
         self.caught.push((sig, code));
-        Ok(Class::Foreign)
+        Ok(())
     }
 
     /// Waits for the next stop of our thread until `deadline` (None: passed).
@@ -1024,6 +1180,8 @@ impl<'f> Injector<'f> {
                 if libc::WIFSTOPPED(status) {
                     return Ok(Some(if status >> 16 != 0 {
                         Stop::Event
+                    } else if libc::WSTOPSIG(status) == libc::SIGTRAP | 0x80 {
+                        Stop::Syscall
                     } else {
                         Stop::Signal(libc::WSTOPSIG(status))
                     }));
@@ -1058,13 +1216,6 @@ impl<'f> Injector<'f> {
             std::thread::sleep(nap.min(deadline - now));
             nap = (nap * 2).min(Duration::from_millis(1));
         }
-    }
-
-    fn cont(&mut self) -> Result<()> {
-        // data 0: a signal-delivery stop we resume from is discarded (our SIGTRAP,
-        // or one we caught and will send again).
-        ptrace(PTRACE_CONT, self.tid, 0, 0).map_err(|e| self.os("PTRACE_CONT", e))?;
-        Ok(())
     }
 
     /// The target died under us (SIGKILL: the only way out of a ptrace stop).
@@ -1113,6 +1264,46 @@ impl Drop for Injector<'_> {
     }
 }
 
+/// The thread's rseq critical-section pointer: (its address, its value, the
+/// abort handler if the thread's pc lies inside that critical section). The
+/// pointer is cleared while our code runs (the kernel's rseq fixup would
+/// otherwise move our pc to an abort handler, or clear it itself) and put back at
+/// restore; the epilogue resumes at the abort handler where a thaw would.
+fn find_rseq_cs(pid: i32, tid: i32) -> Result<Option<(u64, u64, Option<u64>)>> {
+    // Before Linux 5.13 (or without CONFIG_RSEQ): no way to know; go on.
+    let area = match rseq_configuration(tid) {
+        Ok(Some(conf)) => conf.area,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(os_error(pid, tid, "PTRACE_GET_RSEQ_CONFIGURATION", e)),
+    };
+    if area == 0 {
+        return Ok(None);
+    }
+    // struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; … }
+    let field = area + 8;
+    let mut b = [0u8; 8];
+    read_memory(pid, field, &mut b)?;
+    let value = u64::from_ne_bytes(b);
+    if value == 0 {
+        return Ok(None);
+    }
+    // struct rseq_cs { u32 version; u32 flags; u64 start_ip; u64
+    // post_commit_offset; u64 abort_ip; }
+    let mut cs = [0u8; 32];
+    let abort = match read_memory(pid, value, &mut cs) {
+        Ok(()) => {
+            let word = |at: usize| u64::from_ne_bytes(cs[at..at + 8].try_into().unwrap());
+            let (start, len, abort) = (word(8), word(16), word(24));
+            let pc = arch::pc(
+                &arch::get_regs(tid).map_err(|e| os_error(pid, tid, "reading the registers", e))?,
+            );
+            (pc >= start && pc - start < len).then_some(abort)
+        }
+        Err(_) => None,
+    };
+    Ok(Some((field, value, abort)))
+}
+
 /// Reaps the exit of every held thread of a dying process (bounded: 2 s).
 fn reap(frozen: &Frozen) {
     let mut left: Vec<i32> = frozen.tids().collect();
@@ -1157,19 +1348,6 @@ fn injection_mask() -> u64 {
     UNBLOCKED.iter().fold(!0u64, |m, &s| m & !(1u64 << (s - 1)))
 }
 
-fn sigtrap_ignored(pid: i32) -> Result<bool> {
-    let text = proc::read_proc(pid, &format!("/proc/{pid}/status"))?;
-    let ign = text
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or_else(|| Error::Parse {
-            file: format!("/proc/{pid}/status"),
-            detail: "no SigIgn line".into(),
-        })?;
-    Ok(ign & (1 << (libc::SIGTRAP - 1)) != 0)
-}
-
 fn thread_dead(pid: i32, tid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) {
         Ok(text) => proc::parse_stat(&text)
@@ -1179,165 +1357,16 @@ fn thread_dead(pid: i32, tid: i32) -> bool {
     }
 }
 
-/// A raw ptrace request with integer address and data.
-fn ptrace(req: u32, tid: i32, addr: u64, data: u64) -> io::Result<i64> {
-    // SAFETY: every caller passes a request whose addr/data are either integers
-    // or pointers to buffers that are valid (and large enough) for the request
-    // during the call. ptrace reports errors through -1 and errno, and no caller
-    // uses a PEEK request (whose result may legitimately be -1).
-    let r = unsafe {
-        libc::ptrace(
-            req as _,
-            tid,
-            addr as *mut libc::c_void,
-            data as *mut libc::c_void,
-        )
-    };
-    if r == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as i64)
-    }
-}
-
-/// PTRACE_GETREGSET into `buf`; returns how many bytes the kernel filled.
-fn getregset(tid: i32, nt: u32, buf: &mut [u8]) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    ptrace(
-        PTRACE_GETREGSET,
-        tid,
-        nt as u64,
-        &mut iov as *mut libc::iovec as u64,
-    )?;
-    Ok(iov.iov_len)
-}
-
-/// PTRACE_SETREGSET from `buf` (the kernel only reads it).
-fn setregset(tid: i32, nt: u32, buf: &[u8]) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    ptrace(
-        PTRACE_SETREGSET,
-        tid,
-        nt as u64,
-        &mut iov as *mut libc::iovec as u64,
-    )?;
-    Ok(())
-}
-
-/// The kernel's sigset_t is 64 bits on x86_64 and aarch64.
-fn get_sigmask(tid: i32) -> io::Result<u64> {
-    let mut mask = 0u64;
-    ptrace(PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as u64)?;
-    Ok(mask)
-}
-
-fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
-    ptrace(PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as u64)?;
-    Ok(())
-}
-
-/// The siginfo of the current stop; None when the stop has none (EINVAL).
-fn get_siginfo(tid: i32) -> io::Result<Option<libc::siginfo_t>> {
-    match nix::sys::ptrace::getsiginfo(Pid::from_raw(tid)) {
-        Ok(si) => Ok(Some(si)),
-        Err(nix::errno::Errno::EINVAL) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn set_siginfo(tid: i32, si: &libc::siginfo_t) -> io::Result<()> {
-    nix::sys::ptrace::setsiginfo(Pid::from_raw(tid), si)?;
-    Ok(())
-}
-
-fn siginfo_bytes(si: &libc::siginfo_t) -> Vec<u8> {
-    // SAFETY: siginfo_t is 128 plain bytes as the kernel copied them out.
-    unsafe {
-        std::slice::from_raw_parts(
-            si as *const libc::siginfo_t as *const u8,
-            std::mem::size_of::<libc::siginfo_t>(),
-        )
-    }
-    .to_vec()
-}
-
-/// Reads `len` bytes of the target's memory with PTRACE_PEEKDATA, by aligned
-/// words (an aligned word never straddles two pages).
-fn peek_bytes(tid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(len);
-    let end = addr + len as u64;
-    let mut word = addr & !7;
-    while word < end {
-        let w = nix::sys::ptrace::read(Pid::from_raw(tid), word as nix::sys::ptrace::AddressType)?;
-        for (i, b) in (w as u64).to_ne_bytes().iter().enumerate() {
-            let a = word + i as u64;
-            if a >= addr && a < end {
-                out.push(*b);
-            }
-        }
-        word += 8;
-    }
-    Ok(out)
-}
-
-/// Writes `data` into the target's memory with PTRACE_POKEDATA (read-modify-write
-/// of aligned words). ptrace writes with FOLL_FORCE: read-only text gets a
-/// private copy-on-write page, as for a debugger's breakpoint.
-fn poke_bytes(tid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
-    let end = addr + data.len() as u64;
-    let mut word = addr & !7;
-    while word < end {
-        let pid = Pid::from_raw(tid);
-        let w = nix::sys::ptrace::read(pid, word as nix::sys::ptrace::AddressType)?;
-        let mut bytes = (w as u64).to_ne_bytes();
-        for (i, b) in bytes.iter_mut().enumerate() {
-            let a = word + i as u64;
-            if a >= addr && a < end {
-                *b = data[(a - addr) as usize];
-            }
-        }
-        let new = u64::from_ne_bytes(bytes) as libc::c_long;
-        if new != w {
-            nix::sys::ptrace::write(pid, word as nix::sys::ptrace::AddressType, new)?;
-        }
-        word += 8;
-    }
-    Ok(())
-}
-
 /// The pages holding thread `tid`'s rseq area (the thread must be
 /// ptrace-stopped by us), or None if it registered none. The kernel rewrites its
 /// cpu and concurrency ids whenever the thread returns to user mode, as it does
 /// after every injected call: a dump that must equal the memory afterwards
 /// copies these pages after its last injection.
 pub fn rseq_pages(tid: i32) -> Result<Option<crate::PageRange>> {
-    let mut conf = [0u8; 24];
-    match ptrace(
-        PTRACE_GET_RSEQ_CONFIGURATION,
-        tid,
-        conf.len() as u64,
-        conf.as_mut_ptr() as u64,
-    ) {
-        Ok(_) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
-            return Ok(None)
-        }
-        Err(e) => {
-            return Err(Error::sys(
-                format!("PTRACE_GET_RSEQ_CONFIGURATION of thread {tid}"),
-                e,
-            ))
-        }
-    }
-    // struct ptrace_rseq_configuration { u64 rseq_abi_pointer; u32 rseq_abi_size; … }
-    let area = u64::from_ne_bytes(conf[0..8].try_into().expect("8 bytes"));
-    let size = u32::from_ne_bytes(conf[8..12].try_into().expect("4 bytes")) as u64;
+    let conf = rseq_configuration(tid)
+        .map_err(|e| Error::sys(format!("PTRACE_GET_RSEQ_CONFIGURATION of thread {tid}"), e))?;
+    let Some(conf) = conf else { return Ok(None) };
+    let (area, size) = (conf.area, conf.size as u64);
     if area == 0 {
         return Ok(None);
     }

@@ -1,5 +1,5 @@
-//! x86_64 part of syscall injection: registers, the injected instructions, and how
-//! the kernel decides whether to restart an interrupted system call.
+//! x86_64 part of syscall injection: registers, our stub, and how the kernel
+//! decides whether to restart an interrupted system call.
 //!
 //! Restart semantics (arch/x86/kernel/signal.c, `arch_do_signal_or_restart`): the
 //! kernel decides *after* `get_signal()` returns, from the registers as they are
@@ -8,125 +8,214 @@
 //! __NR_restart_syscall, rip -= 2`; with a handler to run, `handle_signal()` turns
 //! them into -EINTR as the handler's SA_RESTART says. A ptrace stop happens inside
 //! `get_signal()`, so a tracer sees `orig_rax` = the interrupted call and `rax` =
-//! -ERESTART…, and whatever registers it leaves there at the *last* stop before the
-//! thread runs on are what the decision uses. Hence:
-//! - every injected call runs with `orig_rax = -1`, so the resume from the original
-//!   stop does not restart the interrupted call on top of ours;
-//! - our last stop (the `int3` SIGTRAP) is also inside `get_signal()`, and restoring
-//!   all saved registers there lets the kernel take exactly the decision it would
-//!   have taken at the original stop, at thaw time, with the signals pending then.
+//! -ERESTART…; putting every saved register back at the last stop lets the kernel
+//! take, at thaw, the decision it would have taken without us. The stub's
+//! epilogue (run only when predump is gone) cannot wait for that decision: it
+//! takes the no-handler one itself (`resume_point`), as a thaw with no signal
+//! pending does. docs/INJECTION-SAFETY.md has the whole argument.
+//!
+//! The stub (assembled from the source below with GNU as, then `ld --oformat
+//! binary`) is written into the unused tail of the target's vDSO. Its data block
+//! comes first and is addressed rip-relative; the code follows at `CODE_AT`:
+//!
+//! ```text
+//! .intel_syntax noprefix
+//! .text
+//! .globl stub_start
+//! stub_start:
+//! /* data: 0 magic(16) 16 ident(8) 24 mask_all 32 mask_orig 40 rflags 48 rsp 56 rip
+//!    64 rax 72 rbx 80 rcx 88 rdx 96 rsi 104 rdi 112 rbp 120 r8 128 r9 136 r10 144 r11
+//!    152 r12 160 r13 168 r14 176 r15 ; code at 192 */
+//! .fill 192,1,0
+//! single:                     /* 192: the call, regs set by the tracer; r12: where to store its result, or 0 */
+//!     syscall
+//!     test r12, r12
+//!     je epi
+//!     mov [r12], rax
+//!     jmp epi
+//! .balign 16
+//! batch:                      /* 208: rbx table, r12 count, r13 lifeline fd, r14 scratch byte */
+//!     test r12, r12
+//!     je 2f
+//!     mov rax, [rbx]
+//!     mov rdi, [rbx+8]
+//!     mov rsi, [rbx+16]
+//!     mov rdx, [rbx+24]
+//!     mov r10, [rbx+32]
+//!     mov r8, [rbx+40]
+//!     mov r9, [rbx+48]
+//!     syscall
+//!     mov [rbx+56], rax
+//!     cmp rax, -4095
+//!     jae 2f
+//!     add rbx, 64
+//!     dec r12
+//!     jmp batch
+//! 2:  /* notify: sendto(r13, r14, 1, MSG_NOSIGNAL, 0, 0) */
+//!     mov eax, 44
+//!     mov edi, r13d
+//!     mov rsi, r14
+//!     mov edx, 1
+//!     mov r10d, 0x4000
+//!     xor r8d, r8d
+//!     xor r9d, r9d
+//!     syscall
+//!     /* wait: read(r13, r14, 1): ends by the tracer's interrupt, or at EOF when it is gone */
+//!     mov eax, 0
+//!     mov edi, r13d
+//!     mov rsi, r14
+//!     mov edx, 1
+//!     syscall
+//! epi:
+//!     /* everything blockable blocked while rsp points at our data */
+//!     mov eax, 14
+//!     mov edi, 2
+//!     lea rsi, [rip + stub_start + 24]
+//!     mov edx, 0
+//!     mov r10d, 8
+//!     syscall
+//!     lea rsp, [rip + stub_start + 40]
+//!     popfq
+//!     mov rsp, [rip + stub_start + 48]
+//!     /* from here no instruction changes the flags */
+//!     mov eax, 14
+//!     mov edi, 2
+//!     lea rsi, [rip + stub_start + 32]
+//!     mov edx, 0
+//!     mov r10d, 8
+//!     syscall
+//!     mov rax, [rip + stub_start + 64]
+//!     mov rbx, [rip + stub_start + 72]
+//!     mov rcx, [rip + stub_start + 80]
+//!     mov rdx, [rip + stub_start + 88]
+//!     mov rsi, [rip + stub_start + 96]
+//!     mov rdi, [rip + stub_start + 104]
+//!     mov rbp, [rip + stub_start + 112]
+//!     mov r8, [rip + stub_start + 120]
+//!     mov r9, [rip + stub_start + 128]
+//!     mov r10, [rip + stub_start + 136]
+//!     mov r11, [rip + stub_start + 144]
+//!     mov r12, [rip + stub_start + 152]
+//!     mov r13, [rip + stub_start + 160]
+//!     mov r14, [rip + stub_start + 168]
+//!     mov r15, [rip + stub_start + 176]
+//!     jmp qword ptr [rip + stub_start + 56]
+//! .globl stub_end
+//! stub_end:
+//! ```
 
 use std::io;
 
-use super::{getregset, setregset, NT_PRSTATUS};
+use crate::sys::ptrace;
 
 /// The general registers as PTRACE_GETREGSET(NT_PRSTATUS) gives them: rax…r15,
 /// orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs.
 pub(super) type Regs = libc::user_regs_struct;
 
-/// `syscall; int3`.
-pub(super) const CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
-/// Offset of the trap instruction inside `CODE`.
-pub(super) const TRAP_OFFSET: u64 = 2;
-/// `int3` is a trap: the stop reports rip *after* it.
-pub(super) const TRAP_STOP_OFFSET: u64 = 3;
-/// si_code of the SIGTRAP that `int3` raises (do_int3_user → SI_KERNEL).
-pub(super) const TRAP_SI_CODE: i32 = libc::SI_KERNEL;
+/// Injection is implemented here.
+pub(super) const SUPPORTED: Result<(), &str> = Ok(());
 
-/// The batch loop: runs the calls of a table (rbx: its address, r12: the number
-/// of calls; per call 8 words: number, six arguments, result) until the count
-/// runs out or a call fails, then traps. Only rcx and r11 (clobbered by
-/// `syscall`), rax, the argument registers, rbx and r12 change: all put back at
-/// the re-stop. Assembled with llvm-mc:
-///
-/// ```text
-///  0: test r12, r12          ; 4d 85 e4
-///  3: je 0x37                ; 74 32
-///  5: mov rax, [rbx]         ; 48 8b 03
-///  8: mov rdi, [rbx+8]       ; 48 8b 7b 08
-///  c: mov rsi, [rbx+16]      ; 48 8b 73 10
-/// 10: mov rdx, [rbx+24]      ; 48 8b 53 18
-/// 14: mov r10, [rbx+32]      ; 4c 8b 53 20
-/// 18: mov r8, [rbx+40]       ; 4c 8b 43 28
-/// 1c: mov r9, [rbx+48]       ; 4c 8b 4b 30
-/// 20: syscall                ; 0f 05
-/// 22: mov [rbx+56], rax      ; 48 89 43 38
-/// 26: cmp rax, -4095         ; 48 3d 01 f0 ff ff
-/// 2c: jae 0x37               ; 73 09    (unsigned: rax in -4095..-1, an error)
-/// 2e: add rbx, 64            ; 48 83 c3 40
-/// 32: dec r12                ; 49 ff cc
-/// 35: jmp 0x0                ; eb c9
-/// 37: int3                   ; cc
-/// ```
-pub(super) const BATCH_CODE: [u8; 0x38] = [
+/// Where the code starts in the stub (after the data block).
+pub(super) const CODE_AT: u64 = 192;
+/// One call: `syscall`, its result stored at r12 (if not 0), then the epilogue.
+pub(super) const SINGLE_AT: u64 = CODE_AT;
+/// The batch loop, then notify and wait, then the epilogue.
+pub(super) const BATCH_AT: u64 = CODE_AT + 16;
+
+/// Data block offsets (see the assembly).
+const D_MASK_ALL: usize = 24;
+const D_MASK: usize = 32;
+const D_FLAGS: usize = 40;
+const D_RSP: usize = 48;
+const D_RIP: usize = 56;
+const D_REGS: usize = 64;
+
+/// The stub's code, from `single:` on.
+const CODE: [u8; 305] = [
+    0x0f, 0x05, 0x4d, 0x85, 0xe4, 0x74, 0x70, 0x49, 0x89, 0x04, 0x24, 0xeb, 0x6a, 0x0f, 0x1f, 0x00,
     0x4d, 0x85, 0xe4, 0x74, 0x32, 0x48, 0x8b, 0x03, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10,
     0x48, 0x8b, 0x53, 0x18, 0x4c, 0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30,
     0x0f, 0x05, 0x48, 0x89, 0x43, 0x38, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, 0x48, 0x83,
-    0xc3, 0x40, 0x49, 0xff, 0xcc, 0xeb, 0xc9, 0xcc,
+    0xc3, 0x40, 0x49, 0xff, 0xcc, 0xeb, 0xc9, 0xb8, 0x2c, 0x00, 0x00, 0x00, 0x44, 0x89, 0xef, 0x4c,
+    0x89, 0xf6, 0xba, 0x01, 0x00, 0x00, 0x00, 0x41, 0xba, 0x00, 0x40, 0x00, 0x00, 0x45, 0x31, 0xc0,
+    0x45, 0x31, 0xc9, 0x0f, 0x05, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x44, 0x89, 0xef, 0x4c, 0x89, 0xf6,
+    0xba, 0x01, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x0e, 0x00, 0x00, 0x00, 0xbf, 0x02, 0x00, 0x00,
+    0x00, 0x48, 0x8d, 0x35, 0xd0, 0xfe, 0xff, 0xff, 0xba, 0x00, 0x00, 0x00, 0x00, 0x41, 0xba, 0x08,
+    0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x8d, 0x25, 0xcc, 0xfe, 0xff, 0xff, 0x9d, 0x48, 0x8b, 0x25,
+    0xcc, 0xfe, 0xff, 0xff, 0xb8, 0x0e, 0x00, 0x00, 0x00, 0xbf, 0x02, 0x00, 0x00, 0x00, 0x48, 0x8d,
+    0x35, 0xab, 0xfe, 0xff, 0xff, 0xba, 0x00, 0x00, 0x00, 0x00, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00,
+    0x0f, 0x05, 0x48, 0x8b, 0x05, 0xb7, 0xfe, 0xff, 0xff, 0x48, 0x8b, 0x1d, 0xb8, 0xfe, 0xff, 0xff,
+    0x48, 0x8b, 0x0d, 0xb9, 0xfe, 0xff, 0xff, 0x48, 0x8b, 0x15, 0xba, 0xfe, 0xff, 0xff, 0x48, 0x8b,
+    0x35, 0xbb, 0xfe, 0xff, 0xff, 0x48, 0x8b, 0x3d, 0xbc, 0xfe, 0xff, 0xff, 0x48, 0x8b, 0x2d, 0xbd,
+    0xfe, 0xff, 0xff, 0x4c, 0x8b, 0x05, 0xbe, 0xfe, 0xff, 0xff, 0x4c, 0x8b, 0x0d, 0xbf, 0xfe, 0xff,
+    0xff, 0x4c, 0x8b, 0x15, 0xc0, 0xfe, 0xff, 0xff, 0x4c, 0x8b, 0x1d, 0xc1, 0xfe, 0xff, 0xff, 0x4c,
+    0x8b, 0x25, 0xc2, 0xfe, 0xff, 0xff, 0x4c, 0x8b, 0x2d, 0xc3, 0xfe, 0xff, 0xff, 0x4c, 0x8b, 0x35,
+    0xc4, 0xfe, 0xff, 0xff, 0x4c, 0x8b, 0x3d, 0xc5, 0xfe, 0xff, 0xff, 0xff, 0x25, 0x47, 0xfe, 0xff,
+    0xff,
 ];
-/// Offset of the batch's trap instruction.
-pub(super) const BATCH_TRAP_OFFSET: u64 = 0x37;
-pub(super) const BATCH_TRAP_STOP_OFFSET: u64 = 0x38;
 
 /// The 64-bit user code segment (__USER_CS): a thread running 32-bit code would
 /// decode `0f 05` differently and use the compat syscall table.
 const USER_CS: u64 = 0x33;
 /// The trap flag (single-step).
 const X86_EFLAGS_TF: u64 = 0x100;
+/// -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK.
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+const NR_RESTART_SYSCALL: u64 = 219;
+
+/// The whole stub for a thread whose registers were `orig` and signal mask
+/// `mask`, resuming at `pc` with rax `rax` (see `resume_point`). `head` is the
+/// 24-byte header (magic and identity) that marks it as ours.
+pub(super) fn stub_image(head: &[u8; 24], orig: &Regs, mask: u64, pc: u64, rax: u64) -> Vec<u8> {
+    let mut img = vec![0u8; CODE_AT as usize];
+    img[..24].copy_from_slice(head);
+    let mut put = |at: usize, v: u64| img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    put(D_MASK_ALL, u64::MAX);
+    put(D_MASK, mask);
+    put(D_FLAGS, orig.eflags);
+    put(D_RSP, orig.rsp);
+    put(D_RIP, pc);
+    let regs = [
+        rax, orig.rbx, orig.rcx, orig.rdx, orig.rsi, orig.rdi, orig.rbp, orig.r8, orig.r9,
+        orig.r10, orig.r11, orig.r12, orig.r13, orig.r14, orig.r15,
+    ];
+    for (i, v) in regs.iter().enumerate() {
+        put(D_REGS + 8 * i, *v);
+    }
+    img.extend_from_slice(&CODE);
+    img
+}
+
+/// Where and with which rax the thread goes on if it is let go without a signal
+/// to handle: a call interrupted with -ERESTART… is restarted (its `syscall`
+/// again, or restart_syscall for -ERESTART_RESTARTBLOCK), as the kernel does.
+pub(super) fn resume_point(regs: &Regs) -> (u64, u64) {
+    let nr = regs.orig_rax as i64;
+    match regs.rax as i64 {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND if nr >= 0 => (regs.rip - 2, regs.orig_rax),
+        ERESTART_RESTARTBLOCK if nr >= 0 => (regs.rip - 2, NR_RESTART_SYSCALL),
+        _ => (regs.rip, regs.rax),
+    }
+}
 
 pub(super) fn get_regs(tid: i32) -> io::Result<Regs> {
-    // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
-    let mut regs: Regs = unsafe { std::mem::zeroed() };
-    // SAFETY: the slice covers exactly `regs`, which outlives the call; any bytes
-    // the kernel writes form a valid user_regs_struct (integers only).
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(
-            &mut regs as *mut Regs as *mut u8,
-            std::mem::size_of::<Regs>(),
-        )
-    };
-    let n = getregset(tid, NT_PRSTATUS, bytes)?;
-    if n != std::mem::size_of::<Regs>() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("NT_PRSTATUS gave {n} bytes"),
-        ));
-    }
-    Ok(regs)
+    ptrace::get_regs(tid)
 }
 
 pub(super) fn set_regs(tid: i32, regs: &Regs) -> io::Result<()> {
-    // SAFETY: the slice covers exactly `*regs`, borrowed for the call.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            regs as *const Regs as *const u8,
-            std::mem::size_of::<Regs>(),
-        )
-    };
-    setregset(tid, NT_PRSTATUS, bytes)
+    ptrace::set_regs(tid, regs)
 }
 
 pub(super) fn pc(regs: &Regs) -> u64 {
     regs.rip
 }
 
-pub(super) fn set_pc(regs: &mut Regs, pc: u64) {
-    regs.rip = pc;
-}
-
-/// Where to write `CODE`: at rip, so the bytes land in a page the thread executes
-/// from anyway; moved back if they would cross into the next page, which may not
-/// be mapped.
-pub(super) fn injection_point(regs: &Regs) -> u64 {
-    let rip = regs.rip;
-    if rip % 4096 + CODE.len() as u64 > 4096 {
-        rip - CODE.len() as u64
-    } else {
-        rip
-    }
-}
-
-/// Refuses threads we cannot inject into with a 64-bit `syscall`.
+/// Refuses threads we cannot inject into: 32-bit code (`0f 05` means something
+/// else there), or a thread single-stepping itself (the epilogue's `popfq` would
+/// set the trap flag and trap inside our code).
 pub(super) fn check_injectable(regs: &Regs) -> Result<(), String> {
     if regs.cs != USER_CS {
         return Err(format!(
@@ -134,15 +223,20 @@ pub(super) fn check_injectable(regs: &Regs) -> Result<(), String> {
             regs.cs
         ));
     }
+    if regs.eflags & X86_EFLAGS_TF != 0 {
+        return Err("the thread single-steps itself (trap flag set)".into());
+    }
     Ok(())
 }
 
-/// Sets up one system call at `point`: number in rax, arguments in rdi, rsi, rdx,
-/// r10, r8, r9 (the syscall ABI: r10, not rcx, which `syscall` overwrites), and
-/// orig_rax = -1 so that the kernel does not treat the resume as the restart of
-/// the call the thread was interrupted in.
-pub(super) fn set_syscall(regs: &mut Regs, point: u64, nr: i64, args: &[u64; 6]) {
-    regs.rip = point;
+/// One system call at `stub`: number in rax, arguments in rdi, rsi, rdx, r10, r8,
+/// r9 (r10, not rcx, which `syscall` overwrites); orig_rax = -1 so that leaving
+/// the stop does not restart the call the thread was interrupted in.
+/// `done` (0 for none) is where the stub stores the result, even if predump is
+/// gone by then: how a later run knows whether the call ran.
+pub(super) fn set_single(regs: &mut Regs, stub: u64, nr: i64, args: &[u64; 6], done: u64) {
+    regs.rip = stub + SINGLE_AT;
+    regs.r12 = done;
     regs.rax = nr as u64;
     regs.rdi = args[0];
     regs.rsi = args[1];
@@ -150,24 +244,21 @@ pub(super) fn set_syscall(regs: &mut Regs, point: u64, nr: i64, args: &[u64; 6])
     regs.r10 = args[3];
     regs.r8 = args[4];
     regs.r9 = args[5];
-    regs.orig_rax = u64::MAX; // -1
-                              // A thread that single-steps itself (TF set with popf) would trap after our
-                              // `syscall` instead of at our int3; the saved eflags come back at restore.
-    regs.eflags &= !X86_EFLAGS_TF;
+    regs.orig_rax = u64::MAX;
 }
 
-/// Sets up the batch loop at `at` over `count` calls of the table at `table`
-/// (see `BATCH_CODE`), with orig_rax = -1 and no single-step as for one call.
-pub(super) fn set_batch(regs: &mut Regs, at: u64, table: u64, count: u64) {
-    regs.rip = at;
+/// The batch loop over `count` calls of the table at `table`, then a byte sent
+/// on the lifeline `fd` and a read of it into `byte` (target addresses).
+pub(super) fn set_batch(regs: &mut Regs, stub: u64, table: u64, count: u64, fd: i32, byte: u64) {
+    regs.rip = stub + BATCH_AT;
     regs.rbx = table;
     regs.r12 = count;
+    regs.r13 = fd as u32 as u64;
+    regs.r14 = byte;
     regs.orig_rax = u64::MAX;
-    regs.eflags &= !X86_EFLAGS_TF;
 }
 
-/// Makes sure a resume does not restart a system call (used when we interrupted
-/// one of our own injected calls and jump to the trap instead).
+/// Makes sure leaving a stop does not restart the call the stop interrupted.
 pub(super) fn no_restart(regs: &mut Regs) {
     regs.orig_rax = u64::MAX;
 }
@@ -209,26 +300,9 @@ pub(super) fn words(regs: &Regs) -> Vec<u64> {
     ]
 }
 
-/// Thread state beyond the general registers that an injected call could change.
-/// On x86_64 there is none: `syscall` clobbers only rcx and r11 (general
-/// registers), the kernel preserves the FPU/SSE/AVX state across system calls,
-/// and nothing we run calls or returns (so shadow stacks are untouched).
-#[derive(Debug, Clone)]
-pub(super) struct Extra;
-
-pub(super) fn save_extra(_tid: i32) -> io::Result<Extra> {
-    Ok(Extra)
-}
-
-/// Nothing to set up beyond the general registers.
-pub(super) fn prepare(_tid: i32, _extra: &Extra) -> io::Result<()> {
-    Ok(())
-}
-
-pub(super) fn restore_extra(_tid: i32, _extra: &Extra) -> io::Result<()> {
-    Ok(())
-}
-
-pub(super) fn extra_bytes(_extra: &Extra) -> Vec<u8> {
-    Vec::new()
+/// Thread state beyond the general registers that injection could change: none
+/// on x86_64 (the kernel keeps the FPU/SSE/AVX state across system calls, and
+/// the stub uses general registers only).
+pub(super) fn extra_bytes(_tid: i32) -> io::Result<Vec<u8>> {
+    Ok(Vec::new())
 }

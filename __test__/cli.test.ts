@@ -1,0 +1,540 @@
+/**
+ * The command line as a person and a script meet it: a reader that goes away, --help's exit
+ * statuses, what `show` says of a directory that holds no images, what `check` says of the
+ * pipe size, and the notes of an iterative pre-dump. Each case checks the message and the
+ * exit status.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import yargs from 'yargs';
+
+import { COMMANDS, type CommandModule } from '../ts/cli/commands.js';
+import { parseFast } from '../ts/cli/fast-args.js';
+import type { ImagesSummary } from '../ts/show.js';
+import type { PreDumpResult } from '../ts/predump.js';
+import { summary } from '../ts/cli/pre-dump.js';
+
+import {
+  assertCliError,
+  assertRunningUntraced,
+  BIN,
+  freePid,
+  MiB,
+  NODE,
+  parseJson,
+  ROOT,
+  runCli,
+  startWorkload,
+  tempDir,
+  type CliResult,
+} from './helpers.js';
+
+// ---- a reader that goes away ------------------------------------------------------------------
+
+/**
+ * Runs the CLI with its stdout's reader already gone: the pipe's read end is closed right
+ * after the spawn, long before the CLI (tens of milliseconds of start-up away) writes a byte,
+ * so its every write to stdout fails with EPIPE. `fd3` adds a pipe as fd 3 for --status-fd;
+ * `whenReady` runs once a byte arrives there.
+ */
+function runWithReaderGone(
+  args: string[],
+  options: { stderrGone?: boolean; whenReady?: (pid: number) => void } = {},
+): Promise<CliResult> {
+  const child = spawn(NODE, [BIN, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe', ...(options.whenReady ? (['pipe'] as const) : [])],
+  });
+  child.stdout!.destroy();
+  if (options.stderrGone) child.stderr!.destroy();
+  let stderr = '';
+  if (!options.stderrGone)
+    child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const ready = child.stdio[3];
+  if (ready && options.whenReady) ready.once('data', () => options.whenReady!(child.pid!));
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code, signal, stdout: '', stderr }));
+  });
+}
+
+/** Ended by itself, with the status expected and not a word about the broken pipe. */
+function assertQuiet(t: import('ava').ExecutionContext, r: CliResult, status: number): void {
+  t.is(r.code, status, r.stderr);
+  t.is(r.signal, null);
+  t.notRegex(r.stderr, /EPIPE|Error:|at .*\.js:\d+/, 'no stack trace, no EPIPE');
+}
+
+test('--help, --version and a usage error with stdout gone: quiet', async (t) => {
+  assertQuiet(t, await runWithReaderGone(['--help']), 0);
+  assertQuiet(t, await runWithReaderGone(['--version']), 0);
+  assertQuiet(t, await runWithReaderGone(['pre-dump', '--help']), 0);
+  // The usage error's JSON goes to the closed stdout, its message to stderr.
+  const r = await runWithReaderGone(['pre-dump', '--json']);
+  assertQuiet(t, r, 2);
+  t.regex(r.stderr, /Missing required arguments: tree, images-dir/);
+});
+
+test('check and check --json with stdout gone: quiet, exit 0', async (t) => {
+  assertQuiet(t, await runWithReaderGone(['check']), 0);
+  assertQuiet(t, await runWithReaderGone(['check', '--json']), 0);
+});
+
+test.serial(
+  'pre-dump, show, verify, dump and untrack with stdout gone: quiet, and the work done',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
+    const tmp = await tempDir(t);
+    const pid = String(target.pid);
+    const one = path.join(tmp, '1');
+    assertQuiet(t, await runWithReaderGone(['pre-dump', '-t', pid, '-D', one, '--json']), 0);
+    // The images are complete all the same.
+    const shown = await runCli(['show', one, '--json']);
+    t.true(parseJson<{ complete: boolean }>(t, shown).complete);
+
+    assertQuiet(t, await runWithReaderGone(['show', one]), 0);
+    assertQuiet(t, await runWithReaderGone(['show', one, '--json']), 0);
+    // stderr gone as well: the failure's status all the same.
+    assertQuiet(
+      t,
+      await runWithReaderGone(['show', path.join(tmp, 'none'), '--json'], { stderrGone: true }),
+      1,
+    );
+    const two = path.join(tmp, '2');
+    assertQuiet(
+      t,
+      await runWithReaderGone(['pre-dump', '-t', pid, '-D', two, '--prev-images-dir', one], {
+        stderrGone: true,
+      }),
+      0,
+    );
+    const final = path.join(tmp, 'final');
+    // Left stopped, so that verify compares the chain with the memory it was taken from.
+    assertQuiet(
+      t,
+      await runWithReaderGone([
+        'dump',
+        '-t',
+        pid,
+        '-D',
+        final,
+        '--prev-images-dir',
+        two,
+        '--leave-stopped',
+        '--json',
+      ]),
+      0,
+    );
+    assertQuiet(t, await runWithReaderGone(['verify', '-t', pid, '-D', final, '--json']), 0);
+    process.kill(target.pid, 'SIGCONT');
+    assertQuiet(t, await runWithReaderGone(['untrack', '-t', pid, '--json']), 0);
+    await assertRunningUntraced(t, target.pid);
+    t.like(await target.w.selfCheck(), { ok: true, mismatches: 0 });
+  },
+);
+
+test.serial('demo --json with stdout gone: quiet, exit 0', async (t) => {
+  assertQuiet(t, await runWithReaderGone(['demo', '--size', '8M', '--threads', '1', '--json']), 0);
+});
+
+test('page-server with stdout gone: it listens all the same, and stops quietly', async (t) => {
+  const dir = path.join(await tempDir(t), 'received');
+  const r = await runWithReaderGone(['page-server', '-D', dir, '--status-fd', '3'], {
+    // Listening (its port went to the closed stdout): stop it as a person would.
+    whenReady: (pid) => process.kill(pid, 'SIGTERM'),
+  });
+  assertQuiet(t, r, 143);
+  t.regex(r.stderr, /listening on/);
+});
+
+// ---- show -------------------------------------------------------------------------------------
+
+test('show of a directory that holds no images: exit 1, EDIR, said so', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(path.join(dir, 'hosts'), '127.0.0.1 localhost\n');
+  await mkdir(path.join(dir, 'sub'));
+  const r = await runCli(['show', dir, '--json']);
+  assertCliError(t, r, {
+    exit: 1,
+    code: 'EDIR',
+    message: new RegExp(`${dir} holds no CRIU images .*: not an images directory`),
+  });
+  const plain = await runCli(['show', dir]);
+  t.is(plain.code, 1);
+  t.is(plain.stdout, '');
+  t.notRegex(plain.stderr, /INCOMPLETE/);
+  t.regex(plain.stderr, /predump: error: .* holds no CRIU images/);
+});
+
+test.serial('show says what made the images: freeze-free pre-dump, then dump', async (t) => {
+  const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
+  const tmp = await tempDir(t);
+  t.teardown(() => runCli(['untrack', '-t', String(target.pid)]).then(() => undefined));
+  const pid = String(target.pid);
+  const pre = await runCli([
+    'pre-dump',
+    '-t',
+    pid,
+    '-D',
+    path.join(tmp, '1'),
+    '--pre-dump-mode',
+    'freeze-free',
+  ]);
+  t.is(pre.code, 0, pre.stderr);
+  const dump = await runCli([
+    'dump',
+    '-t',
+    pid,
+    '-D',
+    path.join(tmp, '2'),
+    '--prev-images-dir',
+    '../1',
+    '--json',
+  ]);
+  t.is(dump.code, 0, dump.stderr);
+  // What happened when: copied inside the frozen window, only the fsync after the thaw.
+  t.like(parseJson(t, dump), { command: 'dump', ok: true, copiedWhileFrozen: true });
+  t.is(dump.stderr, '', 'with --json: no summary on stderr');
+  const show = async (dir: string): Promise<[ImagesSummary, string]> => {
+    const j = await runCli(['show', path.join(tmp, dir), '--json']);
+    t.is(j.code, 0, j.stderr);
+    const human = await runCli(['show', path.join(tmp, dir), '--no-entries']);
+    t.is(human.code, 0, human.stderr);
+    return [parseJson<ImagesSummary>(t, j), human.stdout];
+  };
+  const [p, pText] = await show('1');
+  t.like(p, { kind: 'pre-dump', mode: 'freeze-free', tracking: 'uffd-wp', trackingEnded: false });
+  t.regex(pText, /: complete pre-dump\n/);
+  t.regex(
+    pText,
+    /\n {2}made by {8}predump pre-dump in freeze-free mode \(the target ran throughout\), uffd-wp dirty tracking\n/,
+  );
+  const [d, dText] = await show('2');
+  t.like(d, { kind: 'dump', tracking: 'uffd-wp', trackingEnded: true });
+  t.regex(dText, /: complete dump\n/);
+  t.regex(
+    dText,
+    /\n {2}made by {8}predump dump \(frozen throughout\), which ended the uffd-wp tracking\n/,
+  );
+});
+
+test('the summary says when the pages were copied: after the thaw, or inside the frozen window', (t) => {
+  const r = {
+    pid: 7,
+    imagesDir: '/tmp/x',
+    mode: 'read',
+    requestedMode: 'auto',
+    fallback: null,
+    threads: 1,
+    pipes: 0,
+    pinnedBytes: 0,
+    injectedCalls: 0,
+    injectMs: 0,
+    scanMethod: 'PAGEMAP_SCAN',
+    pagesScanned: 100,
+    pagesWritten: 100,
+    pagesGone: 0,
+    pagesSkippedParent: 0,
+    parent: null,
+    trackBackend: 'none',
+    bytesWritten: 409600,
+    freezingMs: 0.1,
+    frozenMs: 631,
+    stoppedWindowMs: 631.1,
+    scanMs: 1.5,
+    drainMs: 88.3,
+    drainMBps: 4.6,
+    totalMs: 800,
+  } as unknown as PreDumpResult;
+  const pre = summary(r);
+  t.regex(pre, /\n {2}mode {5}read \(auto\): pages found while frozen, copied after the thaw\n/);
+  t.regex(
+    pre,
+    /\n {2}copy {5}88\.3 ms after the thaw \(fsync included\), 5 MB\/s; total 800\.0 ms\n/,
+  );
+  const final = summary(r, true);
+  t.regex(
+    final,
+    /\n {2}copy {5}inside the 631\.1 ms frozen window; fsync 88\.3 ms after the thaw; total 800\.0 ms\n/,
+  );
+  t.notRegex(final, /MB\/s/, 'no rate made of the fsync alone');
+});
+
+// ---- --help -----------------------------------------------------------------------------------
+
+// ---- JSON output -------------------------------------------------------------------------------
+
+test('--json: version, command and ok first, in results and errors, from either parser', async (t) => {
+  const head = (r: CliResult): unknown[] => {
+    const j = parseJson<Record<string, unknown>>(t, r);
+    return Object.keys(j)
+      .slice(0, 3)
+      .map((k) => `${k}=${String(j[k])}`);
+  };
+  // A result (the fast path), with nothing on stderr.
+  const check = await runCli(['check', '--json']);
+  t.is(check.code, 0, check.stderr);
+  t.deepEqual(head(check), ['version=1', 'command=check', 'ok=true']);
+  t.is(check.stderr, '');
+  // A failure: the error on stderr too, exit 1.
+  const missing = await runCli(['show', '/nonexistent/images', '--json']);
+  assertCliError(t, missing, { exit: 1, code: 'EDIR', message: /no such directory/ });
+  t.deepEqual(head(missing), ['version=1', 'command=show', 'ok=false']);
+  // A bad command line (yargs decides): exit 2, the command named all the same.
+  const usage = await runCli(['pre-dump', '-t', '1', '--json']);
+  t.is(usage.code, 2);
+  t.regex(usage.stderr, /predump: Missing required argument: images-dir/);
+  t.like(parseJson(t, usage), { error: { code: 'EUSAGE' } });
+  t.deepEqual(head(usage), ['version=1', 'command=pre-dump', 'ok=false']);
+  // No command at all: no command field.
+  const none = await runCli(['--json']);
+  t.is(none.code, 2);
+  t.deepEqual(head(none), ['version=1', 'ok=false', 'error=[object Object]']);
+});
+
+test('--help lists every exit status, 130 and 143 included; each command its own', async (t) => {
+  const top = await runCli(['--help']);
+  t.is(top.code, 0, top.stderr);
+  for (const line of [
+    /^ {2}0 +done$/m,
+    /^ {2}1 +the operation failed/m,
+    /^ {2}2 +the command line is wrong/m,
+    /^ {2}3 +partial pre-dump/m,
+    /^ {2}130, 143 +interrupted by SIGINT \/ SIGTERM/m,
+  ]) {
+    t.regex(top.stdout, line);
+  }
+  const statuses = async (command: string): Promise<string[]> => {
+    const r = await runCli([command, '--help']);
+    t.is(r.code, 0, r.stderr);
+    const part = r.stdout.slice(r.stdout.indexOf('Exit status:'));
+    return [...part.matchAll(/^ {2}(\d+(?:, \d+)?) /gm)].map((m) => m[1]!);
+  };
+  t.deepEqual(await statuses('pre-dump'), ['0', '1', '2', '3', '130, 143']);
+  t.deepEqual(await statuses('dump'), ['0', '1', '2', '3', '130, 143']);
+  t.deepEqual(await statuses('page-server'), ['0', '1', '2', '130, 143']);
+  t.deepEqual(await statuses('bench'), ['0', '1', '2', '130, 143']);
+  for (const command of ['show', 'verify', 'untrack', 'check', 'demo']) {
+    t.deepEqual(await statuses(command), ['0', '1', '2'], command);
+  }
+});
+
+// ---- check ------------------------------------------------------------------------------------
+
+test('check: the pipe size, what a missing CAP_SYS_RESOURCE costs, and how to get it', async (t) => {
+  const j = await runCli(['check', '--json']);
+  t.is(j.code, 0, j.stderr);
+  const report = parseJson<{
+    capSysResource: boolean;
+    pipeMaxSize: number | null;
+    pipes: {
+      pipeBytes: number;
+      capped: boolean;
+      splicePipesPerGiB: number;
+      capSysResourceInBoundingSet: boolean | null;
+    };
+  }>(t, j);
+  const r = await runCli(['check']);
+  t.is(r.code, 0, r.stderr);
+  const p = report.pipes;
+  t.is(p.splicePipesPerGiB, Math.ceil(2 ** 30 / p.pipeBytes));
+  if (report.capSysResource || (report.pipeMaxSize ?? 0) >= 4 * MiB) {
+    t.false(p.capped);
+    t.is(p.pipeBytes, 4 * MiB);
+    t.regex(r.stdout, /^pipe-max-size .*: predump's pipes get 4\.00 MiB/m);
+    t.notRegex(r.stdout, /to lift it/);
+    return;
+  }
+  // This machine: a 1 MiB pipe-max-size and no CAP_SYS_RESOURCE (not even for root).
+  t.true(p.capped);
+  t.is(p.pipeBytes, report.pipeMaxSize!);
+  t.regex(r.stdout, /^pipe-max-size .*, and no CAP_SYS_RESOURCE to go past it/m);
+  t.regex(
+    r.stdout,
+    new RegExp(
+      `^ {2}cost +splice mode needs ${p.splicePipesPerGiB.toLocaleString('en-US')} pipes per GiB instead of 256`,
+      'm',
+    ),
+  );
+  t.regex(r.stdout, /^ {2}to lift it +`sysctl fs\.pipe-max-size=4194304` as root, or /m);
+  if (p.capSysResourceInBoundingSet === false) {
+    t.regex(r.stdout, /not in the bounding set here/);
+    t.regex(r.stdout, /--cap-add SYS_RESOURCE/);
+  }
+});
+
+// ---- notes of an iterative pre-dump -----------------------------------------------------------
+
+test.serial(
+  'a parent that is not the newest of its chain: every page copied, and the note says why',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
+    const tmp = await tempDir(t);
+    t.teardown(() => runCli(['untrack', '-t', String(target.pid)]).then(() => undefined));
+    const pre = (dir: string, ...more: string[]): Promise<CliResult> =>
+      runCli(['pre-dump', '-t', String(target.pid), '-D', path.join(tmp, dir), ...more]);
+    t.is((await pre('1', '--track-mem', 'uffd-wp')).code, 0);
+    t.is((await pre('2', '--prev-images-dir', path.join(tmp, '1'))).code, 0);
+    // 2 re-armed the tracking after 1 was made: 1 is no longer the newest of the chain.
+    const r = await pre('3', '--prev-images-dir', path.join(tmp, '1'));
+    t.is(r.code, 0, r.stderr);
+    t.regex(
+      r.stderr,
+      /predump: note: the target's dirty tracking was re-armed after the parent images were made, by a later pre-dump \(is the parent the newest of its chain\?\) or by one that failed: what was written since the parent is not known, so every page is copied/,
+    );
+    t.regex(r.stderr, /, 0 left to the parent/);
+  },
+);
+
+// ---- the start-up fast path -------------------------------------------------------------------
+
+/** What yargs gives the command's handler for `args`, or the error it reports. */
+async function viaYargs(
+  command: string,
+  mod: CommandModule,
+  args: string[],
+): Promise<Record<string, unknown> | Error> {
+  let got: Record<string, unknown> | undefined;
+  try {
+    await yargs([command.split(' ')[0]!, ...args])
+      .command({
+        command,
+        describe: '',
+        builder: mod.builder,
+        handler: (a: Record<string, unknown>) => {
+          got = a;
+        },
+      })
+      .strict()
+      .fail((msg: string | undefined, err: Error | undefined) => {
+        throw err ?? new Error(msg);
+      })
+      .parseAsync();
+  } catch (err) {
+    return err as Error;
+  }
+  return got ?? new Error('no handler ran');
+}
+
+/**
+ * Per command: `fast`, command lines the fast path takes (and must read as yargs does);
+ * `yargs`, well-formed ones it leaves to yargs (forms it does not take: `--no-json`,
+ * `--json=false`, a hexadecimal pid); `refused`, mistakes both refuse (yargs says why).
+ */
+const FAST_CASES: Record<string, { fast: string[][]; yargs: string[][]; refused: string[][] }> = {
+  'pre-dump': {
+    fast: [
+      ['-t', '4242', '-D', '/tmp/x'],
+      ['--tree=4242', '--images-dir', 'd', '--json'],
+      ['-t', '17', '-D', 'd', '--pre-dump-mode', 'splice', '--track-mem', 'none'],
+      ['-D', 'd', '-t', '7', '--prev-images-dir', '../p'],
+      ['-t', '4242', '-D', 'd', '--pre-dump-mode=read'],
+    ],
+    yargs: [
+      ['-t', '5', '-D', 'd', '--no-json'],
+      ['-t', '5', '-D', 'd', '--json=false'],
+      ['-t', '0x10', '-D', 'd'],
+      ['-t4242', '-D', 'd'],
+      ['-t', '5', '-D/tmp/x'],
+      ['-t', '5', '-D', 'd', '--json', 'false'],
+    ],
+    refused: [
+      ['-t', 'abc', '-D', 'd'],
+      ['-t', '0', '-D', 'd'],
+      ['-D', 'd'],
+      ['-t', '1', '-D', 'd', '--bogus'],
+      ['-t', '1', '-D', 'd', '--pre-dump-mode', 'fast'],
+      ['-t', '1', '-t', '2', '-D', 'd'],
+      ['-t', '1', '-D', 'd', 'extra'],
+      ['-t', '1', '-Dd'],
+    ],
+  },
+  dump: {
+    fast: [
+      ['-t', '5', '-D', 'd'],
+      ['-t', '5', '-D', 'd', '--leave-stopped', '--prev-images-dir', 'p'],
+      ['-t', '5', '-D', 'd', '--leave-running', '--track-mem', 'uffd-wp', '--json'],
+    ],
+    yargs: [],
+    refused: [['-t', '5', '-D', 'd', '--leave-stopped', '--leave-running']],
+  },
+  'show <dir>': {
+    fast: [['dir'], ['dir', '--json'], ['--json', '123']],
+    yargs: [
+      ['dir', '--no-entries'],
+      ['--json', 'false', 'dir'],
+      ['dir', '--entries', 'true'],
+    ],
+    refused: [[], ['a', 'b'], ['--json', 'false']],
+  },
+  check: { fast: [[], ['--json']], yargs: [], refused: [['--jsn']] },
+  untrack: {
+    fast: [
+      ['-t', '9'],
+      ['--tree', '9', '--json'],
+    ],
+    yargs: [],
+    refused: [['-t', '-1']],
+  },
+  verify: { fast: [['-t', '9', '-D', 'final']], yargs: [], refused: [['-t', '9']] },
+};
+
+test('the fast path reads what yargs reads, and leaves the rest to yargs', async (t) => {
+  for (const c of COMMANDS) {
+    const mod = await c.load();
+    if (!mod.spec) {
+      t.false(c.command in FAST_CASES, `${c.command} has no fast path but cases`);
+      continue;
+    }
+    const cases = FAST_CASES[c.command];
+    if (!cases) {
+      t.fail(`${c.command}: no cases for its fast path`);
+      continue;
+    }
+    const spec = mod.spec;
+    const keys = [
+      ...Object.entries(spec.options).flatMap(([k, o]) =>
+        [k, ...(typeof o.alias === 'string' ? [o.alias] : (o.alias ?? []))].flatMap((n) => [
+          n,
+          n.replace(/-([a-z])/g, (_, x: string) => x.toUpperCase()),
+        ]),
+      ),
+      ...(spec.positionals ?? []),
+    ];
+    for (const args of cases.fast) {
+      const fast = parseFast(spec, args);
+      const slow = await viaYargs(c.command, mod, args);
+      const what = `${c.command} ${args.join(' ')}`;
+      t.false(slow instanceof Error, `${what}: yargs: ${String(slow)}`);
+      t.truthy(fast, `${what}: taken by the fast path`);
+      if (!fast || slow instanceof Error) continue;
+      for (const k of keys) t.deepEqual(fast[k], slow[k], `${what}: ${k}`);
+    }
+    for (const extra of ['--help', '-h', '--version']) {
+      t.is(parseFast(spec, [...cases.fast[0]!, extra]), undefined, `${c.command} … ${extra}`);
+    }
+    for (const args of cases.yargs) {
+      const what = `${c.command} ${args.join(' ')}`;
+      t.is(parseFast(spec, args), undefined, `${what}: left to yargs`);
+      t.false((await viaYargs(c.command, mod, args)) instanceof Error, `${what}: yargs takes it`);
+    }
+    for (const args of cases.refused) {
+      const what = `${c.command} ${args.join(' ')}`;
+      t.is(parseFast(spec, args), undefined, `${what}: left to yargs`);
+      t.true((await viaYargs(c.command, mod, args)) instanceof Error, `${what}: yargs refuses it`);
+    }
+  }
+});
+
+test('dump --leave-running alone is accepted (it conflicted with a default)', async (t) => {
+  const pid = await freePid();
+  const r = await runCli(['dump', '-t', String(pid), '-D', '/nonexistent/x', '--leave-running']);
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, new RegExp(`predump: error: no such process: ${pid}`));
+  t.notRegex(r.stderr, /mutually exclusive/);
+  const both = await runCli(['dump', '-t', '1', '-D', 'x', '--leave-running', '--leave-stopped']);
+  t.is(both.code, 2);
+  t.regex(both.stderr, /Arguments leave-stopped and leave-running are mutually exclusive/);
+});
