@@ -16,7 +16,11 @@
 //!   /proc/PID/pagemap with `PM_SCAN_WP_MATCHING` and category `PAGE_IS_WRITTEN`
 //!   then reports the pages written since the previous scan *and* write-protects
 //!   them again, in one atomic walk: no write can fall between "read" and "re-arm",
-//!   so it is safe even while the target runs.
+//!   so it is safe even while the target runs. One imprecision, the kernel's: the
+//!   walk write-protects unpopulated pages (WP_UNPOPULATED markers) only where a
+//!   page table exists; a 2 MiB stretch with none gets no marker, so a *read*
+//!   there maps the zero page unprotected and the page is reported once, as if
+//!   written (a superset, never a lost write; seen on Debian's 6.12).
 //!
 //! # What stays in the target between runs (uffd-wp)
 //!

@@ -83,6 +83,9 @@ fn uffd_wp() -> bool {
     ok
 }
 
+/// The span of one page table on x86_64 and on aarch64 with 4 KiB pages.
+const PMD_SIZE: u64 = 2 << 20;
+
 /// Test 1: exactly the pages written between two scans, then nothing.
 #[test]
 fn known_writes() {
@@ -114,11 +117,27 @@ fn known_writes() {
     assert_eq!(dirty, pages(r.0, &[(3, 1), (7, 1), (100, 10)]));
     let dirty = run(t.pid, |_, _| tracker.take_dirty(&[r]).unwrap());
     assert_eq!(dirty, vec![]);
-    // Reads are not writes; writes to never-populated pages count.
+    // Reads are not writes; writes to never-populated pages count. One
+    // exception, the kernel's: a 2 MiB stretch that had no page table when it was
+    // armed (nothing populated there) gets no write-protect markers, so reading
+    // it maps the zero page unprotected and it counts as written once (a
+    // superset: safe; newer kernels may mark it). The region is placed by ASLR: when its populated first
+    // half ends before a 2 MiB boundary that lies inside it (about one run in
+    // four; seen on Debian's 6.12), the pages after that boundary are such a stretch.
     t.write("r", "200 255");
     t.ask("read r 0..256", "read");
     let dirty = run(t.pid, |_, _| tracker.take_dirty(&[r]).unwrap());
-    assert_eq!(dirty, pages(r.0, &[(200, 1), (255, 1)]));
+    let want = page_set(&pages(r.0, &[(200, 1), (255, 1)]));
+    let mut may = want.clone();
+    let boundary = r.0.div_ceil(PMD_SIZE) * PMD_SIZE;
+    if boundary >= r.0 + 128 * PAGE_SIZE && boundary < r.1 {
+        may.extend(page_set(&[PageRange::new(
+            boundary,
+            (r.1 - boundary) / PAGE_SIZE,
+        )]));
+    }
+    let got = page_set(&dirty);
+    assert!(got.is_superset(&want) && got.is_subset(&may), "{dirty:x?}");
     // The whole process: no error, and the region is still exact (nothing new).
     let all: Vec<(u64, u64)> = eligible(t.pid).iter().map(|v| (v.start, v.end)).collect();
     run(t.pid, |_, _| tracker.take_dirty(&all).unwrap());
