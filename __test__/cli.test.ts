@@ -247,6 +247,8 @@ test('the summary says when the pages were copied: after the thaw, or inside the
     drainMs: 88.3,
     drainMBps: 4.6,
     totalMs: 800,
+    processes: [],
+    leftOut: [],
   } as unknown as PreDumpResult;
   const pre = summary(r);
   t.regex(pre, /\n {2}mode {5}read \(auto\): pages found while frozen, copied after the thaw\n/);

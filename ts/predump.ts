@@ -25,6 +25,7 @@ import path from 'node:path';
 import { randomHex } from './random.js';
 import { bootId, openParent, TRACK_FILE, type TrackRecord } from './parent.js';
 import type { TlsOptions } from './page-server.js';
+import { isTree, listTree, preDumpTree } from './tree.js';
 
 /** The ways pages are drained (see `PreDumpOptions.mode`). */
 export type PreDumpModeName = 'read' | 'splice' | 'freeze-free';
@@ -183,6 +184,68 @@ export interface PreDumpResult {
   peakRssBytes: number;
   /** Where the pages went, with --page-server (null: into imagesDir). */
   pageServer: PageServerSent | null;
+  /** Every process pre-dumped: the root first, each after its parent (CRIU's tree order). */
+  processes: ProcessResult[];
+  /**
+   * The anonymous shared memory objects pre-dumped, each once for the tree
+   * (pagemap-shmem-SHMID.img). null: not examined (a single process: its shared
+   * mappings are skipped, as before trees were supported).
+   */
+  sharedMemory: SharedMemoryResult[] | null;
+  /** Shared mappings left out, with their size and why (null: not examined). */
+  notPreDumped: NotPreDumpedResult[] | null;
+  /** Processes of the tree not pre-dumped: zombies, and those that exited while it froze. */
+  leftOut: LeftOutResult[];
+}
+
+/** One process of a pre-dump. */
+export interface ProcessResult {
+  pid: number;
+  /** null for a single-process pre-dump. */
+  ppid: number | null;
+  comm: string | null;
+  /** Its pages image is pages-ID.img, named by pagemap-PID.img. */
+  pagesId: number;
+  threads: number;
+  pagesScanned: number;
+  pagesPresent: number;
+  pagesWritten: number;
+  pagesGone: number;
+  /** It exited while its pages were copied. */
+  partial: boolean;
+}
+
+/** An anonymous shared memory object (MAP_SHARED|MAP_ANONYMOUS, /dev/zero shared). */
+export interface SharedMemoryResult {
+  /** CRIU's shmid (the object's inode): pagemap-shmem-SHMID.img. */
+  shmid: number;
+  sizeBytes: number;
+  pagesId: number;
+  pagesWritten: number;
+  /** The processes mapping it. */
+  pids: number[];
+  mappings: number;
+}
+
+/** A shared mapping not in the pre-dump. */
+export interface NotPreDumpedResult {
+  pid: number;
+  start: number;
+  end: number;
+  bytes: number;
+  name: string;
+  /** 'sysv-shm', 'memfd', 'hugetlb' or 'file-shared'. */
+  kind: string;
+  reason: string;
+}
+
+/** A process of the tree that is not in the pre-dump. */
+export interface LeftOutResult {
+  pid: number;
+  ppid: number;
+  /** zombie: exited, not yet reaped (no memory); exited: while the tree was being frozen. */
+  reason: 'zombie' | 'exited';
+  comm: string | null;
 }
 
 const PAGE = 4096;
@@ -224,6 +287,9 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       `the freeze-free mode needs uffd-wp dirty tracking, not '${trackMem}'`,
     );
   }
+  // A tree (descendants, or zombies among its children) is pre-dumped whole.
+  const listing = await listTree(pid);
+  if (isTree(listing)) return preDumpTree(options, listing, started);
   const parent =
     options.prevImagesDir === undefined
       ? undefined
@@ -424,6 +490,23 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
               sessionMs: sent.sessionUs / 1000,
             }
           : null,
+      processes: [
+        {
+          pid,
+          ppid: null,
+          comm: null,
+          pagesId,
+          threads: report.threads,
+          pagesScanned: report.pagesScanned,
+          pagesPresent: report.pagesPresent,
+          pagesWritten: report.pagesWritten,
+          pagesGone: report.pagesGone,
+          partial: report.partial,
+        },
+      ],
+      sharedMemory: null,
+      notPreDumped: null,
+      leftOut: [],
     };
   } catch (err) {
     await discardImages(dir);
@@ -441,7 +524,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
  * waits until the target runs again (or the work ends), which takes at most the
  * frozen window.
  */
-function abortable<T>(
+export function abortable<T>(
   work: Promise<T>,
   signal: AbortSignal | undefined,
   progress: { readonly thawed: boolean },

@@ -23,6 +23,30 @@ export interface WorkloadOptions {
   ignoreSigtrap?: boolean;
   /** Bytes of a region a thread keeps writing random words into, as fast as it can. */
   writerBytes?: number;
+  /**
+   * A tree of this many processes (the root forks the others; process i is a child of
+   * process (i - 1) / 2), each with its own data region of `sizeBytes`.
+   */
+  tree?: number;
+  /** Bytes of a MAP_SHARED|MAP_ANONYMOUS region shared by the whole tree (pattern by offset). */
+  sharedBytes?: number;
+  /** The same, made by a shared mapping of /dev/zero. */
+  devzeroBytes?: number;
+}
+
+/** A process of a `tree` workload. */
+export interface TreeProcess {
+  index: number;
+  pid: number;
+  parent: number | null;
+  alive: boolean;
+  data: Area;
+}
+
+/** A region shared by a tree workload's processes (its pattern is by offset). */
+export interface SharedArea extends Area {
+  /** The inode of the shared object: CRIU's shmid. */
+  inode: number;
 }
 
 export interface Area {
@@ -72,6 +96,9 @@ export class Workload {
   /** The writer thread's region (see `WorkloadOptions.writerBytes`). */
   readonly writerArea: Area | null;
   readonly threads: number;
+  /** The shared regions of a tree workload (null: none). */
+  readonly shared: SharedArea | null;
+  readonly devzero: SharedArea | null;
   private readonly lines: AsyncIterator<string>;
   /** Settles when the workload's stdout closes: it has exited. */
   private readonly closed: Promise<void>;
@@ -91,6 +118,10 @@ export class Workload {
       ? { start: Number(ready.writer.start), bytes: ready.writer.bytes }
       : null;
     this.threads = ready.threads;
+    const sharedArea = (a: ReadyLine['shared']): SharedArea | null =>
+      a ? { start: Number(a.start), bytes: a.bytes, inode: a.inode } : null;
+    this.shared = sharedArea(ready.shared);
+    this.devzero = sharedArea(ready.devzero);
     this.closed = new Promise((resolve) => {
       if (child.stdout.readableEnded) resolve();
       else child.stdout.once('close', () => resolve());
@@ -109,6 +140,9 @@ export class Workload {
     if (options.denyVmsplice) args.push('--deny-vmsplice');
     if (options.ignoreSigtrap) args.push('--ignore-sigtrap');
     if (options.writerBytes) args.push('--writer', String(options.writerBytes));
+    if (options.tree) args.push('--tree', String(options.tree));
+    if (options.sharedBytes) args.push('--shared', String(options.sharedBytes));
+    if (options.devzeroBytes) args.push('--devzero', String(options.devzeroBytes));
     // Not our child: Node's waitpid on a child would take the ptrace stops of
     // the freeze (and report them as an exit).
     args.push('--grandchild');
@@ -133,6 +167,23 @@ export class Workload {
     const answer = JSON.parse(next.value) as T & { error?: string };
     if (answer.error !== undefined) throw new Error(`workload: ${answer.error}`);
     return answer;
+  }
+
+  /** The processes of a tree workload (`tree` command at the root). */
+  async tree(): Promise<TreeProcess[]> {
+    const a = await this.command<{
+      processes: {
+        index: number;
+        pid: number;
+        parent: number | null;
+        alive: boolean;
+        data: { start: string; bytes: number };
+      }[];
+    }>('tree');
+    return a.processes.map((p) => ({
+      ...p,
+      data: { start: Number(p.data.start), bytes: p.data.bytes },
+    }));
   }
 
   /** The workload verifies its own memory and its threads' results. */
@@ -249,5 +300,7 @@ interface ReadyLine {
   data: { start: string; bytes: number };
   churn: { start: string; bytes: number } | null;
   writer: { start: string; bytes: number } | null;
+  shared?: { start: string; bytes: number; inode: number } | null;
+  devzero?: { start: string; bytes: number; inode: number } | null;
   threads: number;
 }

@@ -132,12 +132,15 @@ async function run(args: Args): Promise<number> {
         `injecting had left in process ${result.pid}`,
     );
   }
-  if (result.trackNote) inform(`predump: note: ${result.trackNote}`);
+  // A tree's note is the reason for the one below.
+  if (result.trackNote && result.processes.length <= 1)
+    inform(`predump: note: ${result.trackNote}`);
   // A warning, kept with --json: a script that goes on to 'criu dump' needs it as much.
   if (result.trackBackend === 'uffd-wp') say(uffdHandover(result.pid));
   if (result.trackBackend === 'none') {
     inform(
-      'predump: note: no dirty tracking: a pre-dump with this one as its parent copies everything',
+      `predump: note: no dirty tracking${result.processes.length > 1 && result.trackNote ? ` (${result.trackNote})` : ''}: ` +
+        'a pre-dump with this one as its parent copies everything',
     );
   }
   if (result.fallback) {
@@ -147,8 +150,9 @@ async function run(args: Args): Promise<number> {
   }
   inform(summary(result));
   if (result.partial) {
+    const gone = result.processes.filter((p) => p.partial).map((p) => p.pid);
     say(
-      `predump: warning: process ${result.pid} exited during the copy: ` +
+      `predump: warning: process${gone.length === 1 ? '' : 'es'} ${(gone.length > 0 ? gone : [result.pid]).join(', ')} exited during the copy: ` +
         'the images are a partial pre-dump, holding only the pages read before it exited',
     );
     return EXIT.partial;
@@ -218,8 +222,14 @@ export function copyLine(r: PreDumpResult, final: boolean): string {
 
 export function summary(r: PreDumpResult, final = false): string {
   const gone = r.pagesGone > 0 ? `, ${r.pagesGone} pages gone before they were copied` : '';
+  const tree = r.processes.length > 1 || r.leftOut.length > 0;
+  const plural = (n: number, one: string, many = `${one}s`): string =>
+    `${n} ${n === 1 ? one : many}`;
   return [
-    `pre-dumped pid ${r.pid} (${r.threads} thread${r.threads === 1 ? '' : 's'}) into ${r.imagesDir}` +
+    (tree
+      ? `pre-dumped the tree of pid ${r.pid}: ${plural(r.processes.length, 'process', 'processes')} ` +
+        `(${plural(r.threads, 'thread')}) into ${r.imagesDir}`
+      : `pre-dumped pid ${r.pid} (${plural(r.threads, 'thread')}) into ${r.imagesDir}`) +
       (r.pageServer
         ? `; pages sent to the page server at ${r.pageServer.address}:${r.pageServer.port}` +
           ` (${r.pageServer.format} headers${r.pageServer.tls ? ', TLS' : ''}, stored in ${formatMs(r.pageServer.sessionMs)})`
@@ -231,6 +241,7 @@ export function summary(r: PreDumpResult, final = false): string {
       : []),
     `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}` +
       (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : ''),
+    ...(tree ? treeLines(r) : []),
     copyLine(r, final),
     final
       ? '  tracking ended: nothing of predump is left in the process'
@@ -239,4 +250,33 @@ export function summary(r: PreDumpResult, final = false): string {
           ? ` (a userfaultfd and a marker fd stay in the process until 'predump dump' or 'predump untrack -t ${r.pid}')`
           : ''),
   ].join('\n');
+}
+
+/** A tree's processes, shared memory, and what was left out. */
+export function treeLines(r: PreDumpResult): string[] {
+  return [
+    ...r.processes.map(
+      (p) =>
+        `  process  ${p.pid}${p.comm ? ` (${p.comm})` : ''}, parent ${p.ppid ?? '?'}: ` +
+        `${p.pagesWritten} pages written of ${p.pagesScanned} scanned, pages-${p.pagesId}.img` +
+        (p.partial ? '; exited during the copy (partial)' : ''),
+    ),
+    ...(r.sharedMemory ?? []).map(
+      (s) =>
+        `  shmem    ${s.shmid}: ${formatBytes(s.sizeBytes)}, ${s.pagesWritten} pages written once, ` +
+        `pages-${s.pagesId}.img; mapped by ${s.pids.length === 1 ? 'process' : 'processes'} ${s.pids.join(', ')}`,
+    ),
+    ...(r.notPreDumped ?? []).map(
+      (n) =>
+        `  skipped  ${n.name || '(unnamed)'} in process ${n.pid} at 0x${n.start.toString(16)} ` +
+        `(${formatBytes(n.bytes)}): ${n.reason}`,
+    ),
+    ...r.leftOut.map(
+      (l) =>
+        `  left out ${l.pid}${l.comm ? ` (${l.comm})` : ''}, child of ${l.ppid}: ` +
+        (l.reason === 'zombie'
+          ? 'a zombie (it has exited and has no memory left)'
+          : 'it exited while the tree was being frozen'),
+    ),
+  ];
 }

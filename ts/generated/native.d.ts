@@ -92,6 +92,9 @@ export interface KernelCheck {
   spliceMode: boolean
 }
 
+/** Lists `root` and its descendants (without freezing them). */
+export declare function listTree(root: number): Promise<TreeListing>
+
 /** Times a memcpy of `bytes` (fresh and warm destination) on its own thread. */
 export declare function memcpyReference(bytes: number): Promise<MemcpyReference>
 
@@ -284,6 +287,12 @@ export interface PreDumpSentReport {
  */
 export declare function preDumpToServer(options: PreDumpOptions, server: PageServerClient, progress?: Progress | undefined | null): Promise<PreDumpSentReport>
 
+/**
+ * Pre-dumps a whole tree (read mode, no tracking), writing its pages images
+ * into `dir`. Rejects with an Error whose `code` is one of predump-core's.
+ */
+export declare function preDumpTree(options: TreePreDumpOptions, progress?: Progress | undefined | null): Promise<TreePreDumpReport>
+
 export declare function readvReference(pid: number): Promise<ReadvReference>
 
 /** process_vm_readv alone over every present page of `pid`, nothing written. */
@@ -314,6 +323,104 @@ export interface TlsOptions {
   cert?: string
   key?: string
   noCnVerify?: boolean
+}
+
+/** A process of the tree that is not pre-dumped. */
+export interface TreeLeft {
+  pid: number
+  ppid: number
+  /**
+   * "zombie" (exited, not reaped: no memory left) or "exited" (while the
+   * tree was being frozen).
+   */
+  reason: string
+  comm?: string
+}
+
+/** A tree as listed now, without freezing it (it may change at once). */
+export interface TreeListing {
+  /** The root first, each process after its parent (CRIU's order). */
+  members: Array<TreeMember>
+  left: Array<TreeLeft>
+}
+
+/** A process of a tree. */
+export interface TreeMember {
+  pid: number
+  ppid: number
+  /** Clock ticks after boot: with the pid, names the process across pid reuse. */
+  startTime: number
+  comm: string
+}
+
+/** A shared mapping left out of the pre-dump. */
+export interface TreeNotDumped {
+  pid: number
+  start: number
+  end: number
+  name: string
+  /** "sysv-shm", "memfd", "hugetlb" or "file-shared". */
+  kind: string
+  reason: string
+}
+
+/** Options of a tree pre-dump (read mode, no tracking). */
+export interface TreePreDumpOptions {
+  root: number
+  /** The images directory (it exists; the pages images are created in it). */
+  dir: string
+  bufferBytes?: number
+}
+
+/** What a tree pre-dump did. Times in microseconds. */
+export interface TreePreDumpReport {
+  root: number
+  dumpUptimeUs: number
+  processes: Array<TreeProcessReport>
+  shmem: Array<TreeShmemReport>
+  notDumped: Array<TreeNotDumped>
+  left: Array<TreeLeft>
+  threads: number
+  freezingUs: number
+  frozenUs: number
+  stoppedWindowUs: number
+  scanUs: number
+  drainUs: number
+}
+
+/** One process's part of a tree pre-dump. */
+export interface TreeProcessReport {
+  pid: number
+  ppid: number
+  startTime: number
+  comm: string
+  pagesId: number
+  threads: number
+  scanMethod: string
+  vmasScanned: number
+  vmasSkipped: number
+  pagesScanned: number
+  pagesPresent: number
+  unreadablePages: number
+  pagesWritten: number
+  pagesGone: number
+  readvCalls: number
+  bufferBytes: number
+  /** The dumped regions as [vaddr, nrPages] pairs, in pages-image order. */
+  regions: Float64Array
+  partial: boolean
+  leftoversRemoved?: string
+}
+
+/** One anonymous shared memory object, pre-dumped once for the tree. */
+export interface TreeShmemReport {
+  shmid: number
+  size: number
+  pagesId: number
+  /** [offset, nrPages] pairs, in pages-image order. */
+  regions: Float64Array
+  pids: Array<number>
+  mappings: number
 }
 
 /** Ends predump's dirty tracking of `pid` and removes a dead run's leftovers. */

@@ -49,3 +49,9 @@ export {
   type PreDumpInventory,
   type PreDumpMode,
 } from './predump-dir.js';
+export {
+  shmemPagemapFileName,
+  writeTreeImages,
+  type TreeImages,
+  type TreePagemap,
+} from './tree-dir.js';

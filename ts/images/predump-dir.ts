@@ -174,7 +174,7 @@ function badEntry(e: PagemapEntry, i: number, why: string): RangeError {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-function toSafeNumber(name: string, v: bigint | number): number {
+export function toSafeNumber(name: string, v: bigint | number): number {
   const n = typeof v === 'bigint' ? Number(v) : v;
   if (!Number.isSafeInteger(n) || n < 0 || (typeof v === 'bigint' && BigInt(n) !== v)) {
     throw new RangeError(`${name} must be a non-negative safe integer, got ${v}`);
@@ -182,13 +182,13 @@ function toSafeNumber(name: string, v: bigint | number): number {
   return n;
 }
 
-function statsToEntry(s: DumpStats): DumpStatsEntry {
+export function statsToEntry(s: DumpStats): DumpStatsEntry {
   const { pagesLazy, ...rest } = s;
   return { ...rest, pagesLazy: pagesLazy ?? 0 };
 }
 
 /** Writes `data` to dir/name through a temporary name: mode 0600, fsync'ed, then renamed. */
-async function writeFileAtomic(dir: string, name: string, data: Uint8Array): Promise<void> {
+export async function writeFileAtomic(dir: string, name: string, data: Uint8Array): Promise<void> {
   const tmp = join(dir, `.${name}.${process.pid}-${randomHex(4)}.tmp`);
   const fh = await open(tmp, 'wx', 0o600);
   try {
@@ -206,7 +206,7 @@ async function writeFileAtomic(dir: string, name: string, data: Uint8Array): Pro
   }
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
   try {
     await fh.sync();
@@ -215,7 +215,7 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-async function sizeIfExists(path: string): Promise<number | undefined> {
+export async function sizeIfExists(path: string): Promise<number | undefined> {
   try {
     return (await lstat(path)).size;
   } catch (err) {

@@ -23,6 +23,7 @@ pub mod splice;
 pub mod sys;
 pub mod track;
 pub mod tree;
+pub mod tree_dump;
 pub mod verify;
 
 pub use error::{Error, Result};

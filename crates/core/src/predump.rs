@@ -619,7 +619,7 @@ fn pre_dump_freeze_free(
 /// first buffer's worth of pages is copied, then the drain waits for one byte
 /// from the FIFO before the rest. Tests use it to act in the middle of a drain
 /// (kill the target, unmap memory) without guessing with sleeps.
-fn drain_gated(
+pub(crate) fn drain_gated(
     pid: i32,
     ranges: &[PageRange],
     out: &mut dyn PagesOut,

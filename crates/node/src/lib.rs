@@ -15,6 +15,7 @@ use napi_derive::napi;
 use predump_core::drain::DrainConfig;
 
 mod pageserver;
+pub mod tree;
 use predump_core::predump::{self as core_predump, PreDumpReport as CoreReport};
 
 /// Options of a pre-dump.

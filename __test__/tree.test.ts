@@ -1,0 +1,281 @@
+/**
+ * `pre-dump -t ROOT` on a process tree: the whole tree frozen together, one pagemap and pages
+ * image per process, each anonymous shared memory object once, everything thawed; and the
+ * refusals of what a tree does not support yet.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { decodeImage, decodePagemapEntry, decodePagemapHead } from '../ts/images/index.js';
+import { native } from '../ts/native.js';
+import type { PreDumpResult } from '../ts/predump.js';
+import type { TreeProcess, Workload } from '../ts/workload.js';
+import {
+  assertCliError,
+  assertRunningUntraced,
+  CRIT,
+  crit,
+  MiB,
+  PAGE,
+  parseJson,
+  runCli,
+  startWorkload,
+  tempDir,
+} from './helpers.js';
+
+type T = ExecutionContext<unknown>;
+
+interface Pagemap {
+  pagesId: number;
+  entries: { vaddr: number; nrPages: number; flags: number }[];
+}
+
+async function readPagemap(file: string): Promise<Pagemap> {
+  const recs = decodeImage(await readFile(file), file, 'PAGEMAP').records;
+  return {
+    pagesId: decodePagemapHead(recs[0]!).pagesId,
+    entries: recs.slice(1).map((r) => {
+      const e = decodePagemapEntry(r);
+      return { vaddr: e.vaddr, nrPages: e.nrPages ?? e.compatNrPages, flags: e.flags ?? 0 };
+    }),
+  };
+}
+
+/** A tree of 4 workload processes (root, 2 children, a grandchild) sharing 2 objects. */
+async function startTree(t: T): Promise<{ w: Workload; procs: TreeProcess[] }> {
+  const { w } = await startWorkload(t, {
+    sizeBytes: 4 * MiB,
+    threads: 1,
+    tree: 4,
+    sharedBytes: 1 * MiB,
+    devzeroBytes: 512 * 1024,
+  });
+  const procs = await w.tree();
+  t.is(procs.length, 4);
+  return { w, procs };
+}
+
+async function checkPattern(
+  pages: string,
+  entries: Pagemap['entries'],
+  area: { start: number; bytes: number },
+): Promise<{ checked: number; mismatches: number }> {
+  const r = await native.checkPattern(
+    pages,
+    new Float64Array(entries.flatMap((e) => [e.vaddr, e.nrPages])),
+    new Float64Array([area.start, area.bytes]),
+    new Float64Array([]),
+  );
+  return { checked: r.pagesChecked, mismatches: r.mismatches };
+}
+
+test('a tree is pre-dumped whole: a pagemap per process, each shared object once, all thawed', async (t) => {
+  const { w, procs } = await startTree(t);
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir, '--json']);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult & { ok: boolean }>(t, r);
+  t.true(j.ok);
+
+  // Every process, the root first, each after its parent (CRIU's order).
+  const pids = j.processes.map((p) => p.pid);
+  t.deepEqual([...pids].sort(), procs.map((p) => p.pid).sort());
+  t.is(pids[0], w.pid);
+  for (const [i, p] of j.processes.entries()) {
+    if (i > 0) t.true(pids.indexOf(p.ppid!) < i, `process ${p.pid} comes after its parent`);
+  }
+  t.is(j.threads, 4 * 2, 'every thread of every process was frozen');
+  t.deepEqual(j.leftOut, []);
+
+  // The two shared regions, each once, mapped by all four processes; the workload's
+  // epoch tables are shared objects too.
+  const shared = [w.shared!, w.devzero!];
+  const objects = j.sharedMemory!;
+  for (const s of shared) {
+    const o = objects.find((x) => x.shmid === s.inode);
+    t.truthy(o, `object ${s.inode} is pre-dumped`);
+    t.is(o!.sizeBytes, s.bytes);
+    t.deepEqual([...o!.pids].sort(), [...pids].sort());
+  }
+  // Ids as CRIU numbers them: the objects 1..S (shmid % 32 ascending), then the processes.
+  const S = objects.length;
+  t.deepEqual(
+    objects.map((o) => o.pagesId),
+    objects.map((_, i) => i + 1),
+  );
+  t.deepEqual(
+    j.processes.map((p) => p.pagesId),
+    j.processes.map((_, i) => S + i + 1),
+  );
+  const buckets = objects.map((o) => o.shmid % 32);
+  t.deepEqual(
+    buckets,
+    [...buckets].sort((a, b) => a - b),
+  );
+
+  // The files: one pagemap per process and per object, one pages image per pagemap.
+  const names = (await readdir(dir)).sort();
+  const expected = [
+    'inventory.img',
+    'stats-dump',
+    ...pids.map((p) => `pagemap-${p}.img`),
+    ...objects.map((o) => `pagemap-shmem-${o.shmid}.img`),
+    ...[...Array(S + pids.length).keys()].map((i) => `pages-${i + 1}.img`),
+  ].sort();
+  t.deepEqual(names, expected);
+  if (CRIT) {
+    for (const n of names.filter((x) => !x.startsWith('pages-'))) {
+      const d = await crit(path.join(dir, n));
+      t.truthy(d.magic, `crit decodes ${n}`);
+    }
+    const head = (await crit(path.join(dir, `pagemap-shmem-${w.shared!.inode}.img`)))
+      .entries[0] as { pages_id: number };
+    t.is(head.pages_id, objects.find((o) => o.shmid === w.shared!.inode)!.pagesId);
+  } else {
+    t.log('crit is not installed: images not decoded by crit');
+  }
+
+  // Each process's data region is in its own pages image, page for page; no process
+  // image holds a page of the shared regions.
+  for (const p of procs) {
+    const pm = await readPagemap(path.join(dir, `pagemap-${p.pid}.img`));
+    t.is(pm.pagesId, j.processes.find((x) => x.pid === p.pid)!.pagesId);
+    const c = await checkPattern(path.join(dir, `pages-${pm.pagesId}.img`), pm.entries, p.data);
+    t.is(c.mismatches, 0, `process ${p.pid}`);
+    t.is(c.checked, p.data.bytes / PAGE, `every data page of process ${p.pid}`);
+    for (const s of shared) {
+      t.false(
+        pm.entries.some((e) => e.vaddr < s.start + s.bytes && e.vaddr + e.nrPages * PAGE > s.start),
+        `process ${p.pid}'s pagemap holds no page of shared object ${s.inode}`,
+      );
+    }
+  }
+  // Each shared object by offset: its pattern is by offset.
+  for (const s of shared) {
+    const pm = await readPagemap(path.join(dir, `pagemap-shmem-${s.inode}.img`));
+    t.is(pm.entries[0]!.vaddr, 0);
+    const c = await checkPattern(path.join(dir, `pages-${pm.pagesId}.img`), pm.entries, {
+      start: 0,
+      bytes: s.bytes,
+    });
+    t.is(c.mismatches, 0, `object ${s.inode}`);
+    t.is(c.checked, s.bytes / PAGE, `every page of object ${s.inode}`);
+  }
+
+  for (const p of procs) await assertRunningUntraced(t, p.pid);
+  const self = await w.selfCheck();
+  t.true(self.ok, JSON.stringify(self));
+});
+
+test('the summary lists the processes and the shared objects', async (t) => {
+  const { w, procs } = await startTree(t);
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, new RegExp(`pre-dumped the tree of pid ${w.pid}: 4 processes \\(8 threads\\)`));
+  for (const p of procs) t.regex(r.stderr, new RegExp(`\\n  process  ${p.pid} \\(`));
+  t.regex(
+    r.stderr,
+    new RegExp(`\\n  shmem    ${w.shared!.inode}: 1\\.00 MiB, 256 pages written once`),
+  );
+  t.regex(
+    r.stderr,
+    new RegExp(`\\n  shmem    ${w.devzero!.inode}: 512\\.0 KiB, 128 pages written once`),
+  );
+  t.regex(r.stderr, /no dirty tracking \(dirty tracking is not supported on a process tree yet\)/);
+});
+
+test('a zombie in the tree is left out and named', async (t) => {
+  const { w } = await startTree(t);
+  const { zombie } = await w.command<{ zombie: number }>('proc 3 zombie');
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir, '--json']);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  t.is(j.processes.length, 4);
+  t.is(j.leftOut.length, 1);
+  t.is(j.leftOut[0]!.pid, zombie);
+  t.is(j.leftOut[0]!.reason, 'zombie');
+  t.false((await readdir(dir)).includes(`pagemap-${zombie}.img`));
+  const human = await runCli(['pre-dump', '-t', String(w.pid), '-D', `${dir}-2`]);
+  t.is(human.code, 0, human.stderr);
+  t.regex(
+    human.stderr,
+    new RegExp(`left out ${zombie} \\(.*\\), child of \\d+: a zombie \\(it has exited`),
+  );
+});
+
+test('what a tree does not support yet is refused by name, before anything is touched', async (t) => {
+  const { w, procs } = await startTree(t);
+  const base = await tempDir(t);
+  const cases: [string[], RegExp][] = [
+    [['--pre-dump-mode', 'splice'], /the splice mode is not supported on a tree of 4 processes/],
+    [
+      ['--pre-dump-mode', 'freeze-free'],
+      /the freeze-free mode is not supported on a tree of 4 processes/,
+    ],
+    [['--track-mem', 'uffd-wp'], /dirty tracking \(uffd-wp\) is not supported on a tree/],
+    [['--track-mem', 'soft-dirty', '--pre-dump-mode', 'read'], /\(soft-dirty\) is not supported/],
+    [['--prev-images-dir', base], /incremental pre-dumps \(--prev-images-dir\) of a tree/],
+  ];
+  for (const [i, [extra, message]] of cases.entries()) {
+    const dir = path.join(base, `img-${i}`);
+    const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir, '--json', ...extra]);
+    assertCliError(t, r, { exit: 1, code: 'EINVAL', message });
+    t.false((await readdir(base)).includes(`img-${i}`), 'no directory left behind');
+  }
+  const d = await runCli(['dump', '-t', String(w.pid), '-D', path.join(base, 'd'), '--json']);
+  assertCliError(t, d, {
+    exit: 1,
+    code: 'EINVAL',
+    message: /the final dump \('predump dump'\) of a tree of 4 processes is not supported yet/,
+  });
+  for (const p of procs) await assertRunningUntraced(t, p.pid);
+});
+
+test('a process of the tree traced by someone else: ETRACED, none left frozen', async (t) => {
+  const { w, procs } = await startTree(t);
+  const victim = procs[3]!.pid;
+  // Another tracer (as a debugger would be): PTRACE_SEIZE, which does not stop it.
+  const holder = spawn(
+    'python3',
+    [
+      '-c',
+      'import ctypes,sys\n' +
+        'libc=ctypes.CDLL(None,use_errno=True)\n' +
+        `r=libc.ptrace(0x4206,${victim},0,0)\n` +
+        'print("seized" if r==0 else "failed %d" % ctypes.get_errno(),flush=True)\n' +
+        'sys.stdin.read()\n',
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  t.teardown(() => holder.kill('SIGKILL'));
+  const first = await new Promise<string>((resolve) =>
+    createInterface({ input: holder.stdout }).once('line', resolve),
+  );
+  t.is(first, 'seized');
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir, '--json']);
+  assertCliError(t, r, {
+    exit: 1,
+    code: 'ETRACED',
+    message: new RegExp(`process ${victim}.*traced by pid ${holder.pid}`),
+  });
+  for (const p of procs.filter((x) => x.pid !== victim)) await assertRunningUntraced(t, p.pid);
+  holder.stdin.end();
+  await new Promise((resolve) => holder.once('close', resolve));
+  await assertRunningUntraced(t, victim);
+});
+
+test("the caller's own ancestor as the root: ESELF, nothing frozen", async (t) => {
+  // The CLI is a child of this test process: a tree rooted here holds the CLI.
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await runCli(['pre-dump', '-t', String(process.pid), '-D', dir, '--json']);
+  assertCliError(t, r, {
+    exit: 1,
+    code: 'ESELF',
+    message: new RegExp(`the tree of process ${process.pid} holds this predump process`),
+  });
+});

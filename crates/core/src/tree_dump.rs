@@ -1,0 +1,390 @@
+//! A pre-dump of a whole process tree, as `criu pre-dump -t ROOT` makes it:
+//! ROOT and every descendant frozen together (`tree::FrozenTree`), each
+//! process's present private pages found while frozen, the anonymous shared
+//! memory objects of the tree found and opened while frozen (each object once,
+//! `shmem`), then everything thawed together and copied: one pages image per
+//! process and one per shared object, numbered as CRIU numbers them.
+//!
+//! # Image ids (criu/cr-dump.c, criu/shmem.c, criu/image.c)
+//!
+//! CRIU's pre-dump dumps the shared objects first (`cr_dump_shmem`, before
+//! `cr_pre_dump_finish` writes the processes' pagemaps), and every pagemap
+//! takes the next id of one counter starting at 1: the objects get 1..=S in the
+//! order of CRIU's shmem hash walk (bucket `shmid % 32` ascending, newest
+//! first within a bucket: objects are added in tree order, each process's
+//! mappings in address order), then the processes S+1..=S+N in tree order.
+//!
+//! # What this mode does not do yet
+//!
+//! Read mode only, without dirty tracking, parent images or a page server: the
+//! caller refuses the others for a tree of more than one process.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::drain::{DrainConfig, DrainEnd, DrainStats};
+use crate::freeze::Frozen;
+use crate::maps::{self, VmFlags, Vma};
+use crate::pages_out::{PagesFile, PagesOut};
+use crate::predump::Progress;
+use crate::scan::{self, ScanMethod, Scanner};
+use crate::shmem::{self, SharedKind};
+use crate::tree::{self, FrozenTree, Left, Member, TreeFreezeTimes};
+use crate::{proc, Error, PageRange, Result, PAGE_SIZE};
+
+/// What was pre-dumped of one process of the tree.
+#[derive(Debug, Clone)]
+pub struct ProcessDump {
+    pub member: Member,
+    /// The id of its pages image (`pages-<id>.img`), named by its pagemap.
+    pub pages_id: u32,
+    pub threads: usize,
+    pub scan_method: ScanMethod,
+    pub vmas_scanned: usize,
+    pub vmas_skipped: usize,
+    pub pages_scanned: u64,
+    pub pages_present: u64,
+    /// Present pages of unreadable mappings, left out (as by the single-process
+    /// read mode).
+    pub unreadable_pages: u64,
+    /// The pages in its pages image, in file order.
+    pub regions: Vec<PageRange>,
+    pub drain: DrainStats,
+    /// It exited during the copy: its image holds what was read before.
+    pub partial: bool,
+    /// What a predump that died while injecting had left in it, removed.
+    pub leftovers_removed: Option<String>,
+}
+
+/// One anonymous shared memory object of the tree, pre-dumped once.
+#[derive(Debug, Clone)]
+pub struct ShmemDump {
+    /// CRIU's shmid (the object's inode): `pagemap-shmem-<shmid>.img`.
+    pub shmid: u64,
+    /// Bytes (the largest offset + length among its mappings).
+    pub size: u64,
+    pub pages_id: u32,
+    /// The pages in its pages image, as offsets in the object, in file order.
+    pub regions: Vec<PageRange>,
+    /// The processes mapping it, in tree order, each once.
+    pub pids: Vec<i32>,
+    pub mappings: usize,
+}
+
+/// A shared mapping that is not in the pre-dump, and why (`SharedKind::reason`).
+#[derive(Debug, Clone)]
+pub struct NotDumped {
+    pub pid: i32,
+    pub start: u64,
+    pub end: u64,
+    pub name: String,
+    pub kind: SharedKind,
+}
+
+/// What a tree pre-dump did.
+#[derive(Debug, Clone)]
+pub struct TreeReport {
+    pub root: i32,
+    /// CLOCK_BOOTTIME in µs when the tree was frozen (CRIU's dump_uptime).
+    pub dump_uptime_us: u64,
+    /// In CRIU's tree order, the root first.
+    pub processes: Vec<ProcessDump>,
+    /// In CRIU's order (their pages ids come first: 1..).
+    pub shmem: Vec<ShmemDump>,
+    pub not_dumped: Vec<NotDumped>,
+    /// Zombies of the tree, and processes that exited while it was frozen.
+    pub left: Vec<Left>,
+    pub freeze: TreeFreezeTimes,
+    /// Reading maps, scanning pages and finding the shared objects, frozen.
+    pub scan_time: Duration,
+    /// From the thaw to the last pages image synced.
+    pub drain_time: Duration,
+}
+
+impl TreeReport {
+    pub fn partial(&self) -> bool {
+        self.processes.iter().any(|p| p.partial)
+    }
+}
+
+/// What is read of a process before the tree is frozen (slow: smaps walks every
+/// page table), keyed by pid and start time.
+struct Prepared {
+    vm_flags: HashMap<(u64, u64), VmFlags>,
+    scanner: Scanner,
+}
+
+fn prepare(pid: i32) -> Result<Prepared> {
+    let smaps = proc::read_proc(pid, &format!("/proc/{pid}/smaps"))?;
+    Ok(Prepared {
+        vm_flags: maps::parse_smaps_flags(&smaps)?,
+        scanner: Scanner::open(pid)?,
+    })
+}
+
+/// One process as found while frozen.
+struct Found {
+    member: Member,
+    threads: usize,
+    scanner: Scanner,
+    scan: scan::ScanResult,
+    vmas: Vec<Vma>,
+    leftovers_removed: Option<String>,
+}
+
+/// Pre-dumps `root` and its descendants into `dir` (which must exist and hold
+/// no pages images): `pages-<id>.img` for every process and shared object; the
+/// caller writes the pagemaps from the report. Read mode, no tracking.
+pub fn pre_dump_tree(
+    root: i32,
+    dir: &Path,
+    config: &DrainConfig,
+    progress: Option<&Progress>,
+) -> Result<TreeReport> {
+    tree::check_root(root)?;
+    // Everything that can be done before freezing is: a process that appears
+    // while the tree freezes is prepared while frozen instead.
+    let (listed, _) = tree::list(root)?;
+    let mut prepared: HashMap<(i32, u64), Prepared> = HashMap::new();
+    for m in &listed {
+        match prepare(m.pid) {
+            Ok(p) => {
+                prepared.insert((m.pid, m.start_time), p);
+            }
+            // Gone already: the freeze will say so, or leave it out.
+            Err(Error::NoSuchProcess { .. }) if m.pid != root => {}
+            Err(e) => return Err(e),
+        }
+    }
+
+    let frozen = FrozenTree::freeze(root)?;
+    let dump_uptime_us = proc::uptime_us();
+    let scan_started = Instant::now();
+    let found = scan_frozen(&frozen, &mut prepared);
+    let scan_time = scan_started.elapsed();
+    let left = frozen.left().to_vec();
+    let freeze = frozen.thaw();
+    if let Some(p) = progress {
+        p.thawed.store(true, Ordering::SeqCst);
+    }
+    let (found, objects, not_dumped) = found?;
+
+    // Ids as CRIU gives them: the shared objects first, then the processes.
+    let mut next_id = 1u32;
+    let mut shmem_out = Vec::with_capacity(objects.len());
+    for (obj, handle, present) in &objects {
+        let mut pids: Vec<i32> = Vec::new();
+        for m in &obj.mappings {
+            if !pids.contains(&m.pid) {
+                pids.push(m.pid);
+            }
+        }
+        shmem_out.push((
+            ShmemDump {
+                shmid: obj.shmid,
+                size: obj.size,
+                pages_id: next_id,
+                regions: present.clone(),
+                pids,
+                mappings: obj.mappings.len(),
+            },
+            handle,
+        ));
+        next_id += 1;
+    }
+    if let Some(p) = progress {
+        let private: u64 = found
+            .iter()
+            .flat_map(|f| f.scan.ranges.iter())
+            .map(|r| r.len())
+            .sum();
+        let shared: u64 = objects
+            .iter()
+            .flat_map(|o| o.2.iter())
+            .map(|r| r.len())
+            .sum();
+        p.total.store(private + shared, Ordering::Relaxed);
+    }
+
+    let drain_started = Instant::now();
+    let mut shmem = Vec::with_capacity(shmem_out.len());
+    for (dump, handle) in shmem_out {
+        let path = dir.join(format!("pages-{}.img", dump.pages_id));
+        let mut file = PagesFile::create(&path)?;
+        let bytes = handle.copy_to(&dump.regions, file.file())?;
+        if let Some(p) = progress {
+            p.done.fetch_add(bytes, Ordering::Relaxed);
+        }
+        file.finish()?;
+        shmem.push(dump);
+    }
+    let mut processes = Vec::with_capacity(found.len());
+    for f in found {
+        let pages_id = next_id;
+        next_id += 1;
+        let path = dir.join(format!("pages-{pages_id}.img"));
+        let mut file = PagesFile::create(&path)?;
+        let outcome = crate::predump::drain_gated(
+            f.member.pid,
+            &f.scan.ranges,
+            &mut file,
+            config,
+            progress.map(|p| &p.done),
+        )?;
+        file.finish()?;
+        processes.push(ProcessDump {
+            pages_id,
+            threads: f.threads,
+            scan_method: f.scanner.method(),
+            vmas_scanned: f.scan.vmas_scanned,
+            vmas_skipped: f.scan.vmas_skipped,
+            pages_scanned: f.scan.pages_scanned,
+            pages_present: f.scan.pages_present,
+            unreadable_pages: f.scan.unreadable_pages,
+            regions: outcome.regions,
+            drain: outcome.stats,
+            partial: outcome.end == DrainEnd::TargetExited,
+            leftovers_removed: f.leftovers_removed,
+            member: f.member,
+        });
+    }
+    let drain_time = drain_started.elapsed();
+    Ok(TreeReport {
+        root,
+        dump_uptime_us,
+        processes,
+        shmem,
+        not_dumped,
+        left,
+        freeze,
+        scan_time,
+        drain_time,
+    })
+}
+
+type FoundObject = (shmem::Object, shmem::Handle, Vec<PageRange>);
+
+/// Everything read while the tree is frozen: each process's present pages, the
+/// tree's shared objects (opened, their pages found), and the shared mappings
+/// left out.
+fn scan_frozen(
+    frozen: &FrozenTree,
+    prepared: &mut HashMap<(i32, u64), Prepared>,
+) -> Result<(Vec<Found>, Vec<FoundObject>, Vec<NotDumped>)> {
+    let mut found = Vec::with_capacity(frozen.processes().len());
+    for p in frozen.processes() {
+        found.push(scan_one(&p.member, &p.frozen, prepared)?);
+    }
+    let objects = shmem::objects(found.iter().map(|f| (f.member.pid, &f.vmas[..])));
+    let seen: Vec<u64> = found
+        .iter()
+        .flat_map(|f| f.vmas.iter())
+        .filter(|v| v.shared && shmem::kind(v) == SharedKind::Anonymous)
+        .map(|v| v.inode)
+        .collect();
+    let mut out = Vec::with_capacity(objects.len());
+    for id in criu_shmem_order(&seen) {
+        let Some(obj) = objects.iter().find(|o| o.shmid == id).cloned() else {
+            continue;
+        };
+        let handle = obj.open()?;
+        let present = handle.present()?;
+        out.push((obj, handle, present));
+    }
+    let left_out = not_dumped(&found);
+    Ok((found, out, left_out))
+}
+
+fn scan_one(
+    member: &Member,
+    frozen: &Frozen,
+    prepared: &mut HashMap<(i32, u64), Prepared>,
+) -> Result<Found> {
+    let pid = member.pid;
+    let Prepared {
+        vm_flags,
+        mut scanner,
+    } = match prepared.remove(&(pid, member.start_time)) {
+        Some(p) => p,
+        None => prepare(pid)?,
+    };
+    // A dead run's leftovers go first: they must not be scanned.
+    let removed = crate::inject::leftovers::clean(frozen)?;
+    let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+    let vmas = maps::parse_maps(&text)?;
+    let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
+    let mut scan = scanner.present_frozen(frozen, &keep)?;
+    scan.vmas_skipped = skipped.len();
+    let unreadable = scan::unreadable(&skipped);
+    if !unreadable.is_empty() {
+        scan.unreadable_pages = scanner.present_frozen(frozen, &unreadable)?.pages_present;
+    }
+    Ok(Found {
+        member: member.clone(),
+        threads: frozen.tids().count(),
+        scanner,
+        scan,
+        vmas,
+        leftovers_removed: (!removed.is_empty()).then(|| removed.describe()),
+    })
+}
+
+/// The order of CRIU's walk of its shmem hash (`for_each_shmem`): bucket
+/// `shmid % 32` ascending, and within a bucket the object added last first
+/// (hlist_add_head). `seen`: the shmids in the order CRIU adds them, i.e. the
+/// processes in tree order and each one's mappings in address order.
+fn criu_shmem_order(seen: &[u64]) -> Vec<u64> {
+    let mut order: Vec<(usize, u64)> = Vec::new();
+    for &id in seen {
+        if !order.iter().any(|&(_, o)| o == id) {
+            order.push((order.len(), id));
+        }
+    }
+    order.sort_by_key(|&(i, id)| (id % 32, std::cmp::Reverse(i)));
+    order.into_iter().map(|(_, id)| id).collect()
+}
+
+/// The shared mappings that are not anonymous shared memory: left out, each
+/// with its reason.
+fn not_dumped(found: &[Found]) -> Vec<NotDumped> {
+    let mut out = Vec::new();
+    for f in found {
+        for v in f.vmas.iter().filter(|v| v.shared) {
+            let kind = shmem::kind(v);
+            if kind.reason().is_some() {
+                out.push(NotDumped {
+                    pid: f.member.pid,
+                    start: v.start,
+                    end: v.end,
+                    name: v.name.clone(),
+                    kind,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl NotDumped {
+    pub fn bytes(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn pages(&self) -> u64 {
+        self.bytes() / PAGE_SIZE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_objects_in_criu_s_hash_order() {
+        // Buckets 1 (33 then 1 added), 2 (2), 3 (35): newest first in a bucket.
+        assert_eq!(criu_shmem_order(&[33, 2, 33, 1, 35]), vec![1, 33, 2, 35]);
+        assert_eq!(criu_shmem_order(&[]), Vec::<u64>::new());
+        assert_eq!(criu_shmem_order(&[1036, 1037]), vec![1036, 1037]);
+    }
+}

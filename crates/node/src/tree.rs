@@ -1,0 +1,248 @@
+//! The binding of process trees: listing one, and pre-dumping a whole tree
+//! (predump_core::tree_dump). Types and errors are converted, nothing else.
+
+use std::path::PathBuf;
+
+use napi::bindgen_prelude::*;
+use napi::Env;
+use napi_derive::napi;
+
+use predump_core::drain::DrainConfig;
+use predump_core::tree::{self, Left, Member};
+use predump_core::tree_dump::{self, TreeReport};
+
+use crate::{on_own_thread, Progress};
+
+/// A process of a tree.
+#[napi(object)]
+pub struct TreeMember {
+    pub pid: i32,
+    pub ppid: i32,
+    /// Clock ticks after boot: with the pid, names the process across pid reuse.
+    pub start_time: f64,
+    pub comm: String,
+}
+
+fn member(m: &Member) -> TreeMember {
+    TreeMember {
+        pid: m.pid,
+        ppid: m.ppid,
+        start_time: m.start_time as f64,
+        comm: m.comm.clone(),
+    }
+}
+
+/// A process of the tree that is not pre-dumped.
+#[napi(object)]
+pub struct TreeLeft {
+    pub pid: i32,
+    pub ppid: i32,
+    /// "zombie" (exited, not reaped: no memory left) or "exited" (while the
+    /// tree was being frozen).
+    pub reason: String,
+    pub comm: Option<String>,
+}
+
+fn left(l: &Left) -> TreeLeft {
+    match l {
+        Left::Zombie(m) => TreeLeft {
+            pid: m.pid,
+            ppid: m.ppid,
+            reason: "zombie".into(),
+            comm: Some(m.comm.clone()),
+        },
+        Left::Exited { pid, ppid } => TreeLeft {
+            pid: *pid,
+            ppid: *ppid,
+            reason: "exited".into(),
+            comm: None,
+        },
+    }
+}
+
+/// A tree as listed now, without freezing it (it may change at once).
+#[napi(object)]
+pub struct TreeListing {
+    /// The root first, each process after its parent (CRIU's order).
+    pub members: Vec<TreeMember>,
+    pub left: Vec<TreeLeft>,
+}
+
+/// Lists `root` and its descendants (without freezing them).
+#[napi(ts_return_type = "Promise<TreeListing>")]
+pub fn list_tree<'env>(env: &'env Env, root: i32) -> Result<Object<'env>> {
+    on_own_thread(env, move || {
+        let (members, gone) = tree::list(root)?;
+        Ok(TreeListing {
+            members: members.iter().map(member).collect(),
+            left: gone.iter().map(left).collect(),
+        })
+    })
+}
+
+/// Options of a tree pre-dump (read mode, no tracking).
+#[napi(object)]
+pub struct TreePreDumpOptions {
+    pub root: i32,
+    /// The images directory (it exists; the pages images are created in it).
+    pub dir: String,
+    pub buffer_bytes: Option<u32>,
+}
+
+/// One process's part of a tree pre-dump.
+#[napi(object)]
+pub struct TreeProcessReport {
+    pub pid: i32,
+    pub ppid: i32,
+    pub start_time: f64,
+    pub comm: String,
+    pub pages_id: u32,
+    pub threads: u32,
+    pub scan_method: String,
+    pub vmas_scanned: u32,
+    pub vmas_skipped: u32,
+    pub pages_scanned: f64,
+    pub pages_present: f64,
+    pub unreadable_pages: f64,
+    pub pages_written: f64,
+    pub pages_gone: f64,
+    pub readv_calls: f64,
+    pub buffer_bytes: f64,
+    /// The dumped regions as [vaddr, nrPages] pairs, in pages-image order.
+    pub regions: Float64Array,
+    pub partial: bool,
+    pub leftovers_removed: Option<String>,
+}
+
+/// One anonymous shared memory object, pre-dumped once for the tree.
+#[napi(object)]
+pub struct TreeShmemReport {
+    pub shmid: f64,
+    pub size: f64,
+    pub pages_id: u32,
+    /// [offset, nrPages] pairs, in pages-image order.
+    pub regions: Float64Array,
+    pub pids: Vec<i32>,
+    pub mappings: u32,
+}
+
+/// A shared mapping left out of the pre-dump.
+#[napi(object)]
+pub struct TreeNotDumped {
+    pub pid: i32,
+    pub start: f64,
+    pub end: f64,
+    pub name: String,
+    /// "sysv-shm", "memfd", "hugetlb" or "file-shared".
+    pub kind: String,
+    pub reason: String,
+}
+
+/// What a tree pre-dump did. Times in microseconds.
+#[napi(object)]
+pub struct TreePreDumpReport {
+    pub root: i32,
+    pub dump_uptime_us: f64,
+    pub processes: Vec<TreeProcessReport>,
+    pub shmem: Vec<TreeShmemReport>,
+    pub not_dumped: Vec<TreeNotDumped>,
+    pub left: Vec<TreeLeft>,
+    pub threads: u32,
+    pub freezing_us: f64,
+    pub frozen_us: f64,
+    pub stopped_window_us: f64,
+    pub scan_us: f64,
+    pub drain_us: f64,
+}
+
+fn flat(v: &[predump_core::PageRange]) -> Float64Array {
+    Float64Array::new(
+        v.iter()
+            .flat_map(|g| [g.start as f64, g.pages as f64])
+            .collect(),
+    )
+}
+
+fn report(r: TreeReport) -> TreePreDumpReport {
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    TreePreDumpReport {
+        root: r.root,
+        dump_uptime_us: r.dump_uptime_us as f64,
+        threads: r.freeze.threads as u32,
+        processes: r
+            .processes
+            .iter()
+            .map(|p| TreeProcessReport {
+                pid: p.member.pid,
+                ppid: p.member.ppid,
+                start_time: p.member.start_time as f64,
+                comm: p.member.comm.clone(),
+                pages_id: p.pages_id,
+                threads: p.threads as u32,
+                scan_method: p.scan_method.name().to_string(),
+                vmas_scanned: p.vmas_scanned as u32,
+                vmas_skipped: p.vmas_skipped as u32,
+                pages_scanned: p.pages_scanned as f64,
+                pages_present: p.pages_present as f64,
+                unreadable_pages: p.unreadable_pages as f64,
+                pages_written: p.drain.pages_written as f64,
+                pages_gone: p.drain.pages_gone as f64,
+                readv_calls: p.drain.readv_calls as f64,
+                buffer_bytes: p.drain.buffer_bytes as f64,
+                regions: flat(&p.regions),
+                partial: p.partial,
+                leftovers_removed: p.leftovers_removed.clone(),
+            })
+            .collect(),
+        shmem: r
+            .shmem
+            .iter()
+            .map(|s| TreeShmemReport {
+                shmid: s.shmid as f64,
+                size: s.size as f64,
+                pages_id: s.pages_id,
+                regions: flat(&s.regions),
+                pids: s.pids.clone(),
+                mappings: s.mappings as u32,
+            })
+            .collect(),
+        not_dumped: r
+            .not_dumped
+            .iter()
+            .map(|n| TreeNotDumped {
+                pid: n.pid,
+                start: n.start as f64,
+                end: n.end as f64,
+                name: n.name.clone(),
+                kind: n.kind.name().to_string(),
+                reason: n.kind.reason().unwrap_or_default().to_string(),
+            })
+            .collect(),
+        left: r.left.iter().map(left).collect(),
+        freezing_us: us(r.freeze.freezing),
+        frozen_us: us(r.freeze.frozen),
+        stopped_window_us: us(r.freeze.stopped_window),
+        scan_us: us(r.scan_time),
+        drain_us: us(r.drain_time),
+    }
+}
+
+/// Pre-dumps a whole tree (read mode, no tracking), writing its pages images
+/// into `dir`. Rejects with an Error whose `code` is one of predump-core's.
+#[napi(ts_return_type = "Promise<TreePreDumpReport>")]
+pub fn pre_dump_tree<'env>(
+    env: &'env Env,
+    options: TreePreDumpOptions,
+    progress: Option<&Progress>,
+) -> Result<Object<'env>> {
+    let dir = PathBuf::from(&options.dir);
+    let mut config = DrainConfig::default();
+    if let Some(bytes) = options.buffer_bytes {
+        config.buffer_bytes = bytes as usize;
+    }
+    let progress = progress.map(|p| p.inner.clone());
+    let root = options.root;
+    on_own_thread(env, move || {
+        tree_dump::pre_dump_tree(root, &dir, &config, progress.as_deref()).map(report)
+    })
+}

@@ -1,0 +1,242 @@
+/**
+ * A pre-dump of a process tree (`-t ROOT` where ROOT has descendants), as `criu pre-dump -t`
+ * makes it: the core freezes the whole tree together, finds every process's pages and the
+ * tree's anonymous shared memory while frozen, thaws it and writes one pages image per process
+ * and per shared object; this side writes the pagemaps, stats and inventory around them.
+ *
+ * What a tree does not support yet is refused up front, naming it: splice and freeze-free
+ * modes, dirty tracking, parent images, a page server and the final dump.
+ */
+import { fromNative, PredumpError } from './errors.js';
+import { discardImages, openImagesDir } from './images-dir.js';
+import { loadCodec, PE_PRESENT, PRE_DUMP_MODE, writeTreeImages } from './images/index.js';
+import { native } from './native.js';
+import type { TreeListing, TreePreDumpReport } from './generated/native.js';
+import {
+  abortable,
+  type LeftOutResult,
+  type NotPreDumpedResult,
+  type PreDumpOptions,
+  type PreDumpResult,
+  type ProcessResult,
+  type SharedMemoryResult,
+} from './predump.js';
+
+const PAGE = 4096;
+
+/** The tree of `root` as it is now (unfrozen: it may change at once). */
+export async function listTree(root: number): Promise<TreeListing> {
+  return native.listTree(root).catch((err: unknown) => {
+    throw fromNative(err);
+  });
+}
+
+/** Whether `-t root` names more than one process: a tree pre-dump. */
+export function isTree(listing: TreeListing): boolean {
+  return listing.members.length > 1 || listing.left.length > 0;
+}
+
+/** Refuses what a tree pre-dump cannot do yet; the note for tracking chosen by 'auto'. */
+function refuseUnsupported(options: PreDumpOptions, processes: number): string | null {
+  const n = `a tree of ${processes} processes`;
+  const mode = options.mode ?? 'auto';
+  if (options.finalDump) {
+    throw new PredumpError(
+      'EINVAL',
+      `the final dump ('predump dump') of ${n} is not supported yet: dump each process, or use criu dump`,
+    );
+  }
+  if (mode !== 'auto' && mode !== 'read') {
+    throw new PredumpError(
+      'EINVAL',
+      `the ${mode} mode is not supported on ${n} yet: use --pre-dump-mode read (or auto)`,
+    );
+  }
+  const trackMem = options.trackMem ?? 'auto';
+  if (trackMem !== 'auto' && trackMem !== 'none') {
+    throw new PredumpError(
+      'EINVAL',
+      `dirty tracking (${trackMem}) is not supported on ${n} yet: use --track-mem none (or auto)`,
+    );
+  }
+  if (options.prevImagesDir !== undefined) {
+    throw new PredumpError(
+      'EINVAL',
+      `incremental pre-dumps (--prev-images-dir) of ${n} are not supported yet: pre-dump it whole`,
+    );
+  }
+  if (options.pageServer) {
+    throw new PredumpError(
+      'EINVAL',
+      `a page server (--page-server) is not supported for ${n} yet: pre-dump it into a local directory`,
+    );
+  }
+  return trackMem === 'auto' ? 'dirty tracking is not supported on a process tree yet' : null;
+}
+
+/** Pre-dumps the tree of `options.pid` (its listing: `listing`) into a new image directory. */
+export async function preDumpTree(
+  options: PreDumpOptions,
+  listing: TreeListing,
+  started: number,
+): Promise<PreDumpResult> {
+  const trackNote = refuseUnsupported(options, listing.members.length);
+  const root = options.pid;
+  const dir = await openImagesDir(options.imagesDir);
+  const progress = new native.Progress();
+  const ticker = options.onProgress
+    ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
+    : undefined;
+  try {
+    setImmediate(loadCodec);
+    const report = await abortable<TreePreDumpReport>(
+      native.preDumpTree({ root, dir: dir.path, bufferBytes: options.bufferBytes }, progress),
+      options.signal,
+      progress,
+    ).catch((err: unknown) => {
+      throw fromNative(err);
+    });
+    const entriesOf = (regions: Float64Array) => {
+      const out = [];
+      for (let i = 0; i < regions.length; i += 2) {
+        out.push({ vaddr: regions[i]!, nrPages: regions[i + 1]!, flags: PE_PRESENT });
+      }
+      return out;
+    };
+    const processes = report.processes.map((p) => ({
+      pid: p.pid,
+      pagesId: p.pagesId,
+      entries: entriesOf(p.regions),
+    }));
+    const shmem = report.shmem.map((s) => ({
+      shmid: s.shmid,
+      pagesId: s.pagesId,
+      entries: entriesOf(s.regions),
+    }));
+    const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+    const privateWritten = sum(report.processes.map((p) => p.pagesWritten));
+    const sharedWritten = sum(report.shmem.map((s) => pagesOf(s.regions)));
+    const pagesScanned = sum(report.processes.map((p) => p.pagesScanned));
+    const us = (x: number): number => Math.round(x);
+    await writeTreeImages(dir.path, {
+      processes,
+      shmem,
+      stats: {
+        freezingTime: us(report.freezingUs),
+        frozenTime: us(report.frozenUs),
+        memdumpTime: us(report.scanUs),
+        memwriteTime: us(report.drainUs),
+        pagesScanned,
+        pagesSkippedParent: 0,
+        pagesWritten: privateWritten,
+        pagesLazy: 0,
+        pagePipes: 1,
+        pagePipeBufs: sum(processes.map((p) => p.entries.length)),
+        shpagesScanned: sum(report.shmem.map((s) => s.size / PAGE)),
+        shpagesSkippedParent: 0,
+        shpagesWritten: sharedWritten,
+      },
+      inventory: { dumpUptime: BigInt(report.dumpUptimeUs), preDumpMode: PRE_DUMP_MODE.read },
+    }).catch((err: unknown) => {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+        throw new PredumpError('ENOSPC', `no space left while writing images into ${dir.path}`);
+      }
+      throw err;
+    });
+    const ms = (x: number): number => x / 1000;
+    const pagesWritten = privateWritten + sharedWritten;
+    const bytesWritten = pagesWritten * PAGE;
+    const leftovers = report.processes
+      .filter((p) => p.leftoversRemoved)
+      .map((p) => `${p.leftoversRemoved} (process ${p.pid})`);
+    const processResults: ProcessResult[] = report.processes.map((p) => ({
+      pid: p.pid,
+      ppid: p.ppid,
+      comm: p.comm,
+      pagesId: p.pagesId,
+      threads: p.threads,
+      pagesScanned: p.pagesScanned,
+      pagesPresent: p.pagesPresent,
+      pagesWritten: p.pagesWritten,
+      pagesGone: p.pagesGone,
+      partial: p.partial,
+    }));
+    const sharedMemory: SharedMemoryResult[] = report.shmem.map((s) => ({
+      shmid: s.shmid,
+      sizeBytes: s.size,
+      pagesId: s.pagesId,
+      pagesWritten: pagesOf(s.regions),
+      pids: s.pids,
+      mappings: s.mappings,
+    }));
+    const notPreDumped: NotPreDumpedResult[] = report.notDumped.map((n) => ({
+      pid: n.pid,
+      start: n.start,
+      end: n.end,
+      bytes: n.end - n.start,
+      name: n.name,
+      kind: n.kind,
+      reason: n.reason,
+    }));
+    const leftOut: LeftOutResult[] = report.left.map((l) => ({
+      pid: l.pid,
+      ppid: l.ppid,
+      reason: l.reason as LeftOutResult['reason'],
+      comm: l.comm ?? null,
+    }));
+    return {
+      pid: root,
+      imagesDir: dir.path,
+      mode: 'read',
+      requestedMode: options.mode ?? 'auto',
+      fallback: null,
+      pipes: 0,
+      pinnedBytes: 0,
+      injectedCalls: 0,
+      injectMs: 0,
+      partial: report.processes.some((p) => p.partial),
+      threads: report.threads,
+      scanMethod: report.processes[0]?.scanMethod ?? 'none',
+      pagemapEntries: sum([...processes, ...shmem].map((p) => p.entries.length)),
+      pagesScanned,
+      pagesPresent: sum(report.processes.map((p) => p.pagesPresent)),
+      pagesWritten,
+      pagesGone: sum(report.processes.map((p) => p.pagesGone)),
+      pagesUnreadable: sum(report.processes.map((p) => p.unreadablePages)),
+      pagesSkippedParent: 0,
+      trackMem: options.trackMem ?? 'auto',
+      trackBackend: 'none',
+      parent: null,
+      trackNote,
+      leftoversRemoved: leftovers.length > 0 ? leftovers.join('; ') : null,
+      bytesWritten,
+      freezingMs: ms(report.freezingUs),
+      frozenMs: ms(report.frozenUs),
+      stoppedWindowMs: ms(report.stoppedWindowUs),
+      scanMs: ms(report.scanUs),
+      drainMs: ms(report.drainUs),
+      totalMs: performance.now() - started,
+      drainMBps: report.drainUs > 0 ? bytesWritten / report.drainUs : 0,
+      bufferBytes: report.processes[0]?.bufferBytes ?? 0,
+      readvCalls: sum(report.processes.map((p) => p.readvCalls)),
+      peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      pageServer: null,
+      processes: processResults,
+      sharedMemory,
+      notPreDumped,
+      leftOut,
+    };
+  } catch (err) {
+    await discardImages(dir);
+    throw err;
+  } finally {
+    if (ticker) clearInterval(ticker);
+  }
+}
+
+function pagesOf(regions: Float64Array): number {
+  let n = 0;
+  for (let i = 1; i < regions.length; i += 2) n += regions[i]!;
+  return n;
+}
