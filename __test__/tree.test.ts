@@ -19,6 +19,7 @@ import {
   crit,
   MiB,
   PAGE,
+  ROOT,
   parseJson,
   runCli,
   startWorkload,
@@ -278,4 +279,105 @@ test("the caller's own ancestor as the root: ESELF, nothing frozen", async (t) =
     code: 'ESELF',
     message: new RegExp(`the tree of process ${process.pid} holds this predump process`),
   });
+});
+
+interface SharedTree {
+  pid: number;
+  pids: number[];
+  anon: { start: number; bytes: number; inode: number };
+  devzero: { start: number; bytes: number; inode: number };
+  file: { start: number; bytes: number };
+  memfd: { start: number; bytes: number };
+  sysv: { start: number; bytes: number };
+}
+
+/** __test__/fixtures/shared-tree.py: 3 processes with every kind of shared mapping. */
+async function startSharedTree(t: T): Promise<SharedTree> {
+  const folder = await tempDir(t);
+  const child = spawn('python3', [path.join(ROOT, '__test__/fixtures/shared-tree.py'), folder], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).once('line', resolve);
+    child.once('close', () => reject(new Error('shared-tree.py exited before it was ready')));
+  });
+  const tree = JSON.parse(line) as SharedTree;
+  t.teardown(() => {
+    for (const pid of tree.pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+    child.stdin.end();
+  });
+  return tree;
+}
+
+test('shared memory: each anonymous object once by offset; file, memfd and SysV listed with size and reason', async (t) => {
+  const tree = await startSharedTree(t);
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await runCli(['pre-dump', '-t', String(tree.pid), '-D', dir, '--json']);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  t.deepEqual(
+    j.processes.map((p) => p.pid),
+    tree.pids,
+  );
+  // The anonymous object: all 16 pages once, though the child maps only its second half.
+  const anon = j.sharedMemory!.find((o) => o.shmid === tree.anon.inode)!;
+  t.truthy(anon);
+  t.is(anon.sizeBytes, 16 * PAGE);
+  t.is(anon.pagesWritten, 16);
+  t.is(anon.mappings, 3);
+  t.deepEqual([...anon.pids].sort(), [...tree.pids].sort());
+  const zero = j.sharedMemory!.find((o) => o.shmid === tree.devzero.inode)!;
+  t.is(zero.pagesWritten, 4);
+  for (const [o, first] of [
+    [anon, 1],
+    [zero, 101],
+  ] as const) {
+    const pm = await readPagemap(path.join(dir, `pagemap-shmem-${o.shmid}.img`));
+    t.deepEqual(pm.entries, [{ vaddr: 0, nrPages: o.pagesWritten, flags: 4 }]);
+    const pages = await readFile(path.join(dir, `pages-${pm.pagesId}.img`));
+    t.is(pages.length, o.pagesWritten * PAGE);
+    for (let i = 0; i < o.pagesWritten; i++) {
+      t.true(
+        pages.subarray(i * PAGE, (i + 1) * PAGE).every((b) => b === first + i),
+        `page ${i} of object ${o.shmid}`,
+      );
+    }
+  }
+  // What is not pre-dumped, in every process (they all inherited it), with size and reason.
+  const expected = [
+    { kind: 'file-shared', area: tree.file, reason: /a shared mapping of a file/ },
+    { kind: 'memfd', area: tree.memfd, reason: /memfd: CRIU dumps its contents with the file/ },
+    { kind: 'sysv-shm', area: tree.sysv, reason: /SysV shared memory: CRIU dumps it with the IPC/ },
+  ];
+  for (const pid of tree.pids) {
+    for (const e of expected) {
+      const n = j.notPreDumped!.find((x) => x.pid === pid && x.start === e.area.start);
+      t.truthy(n, `${e.kind} of process ${pid} is listed`);
+      t.is(n!.kind, e.kind);
+      t.is(n!.bytes, e.area.bytes);
+      t.regex(n!.reason, e.reason);
+    }
+  }
+  // Others may be listed (glibc maps gconv-modules.cache shared), but never shmem.
+  t.false(j.notPreDumped!.some((n) => n.kind === 'shmem' || n.name.startsWith('/dev/zero')));
+  for (const pid of tree.pids) await assertRunningUntraced(t, pid);
+
+  const human = await runCli(['pre-dump', '-t', String(tree.pid), '-D', `${dir}-2`]);
+  t.is(human.code, 0, human.stderr);
+  t.regex(
+    human.stderr,
+    new RegExp(
+      `\\n  skipped  /memfd:predump-test \\(deleted\\) in process ${tree.pid} at 0x${tree.memfd.start.toString(16)} \\(12\\.0 KiB\\): memfd`,
+    ),
+  );
+  t.regex(
+    human.stderr,
+    new RegExp(`\\n  shmem    ${tree.anon.inode}: 64\\.0 KiB, 16 pages written once`),
+  );
 });
