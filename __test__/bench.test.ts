@@ -21,6 +21,7 @@ import {
 import { pagesWithin } from '../ts/bench/run.js';
 import { stat as statOf } from '../ts/bench/stats.js';
 import type { BenchReport, BenchRow } from '../ts/bench/report.js';
+import { renderPageServerTable, type PageServerReport } from '../ts/bench/page-server.js';
 import { renderStartupTable, type StartupReport } from '../ts/bench/startup.js';
 import { PE_PARENT, PE_PRESENT } from '../ts/images/index.js';
 import {
@@ -327,6 +328,62 @@ test.serial(
   },
 );
 
+// ---- page server -----------------------------------------------------------------------------
+
+test.serial(
+  'bench --page-server --json: pre-dumps to a page server beside TCP and a local pre-dump, goals',
+  async (t) => {
+    const dir = await shmDir(t);
+    const r = await runCli([
+      'bench',
+      '--page-server',
+      '--sizes',
+      '8M,16M',
+      '--modes',
+      'read',
+      '--runs',
+      '1',
+      '--json',
+      '--dir',
+      dir,
+    ]);
+    t.is(r.code, 0, r.stderr);
+    t.deepEqual(await readdir(dir), [], 'no images left behind');
+    t.notRegex(r.stderr, /Goals/);
+    const j = parseJson<PageServerReport>(t, r);
+    t.is(j.version, 1);
+    t.deepEqual(
+      j.rows.map((row) => [row.label, row.mode]),
+      [
+        ['8M', 'read'],
+        ['16M', 'read'],
+      ],
+    );
+    for (const row of j.rows) {
+      // Every page of the workload went through the socket, as many bytes through TCP.
+      t.true(row.bytesSent.min >= row.sizeBytes, row.label);
+      for (const s of [row.sessionMs, row.tcpMs, row.stoppedMs, row.localStoppedMs, row.wallMs]) {
+        assertMeasured(t, s, row.label);
+      }
+      t.true(row.sendMBps.median > 0 && row.tcpMBps.median > 0);
+      t.is(row.xTcp, Math.round((row.sendMBps.median / row.tcpMBps.median) * 1000) / 1000);
+      // A Node process: tens of MiB, not the pages it received.
+      t.true(row.serverPeakRssBytes.min > 10 * MiB, String(row.serverPeakRssBytes.min));
+    }
+    t.deepEqual(
+      j.goals.map((g) => g.id),
+      [
+        'throughput-8M-read',
+        'stopped-8M-read',
+        'throughput-16M-read',
+        'stopped-16M-read',
+        'server-memory-read',
+      ],
+    );
+    t.regex(renderPageServerTable(j), /8M\s+read\s+\d/);
+  },
+);
+
 // ---- bad command lines: exit 2 before anything starts ----------------------------------------
 
 const usageCases: [string, string[], RegExp][] = [
@@ -368,6 +425,26 @@ const usageCases: [string, string[], RegExp][] = [
     /--dirty-rates is an option of the mode benchmark, not of --startup/,
   ],
   ['--startup --runs 0', ['--startup', '--runs', '0'], /--runs must be an integer from 1 to 1000/],
+  [
+    '--startup and --page-server',
+    ['--startup', '--page-server'],
+    /--startup and --page-server are two benchmarks: give one/,
+  ],
+  [
+    '--page-server with an option it does not take',
+    ['--page-server', '--threads', '2'],
+    /--threads is not an option of --page-server/,
+  ],
+  [
+    '--page-server in freeze-free mode',
+    ['--page-server', '--modes', 'read,freeze-free'],
+    /--modes: 'freeze-free' is not a page-server mode here \(read, splice\)/,
+  ],
+  [
+    '--page-server --runs 0',
+    ['--page-server', '--runs', '0'],
+    /--runs must be an integer from 1 to 1000/,
+  ],
   [
     '--startup with a criu that does not exist',
     ['--startup', '--criu', '/nonexistent/criu'],

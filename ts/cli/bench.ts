@@ -94,6 +94,13 @@ export function builder(yargs: Argv) {
         "instead: predump's start-up (whole processes, beside node -e 0), and whole read-mode " +
         `pre-dumps beside CRIU's with --criu [--sizes default: ${STARTUP_DEFAULTS.sizes}; --runs: ${STARTUP_DEFAULTS.runs}, and twice as many rounds plus one of the start-up]`,
     })
+    .option('page-server', {
+      type: 'boolean',
+      default: false,
+      describe:
+        'instead: pre-dumps streamed to predump page-server on loopback, beside a plain TCP send ' +
+        `of the same bytes and a local pre-dump [--sizes default: ${PAGE_SERVER_DEFAULTS.sizes}; --modes: read,splice; --runs: ${PAGE_SERVER_DEFAULTS.runs}]`,
+    })
     .option('criu', {
       type: 'string',
       describe: 'with --startup: the criu executable to compare with (4.2 or later)',
@@ -105,6 +112,10 @@ export function builder(yargs: Argv) {
       'narrowed, with a chart',
     )
     .example('predump bench --json > bench.json', 'for scripts')
+    .example(
+      'predump bench --page-server --sizes 256M,1G',
+      'throughput to a page server against TCP (docs/PAGE-SERVER.md)',
+    )
     .example(
       'predump bench --startup --criu /opt/criu-4.2/criu',
       'start-up, and whole pre-dumps beside CRIU',
@@ -128,6 +139,9 @@ export function builder(yargs: Argv) {
         "exist: loaded, asked the kernel, refused; 'show'; '--help'), then whole read-mode " +
         "pre-dumps of a workload per size, predump's (--track-mem none) and, with --criu, " +
         "'criu pre-dump --pre-dump-mode read' in turns (docs/STARTUP.md).\n\n" +
+        'With --page-server: per size and mode, pre-dumps sent to a predump page-server on ' +
+        '127.0.0.1, a plain TCP send of as many bytes, and a local pre-dump, in turns; ' +
+        "throughput, the target's stopped time and the server's peak RSS (docs/PAGE-SERVER.md).\n\n" +
         'It starts and stops its own workloads and never touches another process.\n\n' +
         exitStatusHelp([
           ['0', 'done (missed goals are reported, not failed)'],
@@ -139,9 +153,68 @@ export function builder(yargs: Argv) {
 }
 
 export async function handler(args: Args): Promise<void> {
-  process.exitCode = await (args.startup ? runStartup(args) : run(args)).catch((err: unknown) =>
-    reportError(err, args.json),
+  if (args.startup && args.pageServer) {
+    process.exitCode = reportError(
+      usage('--startup and --page-server are two benchmarks: give one'),
+      args.json,
+    );
+    return;
+  }
+  const which = args.startup ? runStartup : args.pageServer ? runPageServer : run;
+  process.exitCode = await which(args).catch((err: unknown) => reportError(err, args.json));
+}
+
+const PAGE_SERVER_DEFAULTS = { sizes: '256M,1G', modes: 'read,splice', runs: '5' };
+
+/** The options of the mode matrix that --page-server does not take. */
+const NOT_PAGE_SERVER = ['threads', 'dirtyRates', 'churn', 'iterations', 'quick', 'chart', 'criu'];
+
+/** `predump bench --page-server`. */
+async function runPageServer(args: Args): Promise<number> {
+  const given = NOT_PAGE_SERVER.filter((k) => {
+    const v = args[k as keyof Args];
+    return v !== undefined && v !== false;
+  });
+  if (given.length > 0) {
+    const flag = given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    throw usage(`--${flag} is not an option of --page-server`);
+  }
+  const dir = last(args.dir) ?? defaultDir();
+  await checkDir(dir);
+  const modes = (last(args.modes) ?? PAGE_SERVER_DEFAULTS.modes).split(',').map((m) => m.trim());
+  for (const m of modes) {
+    if (m !== 'read' && m !== 'splice') {
+      throw usage(`--modes: '${m}' is not a page-server mode here (read, splice)`);
+    }
+  }
+  const plan = {
+    sizes: parseSizes(last(args.sizes) ?? PAGE_SERVER_DEFAULTS.sizes),
+    modes: [...new Set(modes)] as ('read' | 'splice')[],
+    runs: parseInteger(last(args.runs) ?? PAGE_SERVER_DEFAULTS.runs, '--runs', 1, 1000),
+    dir,
+  };
+  const { renderPageServerTable, runPageServerBench } = await import('../bench/page-server.js');
+  const busy = await cpuBusy(1000);
+  if (busy !== undefined && busy > 0.25) {
+    say(
+      `predump bench: note: the machine is busy (${(busy * 100).toFixed(0)}% of its CPUs' ` +
+        'time in use): the figures are noisier',
+    );
+  }
+  const report = await runPageServerBench(
+    plan,
+    {
+      note: (m) => say(`predump bench: ${m}`),
+      step: (m) => {
+        if (process.stderr.isTTY && !args.json) write(process.stderr, `\r\x1b[K${m}`);
+      },
+    },
+    ['predump', 'bench', ...process.argv.slice(3)].join(' '),
   );
+  if (process.stderr.isTTY && !args.json) write(process.stderr, '\r\x1b[K');
+  if (args.json) printJson(report);
+  else write(process.stdout, renderPageServerTable(report));
+  return EXIT.ok;
 }
 
 const STARTUP_DEFAULTS = { sizes: '256M,1G', runs: '7' };

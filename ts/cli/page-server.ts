@@ -171,7 +171,9 @@ export async function handler(args: Args): Promise<void> {
         }
       },
     });
-    if (args.json) printJsonLine({ ok: true, ...result });
+    // The whole process's peak resident size: what a receiving host must have.
+    const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+    if (args.json) printJsonLine({ ok: true, ...result, peakRssBytes });
     for (const w of result.warnings) say(`predump page-server: warning: ${w}`);
     inform(summary(result));
     process.exitCode = EXIT.ok;

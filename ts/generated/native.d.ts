@@ -316,6 +316,12 @@ export interface ReceivedPagemap {
   pagesLazy: number
 }
 
+/**
+ * Time of a plain TCP send of `bytes` over loopback (to a reader that throws
+ * them away), in ms: the reference of the page-server benchmark.
+ */
+export declare function tcpReference(bytes: number): Promise<number>
+
 /** CRIU's `--tls-*` options; absent paths are CRIU's defaults. */
 export interface TlsOptions {
   cacert?: string

@@ -85,3 +85,75 @@ pub fn write_reference(dir: &std::path::Path, bytes: usize) -> Result<Duration> 
     result.map_err(|e| Error::sys("write reference", e))?;
     Ok(elapsed)
 }
+
+/// A plain TCP send of `bytes` over loopback: from a warm buffer of that size,
+/// in 1 MiB writes, to a thread of this process that reads into one reused
+/// 1 MiB buffer and throws it away. The floor of any page-server transfer of
+/// the same bytes on this machine (no target to read, no image to write);
+/// timed from the connect to the receiver's end of stream.
+pub fn tcp_reference(bytes: usize) -> Result<Duration> {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let sys = |what: &'static str| move |e: std::io::Error| Error::sys(what, e);
+    let src = AnonMap::new(bytes.max(1), "a TCP reference buffer")?;
+    // SAFETY: `src` is a fresh private mapping of at least `bytes` bytes, ours alone.
+    unsafe { std::ptr::write_bytes(src.as_ptr(), 0x5a, bytes) };
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(sys("bind the TCP reference's listener"))?;
+    let at = listener
+        .local_addr()
+        .map_err(sys("the TCP reference's port"))?;
+    let t = Instant::now();
+    // Connected before the receiver runs (loopback completes it from the backlog),
+    // so that no failure can leave a thread waiting in accept.
+    let mut s = TcpStream::connect(at).map_err(sys("connect to the TCP reference's listener"))?;
+    let (mut r, _) = listener
+        .accept()
+        .map_err(sys("accept the TCP reference's connection"))?;
+    let receiver = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            match r.read(&mut buf)? {
+                0 => return Ok(got),
+                n => got += n as u64,
+            }
+        }
+    });
+    let sent = (|| {
+        // SAFETY: `src` is a live mapping of at least `bytes` bytes that nothing
+        // writes while this shared view exists.
+        let data = unsafe { std::slice::from_raw_parts(src.as_ptr(), bytes) };
+        for chunk in data.chunks(1 << 20) {
+            s.write_all(chunk)?;
+        }
+        s.shutdown(Shutdown::Write)
+    })();
+    // On a failed send the receiver still ends: the socket is closed here.
+    drop(s);
+    let got = receiver
+        .join()
+        .map_err(|_| Error::InvalidArgument("the TCP reference's receiver panicked".into()))?;
+    let elapsed = t.elapsed();
+    sent.map_err(sys("send the TCP reference"))?;
+    let got = got.map_err(sys("receive the TCP reference"))?;
+    if got != bytes as u64 {
+        return Err(Error::InvalidArgument(format!(
+            "the TCP reference received {got} of {bytes} bytes"
+        )));
+    }
+    Ok(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tcp_reference_sends_every_byte() {
+        // An odd size: the last write is shorter than the others.
+        let t = tcp_reference((8 << 20) + 4096).unwrap();
+        assert!(t > Duration::ZERO);
+        assert!(tcp_reference(0).unwrap() >= Duration::ZERO);
+    }
+}

@@ -519,6 +519,16 @@ pub fn write_reference<'env>(env: &'env Env, dir: String, bytes: f64) -> Result<
     })
 }
 
+/// Time of a plain TCP send of `bytes` over loopback (to a reader that throws
+/// them away), in ms: the reference of the page-server benchmark.
+#[napi(ts_return_type = "Promise<number>")]
+pub fn tcp_reference<'env>(env: &'env Env, bytes: f64) -> Result<Object<'env>> {
+    on_own_thread(env, move || {
+        let t = predump_core::bench::tcp_reference(bytes as usize)?;
+        Ok(t.as_secs_f64() * 1e3)
+    })
+}
+
 /// [vaddr, nrPages] pairs as page ranges.
 fn pairs(flat: &[f64]) -> Vec<predump_core::PageRange> {
     flat.chunks_exact(2)
