@@ -66,7 +66,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::sync::OnceLock;
 
 use crate::freeze::Frozen;
-use crate::inject::Injector;
+use crate::inject::{FdKind, Injector};
 use crate::maps::Vma;
 use crate::sys::pagemap::{
     self, PageRegion, ScanQuery, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED,
@@ -651,9 +651,26 @@ impl Tracker {
             return Ok(());
         }
         let base = fd_base(pid, max_fd);
-        let first =
-            inj.syscall_ok(libc::SYS_userfaultfd, &[TARGET_UFFD_FLAGS as u32 as u64])? as i32;
-        let uffd_fd = match move_high(inj, first, base) {
+        // The scratch mapping first: every fd made below is journaled in it
+        // before the call that makes it (Injector::syscall_fd), so a predump
+        // that dies at any moment leaves the uffd and its marker named for the
+        // next run to remove: a tracking is kept only once the injector is
+        // restored (its journal then goes with its stub), and a half-made one
+        // never stays. The marker's name goes into the same mapping later.
+        let name_at = inj.scratch(256)?;
+        let first = inj.syscall_fd(
+            libc::SYS_userfaultfd,
+            &[TARGET_UFFD_FLAGS as u32 as u64],
+            FdKind::Uffd,
+        )?;
+        if first < 0 {
+            return Err(Error::sys(
+                format!("injected userfaultfd in process {pid}"),
+                io::Error::from_raw_os_error(-first as i32),
+            ));
+        }
+        let first = first as i32;
+        let uffd_fd = match move_high(inj, first, base, FdKind::Uffd) {
             Ok(fd) => fd,
             Err(e) => {
                 let _ = inj.close(first);
@@ -678,11 +695,20 @@ impl Tracker {
             let name = marker_name(pid, uffd_fd, ino);
             let mut bytes = name.into_bytes();
             bytes.push(0);
-            let at = inj.scratch(bytes.len() as u64)?;
-            inj.write_memory(at, &bytes)?;
-            let mfd =
-                inj.syscall_ok(libc::SYS_memfd_create, &[at, libc::MFD_CLOEXEC as u64])? as i32;
-            match move_high(inj, mfd, base) {
+            inj.write_memory(name_at, &bytes)?;
+            let mfd = inj.syscall_fd(
+                libc::SYS_memfd_create,
+                &[name_at, libc::MFD_CLOEXEC as u64],
+                FdKind::Marker,
+            )?;
+            if mfd < 0 {
+                return Err(Error::sys(
+                    format!("injected memfd_create in process {pid}"),
+                    io::Error::from_raw_os_error(-mfd as i32),
+                ));
+            }
+            let mfd = mfd as i32;
+            match move_high(inj, mfd, base, FdKind::Marker) {
                 Ok(fd) => {
                     self.target_marker_fd = Some(fd);
                     Ok(())
@@ -1042,13 +1068,15 @@ impl Tracker {
 
 /// `F_DUPFD_CLOEXEC(fd, base)` in the target, then closes `fd`: the lowest free
 /// fd ≥ base. If the target's limit refuses (EINVAL/EMFILE), `fd` stays where it is.
-fn move_high(inj: &mut Injector, fd: i32, base: u64) -> Result<i32> {
+/// The new fd is journaled as `kind` (Injector::syscall_fd).
+fn move_high(inj: &mut Injector, fd: i32, base: u64, kind: FdKind) -> Result<i32> {
     if fd as u64 >= base {
         return Ok(fd);
     }
-    let r = inj.syscall(
+    let r = inj.syscall_fd(
         libc::SYS_fcntl,
         &[fd as u32 as u64, libc::F_DUPFD_CLOEXEC as u64, base],
+        kind,
     )?;
     if r == -(libc::EINVAL as i64) || r == -(libc::EMFILE as i64) {
         return Ok(fd);

@@ -1179,10 +1179,12 @@ fn between_calls_the_thread_waits_in_our_stub_and_its_code_is_untouched() {
 }
 
 /// The tracer process of the kill test: this test binary run again with
-/// PREDUMP_KILL_TEST_TARGET="pid tid". It freezes the target, makes an Injector
-/// into thread tid and runs, back to back, single calls and batches (getpid,
-/// pipe2 + close, a batch of 64 calls), until the test SIGKILLs it. A no-op in a
-/// normal test run.
+/// PREDUMP_KILL_TEST_TARGET="pid tid". It freezes the target, removes what an
+/// earlier (killed) tracer left, as any predump run does, and then, round after
+/// round, makes an Injector into thread tid, its scratch mapping, runs single
+/// calls and batches (getpid, pipe2 + close, a batch of 64 calls, a userfaultfd
+/// journaled by its result slot + close) and restores, until the test SIGKILLs
+/// it. A no-op in a normal test run.
 #[test]
 fn kill_test_tracer_helper() {
     let Ok(spec) = std::env::var("PREDUMP_KILL_TEST_TARGET") else {
@@ -1194,19 +1196,42 @@ fn kill_test_tracer_helper() {
         .collect();
     let (pid, tid) = (v[0], v[1]);
     let frozen = Frozen::freeze(pid).unwrap();
-    let mut inj = Injector::new(&frozen, tid).unwrap();
-    let scratch = inj.scratch(64 * BATCH_ENTRY_BYTES + 4096).unwrap();
-    let table = scratch + 4096;
-    let batch: Vec<Call> = (0..64)
-        .map(|i| match i % 4 {
-            0 => Call::new(libc::SYS_pipe2, &[scratch + 2 * i, libc::O_CLOEXEC as u64]),
-            _ => Call::new(libc::SYS_getpid, &[]),
-        })
-        .collect();
     let mut out = std::io::stdout();
     writeln!(out, "KILLTEST injecting").unwrap();
     out.flush().unwrap();
-    for round in 0..20_000 {
+    // A kill may land in the removal too: the next tracer's removal must then
+    // find everything still named.
+    leftovers::clean(&frozen).unwrap();
+    for run in 0..2_000 {
+        let mut inj = Injector::new(&frozen, tid).unwrap();
+        let scratch = inj.scratch(64 * BATCH_ENTRY_BYTES + 4096).unwrap();
+        let batch: Vec<Call> = (0..64)
+            .map(|i| match i % 4 {
+                0 => Call::new(libc::SYS_pipe2, &[scratch + 2 * i, libc::O_CLOEXEC as u64]),
+                _ => Call::new(libc::SYS_getpid, &[]),
+            })
+            .collect();
+        kill_test_rounds(&mut inj, pid, scratch, &batch, run);
+        // A call that makes an fd, named by its result slot (dirty tracking's
+        // userfaultfd and marker are made so); refused where userfaultfd is.
+        let uffd_flags = libc::O_CLOEXEC | libc::O_NONBLOCK | 1; // UFFD_USER_MODE_ONLY
+        let u = inj
+            .syscall_fd(libc::SYS_userfaultfd, &[uffd_flags as u64], FdKind::Uffd)
+            .unwrap();
+        if u >= 0 {
+            inj.close(u as i32).unwrap();
+        }
+        inj.restore().unwrap();
+    }
+    writeln!(out, "KILLTEST done").unwrap();
+    out.flush().unwrap();
+    frozen.thaw();
+}
+
+/// Ten rounds of the kill test's calls in one injector (see the helper above).
+fn kill_test_rounds(inj: &mut Injector, pid: i32, scratch: u64, batch: &[Call], run: usize) {
+    let table = scratch + 4096;
+    for round in 10 * run..10 * run + 10 {
         assert_eq!(inj.getpid().unwrap(), pid);
         let [r, w] = inj.pipe2(libc::O_CLOEXEC).unwrap();
         inj.close(r).unwrap();
@@ -1224,7 +1249,7 @@ fn kill_test_tracer_helper() {
             for slot in &slots {
                 inj.note(*slot).unwrap();
             }
-            let got = inj.batch(table, &batch).unwrap();
+            let got = inj.batch(table, batch).unwrap();
             assert_eq!(got.len(), 64);
             // Close what the batch's pipe2 calls made (each close takes its fd
             // out of the journal's pair exactly, see Injector::close).
@@ -1239,10 +1264,6 @@ fn kill_test_tracer_helper() {
             }
         }
     }
-    writeln!(out, "KILLTEST done").unwrap();
-    out.flush().unwrap();
-    inj.restore().unwrap();
-    frozen.thaw();
 }
 
 /// Runs `trials` kills of a tracer process injecting calls into a testee
@@ -1326,7 +1347,11 @@ fn kill_tracer_trials(args: &[&str], trials: usize) -> (usize, usize, Vec<String
                 why = l;
             }
         }
-        if alive && why.is_empty() {
+        if alive && why.is_empty() && i % 2 == 0 {
+            // What the dead tracer left stays for the next tracer, which
+            // removes it first (and may be killed while it does).
+            wait_blocked(t.pid, t.main, libc::SYS_read);
+        } else if alive && why.is_empty() {
             // What the dead tracer left is found from its journal and removed:
             // afterwards the fds and mappings are as before the first run.
             wait_blocked(t.pid, t.main, libc::SYS_read);

@@ -59,7 +59,14 @@ pub(super) fn check_injectable(regs: &Regs) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn set_single(regs: &mut Regs, stub: u64, nr: i64, args: &[u64; 6], _done: u64) {
+pub(super) fn set_single(
+    regs: &mut Regs,
+    stub: u64,
+    nr: i64,
+    args: &[u64; 6],
+    _done: u64,
+    _undo: u64,
+) {
     regs.pc = stub + SINGLE_AT;
     regs.regs[8] = nr as u64;
     regs.regs[..6].copy_from_slice(args);

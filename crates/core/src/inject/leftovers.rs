@@ -3,21 +3,34 @@
 //!
 //! The stub in the vDSO padding is the marker: it begins with `STUB_MAGIC`, the
 //! pid and tid it was made for, and after its code it holds a *journal* of what
-//! of ours may be in the target. Each entry is written *before* the call that
-//! makes the thing it names, and taken out once it is gone:
+//! of ours may be in the target, and a random *nonce* of the run. Each entry is
+//! written *before* the call that makes the thing it names, and taken out once
+//! it is gone:
 //!
 //! * `Mapping`: the scratch mapping, at an address chosen before its mmap
-//!   (MAP_FIXED_NOREPLACE), so a mapping made by a call predump did not see end
-//!   is still known;
+//!   (MAP_FIXED_NOREPLACE). It counts as ours only while its last page holds
+//!   `STUB_MAGIC` and the nonce (`SCRATCH_MARK`), written by predump at the
+//!   mmap's exit stop, before the thread can do anything else; a predump that
+//!   dies before that lets the thread go on into the stub, which unmaps what
+//!   the mmap made (`Injector::scratch`). So a range the target mapped for
+//!   itself is never taken for ours, whether the mmap never ran or ran and was
+//!   undone, or our munmap ran and the entry was not taken out yet;
 //! * `FdPair` / `FdCmsg`: the place in the scratch mapping where the *kernel*
 //!   writes the fds a socketpair or a recvmsg(SCM_RIGHTS) makes: read after
 //!   predump's death, they name those fds even if predump never saw them;
-//! * `Fds`: fds predump knows by number.
+//! * `FdWord`: the place in the scratch mapping where the *stub* stores the
+//!   result of a call that returns an fd (userfaultfd, memfd_create, fcntl's
+//!   dup) if predump dies before it read it, and where predump stores it
+//!   itself, at the call's exit stop, if it lives;
+//! * `Fd`: fds predump knows by number.
 //!
-//! An fd is closed only if it is still of the kind journaled (a socket, a pipe);
-//! a mapping is removed only if the range is still mapped, anonymous and
-//! read-write. The stub itself goes last (zeroed), so a run that dies while
-//! cleaning leaves the journal for the next.
+//! Entries that point into the scratch mapping count only while that mapping
+//! is recognised as ours (above). An fd is closed only if it is still of the
+//! kind journaled (a socket, a pipe, a userfaultfd, a tracking marker); a
+//! mapping is removed only if it is ours. The stub itself goes last (zeroed), so
+//! a run that dies while cleaning leaves the journal for the next: a cleaning
+//! run takes the journal over as it is, with its nonce, and drops the old
+//! entries only when its own name all that they did.
 
 use std::os::unix::fs::FileExt;
 
@@ -25,15 +38,21 @@ use super::{place, Injector, JOURNAL_AT, STUB_MAGIC};
 use crate::freeze::Frozen;
 use crate::{proc, Error, Result, PAGE_SIZE};
 
-/// The journal's size in the stub: a count, then 16-byte entries. It must fit
-/// the vDSO's padding after the stub's 512 bytes: Debian's 6.12 kernel leaves
-/// 960 bytes there (6.1: 3,520), so 24 entries of 16 bytes (904 in all) fit
-/// where 24-byte entries (1,096) did not.
-pub(crate) const JOURNAL_BYTES: u64 = 8 + ENTRY_BYTES * MAX_ENTRIES as u64;
+/// The journal's size in the stub: a count, the run's nonce, then 16-byte
+/// entries. It must fit the vDSO's padding after the stub's 544 bytes:
+/// Debian's 6.12 kernel leaves 960 bytes there (6.1: 3,520), so 20 entries of
+/// 16 bytes (888 bytes in all, less than the 904 of the first layout).
+pub(crate) const JOURNAL_BYTES: u64 = 8 + NONCE_BYTES as u64 + ENTRY_BYTES * MAX_ENTRIES as u64;
 const ENTRY_BYTES: u64 = 16;
+const ENTRIES_AT: usize = 8 + NONCE_BYTES;
 // Debian 6.12's vDSO leaves 960 bytes of padding: stub and journal fit there.
-const _: () = assert!(JOURNAL_AT + JOURNAL_BYTES <= 960);
-const MAX_ENTRIES: usize = 24;
+const _: () = assert!(JOURNAL_AT + JOURNAL_BYTES <= 904);
+const MAX_ENTRIES: usize = 20;
+/// The run's random nonce, in the journal and in its scratch mapping's mark.
+pub(crate) const NONCE_BYTES: usize = 16;
+/// Where in the scratch mapping's last page (the injector's own) its mark lies:
+/// `STUB_MAGIC`, then the nonce.
+pub(crate) const SCRATCH_MARK: u64 = 64;
 /// An entry's first word holds its tag and fd kind in the low byte, and a value
 /// of up to 56 bits above them (a user-space address, an fd, or a range).
 const VALUE_BITS: u32 = 56;
@@ -47,27 +66,39 @@ const MAX_CMSG_FDS: u64 = 253;
 pub enum FdKind {
     Socket,
     Pipe,
+    /// A userfaultfd (dirty tracking's).
+    Uffd,
+    /// A memfd named as dirty tracking's marker (`predump-uffd …`).
+    Marker,
 }
 
 impl FdKind {
+    const ALL: [FdKind; 4] = [FdKind::Socket, FdKind::Pipe, FdKind::Uffd, FdKind::Marker];
+
     fn code(self) -> u32 {
         match self {
             FdKind::Socket => 1,
             FdKind::Pipe => 2,
+            FdKind::Uffd => 3,
+            FdKind::Marker => 4,
         }
     }
     fn of(code: u32) -> Option<FdKind> {
-        match code {
-            1 => Some(FdKind::Socket),
-            2 => Some(FdKind::Pipe),
-            _ => None,
-        }
+        FdKind::ALL.into_iter().find(|k| k.code() == code)
     }
     pub(crate) fn matches(self, link: &str) -> bool {
         match self {
             FdKind::Socket => link.starts_with("socket:"),
             FdKind::Pipe => link.starts_with("pipe:"),
+            FdKind::Uffd => link == "anon_inode:[userfaultfd]",
+            FdKind::Marker => link.starts_with("/memfd:predump-uffd "),
         }
+    }
+    /// The kind of fd `fd` of process `pid`, if it is one of ours'.
+    pub(crate) fn of_fd(pid: i32, fd: i32) -> Option<FdKind> {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let link = link.to_string_lossy();
+        FdKind::ALL.into_iter().find(|k| k.matches(&link))
     }
 }
 
@@ -83,6 +114,10 @@ pub enum Leftover {
     FdCmsg { addr: u64, kind: FdKind },
     /// One fd known by number.
     Fd { fd: i32, kind: FdKind },
+    /// An `i64` at `addr` (in our scratch mapping) where a call's result, an
+    /// fd, is stored: by the stub if predump died before it read it, else by
+    /// predump; `NOT_RUN` or negative: no fd.
+    FdWord { addr: u64, kind: FdKind },
     /// An fd being closed by an injected close whose stub stores its result at
     /// `done` (in our scratch mapping), `NOT_RUN` until it ran: ours while
     /// that still reads `NOT_RUN`, closed already otherwise.
@@ -98,12 +133,13 @@ pub enum Leftover {
 
 /// The journal as the stub holds it; None if it has too many entries or a
 /// value does not fit an entry.
-pub(crate) fn encode(entries: &[Leftover]) -> Option<Vec<u8>> {
+pub(crate) fn encode(entries: &[Leftover], nonce: &[u8; NONCE_BYTES]) -> Option<Vec<u8>> {
     if entries.len() > MAX_ENTRIES {
         return None;
     }
     let mut out = vec![0u8; JOURNAL_BYTES as usize];
     out[..8].copy_from_slice(&(entries.len() as u64).to_ne_bytes());
+    out[8..ENTRIES_AT].copy_from_slice(nonce);
     for (i, e) in entries.iter().enumerate() {
         let fd = |fd: i32| fd as u32 as u64;
         let (tag, kind, a, b) = match *e {
@@ -111,6 +147,7 @@ pub(crate) fn encode(entries: &[Leftover]) -> Option<Vec<u8>> {
             Leftover::FdPair { addr, kind } => (2, kind.code(), addr, 0),
             Leftover::FdCmsg { addr, kind } => (3, kind.code(), addr, 0),
             Leftover::Fd { fd: n, kind } => (4, kind.code(), fd(n), 0),
+            Leftover::FdWord { addr, kind } => (7, kind.code(), addr, 0),
             Leftover::Closing { fd: n, kind, done } => (5, kind.code(), fd(n), done),
             Leftover::ClosingRange {
                 first,
@@ -127,7 +164,7 @@ pub(crate) fn encode(entries: &[Leftover]) -> Option<Vec<u8>> {
         if a >> VALUE_BITS != 0 {
             return None;
         }
-        let at = 8 + ENTRY_BYTES as usize * i;
+        let at = ENTRIES_AT + ENTRY_BYTES as usize * i;
         let head = tag | (kind as u64) << 4 | a << 8;
         out[at..at + 8].copy_from_slice(&head.to_ne_bytes());
         out[at + 8..at + 16].copy_from_slice(&b.to_ne_bytes());
@@ -135,13 +172,14 @@ pub(crate) fn encode(entries: &[Leftover]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The entries of a journal; unknown entries are skipped.
-fn decode(bytes: &[u8]) -> Vec<Leftover> {
+/// The entries and the nonce of a journal; unknown entries are skipped.
+fn decode(bytes: &[u8]) -> (Vec<Leftover>, [u8; NONCE_BYTES]) {
     let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let n = (word(0) as usize).min(MAX_ENTRIES);
-    (0..n)
+    let nonce: [u8; NONCE_BYTES] = bytes[8..ENTRIES_AT].try_into().expect("nonce");
+    let entries = (0..n)
         .filter_map(|i| {
-            let at = 8 + ENTRY_BYTES as usize * i;
+            let at = ENTRIES_AT + ENTRY_BYTES as usize * i;
             let (head, b) = (word(at), word(at + 8));
             let (tag, a) = (head & 0xf, head >> 8);
             let kind = FdKind::of(((head >> 4) & 0xf) as u32);
@@ -171,10 +209,15 @@ fn decode(bytes: &[u8]) -> Vec<Leftover> {
                     kind: kind?,
                     done: b,
                 }),
+                7 => Some(Leftover::FdWord {
+                    addr: a,
+                    kind: kind?,
+                }),
                 _ => None,
             }
         })
-        .collect()
+        .collect();
+    (entries, nonce)
 }
 
 /// What a dead predump left in a process, found from its stub's journal.
@@ -186,6 +229,14 @@ pub struct Found {
     pub mappings: Vec<(u64, u64)>,
     /// Fds of ours still open (and of the kind journaled).
     pub fds: Vec<i32>,
+    /// A thread of the target still runs the stub (a process stopped when
+    /// predump died: it goes on into the stub's epilogue when continued, and
+    /// needs the stub as it is until then): nothing is removed.
+    pub in_use: Option<i32>,
+    /// The journal's entries that still name something, and its nonce: what
+    /// the run that removes them takes over first.
+    pub(crate) live: Vec<Leftover>,
+    pub(crate) nonce: [u8; NONCE_BYTES],
 }
 
 impl Found {
@@ -195,6 +246,12 @@ impl Found {
 
     /// "a stub, 1 mapping and 3 fds" (for messages).
     pub fn describe(&self) -> String {
+        if let Some(tid) = self.in_use {
+            return format!(
+                "none of the things (thread {tid} is still inside predump's injected code: \
+                 continue the process if it is stopped, then run predump again)"
+            );
+        }
         format!(
             "predump's injection stub, {} mapping{} and {} fd{}",
             self.mappings.len(),
@@ -205,93 +262,151 @@ impl Found {
     }
 }
 
-/// Looks for a dead predump's leftovers in process `pid` (which may be running:
-/// nothing is changed). Cheap when there are none: one read of the vDSO tail.
-pub fn find(pid: i32) -> Result<Found> {
+/// The stub left in process `pid`, if any: its address, its length and its bytes.
+fn read_stub(pid: i32) -> Result<Option<(u64, u64, Vec<u8>)>> {
     let Ok((stub, room)) = place::locate(pid) else {
         // No vDSO of this kernel: no stub of ours could have been written.
-        return Ok(Found::default());
+        return Ok(None);
     };
     let len = JOURNAL_AT + JOURNAL_BYTES;
     if len > room {
-        return Ok(Found::default());
+        return Ok(None);
     }
     let mut bytes = vec![0u8; len as usize];
     super::read_memory(pid, stub, &mut bytes)?;
     if &bytes[..16] != STUB_MAGIC {
-        return Ok(Found::default());
+        return Ok(None);
     }
+    Ok(Some((stub, len, bytes)))
+}
+
+/// Whether [addr, addr+len) is a scratch mapping of the run with `nonce`:
+/// anonymous, private, read-write, and its last page marked (`SCRATCH_MARK`).
+fn is_ours(pid: i32, maps: &str, addr: u64, len: u64, nonce: &[u8; NONCE_BYTES]) -> bool {
+    if len < PAGE_SIZE || !is_anon_rw(maps, addr, len) {
+        return false;
+    }
+    let mut mark = [0u8; 16 + NONCE_BYTES];
+    super::read_memory(pid, addr + len - PAGE_SIZE + SCRATCH_MARK, &mut mark).is_ok()
+        && &mark[..16] == STUB_MAGIC
+        && mark[16..] == nonce[..]
+}
+
+/// Looks for a dead predump's leftovers in process `pid` (which may be running:
+/// nothing is changed). Cheap when there are none: one read of the vDSO tail.
+pub fn find(pid: i32) -> Result<Found> {
+    let Some((stub, len, bytes)) = read_stub(pid)? else {
+        return Ok(Found::default());
+    };
+    let (entries, nonce) = decode(&bytes[JOURNAL_AT as usize..]);
     let mut found = Found {
         stub: Some((stub, len)),
+        nonce,
         ..Found::default()
     };
     let maps = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+    // The scratch mappings that are ours; what lies in any other range is not
+    // read (the target may have mapped it for itself).
+    let ours: Vec<(u64, u64)> = entries
+        .iter()
+        .filter_map(|e| match *e {
+            Leftover::Mapping { addr, len } if is_ours(pid, &maps, addr, len, &nonce) => {
+                Some((addr, len))
+            }
+            _ => None,
+        })
+        .collect();
+    let inside = |at: u64, n: u64| ours.iter().any(|&(a, l)| at >= a && at + n <= a + l);
+    let read = |at: u64, buf: &mut [u8]| {
+        inside(at, buf.len() as u64) && super::read_memory(pid, at, buf).is_ok()
+    };
     let fd_link = |fd: i32| {
         std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
             .ok()
             .map(|l| l.to_string_lossy().into_owned())
     };
+    // Whether fd `fd` is open and of `kind`; added to `found` if so.
     let push_fd = |fd: i32, kind: FdKind, found: &mut Found| {
-        if fd >= 0 && fd_link(fd).is_some_and(|l| kind.matches(&l)) && !found.fds.contains(&fd) {
+        let ok = fd >= 0 && fd_link(fd).is_some_and(|l| kind.matches(&l));
+        if ok && !found.fds.contains(&fd) {
             found.fds.push(fd);
         }
+        ok
     };
     let not_run = |done: u64| {
         let mut b = [0u8; 8];
-        super::read_memory(pid, done, &mut b).is_ok() && i64::from_ne_bytes(b) == super::NOT_RUN
+        read(done, &mut b) && i64::from_ne_bytes(b) == super::NOT_RUN
     };
-    for entry in decode(&bytes[JOURNAL_AT as usize..]) {
-        match entry {
+    for entry in entries {
+        let live = match entry {
             Leftover::Mapping { addr, len } => {
-                if is_anon_rw(&maps, addr, len) {
+                let mine = ours.contains(&(addr, len));
+                if mine {
                     found.mappings.push((addr, len));
                 }
+                mine
             }
             Leftover::FdPair { addr, kind } => {
                 let mut b = [0u8; 8];
-                if super::read_memory(pid, addr, &mut b).is_ok() {
+                read(addr, &mut b) && {
+                    let mut any = false;
                     for half in b.chunks_exact(4) {
-                        push_fd(
+                        any |= push_fd(
                             i32::from_ne_bytes(half.try_into().unwrap()),
                             kind,
                             &mut found,
                         );
                     }
+                    any
                 }
             }
             Leftover::FdCmsg { addr, kind } => {
                 let mut b = vec![0u8; (16 + 4 * MAX_CMSG_FDS) as usize];
-                if super::read_memory(pid, addr, &mut b).is_ok() {
+                read(addr, &mut b) && {
                     // struct cmsghdr { size_t len; int level; int type; int fds[]; }
                     let clen = u64::from_ne_bytes(b[..8].try_into().unwrap()).min(b.len() as u64);
                     let is_rights = i32::from_ne_bytes(b[8..12].try_into().unwrap())
                         == libc::SOL_SOCKET
                         && i32::from_ne_bytes(b[12..16].try_into().unwrap()) == libc::SCM_RIGHTS;
+                    let mut any = false;
                     if is_rights && clen >= 16 {
                         for fd in b[16..clen as usize].chunks_exact(4) {
-                            push_fd(i32::from_ne_bytes(fd.try_into().unwrap()), kind, &mut found);
+                            any |= push_fd(
+                                i32::from_ne_bytes(fd.try_into().unwrap()),
+                                kind,
+                                &mut found,
+                            );
                         }
                     }
+                    any
                 }
             }
             Leftover::Fd { fd, kind } => push_fd(fd, kind, &mut found),
-            Leftover::Closing { fd, kind, done } => {
-                if not_run(done) {
-                    push_fd(fd, kind, &mut found);
+            Leftover::FdWord { addr, kind } => {
+                let mut b = [0u8; 8];
+                read(addr, &mut b) && {
+                    let v = i64::from_ne_bytes(b);
+                    (0..=i32::MAX as i64).contains(&v) && push_fd(v as i32, kind, &mut found)
                 }
             }
+            Leftover::Closing { fd, kind, done } => not_run(done) && push_fd(fd, kind, &mut found),
             Leftover::ClosingRange {
                 first,
                 last,
                 kind,
                 done,
             } => {
-                if not_run(done) {
+                not_run(done) && {
+                    let mut any = false;
                     for fd in first..=last.min(first.saturating_add(MAX_CMSG_FDS as i32)) {
-                        push_fd(fd, kind, &mut found);
+                        any |= push_fd(fd, kind, &mut found);
                     }
+                    any
                 }
             }
+        };
+        if live {
+            found.live.push(entry);
         }
     }
     found.fds.sort_unstable();
@@ -301,10 +416,8 @@ pub fn find(pid: i32) -> Result<Found> {
 /// The raw journal of a stub left in process `pid` (None: no stub), for
 /// diagnostics.
 pub fn journal(pid: i32) -> Option<Vec<Leftover>> {
-    let (stub, _) = place::locate(pid).ok()?;
-    let mut bytes = vec![0u8; (JOURNAL_AT + JOURNAL_BYTES) as usize];
-    super::read_memory(pid, stub, &mut bytes).ok()?;
-    (&bytes[..16] == STUB_MAGIC).then(|| decode(&bytes[JOURNAL_AT as usize..]))
+    let (_, _, bytes) = read_stub(pid).ok()??;
+    Some(decode(&bytes[JOURNAL_AT as usize..]).0)
 }
 
 /// Whether [addr, addr+len) is covered by anonymous, private, read-write
@@ -337,28 +450,39 @@ fn is_anon_rw(maps: &str, addr: u64, len: u64) -> bool {
     false
 }
 
+/// A thread of `frozen` whose pc lies in the stub at `stub` (see
+/// `Found::in_use`).
+fn thread_in_stub(frozen: &Frozen, stub: u64) -> Option<i32> {
+    frozen.tids().find(|&tid| {
+        super::arch::get_regs(tid)
+            .map(|r| (stub..stub + JOURNAL_AT).contains(&super::arch::pc(&r)))
+            .unwrap_or(false)
+    })
+}
+
 /// Removes what `find` found, while `frozen` holds the target: closes the
 /// fds and unmaps the mappings with injected calls, then the stub (a new
 /// Injector's own stub overwrites it, and its restore zeroes the place).
-pub fn remove(frozen: &Frozen, found: &Found) -> Result<()> {
-    if found.is_empty() {
+/// Nothing is done while a thread still runs the stub (`Found::in_use`).
+pub fn remove(frozen: &Frozen, found: &mut Found) -> Result<()> {
+    let Some((stub, _)) = found.stub else {
+        return Ok(());
+    };
+    if let Some(tid) = thread_in_stub(frozen, stub) {
+        found.in_use = Some(tid);
         return Ok(());
     }
     let pid = frozen.pid();
-    let mut inj = Injector::any_inner(frozen, true)?;
-    // The new stub takes the old one's place: what is left to remove is
-    // journaled again first, so a run that dies while cleaning up leaves it
-    // named for the next. The fds go into lists shaped as received cmsgs (one
-    // per kind, up to 253 each), from which each close strikes its fd exactly.
+    // The new stub takes the old one's place with the old journal as it is (its
+    // entries that still name something, its nonce): nothing is unnamed at any
+    // moment. What is left to remove is then journaled afresh (lists shaped as
+    // received cmsgs, one per kind, up to 253 fds each, from which each close
+    // strikes its fd exactly), and only then the old entries go, in the same
+    // write.
+    let mut inj = Injector::any_inner(frozen, Some((found.live.clone(), found.nonce)))?;
     let mut lists: Vec<(FdKind, Vec<i32>)> = Vec::new();
     for &fd in &found.fds {
-        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-            .map(|l| l.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some(kind) = [FdKind::Socket, FdKind::Pipe]
-            .into_iter()
-            .find(|k| k.matches(&link))
-        else {
+        let Some(kind) = FdKind::of_fd(pid, fd) else {
             continue;
         };
         match lists
@@ -370,7 +494,12 @@ pub fn remove(frozen: &Frozen, found: &Found) -> Result<()> {
         }
     }
     let list_bytes = 16 + 4 * MAX_CMSG_FDS;
-    let at = inj.scratch((lists.len() as u64).max(1) * list_bytes)?;
+    // Closes are journaled in a scratch mapping; munmaps need none.
+    let at = match lists.is_empty() {
+        true => 0,
+        false => inj.scratch(lists.len() as u64 * list_bytes)?,
+    };
+    let mut entries: Vec<Leftover> = inj.scratch_entry().into_iter().collect();
     for (i, (kind, fds)) in lists.iter().enumerate() {
         let addr = at + i as u64 * list_bytes;
         let mut b = Vec::with_capacity(16 + 4 * fds.len());
@@ -381,19 +510,22 @@ pub fn remove(frozen: &Frozen, found: &Found) -> Result<()> {
             b.extend_from_slice(&fd.to_ne_bytes());
         }
         inj.write_memory(addr, &b)?;
-        inj.note(Leftover::FdCmsg { addr, kind: *kind })?;
+        entries.push(Leftover::FdCmsg { addr, kind: *kind });
     }
     for &(addr, len) in &found.mappings {
-        inj.note(Leftover::Mapping { addr, len })?;
+        entries.push(Leftover::Mapping { addr, len });
     }
+    inj.set_journal(entries)?;
     for (_, fds) in &lists {
         for &fd in fds {
             inj.close(fd)?;
         }
     }
     for &(addr, len) in &found.mappings {
-        inj.forget(&Leftover::Mapping { addr, len })?;
+        // Unmapped first, then out of the journal: in between, the range is
+        // no longer marked as ours, whatever the target maps there.
         inj.munmap(addr, len)?;
+        inj.forget(&Leftover::Mapping { addr, len })?;
     }
     inj.restore()
 }
@@ -401,8 +533,8 @@ pub fn remove(frozen: &Frozen, found: &Found) -> Result<()> {
 /// `find`, and `remove` if anything was found: for a caller holding `frozen`.
 /// Returns what was removed (empty: nothing).
 pub fn clean(frozen: &Frozen) -> Result<Found> {
-    let found = find(frozen.pid())?;
-    remove(frozen, &found)?;
+    let mut found = find(frozen.pid())?;
+    remove(frozen, &mut found)?;
     Ok(found)
 }
 
@@ -485,11 +617,20 @@ mod tests {
                 kind: FdKind::Pipe,
                 done: 0x7f00_0000_2028,
             },
+            Leftover::FdWord {
+                addr: 0x7f00_0000_2100,
+                kind: FdKind::Uffd,
+            },
+            Leftover::Fd {
+                fd: 91,
+                kind: FdKind::Marker,
+            },
         ];
-        let bytes = encode(&entries).unwrap();
+        let nonce = *b"0123456789abcdef";
+        let bytes = encode(&entries, &nonce).unwrap();
         assert_eq!(bytes.len() as u64, JOURNAL_BYTES);
-        assert_eq!(decode(&bytes), entries);
-        assert!(encode(&vec![entries[3]; MAX_ENTRIES + 1]).is_none());
+        assert_eq!(decode(&bytes), (entries.clone(), nonce));
+        assert!(encode(&vec![entries[3]; MAX_ENTRIES + 1], &nonce).is_none());
     }
 
     #[test]
@@ -498,19 +639,20 @@ mod tests {
             addr: 1 << 56,
             len: 0x1000,
         };
-        assert!(encode(&[high]).is_none());
+        let nonce = [7u8; NONCE_BYTES];
+        assert!(encode(&[high], &nonce).is_none());
         let top = Leftover::Mapping {
             addr: (1 << 56) - 0x1000,
             len: 0x1000,
         };
-        assert_eq!(decode(&encode(&[top]).unwrap()), vec![top]);
+        assert_eq!(decode(&encode(&[top], &nonce).unwrap()).0, vec![top]);
         let wide = Leftover::ClosingRange {
             first: 3,
             last: i32::MAX,
             kind: FdKind::Pipe,
             done: 8,
         };
-        let back = decode(&encode(&[wide]).unwrap());
+        let back = decode(&encode(&[wide], &nonce).unwrap()).0;
         let Leftover::ClosingRange { first, last, .. } = back[0] else {
             panic!("{back:?}")
         };

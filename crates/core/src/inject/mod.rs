@@ -79,9 +79,21 @@ compile_error!("syscall injection supports x86_64 and aarch64 only");
 pub mod leftovers;
 mod place;
 pub use leftovers::{FdKind, Leftover};
+use leftovers::{NONCE_BYTES, SCRATCH_MARK};
 
-/// Where the journal of leftovers lies in the stub, and its size.
-const JOURNAL_AT: u64 = 512;
+/// The injector's own page (the scratch mapping's last): where the batch's
+/// byte, the lifeline's pair, the two result slots of recorded closes, the
+/// scratch mapping's mark and the result slots of calls that make an fd lie.
+const OWN_BYTE: u64 = 8;
+const OWN_LIFELINE: u64 = 16;
+const OWN_DONE: [u64; 2] = [40, 48];
+const OWN_FD_WORDS: u64 = 128;
+const FD_WORDS: u64 = 64;
+const _: () = assert!(SCRATCH_MARK >= 56 && SCRATCH_MARK + 32 <= OWN_FD_WORDS);
+
+/// Where the journal of leftovers lies in the stub (after its 529 bytes of
+/// data and code), and its size.
+const JOURNAL_AT: u64 = 544;
 const JOURNAL_BYTES: u64 = leftovers::JOURNAL_BYTES;
 
 /// si_code of a tkill/tgkill signal.
@@ -142,6 +154,11 @@ pub struct Injector<'f> {
     journal: Vec<Leftover>,
     /// Which of the two result slots the next recorded call uses.
     flip: bool,
+    /// This run's random nonce (or the dead run's whose journal it took
+    /// over): in the journal and in the scratch mapping's mark.
+    nonce: [u8; NONCE_BYTES],
+    /// How many result slots of calls that make an fd were used.
+    fd_words: u64,
     /// Signals taken from outside during our calls: (signo, si_code), sent again
     /// at restore.
     caught: Vec<(i32, i32)>,
@@ -278,16 +295,16 @@ impl<'f> Injector<'f> {
     /// An Injector into some thread of `frozen`: the main thread if it can take
     /// one, else the first other thread that can (see `new`).
     pub fn any(frozen: &'f Frozen) -> Result<Injector<'f>> {
-        Self::any_inner(frozen, false)
+        Self::any_inner(frozen, None)
     }
 
-    fn any_inner(frozen: &'f Frozen, over_leftovers: bool) -> Result<Injector<'f>> {
+    fn any_inner(frozen: &'f Frozen, inherit: Option<Inherited>) -> Result<Injector<'f>> {
         let pid = frozen.pid();
         let mut tids: Vec<i32> = frozen.tids().collect();
         tids.sort_by_key(|&t| t != pid);
         let mut first = None;
         for tid in tids {
-            match Injector::new_inner(frozen, tid, over_leftovers) {
+            match Injector::new_inner(frozen, tid, inherit.clone()) {
                 Ok(inj) => return Ok(inj),
                 Err(e @ Error::TargetExited { .. }) => return Err(e),
                 Err(e) => {
@@ -303,12 +320,12 @@ impl<'f> Injector<'f> {
     /// (with the epilogue's copy of them) into the tail of the vDSO. Nothing of
     /// the thread changes before the first call.
     pub fn new(frozen: &'f Frozen, tid: i32) -> Result<Injector<'f>> {
-        Self::new_inner(frozen, tid, false)
+        Self::new_inner(frozen, tid, None)
     }
 
-    /// `new`; with `over_leftovers`, a dead run's stub is overwritten (its
-    /// journal read before: `leftovers::remove`), else it is refused.
-    fn new_inner(frozen: &'f Frozen, tid: i32, over_leftovers: bool) -> Result<Injector<'f>> {
+    /// `new`; with `inherit`, a dead run's stub is overwritten, its journal
+    /// kept as it is (`leftovers::remove`), else it is refused.
+    fn new_inner(frozen: &'f Frozen, tid: i32, inherit: Option<Inherited>) -> Result<Injector<'f>> {
         let pid = frozen.pid();
         check_held(frozen, tid)?;
         let refuse = |detail: &str| {
@@ -340,7 +357,7 @@ impl<'f> Injector<'f> {
             pc = abort;
         }
         let (stub, room) = place::locate(pid)?;
-        if !over_leftovers && !leftovers::find(pid)?.is_empty() {
+        if inherit.is_none() && !leftovers::find(pid)?.is_empty() {
             return Err(refuse(
                 "a predump that died while injecting left things in it; \
                  any predump command on it (or `predump untrack`) removes them first",
@@ -363,6 +380,10 @@ impl<'f> Injector<'f> {
         pt::set_options(tid, PTRACE_O_TRACESYSGOOD).map_err(|e| err("PTRACE_SETOPTIONS", e))?;
 
         // From here on, Drop undoes whatever was done if a step fails.
+        let (journal, nonce) = match inherit {
+            Some(old) => old,
+            None => (Vec::new(), random_nonce()?),
+        };
         ACTIVE.with(|a| a.borrow_mut().push(pid));
         let mut inj = Injector {
             frozen,
@@ -379,8 +400,10 @@ impl<'f> Injector<'f> {
             rseq_cs: rseq.map(|(addr, value, _)| (addr, value)),
             scratch: None,
             lifeline: None,
-            journal: Vec::new(),
+            journal,
             flip: false,
+            nonce,
+            fd_words: 0,
             caught: Vec::new(),
             timeout: Duration::from_secs(10),
             gone: false,
@@ -391,8 +414,13 @@ impl<'f> Injector<'f> {
         if image.len() as u64 > JOURNAL_AT || JOURNAL_AT + JOURNAL_BYTES > room {
             return Err(refuse("the vDSO has no room for the stub's journal"));
         }
+        // Stub and journal in one write (one page): a journal taken over is
+        // never missing, not even for a moment.
+        let journal = leftovers::encode(&inj.journal, &inj.nonce)
+            .ok_or_else(|| Error::InvalidArgument("too many leftovers journaled at once".into()))?;
         let mut all = image;
-        all.resize((JOURNAL_AT + JOURNAL_BYTES) as usize, 0);
+        all.resize(JOURNAL_AT as usize, 0);
+        all.extend_from_slice(&journal);
         inj.stub_len = all.len();
         if let Err(e) = inj.mem.write_all_at(&all, stub) {
             return Err(inj.os("writing our stub into the vDSO", e));
@@ -432,14 +460,15 @@ impl<'f> Injector<'f> {
         }
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
-        self.run_single(nr, &a, 0)
+        self.run_single(nr, &a, 0, 0)
     }
 
-    /// One call; the stub stores its result at `done` (0: nowhere).
-    fn run_single(&mut self, nr: i64, a: &[u64; 6], done: u64) -> Result<i64> {
+    /// One call; the stub stores its result at `done` (0: nowhere) and unmaps
+    /// `undo` bytes at it (0: nothing) if predump is gone when the call ends.
+    fn run_single(&mut self, nr: i64, a: &[u64; 6], done: u64, undo: u64) -> Result<i64> {
         self.usable()?;
         let mut regs = self.regs;
-        arch::set_single(&mut regs, self.stub, nr, a, done);
+        arch::set_single(&mut regs, self.stub, nr, a, done, undo);
         self.enter(&regs)?;
         let what = syscall_name(nr);
         let deadline = Instant::now() + self.timeout;
@@ -460,6 +489,41 @@ impl<'f> Injector<'f> {
         let r = self.syscall(nr, args)?;
         if (-MAX_ERRNO..0).contains(&r) {
             return Err(self.call_error(nr, -r as i32));
+        }
+        Ok(r)
+    }
+
+    /// A call that makes one fd (userfaultfd, memfd_create, fcntl's dup…), of
+    /// kind `kind`, journaled so that a predump dying at any moment leaves the
+    /// fd named (`Leftover::FdWord`): the stub stores the result in a slot of
+    /// the injector's page if the thread gets past the call (predump is gone),
+    /// and predump stores it there itself at the call's exit stop, before the
+    /// thread is given anything else. Returns the raw result. The fd stays
+    /// journaled until it is closed with `close`, or the injector is restored
+    /// (then the run that made it is done with it). Needs the scratch mapping.
+    pub fn syscall_fd(&mut self, nr: i64, args: &[u64], kind: FdKind) -> Result<i64> {
+        let Some(own) = self.own_page() else {
+            return Err(Error::InvalidArgument(
+                "a call that makes an fd is journaled in the scratch mapping: make it first".into(),
+            ));
+        };
+        if args.len() > 6 || self.fd_words >= FD_WORDS {
+            return Err(Error::InvalidArgument(
+                "too many arguments, or too many fds made by one injector".into(),
+            ));
+        }
+        let slot = own + OWN_FD_WORDS + 8 * self.fd_words;
+        self.fd_words += 1;
+        self.write_memory(slot, &NOT_RUN.to_ne_bytes())?;
+        let entry = Leftover::FdWord { addr: slot, kind };
+        self.note(entry)?;
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        let r = self.run_single(nr, &a, slot, 0)?;
+        if (0..=i32::MAX as i64).contains(&r) {
+            self.write_memory(slot, &r.to_ne_bytes())?;
+        } else {
+            self.forget(&entry)?;
         }
         Ok(r)
     }
@@ -503,7 +567,7 @@ impl<'f> Injector<'f> {
             table,
             calls.len() as u64,
             theirs,
-            own + 8,
+            own + OWN_BYTE,
         );
         self.enter(&regs)?;
         let what = format!(
@@ -582,14 +646,7 @@ impl<'f> Injector<'f> {
     /// the slot where the stub stores close's result, before the call; a later
     /// run then knows exactly whether it ran (see `leftovers`).
     pub fn close(&mut self, fd: i32) -> Result<()> {
-        let kind = std::fs::read_link(format!("/proc/{}/fd/{fd}", self.pid))
-            .ok()
-            .and_then(|l| {
-                let l = l.to_string_lossy();
-                [FdKind::Socket, FdKind::Pipe]
-                    .into_iter()
-                    .find(|k| k.matches(&l))
-            });
+        let kind = FdKind::of_fd(self.pid, fd);
         let closing = match (self.own_page(), kind) {
             (Some(own), Some(kind)) => {
                 let done = self.done_slot(own);
@@ -605,7 +662,7 @@ impl<'f> Injector<'f> {
             Some(Leftover::Closing { done, .. }) => done,
             _ => 0,
         };
-        let r = self.run_single(libc::SYS_close, &[fd as u32 as u64, 0, 0, 0, 0, 0], done)?;
+        let r = self.run_single(libc::SYS_close, &[fd as u32 as u64, 0, 0, 0, 0, 0], done, 0)?;
         if let Some(c) = closing {
             self.forget(&c)?;
         }
@@ -625,8 +682,16 @@ impl<'f> Injector<'f> {
     /// or pipe2's pair, a received cmsg) they become -1.
     pub fn scrub_all(&mut self, fds: &[i32]) -> Result<()> {
         let before = self.journal.len();
-        self.journal
-            .retain(|e| !matches!(e, Leftover::Fd { fd, .. } if fds.contains(fd)));
+        let pid = self.pid;
+        self.journal.retain(|e| match *e {
+            Leftover::Fd { fd, .. } => !fds.contains(&fd),
+            Leftover::FdWord { addr, .. } => {
+                let mut b = [0u8; 8];
+                let v = read_memory(pid, addr, &mut b).map(|()| i64::from_ne_bytes(b));
+                !v.is_ok_and(|v| fds.iter().any(|&fd| fd as i64 == v))
+            }
+            _ => true,
+        });
         if self.journal.len() != before {
             self.write_journal()?;
         }
@@ -684,6 +749,7 @@ impl<'f> Injector<'f> {
             libc::SYS_close_range,
             &[first as u32 as u64, last as u32 as u64, 0, 0, 0, 0],
             done,
+            0,
         )?;
         if let Some((c, _)) = closing {
             self.forget(&c)?;
@@ -727,16 +793,19 @@ impl<'f> Injector<'f> {
                     "the scratch mapping cannot grow once it holds fds of ours".into(),
                 ));
             }
-            self.forget(&Leftover::Mapping { addr, len: have })?;
             self.munmap(addr, have)?;
+            self.forget(&Leftover::Mapping { addr, len: have })?;
             self.scratch = None;
         }
-        // The address is chosen, and journaled, before the call: a predump
-        // dying inside it leaves a mapping the next run knows.
+        // The address is chosen, and journaled, before the call; the mapping
+        // counts as ours only once marked (see `leftovers`). The stub unmaps
+        // it again if the thread gets past the call, which it does only if
+        // predump is gone: then it was never marked. At the exit stop predump
+        // marks it, and only then gives the thread its next call.
         let len = need + PAGE_SIZE;
         let at = leftovers::free_range(self.pid, len)?;
         self.note(Leftover::Mapping { addr: at, len })?;
-        let r = self.syscall(
+        let r = self.run_single(
             libc::SYS_mmap,
             &[
                 at,
@@ -746,6 +815,8 @@ impl<'f> Injector<'f> {
                 u64::MAX,
                 0,
             ],
+            0,
+            len,
         )?;
         if r as u64 != at {
             self.forget(&Leftover::Mapping { addr: at, len })?;
@@ -753,8 +824,17 @@ impl<'f> Injector<'f> {
             return Err(self.call_error(libc::SYS_mmap, errno));
         }
         self.scratch = Some((at, len));
-        self.write_memory(at + need, STUB_MAGIC)?;
+        let mut mark = STUB_MAGIC.to_vec();
+        mark.extend_from_slice(&self.nonce);
+        self.write_memory(at + need + SCRATCH_MARK, &mark)?;
+        self.fd_words = 0;
         Ok(at)
+    }
+
+    /// The journal entry of the scratch mapping, if there is one.
+    pub(crate) fn scratch_entry(&self) -> Option<Leftover> {
+        self.scratch
+            .map(|(addr, len)| Leftover::Mapping { addr, len })
     }
 
     /// Writes `data` into the target's memory at `addr` (process_vm_writev: the
@@ -797,18 +877,23 @@ impl<'f> Injector<'f> {
             let r = self.close(theirs);
             keep(r, &mut first);
             let r = self.forget(&Leftover::FdPair {
-                addr: own + 16,
+                addr: own + OWN_LIFELINE,
                 kind: FdKind::Socket,
             });
             keep(r, &mut first);
         }
-        if let Some((addr, len)) = self.scratch.take() {
-            // Out of the journal before it leaves the target: a run that dies
-            // in between leaks it (4 KiB or so), rather than have a later run
-            // unmap a range the target may have mapped again meanwhile.
-            let r = self.forget(&Leftover::Mapping { addr, len });
+        if let Some((addr, len)) = self.scratch {
+            // What the journal names through the scratch mapping is named by
+            // number before the mapping goes: fds this run made and keeps
+            // (dirty tracking's), until the stub goes below.
+            let r = self.entries_by_number(addr, len);
             keep(r, &mut first);
+            // Unmapped, then out of the journal: in between, a later run finds
+            // no marked mapping there, whatever the target maps in its place.
             let r = self.munmap(addr, len);
+            keep(r, &mut first);
+            self.scratch = None;
+            let r = self.forget(&Leftover::Mapping { addr, len });
             keep(r, &mut first);
         }
         if self.gone {
@@ -866,6 +951,83 @@ impl<'f> Injector<'f> {
         written
     }
 
+    /// Replaces the whole journal in one write (`leftovers::remove`).
+    pub(crate) fn set_journal(&mut self, entries: Vec<Leftover>) -> Result<()> {
+        let old = std::mem::replace(&mut self.journal, entries);
+        let written = self.write_journal();
+        if written.is_err() {
+            self.journal = old;
+        }
+        written
+    }
+
+    /// The entries that point into the scratch mapping at [addr, addr+len),
+    /// replaced (in one write) by the fds they name, by number.
+    fn entries_by_number(&mut self, addr: u64, len: u64) -> Result<()> {
+        let inside = |at: u64| at >= addr && at < addr + len;
+        let mut entries = Vec::with_capacity(self.journal.len());
+        for e in self.journal.clone() {
+            let (at, bytes) = match e {
+                Leftover::FdPair { addr, .. } => (addr, 8),
+                Leftover::FdCmsg { addr, .. } => (addr, 16 + 4 * 253),
+                Leftover::FdWord { addr, .. } => (addr, 8),
+                // Recorded closes are out of the journal once they returned.
+                Leftover::Closing { done, .. } | Leftover::ClosingRange { done, .. }
+                    if inside(done) =>
+                {
+                    continue
+                }
+                _ => {
+                    entries.push(e);
+                    continue;
+                }
+            };
+            if !inside(at) {
+                entries.push(e);
+                continue;
+            }
+            let mut b = vec![0u8; bytes];
+            self.read_memory(at, &mut b)?;
+            let fds: Vec<i32> = match e {
+                Leftover::FdPair { .. } => b
+                    .chunks_exact(4)
+                    .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
+                    .collect(),
+                Leftover::FdCmsg { .. } => {
+                    let clen = u64::from_ne_bytes(b[..8].try_into().unwrap()) as usize;
+                    b[16..clen.clamp(16, bytes) / 4 * 4]
+                        .chunks_exact(4)
+                        .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
+                        .collect()
+                }
+                _ => {
+                    let v = i64::from_ne_bytes(b[..8].try_into().unwrap());
+                    if (0..=i32::MAX as i64).contains(&v) {
+                        vec![v as i32]
+                    } else {
+                        Vec::new()
+                    }
+                }
+            };
+            let kind = match e {
+                Leftover::FdPair { kind, .. }
+                | Leftover::FdCmsg { kind, .. }
+                | Leftover::FdWord { kind, .. } => kind,
+                _ => unreachable!(),
+            };
+            for fd in fds.into_iter().filter(|&fd| fd >= 0) {
+                let by_number = Leftover::Fd { fd, kind };
+                if !entries.contains(&by_number) {
+                    entries.push(by_number);
+                }
+            }
+        }
+        if entries != self.journal {
+            self.set_journal(entries)?;
+        }
+        Ok(())
+    }
+
     /// Takes it out of the journal again (it is gone from the target).
     pub fn forget(&mut self, what: &Leftover) -> Result<()> {
         if let Some(i) = self.journal.iter().position(|j| j == what) {
@@ -875,7 +1037,7 @@ impl<'f> Injector<'f> {
     }
 
     fn write_journal(&mut self) -> Result<()> {
-        let bytes = leftovers::encode(&self.journal)
+        let bytes = leftovers::encode(&self.journal, &self.nonce)
             .ok_or_else(|| Error::InvalidArgument("too many leftovers journaled at once".into()))?;
         self.mem
             .write_all_at(&bytes, self.stub + JOURNAL_AT)
@@ -887,7 +1049,7 @@ impl<'f> Injector<'f> {
     /// still stores that call's result into its slot.
     fn done_slot(&mut self, own: u64) -> u64 {
         self.flip = !self.flip;
-        own + if self.flip { 40 } else { 48 }
+        own + OWN_DONE[self.flip as usize]
     }
 
     /// The injector's own page (the last of the scratch mapping).
@@ -949,9 +1111,9 @@ impl<'f> Injector<'f> {
             return Ok(*theirs);
         }
         // The kernel writes the pair into our page: journaled before the call.
-        self.write_memory(own + 16, &[0xff; 8])?;
+        self.write_memory(own + OWN_LIFELINE, &[0xff; 8])?;
         self.note(Leftover::FdPair {
-            addr: own + 16,
+            addr: own + OWN_LIFELINE,
             kind: FdKind::Socket,
         })?;
         self.syscall_ok(
@@ -960,11 +1122,11 @@ impl<'f> Injector<'f> {
                 libc::AF_UNIX as u64,
                 (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64,
                 0,
-                own + 16,
+                own + OWN_LIFELINE,
             ],
         )?;
         let mut b = [0u8; 8];
-        self.read_memory(own + 16, &mut b)?;
+        self.read_memory(own + OWN_LIFELINE, &mut b)?;
         let pair = [
             i32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")),
             i32::from_ne_bytes(b[4..8].try_into().expect("4 bytes")),
@@ -1341,6 +1503,35 @@ fn os_error(pid: i32, tid: i32, what: &str, e: io::Error) -> Error {
         return Error::TargetExited { pid };
     }
     Error::sys(format!("{what} of thread {tid} of process {pid}"), e)
+}
+
+/// A dead run's journal and nonce, taken over by the run that removes what it
+/// names (`leftovers::remove`).
+type Inherited = (Vec<Leftover>, [u8; NONCE_BYTES]);
+
+/// A fresh random nonce for a run (getrandom: the kernel's CSPRNG).
+fn random_nonce() -> Result<[u8; NONCE_BYTES]> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    let mut done = 0;
+    while done < NONCE_BYTES {
+        // SAFETY: writes at most the rest of `nonce`, a valid buffer.
+        let r = unsafe {
+            libc::getrandom(
+                nonce[done..].as_mut_ptr() as *mut libc::c_void,
+                NONCE_BYTES - done,
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(Error::sys("getrandom", e));
+        }
+        done += r as usize;
+    }
+    Ok(nonce)
 }
 
 /// Every blockable signal but those in UNBLOCKED (bit n-1 is signal n).
