@@ -309,6 +309,88 @@ export async function snapshot(pid: number): Promise<ProcSnapshot> {
   return { maps, fds };
 }
 
+interface MapLine {
+  line: string;
+  start: bigint;
+  end: bigint;
+  perms: string;
+  anon: boolean;
+}
+
+function mapLines(maps: string): MapLine[] {
+  return maps
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((line) => {
+      const w = line.split(/\s+/);
+      const [s, e] = w[0]!.split('-');
+      return {
+        line,
+        start: BigInt(`0x${s}`),
+        end: BigInt(`0x${e}`),
+        perms: w[1]!,
+        anon: w[4] === '0' && (w[5] ?? '') === '',
+      };
+    });
+}
+
+const HEAP = 64n << 20n;
+const THREAD_STACK = 2n << 20n;
+const PAGE_BYTES = 4096n;
+
+/**
+ * Whether `m` (a line of `all`) is memory a multithreaded workload makes for itself whenever
+ * more of its threads run at once than before: a glibc malloc heap (an anonymous 64 MiB-aligned
+ * block, read-write at its start and reserved, `---p`, up to its end) or a thread stack of 2 MiB
+ * (Rust's default) above a one-page guard. predump's scratch mapping is neither: it is made
+ * read-write in a free gap with a free page on either side, never inside such a block, and is
+ * never 2 MiB above a guard page.
+ */
+function targetsOwn(m: MapLine, all: MapLine[]): boolean {
+  if (!m.anon) return false;
+  const block = (m.start / HEAP) * HEAP;
+  const heap = all.some(
+    (r) => r.anon && r.perms === '---p' && r.end === block + HEAP && r.start >= block,
+  );
+  if (heap && m.end <= block + HEAP) return true;
+  const above = all.find((r) => r.start === m.end);
+  const below = all.find((r) => r.end === m.start);
+  const stack = (guard: MapLine | undefined, rw: MapLine | undefined) =>
+    guard !== undefined &&
+    rw !== undefined &&
+    guard.anon &&
+    rw.anon &&
+    guard.perms === '---p' &&
+    guard.end - guard.start === PAGE_BYTES &&
+    rw.perms === 'rw-p' &&
+    rw.end - rw.start === THREAD_STACK;
+  return stack(m, above) || stack(below, m);
+}
+
+/**
+ * How `after` differs from `before` in fds and mappings, leaving out the mappings the target
+ * made for itself (`targetsOwn`): [what differs, the target's own mappings left out].
+ */
+export function leftoverDiff(before: ProcSnapshot, after: ProcSnapshot): [string[], string[]] {
+  const [was, now] = [mapLines(before.maps), mapLines(after.maps)];
+  const wasSet = new Set(was.map((m) => m.line));
+  const nowSet = new Set(now.map((m) => m.line));
+  const diff: string[] = [];
+  const own: string[] = [];
+  for (const m of was.filter((m) => !nowSet.has(m.line))) {
+    (targetsOwn(m, was) ? own : diff).push(`-${m.line}`);
+  }
+  for (const m of now.filter((m) => !wasSet.has(m.line))) {
+    (targetsOwn(m, now) ? own : diff).push(`+${m.line}`);
+  }
+  for (const fd of new Set([...Object.keys(before.fds), ...Object.keys(after.fds)])) {
+    if (before.fds[fd] !== after.fds[fd]) {
+      diff.push(`fd ${fd}: ${before.fds[fd] ?? '-'} -> ${after.fds[fd] ?? '-'}`);
+    }
+  }
+  return [diff, own];
+}
+
 /** A pid that names no process now: one of a child of ours that has exited and been reaped. */
 export async function freePid(): Promise<number> {
   for (let i = 0; i < 20; i++) {
