@@ -219,7 +219,6 @@ test('what a tree does not support yet is refused by name, before anything is to
     ],
     [['--track-mem', 'uffd-wp'], /dirty tracking \(uffd-wp\) is not supported on a tree/],
     [['--track-mem', 'soft-dirty', '--pre-dump-mode', 'read'], /\(soft-dirty\) is not supported/],
-    [['--prev-images-dir', base], /incremental pre-dumps \(--prev-images-dir\) of a tree/],
   ];
   for (const [i, [extra, message]] of cases.entries()) {
     const dir = path.join(base, `img-${i}`);
@@ -380,4 +379,234 @@ test('shared memory: each anonymous object once by offset; file, memfd and SysV 
     human.stderr,
     new RegExp(`\\n  shmem    ${tree.anon.inode}: 64\\.0 KiB, 16 pages written once`),
   );
+});
+
+/** SIGSTOP (or SIGCONT) every process of a tree this test started. */
+function signalAll(pids: number[], sig: NodeJS.Signals): void {
+  for (const pid of pids) process.kill(pid, sig);
+}
+
+test('verify and show on a tree: every process and shared object compared; a change is found', async (t) => {
+  const { w, procs } = await startTree(t);
+  const pids = procs.map((p) => p.pid);
+  t.teardown(() => signalAll(pids, 'SIGCONT'));
+  signalAll(pids, 'SIGSTOP'); // nothing changes until SIGCONT: verify is exact
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir, '--json']);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+
+  const v = await runCli(['verify', '-t', String(w.pid), '-D', dir, '--json']);
+  t.is(v.code, 0, v.stderr);
+  const vj = parseJson<{
+    ok: boolean;
+    processes: { pid: number; pagesCompared: number; mismatches: number }[];
+    sharedMemory: { shmid: number; pagesCompared: number; mismatches: number; missing: number }[];
+    notInImages: number[];
+    mismatches: number;
+    missing: number;
+  }>(t, v);
+  t.true(vj.ok);
+  t.deepEqual(vj.processes.map((p) => p.pid).sort(), [...pids].sort());
+  for (const p of vj.processes) {
+    t.is(p.pagesCompared, j.processes.find((x) => x.pid === p.pid)!.pagesWritten);
+  }
+  t.deepEqual(
+    vj.sharedMemory.map((o) => [o.shmid, o.pagesCompared]),
+    j.sharedMemory!.map((o) => [o.shmid, o.pagesWritten]),
+  );
+  t.is(vj.mismatches, 0);
+  t.is(vj.missing, 0);
+  t.deepEqual(vj.notInImages, []);
+  const human = await runCli(['verify', '-t', String(w.pid), '-D', dir]);
+  t.is(human.code, 0, human.stderr);
+  t.regex(human.stderr, /verified the tree of process \d+: 4 processes, \d+ shared memory objects/);
+  t.regex(human.stderr, /\nverify ok$/m);
+
+  const show = await runCli(['show', dir, '--json']);
+  t.is(show.code, 0, show.stderr);
+  const sj = parseJson<{
+    pid: number;
+    processes: { pid: number; pagesId: number; pagesPresent: number }[];
+    sharedMemory: { shmid: number; pagesPresent: number }[];
+    pagesPresent: number;
+  }>(t, show);
+  t.is(sj.pid, w.pid, 'the root');
+  t.deepEqual(
+    sj.processes.map((p) => [p.pid, p.pagesId, p.pagesPresent]),
+    j.processes.map((p) => [p.pid, p.pagesId, p.pagesWritten]),
+  );
+  t.deepEqual(
+    sj.sharedMemory.map((o) => [o.shmid, o.pagesPresent]),
+    j.sharedMemory!.map((o) => [o.shmid, o.pagesWritten]),
+  );
+  t.is(sj.pagesPresent, j.pagesWritten);
+  const showText = await runCli(['show', dir, '--no-entries']);
+  t.regex(showText.stdout, /processes {6}4 \(a process tree; root \d+, the first below\)/);
+  t.regex(
+    showText.stdout,
+    new RegExp(`shmem ${w.shared!.inode} +pages-\\d+\\.img  1 entries, 256 pages present`),
+  );
+
+  // A shared page and a private page of process 3 rewritten: both are found.
+  signalAll(pids, 'SIGCONT');
+  await w.command('shared-dirty-range shared 5 1');
+  await w.command('proc 3 dirty 10 7');
+  signalAll(pids, 'SIGSTOP');
+  const bad = await runCli(['verify', '-t', String(w.pid), '-D', dir, '--json']);
+  t.is(bad.code, 1, bad.stderr);
+  const bj = parseJson<typeof vj>(t, bad);
+  t.false(bj.ok);
+  t.is(bj.sharedMemory.find((o) => o.shmid === w.shared!.inode)!.mismatches, 1);
+  t.true(bj.processes.find((p) => p.pid === procs[3]!.pid)!.mismatches > 0);
+  t.regex(bad.stderr, /verify FAILED/);
+});
+
+test('an incremental pre-dump of a tree: a new process dumped whole, an exited one dropped', async (t) => {
+  const { w, procs } = await startTree(t);
+  const base = await tempDir(t);
+  const first = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, '1'),
+    '--json',
+  ]);
+  t.is(first.code, 0, first.stderr);
+  const leaf = procs[2]!; // a child of the root, with no children
+  await w.command('proc 2 exit');
+  const born = await w.command<{ index: number; pid: number }>('spawn 1');
+  const r = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, '2'),
+    '--prev-images-dir',
+    '../1',
+    '--json',
+  ]);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  t.is(j.parent, path.join(base, '1'));
+  const pids = j.processes.map((p) => p.pid);
+  t.false(pids.includes(leaf.pid), 'the exited process is not pre-dumped');
+  t.deepEqual(j.droppedFromParent, [leaf.pid]);
+  t.is(j.processes.find((p) => p.pid === born.pid)!.inParent, 'new');
+  for (const p of j.processes.filter((x) => x.pid !== born.pid)) t.is(p.inParent, 'yes');
+  t.regex(j.trackNote!, /every page is copied again/);
+  const names = await readdir(path.join(base, '2'));
+  t.true(names.includes(`pagemap-${born.pid}.img`));
+  t.false(names.includes(`pagemap-${leaf.pid}.img`));
+  t.true(names.includes('parent'));
+  if (CRIT) {
+    for (const n of names.filter((x) => x.startsWith('pagemap-'))) {
+      t.truthy((await crit(path.join(base, '2', n))).magic, n);
+    }
+  }
+  // The new process's data region, page for page.
+  const now = await w.tree();
+  const bornData = now.find((p) => p.pid === born.pid)!.data;
+  const pm = await readPagemap(path.join(base, '2', `pagemap-${born.pid}.img`));
+  const c = await checkPattern(
+    path.join(base, '2', `pages-${pm.pagesId}.img`),
+    pm.entries,
+    bornData,
+  );
+  t.is(c.mismatches, 0);
+  t.is(c.checked, bornData.bytes / PAGE);
+  const human = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, '3'),
+    '--prev-images-dir',
+    '../1',
+  ]);
+  t.is(human.code, 0, human.stderr);
+  t.regex(human.stderr, new RegExp(`process  ${born.pid} \\(.*; new since the parent images`));
+  t.regex(
+    human.stderr,
+    new RegExp(`dropped  ${leaf.pid}: in the parent images, no longer in the tree`),
+  );
+  for (const p of j.processes) await assertRunningUntraced(t, p.pid);
+});
+
+test("a tree's parent images of another process: EPARENT, nothing written", async (t) => {
+  const { w } = await startTree(t);
+  const other = await startTree(t);
+  const base = await tempDir(t);
+  const first = await runCli(['pre-dump', '-t', String(other.w.pid), '-D', path.join(base, '1')]);
+  t.is(first.code, 0, first.stderr);
+  const r = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, '2'),
+    '--prev-images-dir',
+    '../1',
+    '--json',
+  ]);
+  assertCliError(t, r, {
+    exit: 1,
+    code: 'EPARENT',
+    message: new RegExp(
+      `parent images \\.\\./1 were made for processes .*, not the tree of ${w.pid}`,
+    ),
+  });
+  t.false((await readdir(base)).includes('2'));
+});
+
+test("a process tracked alone earlier: the tree's pre-dump warns that it holds predump's uffd-wp tracking", async (t) => {
+  const { w, procs } = await startTree(t);
+  const leaf = procs[3]!.pid;
+  const base = await tempDir(t);
+  const alone = await runCli([
+    'pre-dump',
+    '-t',
+    String(leaf),
+    '-D',
+    path.join(base, 'alone'),
+    '--track-mem',
+    'uffd-wp',
+    '--pre-dump-mode',
+    'read',
+  ]);
+  if (alone.code !== 0 && /userfaultfd|uffd/.test(alone.stderr)) {
+    t.log(`uffd-wp tracking is not possible here: ${alone.stderr}`);
+    t.pass();
+    return;
+  }
+  t.is(alone.code, 0, alone.stderr);
+  const r = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, 'tree'),
+    '--json',
+  ]);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  t.deepEqual(j.trackedAlone, [leaf]);
+  t.regex(
+    r.stderr,
+    new RegExp(
+      `process ${leaf} holds predump's uffd-wp tracking from an earlier pre-dump of it alone.*predump untrack -t ${leaf}`,
+    ),
+  );
+  const u = await runCli(['untrack', '-t', String(leaf)]);
+  t.is(u.code, 0, u.stderr);
+  const again = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, 'tree2'),
+    '--json',
+  ]);
+  t.deepEqual(parseJson<PreDumpResult>(t, again).trackedAlone, []);
 });

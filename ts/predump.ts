@@ -196,6 +196,13 @@ export interface PreDumpResult {
   notPreDumped: NotPreDumpedResult[] | null;
   /** Processes of the tree not pre-dumped: zombies, and those that exited while it froze. */
   leftOut: LeftOutResult[];
+  /** Processes of the parent images that are no longer in the tree (exited): dropped. */
+  droppedFromParent: number[];
+  /**
+   * Processes of the tree holding predump's uffd-wp tracking from an earlier pre-dump of
+   * them alone, which a tree pre-dump neither uses nor ends ('predump untrack -t PID').
+   */
+  trackedAlone: number[];
 }
 
 /** One process of a pre-dump. */
@@ -213,6 +220,12 @@ export interface ProcessResult {
   pagesGone: number;
   /** It exited while its pages were copied. */
   partial: boolean;
+  /**
+   * With parent images: whether they hold this process ('yes'), not at all ('new': it was
+   * pre-dumped whole), or hold another process that had its pid ('pid-reused': never matched
+   * to it). null without parent images, and for a single process.
+   */
+  inParent: 'yes' | 'new' | 'pid-reused' | null;
 }
 
 /** An anonymous shared memory object (MAP_SHARED|MAP_ANONYMOUS, /dev/zero shared). */
@@ -502,11 +515,14 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
           pagesWritten: report.pagesWritten,
           pagesGone: report.pagesGone,
           partial: report.partial,
+          inParent: null,
         },
       ],
       sharedMemory: null,
       notPreDumped: null,
       leftOut: [],
+      droppedFromParent: [],
+      trackedAlone: [],
     };
   } catch (err) {
     await discardImages(dir);

@@ -9,8 +9,11 @@ import {
   PE_PARENT,
   PE_PRESENT,
   PRE_DUMP_MODE,
+  isTreeDir,
   readPreDumpDir,
+  readTreeDir,
   type DumpStats,
+  type PreDumpDir,
 } from './images/index.js';
 
 export interface ImagesSummary {
@@ -39,6 +42,23 @@ export interface ImagesSummary {
   pagesInParent: number;
   pagesFileBytes?: number;
   stats?: DumpStats;
+  /**
+   * A process tree's images (several pagemaps, or shared memory): each process in pages-id
+   * order (the root first) and each anonymous shared memory object; `pid` is the root's,
+   * the page counts are the sums, and `entries` lists the root's.
+   */
+  processes?: PagemapSummary[];
+  sharedMemory?: PagemapSummary[];
+}
+
+/** One pagemap of a tree's images: a process's (pid) or a shared object's (shmid). */
+export interface PagemapSummary {
+  pid?: number;
+  shmid?: number;
+  pagesId: number;
+  entries: number;
+  pagesPresent: number;
+  pagesInParent: number;
 }
 
 function flagNames(flags: number): string[] {
@@ -65,12 +85,18 @@ export async function describeImages(dir: string): Promise<ImagesSummary> {
         'stats-dump): not an images directory',
     );
   }
+  if (isTreeDir(names)) return describeTree(dir);
   let d;
   try {
     d = await readPreDumpDir(dir);
   } catch (err) {
     throw new PredumpError('EIMAGE', (err as Error).message, { cause: err });
   }
+  return summarize(dir, d);
+}
+
+/** The summary of a directory as read (one process's pagemap in `d`). */
+async function summarize(dir: string, d: PreDumpDir): Promise<ImagesSummary> {
   const record = await readRecord(dir);
   const kind = d.inventory
     ? d.inventory.preDumpMode && !record?.final
@@ -121,4 +147,42 @@ async function readRecord(
   } catch {
     return undefined;
   }
+}
+
+/** A process tree's images: the root's summary, with every pagemap counted. */
+async function describeTree(dir: string): Promise<ImagesSummary> {
+  let tree;
+  try {
+    tree = await readTreeDir(dir);
+  } catch (err) {
+    throw new PredumpError('EIMAGE', (err as Error).message, { cause: err });
+  }
+  const s = await summarize(dir, tree.dir);
+  const root = tree.processes[0];
+  const all = [...tree.processes, ...tree.shmem];
+  const root1 = root
+    ? await readPreDumpDir(dir, { pid: root.pid }).catch(() => undefined)
+    : undefined;
+  return {
+    ...s,
+    pid: root?.pid,
+    entries: (root1?.entries ?? []).map((e) => ({ ...e, flagNames: flagNames(e.flags) })),
+    pagesPresent: all.reduce((n, p) => n + p.pagesPresent, 0),
+    pagesInParent: all.reduce((n, p) => n + p.pagesInParent, 0),
+    pagesFileBytes: all.reduce((n, p) => n + (p.pagesFileBytes ?? 0), 0),
+    processes: tree.processes.map((p) => ({
+      pid: p.pid,
+      pagesId: p.pagesId,
+      entries: p.entries.length,
+      pagesPresent: p.pagesPresent,
+      pagesInParent: p.pagesInParent,
+    })),
+    sharedMemory: tree.shmem.map((p) => ({
+      shmid: p.shmid,
+      pagesId: p.pagesId,
+      entries: p.entries.length,
+      pagesPresent: p.pagesPresent,
+      pagesInParent: p.pagesInParent,
+    })),
+  };
 }

@@ -9,7 +9,16 @@
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
-import { loadCodec, PE_PRESENT, PRE_DUMP_MODE, writeTreeImages } from './images/index.js';
+import { readFile, symlink } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  loadCodec,
+  PARENT_LINK,
+  PE_PRESENT,
+  PRE_DUMP_MODE,
+  readTreeDir,
+  writeTreeImages,
+} from './images/index.js';
 import { native } from './native.js';
 import type { TreeListing, TreePreDumpReport } from './generated/native.js';
 import {
@@ -59,12 +68,6 @@ function refuseUnsupported(options: PreDumpOptions, processes: number): string |
       `dirty tracking (${trackMem}) is not supported on ${n} yet: use --track-mem none (or auto)`,
     );
   }
-  if (options.prevImagesDir !== undefined) {
-    throw new PredumpError(
-      'EINVAL',
-      `incremental pre-dumps (--prev-images-dir) of ${n} are not supported yet: pre-dump it whole`,
-    );
-  }
   if (options.pageServer) {
     throw new PredumpError(
       'EINVAL',
@@ -74,14 +77,76 @@ function refuseUnsupported(options: PreDumpOptions, processes: number): string |
   return trackMem === 'auto' ? 'dirty tracking is not supported on a process tree yet' : null;
 }
 
+/** The parent images of a tree pre-dump, as far as a pre-dump without tracking needs them. */
+interface TreeParent {
+  dir: string;
+  /** Its dump_uptime (µs after boot). */
+  madeUs: number;
+  pids: number[];
+}
+
+/**
+ * Opens `given` (relative to `imagesDir`, as CRIU's --prev-images-dir) as the parent of a
+ * pre-dump of the tree of `root`: complete, made in this boot, holding `root` (the same
+ * process: started before the parent was made).
+ */
+async function openTreeParent(
+  given: string,
+  imagesDir: string,
+  root: number,
+  rootStartTicks: number,
+): Promise<TreeParent> {
+  const abs = path.resolve(path.resolve(imagesDir), given);
+  const refuse = (why: string): PredumpError =>
+    new PredumpError('EPARENT', `parent images ${given} ${why}`);
+  const t = await readTreeDir(abs).catch((err: Error) => {
+    throw refuse(`cannot be read: ${err.message}`);
+  });
+  if (!t.dir.complete) throw refuse('are incomplete (no inventory.img)');
+  const pids = t.processes.map((p) => p.pid);
+  if (!pids.includes(root)) {
+    throw refuse(
+      `were made for process${pids.length === 1 ? '' : 'es'} ${pids.join(', ')}, not the tree of ${root}`,
+    );
+  }
+  const madeUs = Number(t.dir.inventory?.dumpUptime ?? 0);
+  const nowUs = Number((await readFile('/proc/uptime', 'utf8')).split(' ')[0]) * 1e6;
+  if (madeUs > nowUs + 1e6) {
+    throw refuse(
+      `were made before the last reboot (${madeUs / 1e6} s after a boot; this one is ${nowUs / 1e6} s old)`,
+    );
+  }
+  if (madeUs === 0 || startedUs(rootStartTicks) > madeUs) {
+    throw refuse(`were made for an earlier process with pid ${root}: the pid was reused`);
+  }
+  return { dir: abs, madeUs, pids };
+}
+
+function startedUs(startTicks: number): number {
+  return (startTicks / native.clockTicksPerSecond()) * 1e6;
+}
+
 /** Pre-dumps the tree of `options.pid` (its listing: `listing`) into a new image directory. */
 export async function preDumpTree(
   options: PreDumpOptions,
   listing: TreeListing,
   started: number,
 ): Promise<PreDumpResult> {
-  const trackNote = refuseUnsupported(options, listing.members.length);
+  const autoNote = refuseUnsupported(options, listing.members.length);
   const root = options.pid;
+  const parent =
+    options.prevImagesDir === undefined
+      ? undefined
+      : await openTreeParent(
+          options.prevImagesDir,
+          options.imagesDir,
+          root,
+          listing.members[0]!.startTime,
+        );
+  // Without tracking every page is copied again: the parent only names the chain.
+  const trackNote = parent
+    ? 'dirty tracking is not supported on a process tree yet: every page is copied again'
+    : autoNote;
   const dir = await openImagesDir(options.imagesDir);
   const progress = new native.Progress();
   const ticker = options.onProgress
@@ -117,6 +182,9 @@ export async function preDumpTree(
     const privateWritten = sum(report.processes.map((p) => p.pagesWritten));
     const sharedWritten = sum(report.shmem.map((s) => pagesOf(s.regions)));
     const pagesScanned = sum(report.processes.map((p) => p.pagesScanned));
+    if (parent) {
+      await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
+    }
     const us = (x: number): number => Math.round(x);
     await writeTreeImages(dir.path, {
       processes,
@@ -161,6 +229,13 @@ export async function preDumpTree(
       pagesWritten: p.pagesWritten,
       pagesGone: p.pagesGone,
       partial: p.partial,
+      inParent: parent
+        ? parent.pids.includes(p.pid) && startedUs(p.startTime) <= parent.madeUs
+          ? 'yes'
+          : parent.pids.includes(p.pid)
+            ? 'pid-reused'
+            : 'new'
+        : null,
     }));
     const sharedMemory: SharedMemoryResult[] = report.shmem.map((s) => ({
       shmid: s.shmid,
@@ -185,6 +260,7 @@ export async function preDumpTree(
       reason: l.reason as LeftOutResult['reason'],
       comm: l.comm ?? null,
     }));
+    const tracked = report.processes.filter((p) => p.tracked).map((p) => p.pid);
     return {
       pid: root,
       imagesDir: dir.path,
@@ -207,7 +283,7 @@ export async function preDumpTree(
       pagesSkippedParent: 0,
       trackMem: options.trackMem ?? 'auto',
       trackBackend: 'none',
-      parent: null,
+      parent: parent?.dir ?? null,
       trackNote,
       leftoversRemoved: leftovers.length > 0 ? leftovers.join('; ') : null,
       bytesWritten,
@@ -226,6 +302,10 @@ export async function preDumpTree(
       sharedMemory,
       notPreDumped,
       leftOut,
+      trackedAlone: tracked,
+      droppedFromParent: parent
+        ? parent.pids.filter((p) => !report.processes.some((x) => x.pid === p))
+        : [],
     };
   } catch (err) {
     await discardImages(dir);

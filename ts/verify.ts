@@ -1,9 +1,11 @@
 /**
  * Verifying an image chain against a live process.
  */
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fromNative, PredumpError } from './errors.js';
 import {
+  isTreeDir,
   PE_PARENT,
   PE_PRESENT,
   pagesFileName,
@@ -40,7 +42,10 @@ const flat = (entries: { vaddr: number; nrPages: number }[]): Float64Array =>
 export async function verifyChain(pid: number, dir: string): Promise<VerifyResult> {
   // pages-ID.img as each pagemap names it (CRIU numbers them per dump).
   const chain: { dir: string; pagesId: number; present: Float64Array }[] = [];
-  const newest = await readPreDumpDir(dir).catch((err: Error) => {
+  // A tree's directory holds a pagemap per process: this process's is read.
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const which = isTreeDir(names) ? { pid } : {};
+  const newest = await readPreDumpDir(dir, which).catch((err: Error) => {
     throw new PredumpError('EIMAGE', `cannot read ${dir}: ${err.message}`);
   });
   if (!newest.complete) throw new PredumpError('EIMAGE', `${dir} is incomplete (no inventory.img)`);
@@ -51,7 +56,7 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
   const seen = new Set<string>();
   while (at !== undefined && !seen.has(at)) {
     seen.add(at);
-    const d: PreDumpDir | undefined = await readPreDumpDir(at).catch(() => undefined);
+    const d: PreDumpDir | undefined = await readPreDumpDir(at, which).catch(() => undefined);
     if (!d?.complete) break; // what follows holds nothing: counted as not in the chain
     chain.push({
       dir: at,

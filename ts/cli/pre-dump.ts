@@ -137,6 +137,13 @@ async function run(args: Args): Promise<number> {
     inform(`predump: note: ${result.trackNote}`);
   // A warning, kept with --json: a script that goes on to 'criu dump' needs it as much.
   if (result.trackBackend === 'uffd-wp') say(uffdHandover(result.pid));
+  for (const pid of result.trackedAlone ?? []) {
+    say(
+      `predump: warning: process ${pid} holds predump's uffd-wp tracking from an earlier ` +
+        'pre-dump of it alone, which a pre-dump of the tree neither uses nor ends: ' +
+        `'criu dump' refuses it; run 'predump untrack -t ${pid}' first`,
+    );
+  }
   if (result.trackBackend === 'none') {
     inform(
       `predump: note: no dirty tracking${result.processes.length > 1 && result.trackNote ? ` (${result.trackNote})` : ''}: ` +
@@ -259,6 +266,10 @@ export function treeLines(r: PreDumpResult): string[] {
       (p) =>
         `  process  ${p.pid}${p.comm ? ` (${p.comm})` : ''}, parent ${p.ppid ?? '?'}: ` +
         `${p.pagesWritten} pages written of ${p.pagesScanned} scanned, pages-${p.pagesId}.img` +
+        (p.inParent === 'new' ? '; new since the parent images' : '') +
+        (p.inParent === 'pid-reused'
+          ? '; its pid was another process in the parent images (not matched to them)'
+          : '') +
         (p.partial ? '; exited during the copy (partial)' : ''),
     ),
     ...(r.sharedMemory ?? []).map(
@@ -270,6 +281,9 @@ export function treeLines(r: PreDumpResult): string[] {
       (n) =>
         `  skipped  ${n.name || '(unnamed)'} in process ${n.pid} at 0x${n.start.toString(16)} ` +
         `(${formatBytes(n.bytes)}): ${n.reason}`,
+    ),
+    ...r.droppedFromParent.map(
+      (pid) => `  dropped  ${pid}: in the parent images, no longer in the tree (exited)`,
     ),
     ...r.leftOut.map(
       (l) =>

@@ -57,7 +57,23 @@ function render(s: ImagesSummary, withEntries: boolean): string {
     `${s.dir}: ${s.complete ? 'complete' : 'INCOMPLETE (no inventory.img)'} ${s.kind ?? ''}`.trimEnd(),
   ];
   if (s.complete) lines.push(`  made by        ${madeBy(s)}`);
-  if (s.pid !== undefined) lines.push(`  pid            ${s.pid}`);
+  if (s.processes) {
+    lines.push(
+      `  processes      ${s.processes.length} (a process tree; root ${s.pid ?? '?'}, the first below)`,
+    );
+    for (const p of s.processes) {
+      lines.push(
+        `    pid ${String(p.pid).padEnd(10)} pages-${p.pagesId}.img  ${p.entries} entries, ${p.pagesPresent} pages present` +
+          (p.pagesInParent > 0 ? `, ${p.pagesInParent} in the parent` : ''),
+      );
+    }
+    for (const o of s.sharedMemory ?? []) {
+      lines.push(
+        `    shmem ${String(o.shmid).padEnd(8)} pages-${o.pagesId}.img  ${o.entries} entries, ${o.pagesPresent} pages present (anonymous shared memory, by offset)` +
+          (o.pagesInParent > 0 ? `, ${o.pagesInParent} in the parent` : ''),
+      );
+    }
+  } else if (s.pid !== undefined) lines.push(`  pid            ${s.pid}`);
   if (s.dumpUptimeUs !== undefined)
     lines.push(`  dump uptime    ${(s.dumpUptimeUs / 1e6).toFixed(3)} s after boot`);
   lines.push(`  entries        ${s.entries.length}`);
@@ -72,6 +88,7 @@ function render(s: ImagesSummary, withEntries: boolean): string {
     );
   }
   if (withEntries && s.entries.length > 0) {
+    if (s.processes) lines.push(`  entries of the root, ${s.pid ?? '?'}:`);
     lines.push('  vaddr              pages  flags');
     for (const e of s.entries) {
       lines.push(

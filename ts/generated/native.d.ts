@@ -95,6 +95,15 @@ export interface KernelCheck {
 /** Lists `root` and its descendants (without freezing them). */
 export declare function listTree(root: number): Promise<TreeListing>
 
+/** A live mapping of a shared memory object, to read the object through. */
+export interface LiveShmem {
+  shmid: number
+  size: number
+  pid: number
+  start: number
+  end: number
+}
+
 /** Times a memcpy of `bytes` (fresh and warm destination) on its own thread. */
 export declare function memcpyReference(bytes: number): Promise<MemcpyReference>
 
@@ -416,6 +425,8 @@ export interface TreeProcessReport {
   regions: Float64Array
   partial: boolean
   leftoversRemoved?: string
+  /** It holds predump's uffd-wp tracking from an earlier pre-dump of it alone. */
+  tracked: boolean
 }
 
 /** One anonymous shared memory object, pre-dumped once for the tree. */
@@ -459,6 +470,12 @@ export interface VerifyResult {
    */
   rseqOnly: number
 }
+
+/**
+ * Compares a shared memory object's image chain (offsets) with the live
+ * object (see predump_core::tree_verify; nothing is frozen).
+ */
+export declare function verifyShmem(live: LiveShmem, chain: Array<ChainLayer>, wanted: Float64Array): Promise<VerifyResult>
 
 /** Time to write `bytes` into a new file in `dir` (removed afterwards), in ms. */
 export declare function writeReference(dir: string, bytes: number): Promise<number>

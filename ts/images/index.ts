@@ -55,3 +55,10 @@ export {
   type TreeImages,
   type TreePagemap,
 } from './tree-dir.js';
+export {
+  isTreeDir,
+  pagemapIds,
+  readTreeDir,
+  type TreeDir,
+  type TreeDirPagemap,
+} from './tree-dir.js';

@@ -341,7 +341,13 @@ function entryFromRecord(r: ReturnType<typeof decodePagemapEntry>): PagemapEntry
  */
 export async function readPreDumpDir(
   dir: string,
-  options: PageSizeOption = {},
+  options: PageSizeOption & {
+    /**
+     * The process to read, in a directory of a process tree (one pagemap per process):
+     * its pagemap-PID.img alone is read (a complete directory without it is an EIMAGE).
+     */
+    pid?: number;
+  } = {},
 ): Promise<PreDumpDir> {
   const pageSize = options.pageSize ?? PAGE_SIZE;
   const names = await readdir(dir);
@@ -367,7 +373,10 @@ export async function readPreDumpDir(
     result.inventory = out;
   }
 
-  const pagemaps = names.filter((n) => PAGEMAP_RE.test(n)).sort();
+  const pagemaps = names
+    .filter((n) => PAGEMAP_RE.test(n))
+    .filter((n) => options.pid === undefined || n === pagemapFileName(options.pid))
+    .sort();
   if (pagemaps.length > 1) {
     throw new ImageError(
       dir,
@@ -376,7 +385,12 @@ export async function readPreDumpDir(
   }
   const pagemapName = pagemaps[0];
   if (pagemapName === undefined) {
-    if (complete) throw new ImageError(dir, `has ${INVENTORY_FILE} but no pagemap-PID.img`);
+    if (complete) {
+      throw new ImageError(
+        dir,
+        `has ${INVENTORY_FILE} but no ${options.pid === undefined ? 'pagemap-PID.img' : pagemapFileName(options.pid)}`,
+      );
+    }
   } else {
     const file = join(dir, pagemapName);
     const recs = await readImage(file, 'PAGEMAP');

@@ -10,8 +10,9 @@
  * Ids: the shared objects first (1..S, in CRIU's shmem hash order), then the processes in tree
  * order (S+1..); the core chooses them and writes the pages images.
  */
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { encodeImage, ImageError } from './format.js';
+import { decodeImage, encodeImage, ImageError, PE_PARENT, PE_PRESENT } from './format.js';
 import {
   INVENTORY_FILE,
   PAGE_SIZE,
@@ -21,6 +22,7 @@ import {
   pagemapFileName,
   pagesFileName,
   presentPages,
+  readPreDumpDir,
   sizeIfExists,
   statsToEntry,
   toSafeNumber,
@@ -28,9 +30,17 @@ import {
   writeFileAtomic,
   type DumpStats,
   type PagemapEntry,
+  type PreDumpDir,
   type PreDumpMode,
 } from './predump-dir.js';
-import { encodeInventory, encodePagemapEntry, encodePagemapHead, encodeStats } from './proto.js';
+import {
+  decodePagemapEntry,
+  decodePagemapHead,
+  encodeInventory,
+  encodePagemapEntry,
+  encodePagemapHead,
+  encodeStats,
+} from './proto.js';
 
 export function shmemPagemapFileName(shmid: number): string {
   return `pagemap-shmem-${shmid}.img`;
@@ -112,4 +122,103 @@ export async function writeTreeImages(dir: string, images: TreeImages): Promise<
   await fsyncDir(dir); // the renames above are durable before inventory.img can appear
   await writeFileAtomic(dir, INVENTORY_FILE, inventoryImg);
   await fsyncDir(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+const PROCESS_PAGEMAP = /^pagemap-(\d+)\.img$/;
+const SHMEM_PAGEMAP = /^pagemap-shmem-(\d+)\.img$/;
+
+/** The pids and shmids of the pagemaps in a directory's file names. */
+export function pagemapIds(names: readonly string[]): { pids: number[]; shmids: number[] } {
+  const ids = (re: RegExp): number[] =>
+    names
+      .map((n) => re.exec(n)?.[1])
+      .filter((x): x is string => x !== undefined)
+      .map(Number)
+      .sort((a, b) => a - b);
+  return { pids: ids(PROCESS_PAGEMAP), shmids: ids(SHMEM_PAGEMAP) };
+}
+
+/** Whether a directory's files are those of a tree: several processes, or shared memory. */
+export function isTreeDir(names: readonly string[]): boolean {
+  const { pids, shmids } = pagemapIds(names);
+  return pids.length > 1 || shmids.length > 0;
+}
+
+/** One pagemap of a tree directory, as read. */
+export interface TreeDirPagemap {
+  pagesId: number;
+  entries: PagemapEntry[];
+  pagesPresent: number;
+  pagesInParent: number;
+  /** Size of its pages image, if there. */
+  pagesFileBytes?: number;
+}
+
+export interface TreeDir {
+  dir: PreDumpDir;
+  /** In pages-id order: CRIU's tree order, the root first. */
+  processes: (TreeDirPagemap & { pid: number })[];
+  /** In pages-id order. */
+  shmem: (TreeDirPagemap & { shmid: number })[];
+}
+
+function counted(pagesId: number, entries: PagemapEntry[], bytes?: number): TreeDirPagemap {
+  const sum = (bit: number): number =>
+    entries.filter((e) => e.flags & bit).reduce((n, e) => n + e.nrPages, 0);
+  return {
+    pagesId,
+    entries,
+    pagesPresent: sum(PE_PRESENT),
+    pagesInParent: sum(PE_PARENT),
+    ...(bytes === undefined ? {} : { pagesFileBytes: bytes }),
+  };
+}
+
+/**
+ * Reads every pagemap of a tree's images directory (each checked as `readPreDumpDir` checks
+ * one), with the directory's inventory, stats and parent link in `dir`.
+ */
+export async function readTreeDir(dir: string): Promise<TreeDir> {
+  const { pids, shmids } = pagemapIds(await readdir(dir));
+  const processes: TreeDir['processes'] = [];
+  let first: PreDumpDir | undefined;
+  for (const pid of pids) {
+    const d = await readPreDumpDir(dir, { pid });
+    first ??= d;
+    processes.push({ pid, ...counted(d.pagesId ?? 0, d.entries, d.pagesFileBytes) });
+  }
+  const shmem: TreeDir['shmem'] = [];
+  for (const shmid of shmids) {
+    const file = join(dir, shmemPagemapFileName(shmid));
+    const recs = decodeImage(await readFile(file), file, 'PAGEMAP').records;
+    if (recs.length === 0) throw new ImageError(file, 'no pagemap_head record');
+    const pagesId = decodePagemapHead(recs[0]!).pagesId;
+    const entries = recs.slice(1).map((r) => {
+      const e = decodePagemapEntry(r);
+      return {
+        vaddr: e.vaddr,
+        nrPages: e.nrPages ?? e.compatNrPages,
+        flags: e.flags ?? PE_PRESENT,
+      };
+    });
+    try {
+      validateEntries(entries);
+    } catch (err) {
+      throw new ImageError(file, (err as Error).message, { cause: err });
+    }
+    const bytes = await sizeIfExists(join(dir, pagesFileName(pagesId)));
+    if (bytes !== undefined && bytes !== presentPages(entries) * PAGE_SIZE) {
+      throw new ImageError(
+        join(dir, pagesFileName(pagesId)),
+        `size mismatch: ${bytes} bytes, but ${shmemPagemapFileName(shmid)} lists ${presentPages(entries)} present pages`,
+      );
+    }
+    shmem.push({ shmid, ...counted(pagesId, entries, bytes) });
+  }
+  processes.sort((a, b) => a.pagesId - b.pagesId);
+  shmem.sort((a, b) => a.pagesId - b.pagesId);
+  return { dir: first ?? (await readPreDumpDir(dir)), processes, shmem };
 }

@@ -24,6 +24,7 @@ pub mod sys;
 pub mod track;
 pub mod tree;
 pub mod tree_dump;
+pub mod tree_verify;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -331,6 +331,29 @@ impl Handle {
         Ok(out)
     }
 
+    /// Reads `buf.len()` bytes of the object from `offset` (short at its end).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::unix::fs::FileExt::read_at(
+                &self.file,
+                &mut buf[done..],
+                offset + done as u64,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::sys(
+                        format!("reading shared memory {}", self.shmid),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Appends the pages of `ranges` (offsets, sorted) to `out` at its current
     /// position, in order: sendfile, one copy in the kernel. Returns the bytes
     /// written (the object's file never shrinks under an open mapping, so a

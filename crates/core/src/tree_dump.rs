@@ -56,6 +56,9 @@ pub struct ProcessDump {
     pub partial: bool,
     /// What a predump that died while injecting had left in it, removed.
     pub leftovers_removed: Option<String>,
+    /// It holds predump's uffd-wp tracking, left by an earlier pre-dump of it
+    /// alone: a tree pre-dump neither uses nor ends it.
+    pub tracked: bool,
 }
 
 /// One anonymous shared memory object of the tree, pre-dumped once.
@@ -114,6 +117,7 @@ impl TreeReport {
 struct Prepared {
     vm_flags: HashMap<(u64, u64), VmFlags>,
     scanner: Scanner,
+    tracked: bool,
 }
 
 fn prepare(pid: i32) -> Result<Prepared> {
@@ -121,6 +125,7 @@ fn prepare(pid: i32) -> Result<Prepared> {
     Ok(Prepared {
         vm_flags: maps::parse_smaps_flags(&smaps)?,
         scanner: Scanner::open(pid)?,
+        tracked: crate::track::find_ours(pid)?.is_some(),
     })
 }
 
@@ -132,6 +137,7 @@ struct Found {
     scan: scan::ScanResult,
     vmas: Vec<Vma>,
     leftovers_removed: Option<String>,
+    tracked: bool,
 }
 
 /// Pre-dumps `root` and its descendants into `dir` (which must exist and hold
@@ -247,6 +253,7 @@ pub fn pre_dump_tree(
             drain: outcome.stats,
             partial: outcome.end == DrainEnd::TargetExited,
             leftovers_removed: f.leftovers_removed,
+            tracked: f.tracked,
             member: f.member,
         });
     }
@@ -306,6 +313,7 @@ fn scan_one(
     let Prepared {
         vm_flags,
         mut scanner,
+        tracked,
     } = match prepared.remove(&(pid, member.start_time)) {
         Some(p) => p,
         None => prepare(pid)?,
@@ -328,6 +336,7 @@ fn scan_one(
         scan,
         vmas,
         leftovers_removed: (!removed.is_empty()).then(|| removed.describe()),
+        tracked,
     })
 }
 

@@ -530,7 +530,7 @@ pub fn tcp_reference<'env>(env: &'env Env, bytes: f64) -> Result<Object<'env>> {
 }
 
 /// [vaddr, nrPages] pairs as page ranges.
-fn pairs(flat: &[f64]) -> Vec<predump_core::PageRange> {
+pub(crate) fn pairs(flat: &[f64]) -> Vec<predump_core::PageRange> {
     flat.chunks_exact(2)
         .map(|p| predump_core::PageRange::new(p[0] as u64, p[1] as u64))
         .collect()

@@ -112,6 +112,8 @@ pub struct TreeProcessReport {
     pub regions: Float64Array,
     pub partial: bool,
     pub leftovers_removed: Option<String>,
+    /// It holds predump's uffd-wp tracking from an earlier pre-dump of it alone.
+    pub tracked: bool,
 }
 
 /// One anonymous shared memory object, pre-dumped once for the tree.
@@ -192,6 +194,7 @@ fn report(r: TreeReport) -> TreePreDumpReport {
                 regions: flat(&p.regions),
                 partial: p.partial,
                 leftovers_removed: p.leftovers_removed.clone(),
+                tracked: p.tracked,
             })
             .collect(),
         shmem: r
@@ -244,5 +247,53 @@ pub fn pre_dump_tree<'env>(
     let root = options.root;
     on_own_thread(env, move || {
         tree_dump::pre_dump_tree(root, &dir, &config, progress.as_deref()).map(report)
+    })
+}
+
+/// A live mapping of a shared memory object, to read the object through.
+#[napi(object)]
+pub struct LiveShmem {
+    pub shmid: f64,
+    pub size: f64,
+    pub pid: i32,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// Compares a shared memory object's image chain (offsets) with the live
+/// object (see predump_core::tree_verify; nothing is frozen).
+#[napi(ts_return_type = "Promise<VerifyResult>")]
+pub fn verify_shmem<'env>(
+    env: &'env Env,
+    live: LiveShmem,
+    chain: Vec<crate::ChainLayer>,
+    wanted: Float64Array,
+) -> Result<Object<'env>> {
+    let layers: Vec<predump_core::verify::Layer> = chain
+        .iter()
+        .map(|l| predump_core::verify::Layer {
+            pages_path: PathBuf::from(&l.pages_path),
+            present: crate::pairs(&l.present),
+        })
+        .collect();
+    let wanted = crate::pairs(&wanted);
+    let live = predump_core::tree_verify::LiveObject {
+        shmid: live.shmid as u64,
+        size: live.size as u64,
+        pid: live.pid,
+        start: live.start as u64,
+        end: live.end as u64,
+    };
+    on_own_thread(env, move || {
+        let r = predump_core::tree_verify::verify_shmem(live, &layers, &wanted)?;
+        Ok(crate::VerifyResult {
+            pages_compared: r.pages_compared as f64,
+            mismatches: r.mismatches as f64,
+            first_mismatches: r.first_mismatches.iter().map(|&a| a as f64).collect(),
+            not_in_chain: r.not_in_chain as f64,
+            unreadable: r.unreadable as f64,
+            missing: r.missing as f64,
+            rseq_only: r.rseq_only as f64,
+        })
     })
 }

@@ -168,35 +168,67 @@ pub fn thread(pages: usize, seed: u64) -> (i32, usize) {
         .unwrap_or_else(|_| die("the new thread did not start"))
 }
 
-/// `fork`: a child that rewrites `pages` pages at `addr` (its own copies, after
-/// the fork) and then waits until this process exits. Answers its pid.
+/// Forks a copy of this process that rewrites `pages` pages of its copy of
+/// `addr` (from `seed`), then waits until this process exits. The copy is
+/// detached (double fork: its parent exits at once), so that this process
+/// stays a single process and not a tree for predump's `-t`: what is tested
+/// is this process's memory after a fork (copy-on-write breaks, tracking).
+/// Returns the copy's pid.
 pub fn fork(addr: usize, pages: usize, seed: u64) -> Result<i32, String> {
     let _ = range(addr, pages)?;
     let mut fds = [0; 2];
+    let mut pid_fds = [0; 2];
     // SAFETY: `fds` is a valid out array of two ints.
     check(
         unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
         "pipe2",
     )?;
-    // SAFETY: the child only calls async-signal-safe functions (close, prctl,
-    // getppid, read, _exit) and writes plain memory: safe after fork in a
-    // multi-threaded process.
+    // SAFETY: as above.
+    check(
+        unsafe { libc::pipe2(pid_fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe2",
+    )?;
+    // SAFETY: the children only call async-signal-safe functions (close,
+    // fork, getpid, write, read, _exit) and write plain memory: safe after
+    // fork in a multi-threaded process.
     match unsafe { libc::fork() } {
         -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
         0 => unsafe {
             libc::close(fds[1]);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::close(pid_fds[0]);
+            match libc::fork() {
+                0 => {}
+                -1 => libc::_exit(1),
+                _ => libc::_exit(0),
+            }
+            let me = libc::getpid().to_ne_bytes();
+            libc::write(pid_fds[1], me.as_ptr().cast(), me.len());
+            libc::close(pid_fds[1]);
             fill(addr, pages, seed);
-            // EOF when the parent is gone (it holds the only write end).
+            // EOF when this process is gone (it holds the only write end).
             let mut b = 0u8;
             libc::read(fds[0], (&mut b as *mut u8).cast(), 1);
             libc::_exit(0)
         },
         child => {
-            // SAFETY: our copy of the read end; the write end stays open for
-            // the life of this process, so the child waits until we exit.
-            unsafe { libc::close(fds[0]) };
-            Ok(child)
+            // SAFETY: our copies of the ends the children use; the write end
+            // of `fds` stays open for the life of this process, so the copy
+            // waits until we exit. The intermediate child is reaped at once.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(pid_fds[1]);
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+            }
+            let mut buf = [0u8; 4];
+            // SAFETY: reads into a local buffer of 4 bytes.
+            let n = unsafe { libc::read(pid_fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            // SAFETY: our read end, used no more.
+            unsafe { libc::close(pid_fds[0]) };
+            if n != 4 {
+                return Err("fork: the copy did not start".to_string());
+            }
+            Ok(i32::from_ne_bytes(buf))
         }
     }
 }
