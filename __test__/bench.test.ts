@@ -365,7 +365,7 @@ test.serial(
       for (const s of [row.sessionMs, row.tcpMs, row.stoppedMs, row.localStoppedMs, row.wallMs]) {
         assertMeasured(t, s, row.label);
       }
-      t.true(row.sendMBps.median > 0 && row.tcpMBps.median > 0);
+      t.true(row.sendMBps.median > 0 && row.tcpMBps.median > 0 && row.writeMBps.median > 0);
       t.is(row.xTcp, Math.round((row.sendMBps.median / row.tcpMBps.median) * 1000) / 1000);
       // A Node process: tens of MiB, not the pages it received.
       t.true(row.serverPeakRssBytes.min > 10 * MiB, String(row.serverPeakRssBytes.min));
