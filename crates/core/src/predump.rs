@@ -364,6 +364,14 @@ fn pre_dump_frozen(
     // Splice mode references the pages while still frozen (after the scan, so
     // that the injector's scratch mapping is not in the scan).
     let referenced = match (&found, spliced.as_mut()) {
+        // A thread still inside a dead run's stub needs it as it is: no
+        // injection until it ran its epilogue (inject::leftovers::Found).
+        (Ok(_), Some(_)) if leftovers_removed.in_use.is_some() => Some(Ok(Err(splice::Refused {
+            reason: "a thread of the target is still inside the injected code of a predump \
+                     that died (is the process stopped? continue it): nothing is injected \
+                     until it has left it"
+                .to_string(),
+        }))),
         (Ok(found), Some((pipes, fd_room))) => {
             Some(splice::reference(&frozen, &found.ranges, pipes, *fd_room))
         }

@@ -1114,6 +1114,74 @@ fn a_job_stopped_process_is_injected_and_stays_stopped() {
 }
 
 #[test]
+fn a_thread_left_inside_the_stub_keeps_it_until_it_ran_its_epilogue() {
+    // A process job-stopped when its tracer died: the thread the tracer held in
+    // a syscall stop inside our stub re-enters the group stop there, and runs
+    // the stub's epilogue only when continued. Until then the stub must stay as
+    // it is: a later run removes nothing (its new stub, zeroed at its restore,
+    // would have the thread run zeros when continued), and says why.
+    let mut t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let baseline = (fds(pid), maps(pid));
+    t.kill(libc::SIGSTOP);
+    assert!(settles_to(pid, main, 'T'));
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "kill_test_tracer_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PREDUMP_KILL_TEST_TARGET", format!("{pid} {main}"))
+        .env("PREDUMP_KILL_TEST_HOLD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(helper.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("KILLTEST holding") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the helper ended");
+    }
+    // SAFETY: kill by pid of our own unreaped child.
+    unsafe { libc::kill(helper.id() as i32, libc::SIGKILL) };
+    helper.wait().unwrap();
+    assert!(settles_to(pid, main, 'T'), "stopped again, inside the stub");
+    assert_eq!(tracer(pid, main), 0);
+    let left = leftovers::find(pid).unwrap();
+    assert_eq!((left.fds.len(), left.mappings.len()), (2, 1), "{left:?}");
+
+    let frozen = Frozen::freeze(pid).unwrap();
+    let kept = leftovers::clean(&frozen).unwrap();
+    frozen.thaw();
+    assert_eq!(kept.in_use, Some(main), "{kept:?}");
+    assert!(
+        kept.describe().contains("still inside"),
+        "{}",
+        kept.describe()
+    );
+    assert_eq!(
+        leftovers::find(pid).unwrap().fds,
+        left.fds,
+        "nothing removed"
+    );
+
+    t.kill(libc::SIGCONT);
+    t.send("echo continued");
+    t.expect("echo continued");
+    wait_blocked(pid, main, libc::SYS_read);
+    let frozen = Frozen::freeze(pid).unwrap();
+    let removed = leftovers::clean(&frozen).unwrap();
+    frozen.thaw();
+    assert_eq!(removed.in_use, None);
+    assert_eq!((removed.fds, removed.mappings), (left.fds, left.mappings));
+    assert!(leftovers::find(pid).unwrap().is_empty());
+    assert_eq!((fds(pid), maps(pid)), baseline);
+}
+
+#[test]
 fn injected_call_latency() {
     // Not a benchmark, a yardstick for the splice mode's frozen time: the cost
     // of Injector::new + restore, and of one injected call.
@@ -1197,6 +1265,18 @@ fn kill_test_tracer_helper() {
     let (pid, tid) = (v[0], v[1]);
     let frozen = Frozen::freeze(pid).unwrap();
     let mut out = std::io::stdout();
+    if std::env::var("PREDUMP_KILL_TEST_HOLD").is_ok() {
+        // Leaves a pipe and the scratch mapping, then holds the thread in a
+        // syscall stop inside the stub until the test kills us.
+        let mut inj = Injector::new(&frozen, tid).unwrap();
+        inj.scratch(4096).unwrap();
+        inj.pipe2(libc::O_CLOEXEC).unwrap();
+        assert_eq!(inj.getpid().unwrap(), pid);
+        writeln!(out, "KILLTEST holding").unwrap();
+        out.flush().unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        panic!("not killed");
+    }
     writeln!(out, "KILLTEST injecting").unwrap();
     out.flush().unwrap();
     // A kill may land in the removal too: the next tracer's removal must then
