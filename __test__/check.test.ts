@@ -29,6 +29,7 @@ const CAPABILITIES = [
   'soft-dirty',
   'uffd-wp',
   'vmsplice-gift',
+  'injection',
 ];
 
 test('check --json reports every capability, as found on this machine', async (t) => {
@@ -53,14 +54,17 @@ test('check --json reports every capability, as found on this machine', async (t
   t.false(supported('soft-dirty'));
   t.regex(cap['soft-dirty']!.detail, /bit 55/);
   t.regex(cap['soft-dirty']!.detail, /CONFIG_MEM_SOFT_DIRTY/);
-  for (const name of ['uffd-wp', 'ptrace', 'process_vm_readv', 'pidfd_getfd']) {
+  for (const name of ['uffd-wp', 'ptrace', 'process_vm_readv', 'pidfd_getfd', 'injection']) {
     t.true(supported(name), `${name}: ${cap[name]!.detail}`);
   }
   t.is(j.trackMemAuto, 'uffd-wp');
   t.true(j.modes.read);
   t.is(
     j.modes.splice,
-    supported('ptrace') && supported('pidfd_getfd') && supported('vmsplice-gift'),
+    supported('ptrace') &&
+      supported('pidfd_getfd') &&
+      supported('vmsplice-gift') &&
+      supported('injection'),
   );
   t.true(j.modes.freezeFree);
   t.is(j.defaultMode, 'freeze-free');

@@ -22,6 +22,7 @@ const PURPOSES: [string, string][] = [
   ['soft-dirty', 'dirty tracking by clear_refs and pagemap bit 55 (CONFIG_MEM_SOFT_DIRTY)'],
   ['uffd-wp', 'dirty tracking by userfaultfd write-protection in async mode (Linux 6.7+)'],
   ['vmsplice-gift', 'splice mode references pages into pipes with vmsplice(SPLICE_F_GIFT)'],
+  ['injection', "predump's own: system calls run inside the frozen target (x86_64 only so far)"],
 ];
 
 const options = {
@@ -40,8 +41,9 @@ export function builder(yargs: Argv) {
         'a child it forks and kills (never on another process):\n' +
         PURPOSES.map(([name, why]) => `  ${name.padEnd(17)} ${why}`).join('\n') +
         '\n\nSummary: read mode needs ptrace and process_vm_readv; splice mode needs ptrace, ' +
-        'pidfd_getfd and vmsplice-gift (else it falls back to read mode). Dirty tracking ' +
-        '"auto" takes soft-dirty if it works, else uffd-wp, else none (every pre-dump full).\n' +
+        'pidfd_getfd, vmsplice-gift and injection (else it falls back to read mode). Dirty ' +
+        'tracking "auto" takes soft-dirty if it works, else uffd-wp (with injection), else none ' +
+        '(every pre-dump full).\n' +
         'CRIU: its --track-mem is soft-dirty; only soft-dirty chains can be continued by criu dump, ' +
         "and a process tracked with uffd-wp must be untracked ('predump untrack') before criu dump.\n" +
         exitStatusHelp([
@@ -111,9 +113,10 @@ function criu(r: KernelCheck): { continuesChains: boolean; note: string } {
       };
 }
 
-/** The freeze-free path needs read mode's calls and uffd-wp async. */
+/** The freeze-free path needs read mode's calls, uffd-wp async and injection (its userfaultfd). */
 function freezeFree(r: KernelCheck): boolean {
-  return r.readMode && r.capabilities.some((c) => c.name === 'uffd-wp' && c.supported);
+  const has = (name: string): boolean => r.capabilities.some((c) => c.name === name && c.supported);
+  return r.readMode && has('uffd-wp') && has('injection');
 }
 
 /** The pipe size predump asks for (splice mode's pipes, read mode's drain buffers). */

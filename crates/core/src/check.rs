@@ -17,6 +17,7 @@ pub const SOFT_DIRTY: &str = Backend::SoftDirty.name();
 pub const UFFD_WP: &str = Backend::UffdWp.name();
 pub const PIDFD_GETFD: &str = "pidfd_getfd";
 pub const GIFT_VMSPLICE: &str = "vmsplice-gift";
+pub const INJECTION: &str = "injection";
 
 /// One feature, and why it does or does not work here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +43,13 @@ pub struct Report {
     /// /proc/sys/fs/pipe-max-size in bytes.
     pub pipe_max_size: Option<u64>,
     /// In a fixed order: process_vm_readv, ptrace, pidfd_getfd, PAGEMAP_SCAN,
-    /// soft-dirty, uffd-wp, vmsplice-gift.
+    /// soft-dirty, uffd-wp, vmsplice-gift, injection.
     pub capabilities: Vec<Capability>,
     pub track_mem_auto: Backend,
     /// read mode needs ptrace (freeze) and process_vm_readv (copy).
     pub read_mode: bool,
-    /// splice mode also needs pidfd_getfd (take the pipes made in the target) and
-    /// GIFT vmsplice (run inside the target).
+    /// splice mode also needs pidfd_getfd (take the pipes made in the target),
+    /// GIFT vmsplice and injection (to run it inside the target).
     pub splice_mode: bool,
 }
 
@@ -81,6 +82,7 @@ pub fn check() -> Result<Report> {
         capability(SOFT_DIRTY, probe::soft_dirty()?),
         capability(UFFD_WP, probe::uffd_wp()?),
         capability(GIFT_VMSPLICE, probe::gift_vmsplice()?),
+        injection(),
     ];
 
     let mut report = Report {
@@ -97,12 +99,16 @@ pub fn check() -> Result<Report> {
         read_mode: false,
         splice_mode: false,
     };
-    report.track_mem_auto = Backend::auto(report.supported(SOFT_DIRTY), report.supported(UFFD_WP));
+    // uffd-wp tracking makes its userfaultfd inside the target: injection.
+    report.track_mem_auto = Backend::auto(
+        report.supported(SOFT_DIRTY),
+        report.supported(UFFD_WP) && report.supported(INJECTION),
+    );
     (report.read_mode, report.splice_mode) = modes(
         report.supported(PTRACE),
         report.supported(PROCESS_VM_READV),
         report.supported(PIDFD_GETFD),
-        report.supported(GIFT_VMSPLICE),
+        report.supported(GIFT_VMSPLICE) && report.supported(INJECTION),
     );
     Ok(report)
 }
@@ -121,6 +127,30 @@ const CAP_SYS_RESOURCE: u32 = 24;
 /// The effective capability set of a /proc/PID/status text.
 fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(proc::parse_status_field(status, "CapEff")?, 16).ok()
+}
+
+/// Not a kernel feature but predump's own: whether it can run system calls inside
+/// a frozen target on this architecture (x86_64: a stub in the vDSO's tail; the
+/// injection tests prove it there). Not tried here: that takes a target.
+fn injection() -> Capability {
+    match crate::inject::supported() {
+        Ok(()) => Capability {
+            name: INJECTION,
+            supported: true,
+            detail: format!(
+                "predump runs system calls inside the frozen target ({}): splice mode's \
+                 vmsplice, uffd-wp tracking's userfaultfd",
+                std::env::consts::ARCH
+            ),
+        },
+        Err(why) => Capability {
+            name: INJECTION,
+            supported: false,
+            detail: format!(
+                "{why}: splice mode falls back to read mode, and dirty tracking is not uffd-wp"
+            ),
+        },
+    }
 }
 
 fn capability(name: &'static str, p: Probe) -> Capability {
@@ -200,7 +230,8 @@ mod tests {
                 PAGEMAP_SCAN,
                 SOFT_DIRTY,
                 UFFD_WP,
-                GIFT_VMSPLICE
+                GIFT_VMSPLICE,
+                INJECTION
             ]
         );
         assert!(r.capabilities.iter().all(|c| !c.detail.is_empty()));
@@ -222,8 +253,17 @@ mod tests {
         assert!(scan.supported || scan.detail.contains("ENOTTY"), "{scan:?}");
         assert_eq!(
             r.track_mem_auto,
-            Backend::auto(r.supported(SOFT_DIRTY), r.supported(UFFD_WP))
+            Backend::auto(
+                r.supported(SOFT_DIRTY),
+                r.supported(UFFD_WP) && r.supported(INJECTION)
+            )
         );
+        // Implemented on x86_64 only (inject/aarch64.rs).
+        assert_eq!(r.supported(INJECTION), cfg!(target_arch = "x86_64"));
+        if !r.supported(INJECTION) {
+            assert!(!r.splice_mode);
+            assert_ne!(r.track_mem_auto, Backend::UffdWp);
+        }
         // No other test of this crate makes a userfaultfd: any left is the probe's.
         for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
             let link = std::fs::read_link(fd.path()).unwrap_or_default();

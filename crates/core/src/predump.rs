@@ -506,6 +506,11 @@ fn pre_dump_freeze_free(
             "a final dump is frozen throughout: it has no freeze-free mode".to_string(),
         ));
     }
+    if let Err(why) = crate::inject::supported() {
+        return Err(Error::InvalidArgument(format!(
+            "the freeze-free mode makes the target's userfaultfd with an injected call: {why}"
+        )));
+    }
     if tracking.backend != Some(track::Backend::UffdWp) {
         return Err(Error::InvalidArgument(format!(
             "the freeze-free mode needs uffd-wp dirty tracking, not {}",

@@ -132,13 +132,20 @@ pub fn target_fd_room(pid: i32) -> Result<usize> {
 }
 
 /// References `ranges` (sorted) of the frozen process into `pipes`. `Ok(Err(_))`:
-/// the kernel or a seccomp filter refuses vmsplice; nothing is left in the target.
+/// the kernel or a seccomp filter refuses vmsplice, or this architecture cannot
+/// inject; nothing is left in the target.
 pub fn reference(
     frozen: &Frozen,
     ranges: &[PageRange],
     pipes: &mut Pipes,
     fd_room: usize,
 ) -> Result<std::result::Result<Pinned, Refused>> {
+    // Without injection (aarch64 so far) the vmsplice calls cannot run in the target.
+    if let Err(why) = crate::inject::supported() {
+        return Ok(Err(Refused {
+            reason: why.to_string(),
+        }));
+    }
     let started = Instant::now();
     let group_max = fd_room.clamp(1, SCM_MAX_FD);
     let batches: Vec<Vec<PageRange>> =

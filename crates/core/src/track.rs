@@ -113,12 +113,17 @@ impl Backend {
     }
 
     /// `auto` on this machine: soft-dirty if a real probe (write a page, clear,
-    /// write, look at bit 55) shows it, else uffd-wp if its probe works, else
+    /// write, look at bit 55) shows it, else uffd-wp if its probe works (and
+    /// system calls can be injected here: not on aarch64 yet), else
     /// None. The probes (probe.rs, the same as `predump check`'s) run on our
     /// own memory, once per process: the kernel does not change under us.
     pub fn detect() -> Backend {
         static DETECTED: OnceLock<Backend> = OnceLock::new();
-        *DETECTED.get_or_init(|| Backend::auto(Backend::SoftDirty.works(), Backend::UffdWp.works()))
+        *DETECTED.get_or_init(|| {
+            // uffd-wp tracking makes its userfaultfd inside the target: injection.
+            let uffd_wp = crate::inject::supported().is_ok() && Backend::UffdWp.works();
+            Backend::auto(Backend::SoftDirty.works(), uffd_wp)
+        })
     }
 
     /// Whether this backend works here: the real probe of `predump check`.

@@ -15,13 +15,14 @@
 
 use std::io;
 
-use crate::sys::ptrace::{self, getregset, setregset};
+use crate::sys::ptrace;
 
 /// `user_pt_regs`: x0…x30, sp, pc, pstate.
 pub(super) type Regs = libc::user_regs_struct;
 
-pub(super) const SUPPORTED: Result<(), &str> =
-    Err("SIGKILL-safe injection is not implemented on aarch64 yet");
+pub(super) const SUPPORTED: Result<(), &str> = Err(
+    "system call injection (splice mode, uffd-wp dirty tracking) is not implemented on aarch64 yet",
+);
 
 pub(super) const CODE_AT: u64 = 192;
 pub(super) const SINGLE_AT: u64 = CODE_AT;

@@ -221,6 +221,13 @@ impl std::fmt::Debug for ThreadState {
     }
 }
 
+/// Whether this architecture can inject system calls at all; `Err` says why not
+/// (aarch64: not implemented yet). Callers that can do without injection (splice
+/// mode, automatic dirty tracking, `predump check`) ask first.
+pub fn supported() -> std::result::Result<(), &'static str> {
+    arch::SUPPORTED
+}
+
 /// Reads the state of thread `tid` of a frozen process (see [`ThreadState`]).
 pub fn thread_state(frozen: &Frozen, tid: i32) -> Result<ThreadState> {
     let pid = frozen.pid();
@@ -334,7 +341,11 @@ impl<'f> Injector<'f> {
                 io::Error::from_raw_os_error(libc::ENOEXEC),
             )
         };
-        arch::SUPPORTED.map_err(refuse)?;
+        arch::SUPPORTED.map_err(|why| {
+            Error::InvalidArgument(format!(
+                "cannot inject system calls into process {pid}: {why}"
+            ))
+        })?;
         if ACTIVE.with(|a| a.borrow().contains(&pid)) {
             return Err(Error::InvalidArgument(format!(
                 "another injection into process {pid} is active: restore it first"
