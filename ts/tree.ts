@@ -9,7 +9,7 @@
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
-import { readFile, symlink } from 'node:fs/promises';
+import { readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   loadCodec,
@@ -20,6 +20,8 @@ import {
   writeTreeImages,
 } from './images/index.js';
 import { native } from './native.js';
+import { bootId, TRACK_FILE, type TrackRecord } from './parent.js';
+import { randomHex } from './random.js';
 import type { TreeListing, TreePreDumpReport } from './generated/native.js';
 import {
   abortable,
@@ -49,12 +51,6 @@ export function isTree(listing: TreeListing): boolean {
 function refuseUnsupported(options: PreDumpOptions, processes: number): string | null {
   const n = `a tree of ${processes} processes`;
   const mode = options.mode ?? 'auto';
-  if (options.finalDump) {
-    throw new PredumpError(
-      'EINVAL',
-      `the final dump ('predump dump') of ${n} is not supported yet: dump each process, or use criu dump`,
-    );
-  }
   if (mode !== 'auto' && mode !== 'read') {
     throw new PredumpError(
       'EINVAL',
@@ -155,7 +151,16 @@ export async function preDumpTree(
   try {
     setImmediate(loadCodec);
     const report = await abortable<TreePreDumpReport>(
-      native.preDumpTree({ root, dir: dir.path, bufferBytes: options.bufferBytes }, progress),
+      native.preDumpTree(
+        {
+          root,
+          dir: dir.path,
+          bufferBytes: options.bufferBytes,
+          finalDump: options.finalDump,
+          leaveStopped: options.leaveStopped,
+        },
+        progress,
+      ),
       options.signal,
       progress,
     ).catch((err: unknown) => {
@@ -184,6 +189,20 @@ export async function preDumpTree(
     const pagesScanned = sum(report.processes.map((p) => p.pagesScanned));
     if (parent) {
       await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
+    }
+    if (options.finalDump) {
+      // What `show` reads to call it a dump, as for one process.
+      const record: TrackRecord = {
+        pid: root,
+        generation: randomHex(8),
+        trackMem: 'none',
+        final: true,
+        bootId: await bootId(),
+        mode: 'read',
+      };
+      await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
+        mode: 0o600,
+      });
     }
     const us = (x: number): number => Math.round(x);
     await writeTreeImages(dir.path, {

@@ -110,14 +110,21 @@ export async function handler(args: Args): Promise<void> {
   inform(summary(result, true).replace(/^pre-dumped/, 'dumped'));
   if (result.partial) {
     // Only a SIGKILL ends a process frozen by ptrace: its images hold what was read before.
+    const gone = result.processes.filter((p) => p.partial).map((p) => p.pid);
     say(
-      `predump: warning: process ${result.pid} exited during the copy: ` +
+      `predump: warning: process${gone.length > 1 ? 'es' : ''} ${(gone.length > 0 ? gone : [result.pid]).join(', ')} exited during the copy: ` +
         'the images are a partial dump, holding only the pages read before it exited',
     );
     process.exitCode = EXIT.partial;
     return;
   }
-  if (leaveStopped) {
+  if (leaveStopped && result.processes.length > 1) {
+    const pids = result.processes.map((p) => p.pid).join(' ');
+    inform(
+      `the ${result.processes.length} processes of the tree of ${args.tree} are left stopped: ` +
+        `'kill -CONT ${pids}' resumes them`,
+    );
+  } else if (leaveStopped) {
     inform(`process ${args.tree} is left stopped: 'kill -CONT ${args.tree}' resumes it`);
   }
   process.exitCode = EXIT.ok;

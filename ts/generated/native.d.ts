@@ -385,6 +385,12 @@ export interface TreePreDumpOptions {
   /** The images directory (it exists; the pages images are created in it). */
   dir: string
   bufferBytes?: number
+  /**
+   * `predump dump`: copy while the whole tree stays frozen, end predump's
+   * tracking in it, and leave it running or (leaveStopped) job-stopped.
+   */
+  finalDump?: boolean
+  leaveStopped?: boolean
 }
 
 /** What a tree pre-dump did. Times in microseconds. */

@@ -16,8 +16,10 @@
 //!
 //! # What this mode does not do yet
 //!
-//! Read mode only, without dirty tracking, parent images or a page server: the
-//! caller refuses the others for a tree of more than one process.
+//! Read mode only, without dirty tracking or a page server: the caller refuses
+//! the others for a tree of more than one process. A final dump (`predump
+//! dump`) copies everything while the whole tree stays frozen, after ending
+//! the uffd-wp tracking that pre-dumps of single processes may have left.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,7 +30,7 @@ use crate::drain::{DrainConfig, DrainEnd, DrainStats};
 use crate::freeze::Frozen;
 use crate::maps::{self, VmFlags, Vma};
 use crate::pages_out::{PagesFile, PagesOut};
-use crate::predump::Progress;
+use crate::predump::{FinalDump, Progress};
 use crate::scan::{self, ScanMethod, Scanner};
 use crate::shmem::{self, SharedKind};
 use crate::tree::{self, FrozenTree, Left, Member, TreeFreezeTimes};
@@ -147,6 +149,7 @@ pub fn pre_dump_tree(
     root: i32,
     dir: &Path,
     config: &DrainConfig,
+    final_dump: Option<FinalDump>,
     progress: Option<&Progress>,
 ) -> Result<TreeReport> {
     tree::check_root(root)?;
@@ -171,16 +174,62 @@ pub fn pre_dump_tree(
     let found = scan_frozen(&frozen, &mut prepared);
     let scan_time = scan_started.elapsed();
     let left = frozen.left().to_vec();
-    let freeze = frozen.thaw();
+    // A final dump ends predump's tracking and copies everything while the
+    // whole tree stays frozen: the images are one consistent state.
+    let copied = match (&found, final_dump) {
+        (Ok((found, objects, _)), Some(_)) => Some(end_tracking(&frozen).and_then(|()| {
+            let drain_started = Instant::now();
+            copy_all(found, objects, dir, config, progress).map(|c| (c, drain_started))
+        })),
+        _ => None,
+    };
+    let freeze = match final_dump {
+        Some(FinalDump {
+            leave_stopped: true,
+        }) if matches!(copied, Some(Ok(_))) => frozen.thaw_stopped(),
+        _ => frozen.thaw(),
+    };
     if let Some(p) = progress {
         p.thawed.store(true, Ordering::SeqCst);
     }
     let (found, objects, not_dumped) = found?;
+    let ((processes, shmem), drain_started) = match copied {
+        Some(c) => c?,
+        None => {
+            let drain_started = Instant::now();
+            (
+                copy_all(&found, &objects, dir, config, progress)?,
+                drain_started,
+            )
+        }
+    };
+    let drain_time = drain_started.elapsed();
+    Ok(TreeReport {
+        root,
+        dump_uptime_us,
+        processes,
+        shmem,
+        not_dumped,
+        left,
+        freeze,
+        scan_time,
+        drain_time,
+    })
+}
 
+/// Writes the pages images: the shared objects first, then the processes, ids
+/// as CRIU gives them.
+fn copy_all(
+    found: &[Found],
+    objects: &[FoundObject],
+    dir: &Path,
+    config: &DrainConfig,
+    progress: Option<&Progress>,
+) -> Result<(Vec<ProcessDump>, Vec<ShmemDump>)> {
     // Ids as CRIU gives them: the shared objects first, then the processes.
     let mut next_id = 1u32;
     let mut shmem_out = Vec::with_capacity(objects.len());
-    for (obj, handle, present) in &objects {
+    for (obj, handle, present) in objects {
         let mut pids: Vec<i32> = Vec::new();
         for m in &obj.mappings {
             if !pids.contains(&m.pid) {
@@ -214,7 +263,6 @@ pub fn pre_dump_tree(
         p.total.store(private + shared, Ordering::Relaxed);
     }
 
-    let drain_started = Instant::now();
     let mut shmem = Vec::with_capacity(shmem_out.len());
     for (dump, handle) in shmem_out {
         let path = dir.join(format!("pages-{}.img", dump.pages_id));
@@ -252,23 +300,32 @@ pub fn pre_dump_tree(
             regions: outcome.regions,
             drain: outcome.stats,
             partial: outcome.end == DrainEnd::TargetExited,
-            leftovers_removed: f.leftovers_removed,
+            leftovers_removed: f.leftovers_removed.clone(),
             tracked: f.tracked,
-            member: f.member,
+            member: f.member.clone(),
         });
     }
-    let drain_time = drain_started.elapsed();
-    Ok(TreeReport {
-        root,
-        dump_uptime_us,
-        processes,
-        shmem,
-        not_dumped,
-        left,
-        freeze,
-        scan_time,
-        drain_time,
-    })
+    Ok((processes, shmem))
+}
+
+/// Ends predump's uffd-wp tracking in every process of the frozen tree that
+/// holds it (left by pre-dumps of it alone): after a final dump nothing of
+/// predump is left in the tree.
+fn end_tracking(frozen: &FrozenTree) -> Result<()> {
+    for p in frozen.processes() {
+        if crate::track::find_ours(p.member.pid)?.is_some() {
+            let mut inj = crate::inject::Injector::any(&p.frozen)?;
+            crate::track::Tracker::attach_with(
+                crate::track::Backend::UffdWp,
+                &p.frozen,
+                &mut inj,
+                &[],
+            )?
+            .release(&mut inj)?;
+            inj.restore()?;
+        }
+    }
+    Ok(())
 }
 
 type FoundObject = (shmem::Object, shmem::Handle, Vec<PageRange>);

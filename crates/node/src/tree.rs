@@ -87,6 +87,10 @@ pub struct TreePreDumpOptions {
     /// The images directory (it exists; the pages images are created in it).
     pub dir: String,
     pub buffer_bytes: Option<u32>,
+    /// `predump dump`: copy while the whole tree stays frozen, end predump's
+    /// tracking in it, and leave it running or (leaveStopped) job-stopped.
+    pub final_dump: Option<bool>,
+    pub leave_stopped: Option<bool>,
 }
 
 /// One process's part of a tree pre-dump.
@@ -245,8 +249,15 @@ pub fn pre_dump_tree<'env>(
     }
     let progress = progress.map(|p| p.inner.clone());
     let root = options.root;
+    let final_dump =
+        options
+            .final_dump
+            .unwrap_or(false)
+            .then_some(predump_core::predump::FinalDump {
+                leave_stopped: options.leave_stopped.unwrap_or(false),
+            });
     on_own_thread(env, move || {
-        tree_dump::pre_dump_tree(root, &dir, &config, progress.as_deref()).map(report)
+        tree_dump::pre_dump_tree(root, &dir, &config, final_dump, progress.as_deref()).map(report)
     })
 }
 
