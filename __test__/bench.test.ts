@@ -23,6 +23,7 @@ import { stat as statOf } from '../ts/bench/stats.js';
 import type { BenchReport, BenchRow } from '../ts/bench/report.js';
 import { renderPageServerTable, type PageServerReport } from '../ts/bench/page-server.js';
 import { renderStartupTable, type StartupReport } from '../ts/bench/startup.js';
+import { renderTreeTable, type TreeReport } from '../ts/bench/tree.js';
 import { PE_PARENT, PE_PRESENT } from '../ts/images/index.js';
 import {
   assertCliError,
@@ -384,6 +385,54 @@ test.serial(
   },
 );
 
+// ---- trees -----------------------------------------------------------------------------------
+
+test.serial(
+  'bench --tree --json: a tree sharing memory beside one process of the same size, goals',
+  async (t) => {
+    const dir = await shmDir(t);
+    const r = await runCli([
+      'bench',
+      '--tree',
+      '--processes',
+      '4',
+      '--sizes',
+      '16M',
+      '--runs',
+      '1',
+      '--json',
+      '--dir',
+      dir,
+    ]);
+    t.is(r.code, 0, r.stderr);
+    t.deepEqual(await readdir(dir), [], 'no images left behind');
+    const j = parseJson<TreeReport>(t, r);
+    t.is(j.version, 1);
+    t.is(j.rows.length, 1);
+    const row = j.rows[0]!;
+    t.is(row.processes, 4);
+    t.is(row.sharedBytes, 4 * MiB);
+    // The shared object once, every page of it: not once per process.
+    t.is(row.sharedPages, 1024);
+    t.is(row.sharedPagesWritten, 1024);
+    for (const s of [row.stoppedMs, row.scanMs, row.totalMs, row.singleStoppedMs, row.memcpyMs]) {
+      assertMeasured(t, s, 'tree');
+    }
+    t.true(row.pagesWritten.min >= (16 * MiB) / 4096, 'the private and shared data');
+    t.deepEqual(
+      j.goals.map((g) => [g.id, g.met === null]),
+      [
+        ['tree-stopped-16M', false],
+        ['tree-shared-once-16M', false],
+        ['tree-freeze-free', true],
+        ['tree-incremental', true],
+      ],
+    );
+    t.true(j.goals[1]!.met === true);
+    t.regex(renderTreeTable(j), /16M\s+4\s+\d/);
+  },
+);
+
 // ---- bad command lines: exit 2 before anything starts ----------------------------------------
 
 const usageCases: [string, string[], RegExp][] = [
@@ -428,8 +477,21 @@ const usageCases: [string, string[], RegExp][] = [
   [
     '--startup and --page-server',
     ['--startup', '--page-server'],
-    /--startup and --page-server are two benchmarks: give one/,
+    /--startup, --page-server and --tree are separate benchmarks: give one/,
   ],
+  ['--tree and --page-server', ['--tree', '--page-server'], /are separate benchmarks: give one/],
+  ['--processes without --tree', ['--processes', '10'], /--processes is an option of --tree/],
+  [
+    '--tree --processes 1',
+    ['--tree', '--processes', '1'],
+    /--processes must be an integer from 2 to 1000/,
+  ],
+  [
+    '--tree --shared-percent 95',
+    ['--tree', '--shared-percent', '95'],
+    /--shared-percent must be an integer from 0 to 90/,
+  ],
+  ['--tree --modes', ['--tree', '--modes', 'splice'], /--modes is not an option of --tree/],
   [
     '--page-server with an option it does not take',
     ['--page-server', '--threads', '2'],

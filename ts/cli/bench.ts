@@ -101,6 +101,21 @@ export function builder(yargs: Argv) {
         'instead: pre-dumps streamed to predump page-server on loopback, beside a plain TCP send ' +
         `of the same bytes and a local pre-dump [--sizes default: ${PAGE_SERVER_DEFAULTS.sizes}; --modes: read,splice; --runs: ${PAGE_SERVER_DEFAULTS.runs}]`,
     })
+    .option('tree', {
+      type: 'boolean',
+      default: false,
+      describe:
+        'instead: read-mode pre-dumps of a tree of processes sharing memory, beside one process of the same size ' +
+        `[--sizes default: ${TREE_DEFAULTS.sizes} (the whole tree); --threads: ${TREE_DEFAULTS.threads} per process; --runs: ${TREE_DEFAULTS.runs}]`,
+    })
+    .option('processes', {
+      type: 'string',
+      describe: `with --tree: processes in the tree [default: ${TREE_DEFAULTS.processes}]`,
+    })
+    .option('shared-percent', {
+      type: 'string',
+      describe: `with --tree: percent of the size in one region every process shares [default: ${TREE_DEFAULTS.sharedPercent}]`,
+    })
     .option('criu', {
       type: 'string',
       describe: 'with --startup: the criu executable to compare with (4.2 or later)',
@@ -112,6 +127,7 @@ export function builder(yargs: Argv) {
       'narrowed, with a chart',
     )
     .example('predump bench --json > bench.json', 'for scripts')
+    .example('predump bench --tree', 'a tree of 100 processes, 1 GiB, a quarter shared')
     .example(
       'predump bench --page-server --sizes 256M,1G',
       'throughput to a page server against TCP (docs/PAGE-SERVER.md)',
@@ -142,6 +158,9 @@ export function builder(yargs: Argv) {
         'With --page-server: per size and mode, pre-dumps sent to a predump page-server on ' +
         '127.0.0.1, a plain TCP send of as many bytes, and a local pre-dump, in turns; ' +
         "throughput, the target's stopped time and the server's peak RSS (docs/PAGE-SERVER.md).\n\n" +
+        'With --tree: read-mode pre-dumps of the workload as a tree of --processes processes ' +
+        '(--shared-percent of --sizes in one shared region, the rest private, split evenly), ' +
+        'beside a pre-dump of one process of the same size and a memcpy, in turns (docs/TREES.md).\n\n' +
         'It starts and stops its own workloads and never touches another process.\n\n' +
         exitStatusHelp([
           ['0', 'done (missed goals are reported, not failed)'],
@@ -153,21 +172,111 @@ export function builder(yargs: Argv) {
 }
 
 export async function handler(args: Args): Promise<void> {
-  if (args.startup && args.pageServer) {
+  if ([args.startup, args.pageServer, args.tree].filter(Boolean).length > 1) {
     process.exitCode = reportError(
-      usage('--startup and --page-server are two benchmarks: give one'),
+      usage('--startup, --page-server and --tree are separate benchmarks: give one'),
       args.json,
     );
     return;
   }
-  const which = args.startup ? runStartup : args.pageServer ? runPageServer : run;
+  const treeOnly =
+    args.processes !== undefined
+      ? 'processes'
+      : args.sharedPercent !== undefined
+        ? 'shared-percent'
+        : null;
+  if (!args.tree && treeOnly !== null) {
+    process.exitCode = reportError(usage(`--${treeOnly} is an option of --tree`), args.json);
+    return;
+  }
+  const which = args.startup
+    ? runStartup
+    : args.pageServer
+      ? runPageServer
+      : args.tree
+        ? runTree
+        : run;
   process.exitCode = await which(args).catch((err: unknown) => reportError(err, args.json));
+}
+
+const TREE_DEFAULTS = {
+  sizes: '1G',
+  processes: '100',
+  sharedPercent: '25',
+  threads: '0',
+  runs: '5',
+};
+
+/** The options of the mode matrix that --tree does not take. */
+const NOT_TREE = ['modes', 'dirtyRates', 'churn', 'iterations', 'quick', 'chart', 'criu'];
+
+/** `predump bench --tree`. */
+async function runTree(args: Args): Promise<number> {
+  const given = NOT_TREE.filter((k) => {
+    const v = args[k as keyof Args];
+    return v !== undefined && v !== false;
+  });
+  if (given.length > 0) {
+    const flag = given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    throw usage(`--${flag} is not an option of --tree`);
+  }
+  const dir = last(args.dir) ?? defaultDir();
+  await checkDir(dir);
+  const plan = {
+    sizes: parseSizes(last(args.sizes) ?? TREE_DEFAULTS.sizes),
+    processes: parseInteger(
+      last(args.processes) ?? TREE_DEFAULTS.processes,
+      '--processes',
+      2,
+      1000,
+    ),
+    sharedPercent: parseInteger(
+      last(args.sharedPercent) ?? TREE_DEFAULTS.sharedPercent,
+      '--shared-percent',
+      0,
+      90,
+    ),
+    threads: parseInteger(last(args.threads) ?? TREE_DEFAULTS.threads, '--threads', 0, 16),
+    runs: parseInteger(last(args.runs) ?? TREE_DEFAULTS.runs, '--runs', 1, 1000),
+    dir,
+  };
+  const { renderTreeTable, runTreeBench } = await import('../bench/tree.js');
+  const busy = await cpuBusy(1000);
+  if (busy !== undefined && busy > 0.25) {
+    say(
+      `predump bench: note: the machine is busy (${(busy * 100).toFixed(0)}% of its CPUs' ` +
+        'time in use): the figures are noisier',
+    );
+  }
+  const report = await runTreeBench(
+    plan,
+    {
+      step: (m) => {
+        if (process.stderr.isTTY && !args.json) write(process.stderr, `\r\x1b[K${m}`);
+      },
+    },
+    ['predump', 'bench', ...process.argv.slice(3)].join(' '),
+  );
+  if (process.stderr.isTTY && !args.json) write(process.stderr, '\r\x1b[K');
+  if (args.json) printJson(report);
+  else write(process.stdout, renderTreeTable(report));
+  return EXIT.ok;
 }
 
 const PAGE_SERVER_DEFAULTS = { sizes: '256M,1G', modes: 'read,splice', runs: '5' };
 
 /** The options of the mode matrix that --page-server does not take. */
-const NOT_PAGE_SERVER = ['threads', 'dirtyRates', 'churn', 'iterations', 'quick', 'chart', 'criu'];
+const NOT_PAGE_SERVER = [
+  'threads',
+  'dirtyRates',
+  'churn',
+  'iterations',
+  'quick',
+  'chart',
+  'criu',
+  'processes',
+  'sharedPercent',
+];
 
 /** `predump bench --page-server`. */
 async function runPageServer(args: Args): Promise<number> {
