@@ -5,24 +5,29 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { decodeImage, decodePagemapEntry, decodePagemapHead } from '../ts/images/index.js';
 import { native } from '../ts/native.js';
-import type { PreDumpResult } from '../ts/predump.js';
+import type { PredumpError } from '../ts/errors.js';
+import { preDump, type PreDumpResult } from '../ts/predump.js';
 import type { TreeProcess, Workload } from '../ts/workload.js';
 import {
   assertCliError,
   assertRunningUntraced,
   CRIT,
   procState,
+  reachGate,
   crit,
   MiB,
+  mkfifo,
   PAGE,
   ROOT,
   parseJson,
   runCli,
+  startCli,
   startWorkload,
   tempDir,
 } from './helpers.js';
@@ -692,4 +697,54 @@ test('dump --leave-stopped of a tree: copied while all frozen, all left stopped,
   signalAll(pids, 'SIGCONT');
   for (const pid of pids) await assertRunningUntraced(t, pid);
   t.true((await w.selfCheck()).ok);
+});
+
+test('a process that exits during the copy: a partial pre-dump, exit 3, naming it', async (t) => {
+  const { w, procs } = await startTree(t);
+  const tmp = await tempDir(t);
+  const gate = path.join(tmp, 'gate');
+  await mkfifo(gate);
+  const victim = procs[3]!.pid; // a leaf: killing it takes no other process along
+  const cli = startCli(['pre-dump', '-t', String(w.pid), '-D', path.join(tmp, 'img'), '--json'], {
+    PREDUMP_TEST_DRAIN_GATE: gate,
+  });
+  // The processes are copied one after the other (in tree order, after the shared objects),
+  // each reading one byte from the gate after its first buffer: the victim is killed while
+  // the root's copy waits there. The gate stays open for writing until the CLI ends (the
+  // bytes for the later copies wait in it).
+  const fh = await reachGate(gate, cli);
+  process.kill(victim, 'SIGKILL');
+  await fh.write(Buffer.from('x'.repeat(procs.length)));
+  const r = await cli.done;
+  await fh.close();
+  t.is(r.code, 3, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  t.true(j.partial);
+  t.deepEqual(
+    j.processes.filter((p) => p.partial).map((p) => p.pid),
+    [victim],
+  );
+  t.regex(r.stderr, new RegExp(`process ${victim} exited during the copy`));
+  for (const p of procs.filter((x) => x.pid !== victim)) await assertRunningUntraced(t, p.pid);
+});
+
+test("a tree whose root is the caller's own child, through the API: ECHILDTARGET, nothing frozen", async (t) => {
+  // A shell with a child of its own: a tree of two, the root a direct child of this process.
+  const sh = spawn('sh', ['-c', 'sleep 1000 & echo $!; wait'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  t.teardown(() => sh.kill('SIGKILL'));
+  const sleeper = Number(
+    await new Promise<string>((resolve) =>
+      createInterface({ input: sh.stdout }).once('line', resolve),
+    ),
+  );
+  t.teardown(() => process.kill(sleeper, 'SIGKILL'));
+  const dir = path.join(await tempDir(t), 'img');
+  const err = await t.throwsAsync(preDump({ pid: sh.pid!, imagesDir: dir }));
+  t.is((err as PredumpError).code, 'ECHILDTARGET');
+  t.regex(err!.message, new RegExp(`process ${sh.pid} is a child of this process`));
+  t.false(existsSync(dir));
+  await assertRunningUntraced(t, sh.pid!);
+  await assertRunningUntraced(t, sleeper);
 });
