@@ -748,3 +748,76 @@ test("a tree whose root is the caller's own child, through the API: ECHILDTARGET
   await assertRunningUntraced(t, sh.pid!);
   await assertRunningUntraced(t, sleeper);
 });
+
+test('untrack -t ROOT ends the tracking in every process of the tree', async (t) => {
+  const { w, procs } = await startTree(t);
+  const base = await tempDir(t);
+  const alone = [procs[2]!.pid, procs[3]!.pid];
+  for (const pid of alone) {
+    const r = await runCli([
+      'pre-dump',
+      '-t',
+      String(pid),
+      '-D',
+      path.join(base, `alone-${pid}`),
+      '--track-mem',
+      'uffd-wp',
+      '--pre-dump-mode',
+      'read',
+    ]);
+    if (r.code !== 0 && /userfaultfd|uffd/.test(r.stderr)) {
+      t.log(`uffd-wp tracking is not possible here: ${r.stderr}`);
+      t.pass();
+      return;
+    }
+    t.is(r.code, 0, r.stderr);
+  }
+  const u = await runCli(['untrack', '-t', String(w.pid), '--json']);
+  t.is(u.code, 0, u.stderr);
+  const j = parseJson<{ untracked: boolean; processes: { pid: number; untracked: boolean }[] }>(
+    t,
+    u,
+  );
+  t.true(j.untracked);
+  t.deepEqual(j.processes.map((p) => p.pid).sort(), procs.map((p) => p.pid).sort());
+  t.deepEqual(
+    j.processes
+      .filter((p) => p.untracked)
+      .map((p) => p.pid)
+      .sort(),
+    [...alone].sort(),
+  );
+  // The same in words: one process tracked again, then untracked with the tree.
+  const again1 = await runCli([
+    'pre-dump',
+    '-t',
+    String(alone[0]),
+    '-D',
+    path.join(base, 'alone-again'),
+    '--track-mem',
+    'uffd-wp',
+    '--pre-dump-mode',
+    'read',
+  ]);
+  t.is(again1.code, 0, again1.stderr);
+  const human = await runCli(['untrack', '-t', String(w.pid)]);
+  t.is(human.code, 0, human.stderr);
+  t.regex(human.stderr, new RegExp(`process ${alone[0]}: dirty tracking ended`));
+  t.regex(
+    human.stderr,
+    new RegExp(`the tree of ${w.pid} \\(4 processes\\): nothing of predump is left`),
+  );
+  const after = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, 'tree'),
+    '--json',
+  ]);
+  t.deepEqual(parseJson<PreDumpResult>(t, after).trackedAlone, []);
+  const again = await runCli(['untrack', '-t', String(w.pid)]);
+  t.is(again.code, 0, again.stderr);
+  t.regex(again.stderr, /no process had dirty tracking of predump's/);
+  for (const p of procs) await assertRunningUntraced(t, p.pid);
+});

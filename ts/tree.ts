@@ -339,3 +339,36 @@ function pagesOf(regions: Float64Array): number {
   for (let i = 1; i < regions.length; i += 2) n += regions[i]!;
   return n;
 }
+
+/** What `untrack` did to one process. */
+export interface UntrackedProcess {
+  pid: number;
+  /** predump's tracking was there and is ended. */
+  untracked: boolean;
+  leftoversRemoved: string | null;
+}
+
+/**
+ * Ends predump's dirty tracking (and removes a dead run's leftovers) in `root` and every
+ * descendant, one process after the other; those with nothing of predump's are not touched.
+ */
+export async function untrackTree(root: number): Promise<UntrackedProcess[]> {
+  const { members } = await listTree(root);
+  const out: UntrackedProcess[] = [];
+  for (const m of members) {
+    const r = await native.untrack(m.pid).catch((err: unknown) => {
+      const e = fromNative(err);
+      // A descendant that exited since the listing has nothing left to end.
+      if (e.code === 'ESRCH' && m.pid !== root) return undefined;
+      throw e;
+    });
+    if (r) {
+      out.push({
+        pid: m.pid,
+        untracked: r.untracked,
+        leftoversRemoved: r.leftoversRemoved ?? null,
+      });
+    }
+  }
+  return out;
+}

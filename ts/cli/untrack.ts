@@ -10,7 +10,11 @@ import { inform, printJson, reportError, type ArgsOf } from './output.js';
 type Args = ArgsOf<typeof builder>;
 
 const options = {
-  tree: { ...treeOption, describe: 'pid of the process (briefly frozen while the fds are closed)' },
+  tree: {
+    ...treeOption,
+    describe:
+      'pid of the process, with its descendants (each briefly frozen while the fds are closed)',
+  },
   json: { type: 'boolean', default: false, describe: 'print the result as JSON' },
 } as const;
 
@@ -36,6 +40,27 @@ export function builder(yargs: Argv) {
 
 export async function handler(args: Args): Promise<void> {
   try {
+    const { listTree, isTree, untrackTree } = await import('../tree.js');
+    if (isTree(await listTree(args.tree))) {
+      // -t is the tree: every process of it.
+      const done = await untrackTree(args.tree);
+      const had = done.some((p) => p.untracked);
+      if (args.json) printJson({ ok: true, pid: args.tree, untracked: had, processes: done });
+      for (const p of done) {
+        if (p.leftoversRemoved) {
+          inform(
+            `process ${p.pid}: removed ${p.leftoversRemoved} that a predump which died while injecting had left`,
+          );
+        }
+        if (p.untracked) inform(`process ${p.pid}: dirty tracking ended, its userfaultfd closed`);
+      }
+      inform(
+        `the tree of ${args.tree} (${done.length} processes): ` +
+          (had ? 'nothing of predump is left in it' : "no process had dirty tracking of predump's"),
+      );
+      process.exitCode = EXIT.ok;
+      return;
+    }
     const { native } = await import('../native.js');
     const report = await native.untrack(args.tree).catch((err: unknown) => {
       throw fromNative(err);
