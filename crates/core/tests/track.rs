@@ -68,7 +68,8 @@ fn maps(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
 }
 
-/// Is the uffd-wp backend usable here at all? (Not on kernels before 6.7.)
+/// Is the uffd-wp backend usable here at all? (Not on kernels before 6.7, nor
+/// without injection.)
 fn uffd_wp() -> bool {
     // The probe makes a uffd and mappings in this process: once is enough.
     static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -79,8 +80,14 @@ fn uffd_wp() -> bool {
             "PREDUMP_TEST_REQUIRE says this kernel has uffd-wp, but its probe says no"
         );
         eprintln!("no uffd-wp on this kernel: test skipped");
+        return false;
     }
-    ok
+    // The tracker's userfaultfd is made inside the target: injection (not on aarch64 yet).
+    if let Err(why) = predump_core::inject::supported() {
+        eprintln!("{why}: test skipped");
+        return false;
+    }
+    true
 }
 
 /// The span of one page table on x86_64 and on aarch64 with 4 KiB pages.
