@@ -3,6 +3,7 @@
  * running: free memory, and this process's peak resident memory, reset before
  * each pre-dump so that it measures that pre-dump alone.
  */
+import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -147,4 +148,71 @@ export async function describeMachine(
     cpuBusyStart: busy === undefined ? null : Math.round(busy * 1000) / 1000,
     startedAt: new Date().toISOString(),
   };
+}
+
+/** The load averages, to two decimals. */
+export const loadAvg = (): number[] => os.loadavg().map((x) => Math.round(x * 100) / 100);
+
+/** The machine as the smaller benchmarks (--page-server, --tree) report it. */
+export interface RunMachine {
+  cpus: number;
+  kernel: string;
+  node: string;
+  imagesDir: string;
+  loadAvgStart: number[];
+  loadAvgEnd: number[];
+  startedAt: string;
+  durationS: number;
+}
+
+/** Times a benchmark run `body`, and says on what machine it ran. */
+export async function timedRun<T>(
+  imagesDir: string,
+  body: () => Promise<T>,
+): Promise<{ machine: RunMachine; result: T }> {
+  const startedAt = new Date();
+  const loadAvgStart = loadAvg();
+  const result = await body();
+  return {
+    result,
+    machine: {
+      cpus: os.cpus().length,
+      kernel: os.release(),
+      node: process.version,
+      imagesDir,
+      loadAvgStart,
+      loadAvgEnd: loadAvg(),
+      startedAt: startedAt.toISOString(),
+      durationS: Math.round((Date.now() - startedAt.getTime()) / 100) / 10,
+    },
+  };
+}
+
+/** What a whole command did: its exit status, output and wall time. */
+export interface Ran {
+  status: number;
+  ms: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `argv` to its end without blocking the event loop; its wall time from spawn to exit. */
+export function runToEnd(argv: readonly string[]): Promise<Ran> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code, signal) =>
+      resolve({
+        status: code ?? (signal ? 128 : 1),
+        ms: performance.now() - started,
+        stdout,
+        stderr,
+      }),
+    );
+  });
 }

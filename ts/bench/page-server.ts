@@ -10,14 +10,14 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { PredumpError } from '../errors.js';
-import { native } from '../native.js';
-import { packageRoot } from '../native.js';
+import { native, packageRoot } from '../native.js';
 import type { Size } from './plan.js';
-import { formatStat, rounded, stat, type Stat } from './stats.js';
+import { runToEnd, timedRun, type Ran, type RunMachine } from './machine.js';
+import { formatStat, mapStat, rounded, stat, type Stat } from './stats.js';
+import { columns, machineLine } from './table.js';
 
 /** The format of the report (`version`): raised when a field changes meaning. */
 export const PAGE_SERVER_REPORT_VERSION = 1;
@@ -86,49 +86,12 @@ export interface PageServerReport {
   version: typeof PAGE_SERVER_REPORT_VERSION;
   ok: true;
   command: string;
-  machine: {
-    cpus: number;
-    kernel: string;
-    node: string;
-    imagesDir: string;
-    loadAvgStart: number[];
-    loadAvgEnd: number[];
-    startedAt: string;
-    durationS: number;
-  };
+  machine: RunMachine;
   rows: PageServerRow[];
   goals: PageServerGoal[];
 }
 
 const bin = (): string => path.join(packageRoot, 'bin', 'predump.js');
-
-interface Ran {
-  status: number;
-  ms: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `argv` to its end without blocking the event loop; its wall time. */
-function run(argv: readonly string[]): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code, signal) =>
-      resolve({
-        status: code ?? (signal ? 128 : 1),
-        ms: performance.now() - started,
-        stdout,
-        stderr,
-      }),
-    );
-  });
-}
 
 interface ServerResult {
   pageBytes: number;
@@ -196,7 +159,7 @@ function preDumpArgv(pid: number, dir: string, mode: PageServerMode, port?: numb
 }
 
 async function preDump(argv: string[]): Promise<{ ran: Ran; json: PreDumpJson }> {
-  const ran = await run(argv);
+  const ran = await runToEnd(argv);
   if (ran.status !== 0) {
     throw new PredumpError(
       'EBENCH',
@@ -366,31 +329,23 @@ export async function runPageServerBench(
   events: PageServerEvents,
   command: string,
 ): Promise<PageServerReport> {
-  const startedAt = new Date();
-  const loadAvgStart = os.loadavg().map((x) => Math.round(x * 100) / 100);
-  const scratch = await mkdtemp(path.join(plan.dir, 'predump-bench-page-server-'));
-  const rows: PageServerRow[] = [];
-  try {
-    for (const size of plan.sizes) {
-      for (const mode of plan.modes) rows.push(await measure(plan, size, mode, scratch, events));
+  const { machine, result: rows } = await timedRun(plan.dir, async () => {
+    const scratch = await mkdtemp(path.join(plan.dir, 'predump-bench-page-server-'));
+    const rows: PageServerRow[] = [];
+    try {
+      for (const size of plan.sizes) {
+        for (const mode of plan.modes) rows.push(await measure(plan, size, mode, scratch, events));
+      }
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
     }
-  } finally {
-    await rm(scratch, { recursive: true, force: true });
-  }
+    return rows;
+  });
   return {
     version: PAGE_SERVER_REPORT_VERSION,
     ok: true,
     command,
-    machine: {
-      cpus: os.cpus().length,
-      kernel: os.release(),
-      node: process.version,
-      imagesDir: plan.dir,
-      loadAvgStart,
-      loadAvgEnd: os.loadavg().map((x) => Math.round(x * 100) / 100),
-      startedAt: startedAt.toISOString(),
-      durationS: Math.round((Date.now() - startedAt.getTime()) / 100) / 10,
-    },
+    machine,
     rows,
     goals: judge(rows),
   };
@@ -398,45 +353,35 @@ export async function runPageServerBench(
 
 /** The report as a table, then the goals. */
 export function renderPageServerTable(r: PageServerReport): string {
-  const mib = (s: Stat): Stat => ({
-    median: s.median / 2 ** 20,
-    min: s.min / 2 ** 20,
-    max: s.max / 2 ** 20,
-  });
-  const head = [
-    'size',
-    'mode',
-    'sent MB/s',
-    'TCP MB/s',
-    'file MB/s',
-    '×TCP',
-    'stopped ms',
-    'local stopped ms',
-    'command ms',
-    'server RSS MiB',
-  ];
-  const body = r.rows.map((x) => [
-    x.label,
-    x.mode,
-    formatStat(x.sendMBps, 0),
-    formatStat(x.tcpMBps, 0),
-    formatStat(x.writeMBps, 0),
-    x.xTcp.toFixed(2),
-    formatStat(x.stoppedMs, 2),
-    formatStat(x.localStoppedMs, 2),
-    formatStat(x.wallMs, 0),
-    formatStat(mib(x.serverPeakRssBytes), 1),
-  ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-  const out = [line(head), ...body.map(line), ''];
-  out.push('Goals:');
-  for (const g of r.goals) out.push(`  ${g.met ? 'met   ' : 'missed'} ${g.goal}: ${g.detail}`);
-  out.push(
-    '',
-    `Medians [min–max] of ${r.rows[0]?.runs ?? 0} rounds; ${r.machine.cpus} CPUs, Linux ${r.machine.kernel}, ` +
-      `load ${r.machine.loadAvgStart.join(' ')} → ${r.machine.loadAvgEnd.join(' ')}, ${r.machine.durationS} s.`,
+  const mib = (s: Stat): Stat => mapStat(s, (x) => x / 2 ** 20);
+  const out = columns(
+    [
+      'size',
+      'mode',
+      'sent MB/s',
+      'TCP MB/s',
+      'file MB/s',
+      '×TCP',
+      'stopped ms',
+      'local stopped ms',
+      'command ms',
+      'server RSS MiB',
+    ],
+    r.rows.map((x) => [
+      x.label,
+      x.mode,
+      formatStat(x.sendMBps, 0),
+      formatStat(x.tcpMBps, 0),
+      formatStat(x.writeMBps, 0),
+      x.xTcp.toFixed(2),
+      formatStat(x.stoppedMs, 2),
+      formatStat(x.localStoppedMs, 2),
+      formatStat(x.wallMs, 0),
+      formatStat(mib(x.serverPeakRssBytes), 1),
+    ]),
   );
+  out.push('', 'Goals:');
+  for (const g of r.goals) out.push(`  ${g.met ? 'met   ' : 'missed'} ${g.goal}: ${g.detail}`);
+  out.push('', machineLine(r.rows[0]?.runs ?? 0, r.machine));
   return out.join('\n') + '\n';
 }

@@ -19,6 +19,23 @@ export function columns(header: string[], rows: string[][]): string[] {
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)];
 }
 
+/** The last line of a smaller benchmark's table: rounds, machine, load, duration. */
+export function machineLine(
+  runs: number,
+  m: {
+    cpus: number;
+    kernel: string;
+    loadAvgStart: number[];
+    loadAvgEnd: number[];
+    durationS: number;
+  },
+): string {
+  return (
+    `Medians [min–max] of ${runs} rounds; ${m.cpus} CPUs, Linux ${m.kernel}, ` +
+    `load ${m.loadAvgStart.join(' ')} → ${m.loadAvgEnd.join(' ')}, ${m.durationS} s.`
+  );
+}
+
 const percent = (rate: number): string => `${(rate * 100).toFixed(1).replace(/\.0$/, '')}%`;
 
 /** What kind of pre-dump a row is. */

@@ -9,14 +9,14 @@
  * Freeze-free and incremental pre-dumps of trees need dirty tracking on trees, which
  * does not exist yet: those goals are reported as not measured.
  */
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { PredumpError } from '../errors.js';
 import { native, packageRoot } from '../native.js';
 import type { Size } from './plan.js';
+import { runToEnd, timedRun, type RunMachine } from './machine.js';
 import { formatStat, rounded, stat, type Stat } from './stats.js';
+import { columns, machineLine } from './table.js';
 
 /** The format of the report (`version`): raised when a field changes meaning. */
 export const TREE_REPORT_VERSION = 1;
@@ -76,16 +76,7 @@ export interface TreeReport {
   version: typeof TREE_REPORT_VERSION;
   ok: true;
   command: string;
-  machine: {
-    cpus: number;
-    kernel: string;
-    node: string;
-    imagesDir: string;
-    loadAvgStart: number[];
-    loadAvgEnd: number[];
-    startedAt: string;
-    durationS: number;
-  };
+  machine: RunMachine;
   rows: TreeRow[];
   goals: TreeGoal[];
 }
@@ -103,27 +94,17 @@ interface TreeJson {
 }
 
 /** A whole `predump pre-dump` (read mode, no tracking) of `pid` into `dir`: its JSON. */
-function preDump(pid: number, dir: string): Promise<TreeJson> {
-  const argv = [bin(), 'pre-dump', '-t', String(pid), '-D', dir];
+async function preDump(pid: number, dir: string): Promise<TreeJson> {
+  const argv = [process.execPath, bin(), 'pre-dump', '-t', String(pid), '-D', dir];
   argv.push('--pre-dump-mode', 'read', '--track-mem', 'none', '--json');
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code !== 0) {
-        reject(
-          new PredumpError(
-            'EBENCH',
-            `pre-dump -t ${pid} failed (exit ${code}): ${stderr.trim().slice(-400)}`,
-          ),
-        );
-      } else resolve(JSON.parse(stdout) as TreeJson);
-    });
-  });
+  const r = await runToEnd(argv);
+  if (r.status !== 0) {
+    throw new PredumpError(
+      'EBENCH',
+      `pre-dump -t ${pid} failed (exit ${r.status}): ${r.stderr.trim().slice(-400)}`,
+    );
+  }
+  return JSON.parse(r.stdout) as TreeJson;
 }
 
 async function measure(
@@ -279,70 +260,50 @@ export async function runTreeBench(
   events: TreeEvents,
   command: string,
 ): Promise<TreeReport> {
-  const startedAt = new Date();
-  const loadAvgStart = os.loadavg().map((x) => Math.round(x * 100) / 100);
-  const scratch = await mkdtemp(path.join(plan.dir, 'predump-bench-tree-'));
-  const rows: TreeRow[] = [];
-  try {
-    for (const size of plan.sizes) rows.push(await measure(plan, size, scratch, events));
-  } finally {
-    await rm(scratch, { recursive: true, force: true });
-  }
-  return {
-    version: TREE_REPORT_VERSION,
-    ok: true,
-    command,
-    machine: {
-      cpus: os.cpus().length,
-      kernel: os.release(),
-      node: process.version,
-      imagesDir: plan.dir,
-      loadAvgStart,
-      loadAvgEnd: os.loadavg().map((x) => Math.round(x * 100) / 100),
-      startedAt: startedAt.toISOString(),
-      durationS: Math.round((Date.now() - startedAt.getTime()) / 100) / 10,
-    },
-    rows,
-    goals: judge(rows),
-  };
+  const { machine, result: rows } = await timedRun(plan.dir, async () => {
+    const scratch = await mkdtemp(path.join(plan.dir, 'predump-bench-tree-'));
+    const rows: TreeRow[] = [];
+    try {
+      for (const size of plan.sizes) rows.push(await measure(plan, size, scratch, events));
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+    return rows;
+  });
+  return { version: TREE_REPORT_VERSION, ok: true, command, machine, rows, goals: judge(rows) };
 }
 
 /** The report as a table, then the goals. */
 export function renderTreeTable(r: TreeReport): string {
-  const head = [
-    'size',
-    'processes',
-    'stopped ms',
-    'freezing ms',
-    'scan ms',
-    'total ms',
-    'one process: stopped ms',
-    'total ms',
-    'memcpy ms',
-  ];
-  const body = r.rows.map((x) => [
-    x.label,
-    String(x.processes),
-    formatStat(x.stoppedMs, 1),
-    formatStat(x.freezingMs, 1),
-    formatStat(x.scanMs, 1),
-    formatStat(x.totalMs, 0),
-    formatStat(x.singleStoppedMs, 1),
-    formatStat(x.singleTotalMs, 0),
-    formatStat(x.memcpyMs, 0),
-  ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => (i < 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-  const out = [line(head), ...body.map(line), '', 'Goals:'];
+  const out = columns(
+    [
+      'size',
+      'processes',
+      'stopped ms',
+      'freezing ms',
+      'scan ms',
+      'total ms',
+      'one process: stopped ms',
+      'total ms',
+      'memcpy ms',
+    ],
+    r.rows.map((x) => [
+      x.label,
+      String(x.processes),
+      formatStat(x.stoppedMs, 1),
+      formatStat(x.freezingMs, 1),
+      formatStat(x.scanMs, 1),
+      formatStat(x.totalMs, 0),
+      formatStat(x.singleStoppedMs, 1),
+      formatStat(x.singleTotalMs, 0),
+      formatStat(x.memcpyMs, 0),
+    ]),
+  );
+  out.push('', 'Goals:');
   for (const g of r.goals) {
     const verdict = g.met === null ? '–     ' : g.met ? 'met   ' : 'missed';
     out.push(`  ${verdict} ${g.goal}: ${g.detail}`);
   }
-  out.push(
-    '',
-    `Medians [min–max] of ${r.rows[0]?.runs ?? 0} rounds; ${r.machine.cpus} CPUs, Linux ${r.machine.kernel}, ` +
-      `load ${r.machine.loadAvgStart.join(' ')} → ${r.machine.loadAvgEnd.join(' ')}, ${r.machine.durationS} s.`,
-  );
+  out.push('', machineLine(r.rows[0]?.runs ?? 0, r.machine));
   return out.join('\n') + '\n';
 }

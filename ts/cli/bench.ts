@@ -172,31 +172,71 @@ export function builder(yargs: Argv) {
 }
 
 export async function handler(args: Args): Promise<void> {
+  process.exitCode = await dispatch(args).catch((err: unknown) => reportError(err, args.json));
+}
+
+/** The benchmark the options ask for, after the checks that concern them all. */
+async function dispatch(args: Args): Promise<number> {
   if ([args.startup, args.pageServer, args.tree].filter(Boolean).length > 1) {
-    process.exitCode = reportError(
-      usage('--startup, --page-server and --tree are separate benchmarks: give one'),
-      args.json,
+    throw usage('--startup, --page-server and --tree are separate benchmarks: give one');
+  }
+  const treeOnly = firstGiven(args, ['processes', 'sharedPercent']);
+  if (!args.tree && treeOnly !== undefined) throw usage(`${treeOnly} is an option of --tree`);
+  if (args.startup) return runStartup(args);
+  if (args.pageServer) return runPageServer(args);
+  if (args.tree) return runTree(args);
+  return run(args);
+}
+
+/** The first of `keys` given on the command line, as its flag (dirtyRates: --dirty-rates). */
+function firstGiven(args: Args, keys: readonly string[]): string | undefined {
+  const key = keys.find((k) => {
+    const v = args[k as keyof Args];
+    return v !== undefined && v !== false;
+  });
+  return key === undefined ? undefined : `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** Says so when others' work keeps the CPUs busy now; the share of their time in use. */
+async function noteIfBusy(): Promise<number | undefined> {
+  const busy = await cpuBusy(1000);
+  if (busy !== undefined && busy > 0.25) {
+    say(
+      `predump bench: note: the machine is busy (${(busy * 100).toFixed(0)}% of its CPUs' ` +
+        'time in use): the figures are noisier',
     );
-    return;
   }
-  const treeOnly =
-    args.processes !== undefined
-      ? 'processes'
-      : args.sharedPercent !== undefined
-        ? 'shared-percent'
-        : null;
-  if (!args.tree && treeOnly !== null) {
-    process.exitCode = reportError(usage(`--${treeOnly} is an option of --tree`), args.json);
-    return;
-  }
-  const which = args.startup
-    ? runStartup
-    : args.pageServer
-      ? runPageServer
-      : args.tree
-        ? runTree
-        : run;
-  process.exitCode = await which(args).catch((err: unknown) => reportError(err, args.json));
+  return busy;
+}
+
+/**
+ * Runs one of the smaller benchmarks (--startup, --page-server, --tree): progress on one
+ * redrawn line of a terminal (none with --json), then its report as JSON or as its table.
+ */
+async function runReported<R extends object>(
+  json: boolean,
+  bench: (
+    events: { note: (m: string) => void; step: (m: string) => void },
+    command: string,
+  ) => Promise<R>,
+  render: (report: R) => string,
+  beforePrint?: (report: R) => void,
+): Promise<number> {
+  const tty = process.stderr.isTTY === true && !json;
+  const report = await bench(
+    {
+      note: (m) => say(`predump bench: ${m}`),
+      step: (m) => {
+        if (tty) write(process.stderr, `\r\x1b[K${m}`);
+      },
+    },
+    ['predump', 'bench', ...process.argv.slice(3)].join(' '),
+  );
+  if (tty) write(process.stderr, '\r\x1b[K');
+  beforePrint?.(report);
+  if (json) printJson(report);
+  else write(process.stdout, render(report));
+  return EXIT.ok;
 }
 
 const TREE_DEFAULTS = {
@@ -212,14 +252,8 @@ const NOT_TREE = ['modes', 'dirtyRates', 'churn', 'iterations', 'quick', 'chart'
 
 /** `predump bench --tree`. */
 async function runTree(args: Args): Promise<number> {
-  const given = NOT_TREE.filter((k) => {
-    const v = args[k as keyof Args];
-    return v !== undefined && v !== false;
-  });
-  if (given.length > 0) {
-    const flag = given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    throw usage(`--${flag} is not an option of --tree`);
-  }
+  const given = firstGiven(args, NOT_TREE);
+  if (given !== undefined) throw usage(`${given} is not an option of --tree`);
   const dir = last(args.dir) ?? defaultDir();
   await checkDir(dir);
   const plan = {
@@ -241,26 +275,12 @@ async function runTree(args: Args): Promise<number> {
     dir,
   };
   const { renderTreeTable, runTreeBench } = await import('../bench/tree.js');
-  const busy = await cpuBusy(1000);
-  if (busy !== undefined && busy > 0.25) {
-    say(
-      `predump bench: note: the machine is busy (${(busy * 100).toFixed(0)}% of its CPUs' ` +
-        'time in use): the figures are noisier',
-    );
-  }
-  const report = await runTreeBench(
-    plan,
-    {
-      step: (m) => {
-        if (process.stderr.isTTY && !args.json) write(process.stderr, `\r\x1b[K${m}`);
-      },
-    },
-    ['predump', 'bench', ...process.argv.slice(3)].join(' '),
+  await noteIfBusy();
+  return runReported(
+    args.json,
+    (events, command) => runTreeBench(plan, events, command),
+    renderTreeTable,
   );
-  if (process.stderr.isTTY && !args.json) write(process.stderr, '\r\x1b[K');
-  if (args.json) printJson(report);
-  else write(process.stdout, renderTreeTable(report));
-  return EXIT.ok;
 }
 
 const PAGE_SERVER_DEFAULTS = { sizes: '256M,1G', modes: 'read,splice', runs: '5' };
@@ -280,14 +300,8 @@ const NOT_PAGE_SERVER = [
 
 /** `predump bench --page-server`. */
 async function runPageServer(args: Args): Promise<number> {
-  const given = NOT_PAGE_SERVER.filter((k) => {
-    const v = args[k as keyof Args];
-    return v !== undefined && v !== false;
-  });
-  if (given.length > 0) {
-    const flag = given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    throw usage(`--${flag} is not an option of --page-server`);
-  }
+  const given = firstGiven(args, NOT_PAGE_SERVER);
+  if (given !== undefined) throw usage(`${given} is not an option of --page-server`);
   const dir = last(args.dir) ?? defaultDir();
   await checkDir(dir);
   const modes = (last(args.modes) ?? PAGE_SERVER_DEFAULTS.modes).split(',').map((m) => m.trim());
@@ -303,27 +317,12 @@ async function runPageServer(args: Args): Promise<number> {
     dir,
   };
   const { renderPageServerTable, runPageServerBench } = await import('../bench/page-server.js');
-  const busy = await cpuBusy(1000);
-  if (busy !== undefined && busy > 0.25) {
-    say(
-      `predump bench: note: the machine is busy (${(busy * 100).toFixed(0)}% of its CPUs' ` +
-        'time in use): the figures are noisier',
-    );
-  }
-  const report = await runPageServerBench(
-    plan,
-    {
-      note: (m) => say(`predump bench: ${m}`),
-      step: (m) => {
-        if (process.stderr.isTTY && !args.json) write(process.stderr, `\r\x1b[K${m}`);
-      },
-    },
-    ['predump', 'bench', ...process.argv.slice(3)].join(' '),
+  await noteIfBusy();
+  return runReported(
+    args.json,
+    (events, command) => runPageServerBench(plan, events, command),
+    renderPageServerTable,
   );
-  if (process.stderr.isTTY && !args.json) write(process.stderr, '\r\x1b[K');
-  if (args.json) printJson(report);
-  else write(process.stdout, renderPageServerTable(report));
-  return EXIT.ok;
 }
 
 const STARTUP_DEFAULTS = { sizes: '256M,1G', runs: '7' };
@@ -333,13 +332,9 @@ const MATRIX_ONLY = ['modes', 'threads', 'dirtyRates', 'churn', 'iterations', 'q
 
 /** `predump bench --startup`. */
 async function runStartup(args: Args): Promise<number> {
-  const given = MATRIX_ONLY.filter((k) => {
-    const v = args[k as keyof Args];
-    return v !== undefined && v !== false;
-  });
-  if (given.length > 0) {
-    const flag = given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    throw usage(`--${flag} is an option of the mode benchmark, not of --startup`);
+  const given = firstGiven(args, MATRIX_ONLY);
+  if (given !== undefined) {
+    throw usage(`${given} is an option of the mode benchmark, not of --startup`);
   }
   const dir = last(args.dir) ?? defaultDir();
   await checkDir(dir);
@@ -356,30 +351,19 @@ async function runStartup(args: Args): Promise<number> {
   const { criuVersion, renderStartupTable, runStartupBench } = await import('../bench/startup.js');
   if (criu !== undefined)
     inform(`predump bench: comparing with CRIU ${criuVersion(criu)} (${criu})`);
-  const busy = await cpuBusy(1000);
-  if (busy !== undefined && busy > 0.25) {
-    say(
-      `predump bench: note: the machine is busy (${(busy * 100).toFixed(0)}% of its CPUs' ` +
-        'time in use): the figures are noisier',
-    );
-  }
-  const report = await runStartupBench(
-    plan,
-    {
-      note: (m) => say(`predump bench: ${m}`),
-      step: (m) => {
-        if (process.stderr.isTTY && !args.json) write(process.stderr, `\r\x1b[K${m}`);
-      },
+  const busy = await noteIfBusy();
+  return runReported(
+    args.json,
+    (events, command) => runStartupBench(plan, events, command),
+    renderStartupTable,
+    (report) => {
+      if (busy !== undefined && busy > 0.25) {
+        report.notes.push(
+          `the machine was busy at the start (${(busy * 100).toFixed(0)}% CPU in use)`,
+        );
+      }
     },
-    ['predump', 'bench', ...process.argv.slice(3)].join(' '),
   );
-  if (process.stderr.isTTY && !args.json) write(process.stderr, '\r\x1b[K');
-  if (busy !== undefined && busy > 0.25) {
-    report.notes.push(`the machine was busy at the start (${(busy * 100).toFixed(0)}% CPU in use)`);
-  }
-  if (args.json) printJson(report);
-  else write(process.stdout, renderStartupTable(report));
-  return EXIT.ok;
 }
 
 const usage = (message: string): PredumpError => new PredumpError('EUSAGE', message);
