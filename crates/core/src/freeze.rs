@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::sys::ptrace::{self, PTRACE_EVENT_STOP};
+use crate::sys::sched;
 use crate::{proc, Error, Result};
 
 /// A thread we hold stopped, and the signal its stop intercepted (if any), to be
@@ -253,12 +254,12 @@ impl Drop for Frozen {
 /// tracer waits for the target there, and a real-time tracer spinning on a busy
 /// CPU would only delay it. PREDUMP_NO_REALTIME=1 turns it off.
 pub(crate) struct Urgent {
-    previous: Option<(libc::c_int, libc::sched_param)>,
+    previous: Option<(libc::c_int, sched::Param)>,
 }
 
 impl Urgent {
     pub(crate) fn raise() -> Urgent {
-        Self::raise_with(libc::SCHED_RESET_ON_FORK)
+        Self::raise_with(sched::SCHED_RESET_ON_FORK)
     }
 
     /// `raise`, and threads the caller starts meanwhile start real-time too
@@ -267,41 +268,26 @@ impl Urgent {
         Self::raise_with(0)
     }
 
-    /// A `sched_param` of `priority`: musl's has more fields than glibc's
-    /// (the SCHED_SPORADIC ones, unused by Linux), so no struct literal.
-    fn sched_param(priority: libc::c_int) -> libc::sched_param {
-        // SAFETY: sched_param is plain integers; all-zero is a valid value.
-        let mut p: libc::sched_param = unsafe { std::mem::zeroed() };
-        p.sched_priority = priority;
-        p
-    }
-
     fn raise_with(reset_on_fork: libc::c_int) -> Urgent {
         let mut urgent = Urgent { previous: None };
         if std::env::var_os("PREDUMP_NO_REALTIME").is_some_and(|v| v != "0") {
             return urgent;
         }
-        let mut param = Self::sched_param(0);
-        // SAFETY: pid 0 is the calling thread; no pointer.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        // SAFETY: pid 0 is the calling thread; `param` is a valid out pointer.
-        if policy < 0 || unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+        let (Ok(policy), Ok(param)) = (sched::get_scheduler(), sched::get_param()) else {
             return urgent;
-        }
+        };
         // Only from the normal policies: a real-time or deadline caller (chrt)
         // chose its own, and a deadline one could not be put back by
         // sched_setscheduler.
         if !matches!(
-            policy & !libc::SCHED_RESET_ON_FORK,
-            libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE
+            policy & !sched::SCHED_RESET_ON_FORK,
+            sched::SCHED_OTHER | sched::SCHED_BATCH | sched::SCHED_IDLE
         ) {
             return urgent;
         }
-        let fifo = Self::sched_param(1);
-        // SAFETY: pid 0 is the calling thread; `fifo` is a valid sched_param.
         // With SCHED_RESET_ON_FORK nothing we spawn meanwhile inherits it.
-        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | reset_on_fork, &fifo) };
-        if r == 0 {
+        let fifo = sched::Param { priority: 1 };
+        if sched::set_scheduler(sched::SCHED_FIFO | reset_on_fork, fifo).is_ok() {
             urgent.previous = Some((policy, param));
         }
         urgent
@@ -311,9 +297,8 @@ impl Urgent {
 impl Drop for Urgent {
     fn drop(&mut self) {
         if let Some((policy, param)) = self.previous.take() {
-            // SAFETY: pid 0 is the calling thread; `param` is the sched_param
-            // read for it. Lowering one's own priority is always allowed.
-            unsafe { libc::sched_setscheduler(0, policy, &param) };
+            // Lowering one's own priority is always allowed.
+            let _ = sched::set_scheduler(policy, param);
         }
     }
 }

@@ -734,8 +734,7 @@ mod tests {
         let parallel = scanner.present(&[&vma]).unwrap();
         let again = scanner.present_with(&[&vma], true).unwrap();
         assert_eq!(again.ranges, parallel.ranges);
-        // SAFETY: pid 0 is the calling thread; no pointer.
-        let policy = unsafe { libc::sched_getscheduler(0) };
+        let policy = crate::sys::sched::get_scheduler().unwrap();
         assert_eq!(policy, libc::SCHED_OTHER, "real-time only while scanning");
         let mut alone = Scanner::open(me).unwrap();
         alone.helpers = 0;

@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 
 use predump_core::freeze::Frozen;
 use predump_core::proc;
+use predump_core::sys::sched;
 
 /// A child killed and reaped when the test ends, pass or fail.
 struct Target(Child);
@@ -170,8 +171,7 @@ fn a_traced_process_is_refused_with_its_tracer() {
 #[test]
 fn the_tracer_priority_is_back_after_freeze_and_thaw() {
     fn policy() -> i32 {
-        // SAFETY: pid 0 is the calling thread; no pointer.
-        unsafe { libc::sched_getscheduler(0) }
+        sched::get_scheduler().unwrap()
     }
     let t = Target::spawn("echo ready; exec sleep 100");
     assert_eq!(policy(), libc::SCHED_OTHER);
@@ -187,25 +187,14 @@ fn the_tracer_priority_is_back_after_freeze_and_thaw() {
 /// A tracer that already runs real-time (under chrt) keeps its own policy.
 #[test]
 fn a_real_time_caller_keeps_its_own_priority() {
-    /// musl's sched_param has more fields than glibc's: no struct literal.
-    fn param(priority: i32) -> libc::sched_param {
-        // SAFETY: sched_param is plain integers; all-zero is a valid value.
-        let mut p: libc::sched_param = unsafe { std::mem::zeroed() };
-        p.sched_priority = priority;
-        p
-    }
     fn get() -> (i32, i32) {
-        let mut p = param(0);
-        // SAFETY: pid 0 is the calling thread; `p` is a valid out pointer.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        // SAFETY: as above.
-        unsafe { libc::sched_getparam(0, &mut p) };
-        (policy, p.sched_priority)
+        (
+            sched::get_scheduler().unwrap(),
+            sched::get_param().unwrap().priority,
+        )
     }
     fn set(policy: i32, priority: i32) -> bool {
-        let p = param(priority);
-        // SAFETY: pid 0 is the calling thread; `p` is a valid sched_param.
-        unsafe { libc::sched_setscheduler(0, policy, &p) == 0 }
+        sched::set_scheduler(policy, sched::Param { priority }).is_ok()
     }
     if !set(libc::SCHED_RR, 2) {
         eprintln!("real-time priority not allowed here: test skipped");

@@ -76,7 +76,7 @@ fn ms_arg(args: &[String]) -> u64 {
 
 fn timespec_ms(ms: u64) -> libc::timespec {
     libc::timespec {
-        tv_sec: (ms / 1000) as libc::time_t,
+        tv_sec: (ms / 1000) as _,
         tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
     }
 }
@@ -179,7 +179,8 @@ fn main() {
                     // SAFETY: valid timespec pointer.
                     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
                     let ns = now.tv_nsec as u64 + ts.tv_nsec as u64;
-                    ts.tv_sec += now.tv_sec + (ns / 1_000_000_000) as libc::time_t;
+                    // Two values below a second each: at most one second to carry.
+                    ts.tv_sec += now.tv_sec + if ns >= 1_000_000_000 { 1 } else { 0 };
                     ts.tv_nsec = (ns % 1_000_000_000) as libc::c_long;
                 }
                 let flags = if abs { libc::TIMER_ABSTIME } else { 0 };

@@ -5,7 +5,8 @@
 //! Each module owns one interface and its ABI (structs, constants, ioctl
 //! numbers), so a number is written once: the userfaultfd ABI in [`uffd`],
 //! PAGEMAP_SCAN and the pagemap entry bits in [`pagemap`], the ptrace requests
-//! and regsets in [`ptrace`], pidfd_open/pidfd_getfd in [`pidfd`].
+//! and regsets in [`ptrace`], pidfd_open/pidfd_getfd in [`pidfd`], the
+//! calling thread's scheduling policy in [`sched`].
 //!
 //! Errors are `io::Error` (the caller knows which process and which step the
 //! call was for, and names them), except [`pidfd`], whose failures already
@@ -14,4 +15,5 @@
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;
+pub mod sched;
 pub mod uffd;
