@@ -248,6 +248,7 @@ test('the summary says when the pages were copied: after the thaw, or inside the
     drainMBps: 4.6,
     totalMs: 800,
     processes: [],
+    notPreDumped: [],
     leftOut: [],
   } as unknown as PreDumpResult;
   const pre = summary(r);

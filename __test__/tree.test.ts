@@ -386,6 +386,40 @@ function signalAll(pids: number[], sig: NodeJS.Signals): void {
   for (const pid of pids) process.kill(pid, sig);
 }
 
+test("a single process's anonymous shared memory: listed as skipped with its size and reason, not silently", async (t) => {
+  const { w } = await startWorkload(t, {
+    sizeBytes: 1 * MiB,
+    threads: 1,
+    sharedBytes: 1 * MiB,
+    devzeroBytes: 512 * 1024,
+  });
+  const dir = path.join(await tempDir(t), 'img');
+  const args = ['pre-dump', '-t', String(w.pid), '--pre-dump-mode', 'read', '--track-mem', 'none'];
+  const r = await runCli([...args, '-D', dir, '--json']);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  t.is(j.sharedMemory, null);
+  for (const area of [w.shared!, w.devzero!]) {
+    const n = j.notPreDumped.find((x) => x.start === area.start);
+    t.truthy(n, `the region at 0x${area.start.toString(16)} is listed`);
+    t.is(n!.pid, w.pid);
+    t.is(n!.kind, 'shmem');
+    t.is(n!.bytes, area.bytes);
+    t.regex(n!.reason, /^anonymous shared memory: only tree pre-dumps \(read mode\) write it yet$/);
+  }
+  t.false(existsSync(path.join(dir, `pagemap-shmem-${w.shared!.inode}.img`)));
+  const human = await runCli([...args, '-D', `${dir}-2`]);
+  t.is(human.code, 0, human.stderr);
+  t.regex(
+    human.stderr,
+    new RegExp(
+      `\\n  skipped  /dev/zero \\(deleted\\) in process ${w.pid} at 0x${w.shared!.start.toString(16)} ` +
+        `\\(1\\.00 MiB\\): anonymous shared memory: only tree pre-dumps`,
+    ),
+  );
+  await assertRunningUntraced(t, w.pid);
+});
+
 test('verify and show on a tree: every process and shared object compared; a change is found', async (t) => {
   const { w, procs } = await startTree(t);
   const pids = procs.map((p) => p.pid);

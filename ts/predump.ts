@@ -18,6 +18,7 @@ import {
 import { native } from './native.js';
 import type {
   PageServerSent as NativeSent,
+  NotDumpedMapping,
   PreDumpReport as NativeReport,
 } from './generated/native.js';
 import { symlink, writeFile } from 'node:fs/promises';
@@ -188,12 +189,12 @@ export interface PreDumpResult {
   processes: ProcessResult[];
   /**
    * The anonymous shared memory objects pre-dumped, each once for the tree
-   * (pagemap-shmem-SHMID.img). null: not examined (a single process: its shared
-   * mappings are skipped, as before trees were supported).
+   * (pagemap-shmem-SHMID.img). null for a single process: only a tree pre-dump writes
+   * them yet, and its anonymous shared mappings are listed in notPreDumped.
    */
   sharedMemory: SharedMemoryResult[] | null;
-  /** Shared mappings left out, with their size and why (null: not examined). */
-  notPreDumped: NotPreDumpedResult[] | null;
+  /** Shared mappings left out, with their size and why. */
+  notPreDumped: NotPreDumpedResult[];
   /** Processes of the tree not pre-dumped: zombies, and those that exited while it froze. */
   leftOut: LeftOutResult[];
   /** Processes of the parent images that are no longer in the tree (exited): dropped. */
@@ -247,9 +248,25 @@ export interface NotPreDumpedResult {
   end: number;
   bytes: number;
   name: string;
-  /** 'sysv-shm', 'memfd', 'hugetlb' or 'file-shared'. */
+  /**
+   * 'shmem' (a single process's anonymous shared memory), 'sysv-shm', 'memfd', 'hugetlb'
+   * or 'file-shared'.
+   */
   kind: string;
   reason: string;
+}
+
+/** A shared mapping the core left out, as the result lists it. */
+export function notPreDumped(n: NotDumpedMapping): NotPreDumpedResult {
+  return {
+    pid: n.pid,
+    start: n.start,
+    end: n.end,
+    bytes: n.end - n.start,
+    name: n.name,
+    kind: n.kind,
+    reason: n.reason,
+  };
 }
 
 /** A process of the tree that is not in the pre-dump. */
@@ -519,7 +536,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
         },
       ],
       sharedMemory: null,
-      notPreDumped: null,
+      notPreDumped: report.notDumped.map(notPreDumped),
       leftOut: [],
       droppedFromParent: [],
       trackedAlone: [],

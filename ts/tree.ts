@@ -25,8 +25,8 @@ import { randomHex } from './random.js';
 import type { TreeListing, TreePreDumpReport } from './generated/native.js';
 import {
   abortable,
+  notPreDumped as toNotPreDumped,
   type LeftOutResult,
-  type NotPreDumpedResult,
   type PreDumpOptions,
   type PreDumpResult,
   type ProcessResult,
@@ -264,15 +264,7 @@ export async function preDumpTree(
       pids: s.pids,
       mappings: s.mappings,
     }));
-    const notPreDumped: NotPreDumpedResult[] = report.notDumped.map((n) => ({
-      pid: n.pid,
-      start: n.start,
-      end: n.end,
-      bytes: n.end - n.start,
-      name: n.name,
-      kind: n.kind,
-      reason: n.reason,
-    }));
+    const notPreDumped = report.notDumped.map(toNotPreDumped);
     const leftOut: LeftOutResult[] = report.left.map((l) => ({
       pid: l.pid,
       ppid: l.ppid,

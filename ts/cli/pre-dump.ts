@@ -248,7 +248,7 @@ export function summary(r: PreDumpResult, final = false): string {
       : []),
     `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}` +
       (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : ''),
-    ...(tree ? treeLines(r) : []),
+    ...(tree ? treeLines(r) : skippedLines(r)),
     copyLine(r, final),
     final
       ? '  tracking ended: nothing of predump is left in the process'
@@ -257,6 +257,15 @@ export function summary(r: PreDumpResult, final = false): string {
           ? ` (a userfaultfd and a marker fd stay in the process until 'predump dump' or 'predump untrack -t ${r.pid}')`
           : ''),
   ].join('\n');
+}
+
+/** The shared mappings left out, each with its size and why. */
+function skippedLines(r: PreDumpResult): string[] {
+  return r.notPreDumped.map(
+    (n) =>
+      `  skipped  ${n.name || '(unnamed)'} in process ${n.pid} at 0x${n.start.toString(16)} ` +
+      `(${formatBytes(n.bytes)}): ${n.reason}`,
+  );
 }
 
 /** A tree's processes, shared memory, and what was left out. */
@@ -277,11 +286,7 @@ export function treeLines(r: PreDumpResult): string[] {
         `  shmem    ${s.shmid}: ${formatBytes(s.sizeBytes)}, ${s.pagesWritten} pages written once, ` +
         `pages-${s.pagesId}.img; mapped by ${s.pids.length === 1 ? 'process' : 'processes'} ${s.pids.join(', ')}`,
     ),
-    ...(r.notPreDumped ?? []).map(
-      (n) =>
-        `  skipped  ${n.name || '(unnamed)'} in process ${n.pid} at 0x${n.start.toString(16)} ` +
-        `(${formatBytes(n.bytes)}): ${n.reason}`,
-    ),
+    ...skippedLines(r),
     ...r.droppedFromParent.map(
       (pid) => `  dropped  ${pid}: in the parent images, no longer in the tree (exited)`,
     ),

@@ -115,6 +115,20 @@ export interface MemcpyReference {
   warmMs: number
 }
 
+/** A shared mapping left out of the pre-dump (of a tree, or of one process). */
+export interface NotDumpedMapping {
+  pid: number
+  start: number
+  end: number
+  name: string
+  /**
+   * "shmem" (one process's anonymous shared memory), "sysv-shm", "memfd",
+   * "hugetlb" or "file-shared".
+   */
+  kind: string
+  reason: string
+}
+
 /** Where `preDumpToServer` sends the pages. */
 export interface PageServerClient {
   address: string
@@ -281,6 +295,8 @@ export interface PreDumpReport {
   readvCalls: number
   bufferBytes: number
   partial: boolean
+  /** Its shared mappings left out, each with the reason. */
+  notDumped: Array<NotDumpedMapping>
 }
 
 export interface PreDumpSentReport {
@@ -368,17 +384,6 @@ export interface TreeMember {
   comm: string
 }
 
-/** A shared mapping left out of the pre-dump. */
-export interface TreeNotDumped {
-  pid: number
-  start: number
-  end: number
-  name: string
-  /** "sysv-shm", "memfd", "hugetlb" or "file-shared". */
-  kind: string
-  reason: string
-}
-
 /** Options of a tree pre-dump (read mode, no tracking). */
 export interface TreePreDumpOptions {
   root: number
@@ -399,7 +404,7 @@ export interface TreePreDumpReport {
   dumpUptimeUs: number
   processes: Array<TreeProcessReport>
   shmem: Array<TreeShmemReport>
-  notDumped: Array<TreeNotDumped>
+  notDumped: Array<NotDumpedMapping>
   left: Array<TreeLeft>
   threads: number
   freezingUs: number

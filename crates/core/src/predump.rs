@@ -15,7 +15,7 @@ use crate::inject::Injector;
 use crate::pages_out::{PagesFile, PagesOut};
 use crate::pageserver::sender::ServerPages;
 use crate::scan::{self, ScanMethod, Scanner};
-use crate::{maps, proc, splice, track, Error, PageRange, Result};
+use crate::{maps, proc, shmem, splice, track, Error, PageRange, Result};
 
 /// How far a pre-dump has come, for a progress bar: readable from any thread.
 #[derive(Debug, Default)]
@@ -98,6 +98,8 @@ pub struct PreDumpReport {
     /// a parent whose inventory says "splice" (criu/mem.c, generate_vma_iovs):
     /// the caller must then write "read" (which CRIU never asks them of).
     pub unreadable_pages: u64,
+    /// Its shared mappings left out of the pre-dump, each with the reason.
+    pub not_dumped: Vec<shmem::NotDumped>,
     pub freeze: FreezeTimes,
     /// Time spent reading maps and scanning pages, inside the frozen window.
     pub scan_time: Duration,
@@ -305,9 +307,11 @@ fn pre_dump_frozen(
     let threads = frozen.tids().count();
     let scan_started = Instant::now();
     let mut given_up = None;
+    let mut not_dumped = Vec::new();
     let found = (|| {
         let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
         let vmas = maps::parse_maps(&text)?;
+        not_dumped = shmem::not_dumped(pid, &vmas, Some(shmem::ANONYMOUS_OF_ONE_PROCESS));
         let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
         let mut found = scanner.present_frozen(&frozen, &keep)?;
         found.vmas_skipped = skipped.len();
@@ -480,6 +484,7 @@ fn pre_dump_frozen(
         drain_time,
         drain,
         partial,
+        not_dumped,
         leftovers_removed: (!leftovers_removed.is_empty()).then(|| leftovers_removed.describe()),
     })
 }
@@ -578,6 +583,7 @@ fn pre_dump_freeze_free(
     let scan_started = Instant::now();
     let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
     let vmas = maps::parse_maps(&text)?;
+    let not_dumped = shmem::not_dumped(pid, &vmas, Some(shmem::ANONYMOUS_OF_ONE_PROCESS));
     let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
     tracker.add_vmas(&keep)?;
     let dirty = arm(&mut tracker, &keep, &tracking.generation)?;
@@ -624,6 +630,7 @@ fn pre_dump_freeze_free(
         drain_time,
         partial: outcome.end == DrainEnd::TargetExited,
         drain: outcome.stats,
+        not_dumped,
         leftovers_removed,
     })
 }

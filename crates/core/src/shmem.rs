@@ -94,6 +94,52 @@ impl SharedKind {
     }
 }
 
+/// A shared mapping that is not in the pre-dump, and why.
+#[derive(Debug, Clone)]
+pub struct NotDumped {
+    pub pid: i32,
+    pub start: u64,
+    pub end: u64,
+    pub name: String,
+    pub kind: SharedKind,
+    pub reason: &'static str,
+}
+
+impl NotDumped {
+    pub fn bytes(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn pages(&self) -> u64 {
+        self.bytes() / PAGE_SIZE
+    }
+}
+
+/// Why a single-process pre-dump leaves anonymous shared memory out: only a
+/// tree pre-dump writes pagemap-shmem images so far.
+pub const ANONYMOUS_OF_ONE_PROCESS: &str =
+    "anonymous shared memory: only tree pre-dumps (read mode) write it yet";
+
+/// The shared mappings of process `pid` left out of its pre-dump, each with
+/// its reason: those CRIU's pre-dump leaves out (`SharedKind::reason`), and
+/// anonymous shared memory too when `anonymous` gives a reason for it.
+pub fn not_dumped(pid: i32, vmas: &[Vma], anonymous: Option<&'static str>) -> Vec<NotDumped> {
+    vmas.iter()
+        .filter(|v| v.shared)
+        .filter_map(|v| {
+            let kind = kind(v);
+            let reason = kind.reason().or(anonymous)?;
+            Some(NotDumped {
+                pid,
+                start: v.start,
+                end: v.end,
+                name: v.name.clone(),
+                kind,
+                reason,
+            })
+        })
+        .collect()
+}
+
 /// The kind of a shared mapping (`vma.shared`), from its name in
 /// /proc/PID/maps. An anonymous one is confirmed when its file is opened
 /// (`Object::open` checks that it lives on the kernel's shmem).

@@ -32,9 +32,9 @@ use crate::maps::{self, VmFlags, Vma};
 use crate::pages_out::{PagesFile, PagesOut};
 use crate::predump::{FinalDump, Progress};
 use crate::scan::{self, ScanMethod, Scanner};
-use crate::shmem::{self, SharedKind};
+use crate::shmem::{self, NotDumped, SharedKind};
 use crate::tree::{self, FrozenTree, Left, Member, TreeFreezeTimes};
-use crate::{proc, Error, PageRange, Result, PAGE_SIZE};
+use crate::{proc, Error, PageRange, Result};
 
 /// What was pre-dumped of one process of the tree.
 #[derive(Debug, Clone)]
@@ -76,16 +76,6 @@ pub struct ShmemDump {
     /// The processes mapping it, in tree order, each once.
     pub pids: Vec<i32>,
     pub mappings: usize,
-}
-
-/// A shared mapping that is not in the pre-dump, and why (`SharedKind::reason`).
-#[derive(Debug, Clone)]
-pub struct NotDumped {
-    pub pid: i32,
-    pub start: u64,
-    pub end: u64,
-    pub name: String,
-    pub kind: SharedKind,
 }
 
 /// What a tree pre-dump did.
@@ -415,31 +405,10 @@ fn criu_shmem_order(seen: &[u64]) -> Vec<u64> {
 /// The shared mappings that are not anonymous shared memory: left out, each
 /// with its reason.
 fn not_dumped(found: &[Found]) -> Vec<NotDumped> {
-    let mut out = Vec::new();
-    for f in found {
-        for v in f.vmas.iter().filter(|v| v.shared) {
-            let kind = shmem::kind(v);
-            if kind.reason().is_some() {
-                out.push(NotDumped {
-                    pid: f.member.pid,
-                    start: v.start,
-                    end: v.end,
-                    name: v.name.clone(),
-                    kind,
-                });
-            }
-        }
-    }
-    out
-}
-
-impl NotDumped {
-    pub fn bytes(&self) -> u64 {
-        self.end - self.start
-    }
-    pub fn pages(&self) -> u64 {
-        self.bytes() / PAGE_SIZE
-    }
+    found
+        .iter()
+        .flat_map(|f| shmem::not_dumped(f.member.pid, &f.vmas, None))
+        .collect()
 }
 
 #[cfg(test)]

@@ -99,6 +99,8 @@ pub struct PreDumpReport {
     pub readv_calls: f64,
     pub buffer_bytes: f64,
     pub partial: bool,
+    /// Its shared mappings left out, each with the reason.
+    pub not_dumped: Vec<tree::NotDumpedMapping>,
 }
 
 /// Progress of a running pre-dump, polled from JavaScript for a progress bar.
@@ -291,6 +293,7 @@ pub(crate) fn report(r: CoreReport) -> PreDumpReport {
         readv_calls: r.drain.readv_calls as f64,
         buffer_bytes: r.drain.buffer_bytes as f64,
         partial: r.partial,
+        not_dumped: tree::not_dumped(&r.not_dumped),
     }
 }
 

@@ -132,16 +132,30 @@ pub struct TreeShmemReport {
     pub mappings: u32,
 }
 
-/// A shared mapping left out of the pre-dump.
+/// A shared mapping left out of the pre-dump (of a tree, or of one process).
 #[napi(object)]
-pub struct TreeNotDumped {
+pub struct NotDumpedMapping {
     pub pid: i32,
     pub start: f64,
     pub end: f64,
     pub name: String,
-    /// "sysv-shm", "memfd", "hugetlb" or "file-shared".
+    /// "shmem" (one process's anonymous shared memory), "sysv-shm", "memfd",
+    /// "hugetlb" or "file-shared".
     pub kind: String,
     pub reason: String,
+}
+
+pub(crate) fn not_dumped(n: &[predump_core::shmem::NotDumped]) -> Vec<NotDumpedMapping> {
+    n.iter()
+        .map(|n| NotDumpedMapping {
+            pid: n.pid,
+            start: n.start as f64,
+            end: n.end as f64,
+            name: n.name.clone(),
+            kind: n.kind.name().to_string(),
+            reason: n.reason.to_string(),
+        })
+        .collect()
 }
 
 /// What a tree pre-dump did. Times in microseconds.
@@ -151,7 +165,7 @@ pub struct TreePreDumpReport {
     pub dump_uptime_us: f64,
     pub processes: Vec<TreeProcessReport>,
     pub shmem: Vec<TreeShmemReport>,
-    pub not_dumped: Vec<TreeNotDumped>,
+    pub not_dumped: Vec<NotDumpedMapping>,
     pub left: Vec<TreeLeft>,
     pub threads: u32,
     pub freezing_us: f64,
@@ -213,18 +227,7 @@ fn report(r: TreeReport) -> TreePreDumpReport {
                 mappings: s.mappings as u32,
             })
             .collect(),
-        not_dumped: r
-            .not_dumped
-            .iter()
-            .map(|n| TreeNotDumped {
-                pid: n.pid,
-                start: n.start as f64,
-                end: n.end as f64,
-                name: n.name.clone(),
-                kind: n.kind.name().to_string(),
-                reason: n.kind.reason().unwrap_or_default().to_string(),
-            })
-            .collect(),
+        not_dumped: not_dumped(&r.not_dumped),
         left: r.left.iter().map(left).collect(),
         freezing_us: us(r.freeze.freezing),
         frozen_us: us(r.freeze.frozen),
