@@ -13,6 +13,7 @@ import {
   checkImagesDir,
   MiB,
   PAGE,
+  ROOT,
   parseJson,
   runCli,
   snapshot,
@@ -229,10 +230,33 @@ test.serial('predump demo runs with no arguments', async (t) => {
       /\n {2}frozen {3}[\d.]+ ms \(freezing [\d.]+ ms, scan [\d.]+ ms with \S+\)\n/,
     );
   }
+  t.regex(r.stderr, DEMO_COPY_LINE);
+});
+
+/** The demo's copy line: how long, how fast, when (its mode's), then the fsync. */
+const DEMO_COPY_LINE =
+  /\n {2}copy {5}[\d.]+ m?s, \d+ MB\/s, (after the thaw|while the target ran); fsync [\d.]+ m?s; total [\d.]+ m?s\n/;
+
+// Issue 16, item 7: the README's sample is what the demo prints now, in the mode it names.
+test('the README shows the demo as it prints now', async (t) => {
+  const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+  const at = readme.indexOf('`npx predump demo` prints');
+  t.true(at >= 0, 'the README has a sample of the demo');
+  const block = /```\n([\s\S]*?)```/.exec(readme.slice(at))?.[1] ?? '';
+  const sample = `\n${block}`;
   t.regex(
-    r.stderr,
-    /\n {2}copy {5}[\d.]+ (ms|s) after the thaw \(fsync included\), \d+ MB\/s; total /,
+    sample,
+    /\n {2}mode {5}freeze-free \(auto: uffd-wp tracking is in use\): the target ran throughout\n/,
   );
+  t.regex(
+    sample,
+    /\n {2}frozen {3}[\d.]+ ms \(once, to set up the tracking\); scan [\d.]+ ms with \S+, while it ran\n/,
+  );
+  t.regex(sample, DEMO_COPY_LINE);
+  t.regex(sample, /, while the target ran; /);
+  t.regex(sample, /\ndemo ok\n/);
+  // The text before it names the same mode.
+  t.regex(readme.slice(at, readme.indexOf('```', at)), /chooses the freeze-free mode/);
 });
 
 test.serial('predump demo --json prints one JSON object', async (t) => {

@@ -681,6 +681,22 @@ test('dump --leave-stopped of a tree: copied while all frozen, all left stopped,
   t.is(r.code, 0, r.stderr);
   const j = parseJson<PreDumpResult & { leftStopped: boolean; copiedWhileFrozen: boolean }>(t, r);
   t.true(j.leftStopped);
+  // What happened when: the whole tree copied and synced while frozen (CRIU's meaning of
+  // its stats-dump: memdump all the page work of the frozen window, memwrite part of it).
+  t.true(j.copiedWhileFrozen);
+  t.is(j.drainMBps, 0);
+  const st = (await crit(path.join(base, '2', 'stats-dump'))).entries[0]!['dump'] as Record<
+    string,
+    number
+  >;
+  t.is(st['memdump_time'], Math.round(j.memdumpMs * 1000));
+  t.is(st['memwrite_time'], Math.round(j.memwriteMs * 1000));
+  t.true(
+    st['memdump_time']! <= Math.round(j.stoppedWindowMs * 1000) + 2,
+    'inside the frozen window',
+  );
+  t.true(st['memdump_time']! + 2 >= Math.round((j.scanMs + j.copyMs) * 1000), 'scan and copy');
+  t.true(st['memwrite_time']! <= st['memdump_time']!, 'memwrite is a part of memdump');
   t.deepEqual(j.processes.map((p) => p.pid).sort(), [...pids].sort());
   t.deepEqual(j.trackedAlone, tracked ? [leaf] : []);
   for (const pid of pids) {

@@ -174,11 +174,37 @@ export interface PreDumpResult {
   /** Time any thread was stopped: freezing plus frozen. */
   stoppedWindowMs: number;
   scanMs: number;
-  /** From thaw until the pages image is on disk. */
+  /**
+   * From thaw until the pages image is on disk: the copy and its fsync in a pre-dump,
+   * the fsync alone in a dump (`copiedWhileFrozen`).
+   */
   drainMs: number;
   totalMs: number;
-  /** Pages copied per second of drain, in MB/s (10^6 bytes). */
+  /**
+   * Bytes copied after the thaw per second of drain, in MB/s (10^6 bytes): 0 in a dump,
+   * which copied nothing after the thaw (see `copyMBps`).
+   */
   drainMBps: number;
+  /** The pages were copied inside the frozen window (a dump), not after the thaw. */
+  copiedWhileFrozen: boolean;
+  /** The pages read and written (or sent), the fsync left out, wherever that happened. */
+  copyMs: number;
+  /** Bytes copied per second of `copyMs`, in MB/s (10^6 bytes). */
+  copyMBps: number;
+  /** The pages images synced (fsync), after the copy. */
+  syncMs: number;
+  /**
+   * CRIU's memdump_time, as written into stats-dump (in µs there): the pages found and,
+   * in a dump, everything else done to them while frozen; in a splice pre-dump their
+   * referencing into pipes (frozen); in a read pre-dump their reading after the thaw.
+   */
+  memdumpMs: number;
+  /**
+   * CRIU's memwrite_time: the pages images written, inside the frozen window in a dump
+   * (its fsync after the thaw left out, CRIU has none), after the thaw in a pre-dump
+   * (its fsync included).
+   */
+  memwriteMs: number;
   bufferBytes: number;
   readvCalls: number;
   /** Peak resident memory of this process so far (the tool's own footprint). */
@@ -439,8 +465,8 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       stats: {
         freezingTime: us(report.freezingUs),
         frozenTime: us(report.frozenUs),
-        memdumpTime: us(report.scanUs),
-        memwriteTime: us(report.drainUs),
+        memdumpTime: us(report.memdumpUs),
+        memwriteTime: us(report.memwriteUs),
         pagesScanned: report.pagesScanned,
         pagesSkippedParent,
         pagesWritten: report.pagesWritten,
@@ -503,7 +529,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       scanMs: ms(report.scanUs),
       drainMs: ms(report.drainUs),
       totalMs: performance.now() - started,
-      drainMBps: report.drainUs > 0 ? bytesWritten / report.drainUs : 0,
+      ...copyTimes(report, bytesWritten),
       bufferBytes: report.bufferBytes,
       readvCalls: report.readvCalls,
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
@@ -582,4 +608,30 @@ export function abortable<T>(
       signal.removeEventListener('abort', onAbort);
     });
   });
+}
+
+/** What the core's report says of the copy's times, as PreDumpResult's fields. */
+export function copyTimes(
+  report: {
+    drainUs: number;
+    copyUs: number;
+    syncUs: number;
+    copiedFrozen: boolean;
+    memdumpUs: number;
+    memwriteUs: number;
+  },
+  bytesWritten: number,
+): Pick<
+  PreDumpResult,
+  'drainMBps' | 'copiedWhileFrozen' | 'copyMs' | 'copyMBps' | 'syncMs' | 'memdumpMs' | 'memwriteMs'
+> {
+  return {
+    drainMBps: !report.copiedFrozen && report.drainUs > 0 ? bytesWritten / report.drainUs : 0,
+    copiedWhileFrozen: report.copiedFrozen,
+    copyMs: report.copyUs / 1000,
+    copyMBps: report.copyUs > 0 ? bytesWritten / report.copyUs : 0,
+    syncMs: report.syncUs / 1000,
+    memdumpMs: report.memdumpUs / 1000,
+    memwriteMs: report.memwriteUs / 1000,
+  };
 }

@@ -25,6 +25,7 @@ import { randomHex } from './random.js';
 import type { TreeListing, TreePreDumpReport } from './generated/native.js';
 import {
   abortable,
+  copyTimes,
   notPreDumped as toNotPreDumped,
   type LeftOutResult,
   type PreDumpOptions,
@@ -211,8 +212,8 @@ export async function preDumpTree(
       stats: {
         freezingTime: us(report.freezingUs),
         frozenTime: us(report.frozenUs),
-        memdumpTime: us(report.scanUs),
-        memwriteTime: us(report.drainUs),
+        memdumpTime: us(report.memdumpUs),
+        memwriteTime: us(report.memwriteUs),
         pagesScanned,
         pagesSkippedParent: 0,
         pagesWritten: privateWritten,
@@ -304,7 +305,7 @@ export async function preDumpTree(
       scanMs: ms(report.scanUs),
       drainMs: ms(report.drainUs),
       totalMs: performance.now() - started,
-      drainMBps: report.drainUs > 0 ? bytesWritten / report.drainUs : 0,
+      ...copyTimes(report, bytesWritten),
       bufferBytes: report.processes[0]?.bufferBytes ?? 0,
       readvCalls: sum(report.processes.map((p) => p.readvCalls)),
       peakRssBytes: process.resourceUsage().maxRSS * 1024,

@@ -83,7 +83,7 @@ async function run(args: Args): Promise<number> {
     const ok =
       check.mismatches === 0 && check.trailingBytes === 0 && self.ok && check.pagesChecked > 0;
     // The pre-dump's own fields, as `pre-dump --json` prints them, and the demo's checks.
-    if (args.json) printJson({ ok, copiedWhileFrozen: false, ...result, check, selfCheck: self });
+    if (args.json) printJson({ ok, ...result, check, selfCheck: self });
     const verdict = [
       `checked ${check.pagesChecked} workload pages against their known contents: ${check.mismatches} wrong` +
         (check.firstMismatches.length
@@ -97,7 +97,7 @@ async function run(args: Args): Promise<number> {
           `${result.pagesWritten} pages (${formatBytes(result.bytesWritten)})`,
         modeLine(result),
         frozenLine(result),
-        copyLine(result, false),
+        copyLine(result),
         ...verdict,
         ok ? 'demo ok' : 'demo FAILED',
       ].join('\n'),

@@ -96,10 +96,8 @@ export async function handler(args: Args): Promise<void> {
     return;
   }
   const result = outcome.value;
-  // What happened when: the copy inside the frozen window, only the fsync after the thaw.
-  if (args.json) {
-    printJson({ ok: true, leftStopped: leaveStopped, copiedWhileFrozen: true, ...result });
-  }
+  // What happened when (copiedWhileFrozen, copyMs, syncMs…): the result says.
+  if (args.json) printJson({ ok: true, leftStopped: leaveStopped, ...result });
   if (result.leftoversRemoved) {
     inform(
       `predump: note: removed ${result.leftoversRemoved} that a predump which died while ` +

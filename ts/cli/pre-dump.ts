@@ -125,7 +125,7 @@ async function run(args: Args): Promise<number> {
   );
   if (!outcome.ok) return outcome.status;
   const result = outcome.value;
-  if (args.json) printJson({ ok: true, copiedWhileFrozen: false, ...result });
+  if (args.json) printJson({ ok: true, ...result });
   if (result.leftoversRemoved) {
     inform(
       `predump: note: removed ${result.leftoversRemoved} that a predump which died while ` +
@@ -211,20 +211,22 @@ export function frozenLine(r: PreDumpResult): string {
 }
 
 /**
- * When the pages were copied: after the thaw (drain, its fsync included), or, in a
- * final dump, inside the frozen window, with only the fsync after the thaw.
+ * When the pages were copied, and how long that took: after the thaw (a pre-dump), or
+ * inside the frozen window with only the fsync after the thaw (a dump).
  */
-export function copyLine(r: PreDumpResult, final: boolean): string {
-  if (final) {
+export function copyLine(r: PreDumpResult): string {
+  const copy = `${formatMs(r.copyMs)}, ${r.copyMBps.toFixed(0)} MB/s`;
+  if (r.copiedWhileFrozen) {
     return (
-      `  copy     inside the ${formatMs(r.stoppedWindowMs)} frozen window; ` +
-      `fsync ${formatMs(r.drainMs)} after the thaw; total ${formatMs(r.totalMs)}`
+      `  copy     ${copy}, inside the ${formatMs(r.stoppedWindowMs)} frozen window; ` +
+      `fsync ${formatMs(r.syncMs)} after the thaw; total ${formatMs(r.totalMs)}`
     );
   }
-  return (
-    `  copy     ${formatMs(r.drainMs)} after the thaw (fsync included), ` +
-    `${r.drainMBps.toFixed(0)} MB/s; total ${formatMs(r.totalMs)}`
-  );
+  const when =
+    r.mode === 'freeze-free'
+      ? 'while the target ran'
+      : `after the thaw${r.mode === 'splice' ? ' (from the pipes)' : ''}`;
+  return `  copy     ${copy}, ${when}; fsync ${formatMs(r.syncMs)}; total ${formatMs(r.totalMs)}`;
 }
 
 export function summary(r: PreDumpResult, final = false): string {
@@ -249,7 +251,7 @@ export function summary(r: PreDumpResult, final = false): string {
     `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}` +
       (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : ''),
     ...(tree ? treeLines(r) : skippedLines(r)),
-    copyLine(r, final),
+    copyLine(r),
     final
       ? '  tracking ended: nothing of predump is left in the process'
       : `  tracking ${r.trackBackend}` +

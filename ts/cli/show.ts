@@ -84,6 +84,7 @@ function render(s: ImagesSummary, withEntries: boolean): string {
     const t = s.stats;
     lines.push(
       `  stats          frozen ${t.frozenTime} µs, freezing ${t.freezingTime} µs, memdump ${t.memdumpTime} µs, memwrite ${t.memwriteTime} µs`,
+      `                 (${memTimesMeaning(s)})`,
       `                 pages scanned ${t.pagesScanned}, written ${t.pagesWritten}, skipped (parent) ${t.pagesSkippedParent}`,
     );
   }
@@ -97,6 +98,19 @@ function render(s: ImagesSummary, withEntries: boolean): string {
     }
   }
   return lines.join('\n') + '\n';
+}
+
+/** What memdump and memwrite cover, as CRIU's stats mean them, for what made the images. */
+function memTimesMeaning(s: ImagesSummary): string {
+  if (s.kind === 'dump') {
+    return 'memdump: the pages found, read and written while frozen; memwrite: the writing, part of it';
+  }
+  if (s.mode === 'splice') {
+    return 'memdump: the pages found and put into pipes while frozen; memwrite: the pipes written after the thaw';
+  }
+  return s.mode === 'freeze-free'
+    ? 'memdump: the pages found and read, memwrite: written, while the target ran'
+    : 'memdump: the pages found while frozen and read after the thaw; memwrite: written after the thaw';
 }
 
 /** What made the images: the command, the mode, the tracking, as far as they say. */

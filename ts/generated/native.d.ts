@@ -289,7 +289,19 @@ export interface PreDumpReport {
   frozenUs: number
   stoppedWindowUs: number
   scanUs: number
+  /** From the thaw to the pages images synced. */
   drainUs: number
+  /**
+   * The pages read and written, the fsync left out: after the thaw, or
+   * inside the frozen window when `copied_frozen` (a dump).
+   */
+  copyUs: number
+  /** The pages images synced. */
+  syncUs: number
+  copiedFrozen: boolean
+  /** CRIU's memdump_time and memwrite_time, as its stats-dump means them. */
+  memdumpUs: number
+  memwriteUs: number
   readUs: number
   writeUs: number
   readvCalls: number
@@ -411,7 +423,19 @@ export interface TreePreDumpReport {
   frozenUs: number
   stoppedWindowUs: number
   scanUs: number
+  /** From the thaw to the pages images synced. */
   drainUs: number
+  /**
+   * The pages read and written, the fsync left out: after the thaw, or
+   * inside the frozen window when `copied_frozen` (a dump).
+   */
+  copyUs: number
+  /** The pages images synced. */
+  syncUs: number
+  copiedFrozen: boolean
+  /** CRIU's memdump_time and memwrite_time, as its stats-dump means them. */
+  memdumpUs: number
+  memwriteUs: number
 }
 
 /** One process's part of a tree pre-dump. */

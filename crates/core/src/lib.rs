@@ -11,6 +11,7 @@ pub mod freeze;
 pub mod image;
 pub mod inject;
 pub mod maps;
+pub mod mem_times;
 pub mod pages_out;
 pub mod pageserver;
 pub mod pattern;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::drain::{self, DrainConfig, DrainEnd, DrainStats};
 use crate::freeze::{FreezeTimes, Frozen};
 use crate::inject::Injector;
+use crate::mem_times::MemTimes;
 use crate::pages_out::{PagesFile, PagesOut};
 use crate::pageserver::sender::ServerPages;
 use crate::scan::{self, ScanMethod, Scanner};
@@ -101,10 +102,22 @@ pub struct PreDumpReport {
     /// Its shared mappings left out of the pre-dump, each with the reason.
     pub not_dumped: Vec<shmem::NotDumped>,
     pub freeze: FreezeTimes,
-    /// Time spent reading maps and scanning pages, inside the frozen window.
+    /// Time spent reading maps and scanning pages, inside the frozen window
+    /// (freeze-free: while the target ran).
     pub scan_time: Duration,
-    /// From thaw to the pages image synced.
+    /// From thaw to the pages image synced: the copy and the fsync in a
+    /// pre-dump, the fsync alone in a dump (which copied while frozen).
     pub drain_time: Duration,
+    /// The pages read and written into the pages image (or sent), the fsync
+    /// left out: after the thaw in a pre-dump, inside the frozen window in a
+    /// dump (`copied_frozen`).
+    pub copy_time: Duration,
+    /// The pages image synced (fsync and close, or the page server's answer).
+    pub sync_time: Duration,
+    /// The copy was made inside the frozen window (a dump).
+    pub copied_frozen: bool,
+    /// CRIU's memdump_time and memwrite_time (see `mem_times`).
+    pub mem: MemTimes,
     pub drain: DrainStats,
     /// The target exited during the drain: the images hold what was read before.
     pub partial: bool,
@@ -367,6 +380,7 @@ fn pre_dump_frozen(
     };
     // Splice mode references the pages while still frozen (after the scan, so
     // that the injector's scratch mapping is not in the scan).
+    let referenced_started = Instant::now();
     let referenced = match (&found, spliced.as_mut()) {
         // A thread still inside a dead run's stub needs it as it is: no
         // injection until it ran its epilogue (inject::leftovers::Found).
@@ -381,11 +395,13 @@ fn pre_dump_frozen(
         }
         _ => None,
     };
+    let reference_time = referenced_started.elapsed();
     // A final dump ends tracking, then copies while still frozen: copying last,
     // after every injected call, the images equal the memory the target is left
     // with. The calls' returns to user mode make the kernel rewrite the threads'
     // rseq areas after the dirty pages were taken: those pages are copied
     // whatever tracking says (above).
+    let frozen_copy_started = Instant::now();
     let copied = match (&found, tracking.final_dump) {
         (Ok(found), Some(_)) => Some((|| {
             if track::find_ours(pid)?.is_some() {
@@ -394,10 +410,14 @@ fn pre_dump_frozen(
                     .release(&mut inj)?;
                 inj.restore()?;
             }
+            let copy_started = Instant::now();
             drain_gated(pid, &found.ranges, out, config, progress.map(|p| &p.done))
+                .map(|outcome| (outcome, copy_started.elapsed()))
         })()),
         _ => None,
     };
+    // Ending the tracking and the copy: a dump's page work after the scan.
+    let frozen_copy_time = frozen_copy_started.elapsed();
     let freeze = match tracking.final_dump {
         Some(FinalDump {
             leave_stopped: true,
@@ -419,7 +439,7 @@ fn pre_dump_frozen(
         p.total.store(bytes, Ordering::Relaxed);
     }
     let drain_started = Instant::now();
-    let (regions, drain, partial, splice) = match pinned {
+    let (regions, drain, partial, splice, copy_time) = match pinned {
         Some(pinned) => {
             let stats = SpliceStats {
                 pipes: pinned.pipes(),
@@ -441,19 +461,34 @@ fn pre_dump_frozen(
                 buffer_bytes: stats.pipe_bytes,
                 ..Default::default()
             };
-            (regions, drain, false, Some(stats))
+            (regions, drain, false, Some(stats), write_time)
         }
         None => {
-            let outcome = match copied {
+            let (outcome, copy_time) = match copied {
                 Some(copied) => copied?,
-                None => drain_gated(pid, &found.ranges, out, config, progress.map(|p| &p.done))?,
+                None => {
+                    let copy_started = Instant::now();
+                    let outcome =
+                        drain_gated(pid, &found.ranges, out, config, progress.map(|p| &p.done))?;
+                    (outcome, copy_started.elapsed())
+                }
             };
             let partial = outcome.end == DrainEnd::TargetExited;
-            (outcome.regions, outcome.stats, partial, None)
+            (outcome.regions, outcome.stats, partial, None, copy_time)
         }
     };
+    let sync_started = Instant::now();
     out.finish()?;
+    let sync_time = sync_started.elapsed();
     let drain_time = drain_started.elapsed();
+    let copied_frozen = tracking.final_dump.is_some();
+    let mem = if copied_frozen {
+        MemTimes::copied_frozen(scan_time + reference_time + frozen_copy_time, &drain)
+    } else if splice.is_some() {
+        MemTimes::spliced(scan_time + reference_time, copy_time, sync_time)
+    } else {
+        MemTimes::copied_after_thaw(scan_time + reference_time, &drain, sync_time)
+    };
 
     Ok(PreDumpReport {
         requested_mode: mode,
@@ -482,6 +517,10 @@ fn pre_dump_frozen(
         freeze,
         scan_time,
         drain_time,
+        copy_time,
+        sync_time,
+        copied_frozen,
+        mem,
         drain,
         partial,
         not_dumped,
@@ -602,8 +641,10 @@ fn pre_dump_freeze_free(
     }
     let drain_started = Instant::now();
     let outcome = drain_gated(pid, &dump, out, config, progress.map(|p| &p.done))?;
+    let copy_time = drain_started.elapsed();
     out.finish()?;
     let drain_time = drain_started.elapsed();
+    let sync_time = drain_time.saturating_sub(copy_time);
     Ok(PreDumpReport {
         requested_mode: Mode::FreezeFree,
         mode: Mode::FreezeFree,
@@ -628,6 +669,10 @@ fn pre_dump_freeze_free(
         freeze,
         scan_time,
         drain_time,
+        copy_time,
+        sync_time,
+        copied_frozen: false,
+        mem: MemTimes::copied_after_thaw(scan_time, &outcome.stats, sync_time),
         partial: outcome.end == DrainEnd::TargetExited,
         drain: outcome.stats,
         not_dumped,

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use crate::drain::{DrainConfig, DrainEnd, DrainStats};
 use crate::freeze::Frozen;
 use crate::maps::{self, VmFlags, Vma};
+use crate::mem_times::MemTimes;
 use crate::pages_out::{PagesFile, PagesOut};
 use crate::predump::{FinalDump, Progress};
 use crate::scan::{self, ScanMethod, Scanner};
@@ -94,8 +95,17 @@ pub struct TreeReport {
     pub freeze: TreeFreezeTimes,
     /// Reading maps, scanning pages and finding the shared objects, frozen.
     pub scan_time: Duration,
-    /// From the thaw to the last pages image synced.
+    /// From the thaw to the last pages image synced (in a dump, which copied
+    /// and synced everything while frozen, next to nothing).
     pub drain_time: Duration,
+    /// Every pages image read and written, the fsyncs left out: after the
+    /// thaw in a pre-dump, inside the frozen window in a dump (`copied_frozen`).
+    pub copy_time: Duration,
+    /// The pages images synced, one after the other (fsync and close).
+    pub sync_time: Duration,
+    pub copied_frozen: bool,
+    /// CRIU's memdump_time and memwrite_time (see `mem_times`).
+    pub mem: MemTimes,
 }
 
 impl TreeReport {
@@ -166,13 +176,15 @@ pub fn pre_dump_tree(
     let left = frozen.left().to_vec();
     // A final dump ends predump's tracking and copies everything while the
     // whole tree stays frozen: the images are one consistent state.
+    let frozen_copy_started = Instant::now();
     let copied = match (&found, final_dump) {
-        (Ok((found, objects, _)), Some(_)) => Some(end_tracking(&frozen).and_then(|()| {
-            let drain_started = Instant::now();
-            copy_all(found, objects, dir, config, progress).map(|c| (c, drain_started))
-        })),
+        (Ok((found, objects, _)), Some(_)) => Some(
+            end_tracking(&frozen).and_then(|()| copy_all(found, objects, dir, config, progress)),
+        ),
         _ => None,
     };
+    // Ending the tracking, the copy and the fsyncs: a dump's page work after the scan.
+    let frozen_copy_time = frozen_copy_started.elapsed();
     let freeze = match final_dump {
         Some(FinalDump {
             leave_stopped: true,
@@ -183,17 +195,25 @@ pub fn pre_dump_tree(
         p.thawed.store(true, Ordering::SeqCst);
     }
     let (found, objects, not_dumped) = found?;
-    let ((processes, shmem), drain_started) = match copied {
+    let drain_started = Instant::now();
+    let copied_frozen = copied.is_some();
+    let all = match copied {
         Some(c) => c?,
-        None => {
-            let drain_started = Instant::now();
-            (
-                copy_all(&found, &objects, dir, config, progress)?,
-                drain_started,
-            )
-        }
+        None => copy_all(&found, &objects, dir, config, progress)?,
     };
     let drain_time = drain_started.elapsed();
+    let Copied {
+        processes,
+        shmem,
+        copy: copy_stats,
+        copy_time,
+        sync_time,
+    } = all;
+    let mem = if copied_frozen {
+        MemTimes::copied_frozen(scan_time + frozen_copy_time, &copy_stats)
+    } else {
+        MemTimes::copied_after_thaw(scan_time, &copy_stats, sync_time)
+    };
     Ok(TreeReport {
         root,
         dump_uptime_us,
@@ -204,7 +224,24 @@ pub fn pre_dump_tree(
         freeze,
         scan_time,
         drain_time,
+        copy_time,
+        sync_time,
+        copied_frozen,
+        mem,
     })
+}
+
+/// The pages images of a tree, and what writing them took.
+struct Copied {
+    processes: Vec<ProcessDump>,
+    shmem: Vec<ShmemDump>,
+    /// The reading and the writing of every copy, summed (a shared object's
+    /// copy, one call that does both, in each).
+    copy: DrainStats,
+    /// The copies, the fsyncs left out.
+    copy_time: Duration,
+    /// The fsyncs.
+    sync_time: Duration,
 }
 
 /// Writes the pages images: the shared objects first, then the processes, ids
@@ -215,7 +252,16 @@ fn copy_all(
     dir: &Path,
     config: &DrainConfig,
     progress: Option<&Progress>,
-) -> Result<(Vec<ProcessDump>, Vec<ShmemDump>)> {
+) -> Result<Copied> {
+    let started = Instant::now();
+    let mut copy = DrainStats::default();
+    let mut sync_time = Duration::ZERO;
+    let mut sync = |mut file: PagesFile| -> Result<()> {
+        let sync_started = Instant::now();
+        file.finish()?;
+        sync_time += sync_started.elapsed();
+        Ok(())
+    };
     // Ids as CRIU gives them: the shared objects first, then the processes.
     let mut next_id = 1u32;
     let mut shmem_out = Vec::with_capacity(objects.len());
@@ -256,12 +302,16 @@ fn copy_all(
     let mut shmem = Vec::with_capacity(shmem_out.len());
     for (dump, handle) in shmem_out {
         let path = dir.join(format!("pages-{}.img", dump.pages_id));
-        let mut file = PagesFile::create(&path)?;
+        let file = PagesFile::create(&path)?;
+        let copy_started = Instant::now();
         let bytes = handle.copy_to(&dump.regions, file.file())?;
+        let took = copy_started.elapsed();
+        copy.read_time += took;
+        copy.write_time += took;
         if let Some(p) = progress {
             p.done.fetch_add(bytes, Ordering::Relaxed);
         }
-        file.finish()?;
+        sync(file)?;
         shmem.push(dump);
     }
     let mut processes = Vec::with_capacity(found.len());
@@ -277,7 +327,9 @@ fn copy_all(
             config,
             progress.map(|p| &p.done),
         )?;
-        file.finish()?;
+        sync(file)?;
+        copy.read_time += outcome.stats.read_time;
+        copy.write_time += outcome.stats.write_time;
         processes.push(ProcessDump {
             pages_id,
             threads: f.threads,
@@ -295,7 +347,14 @@ fn copy_all(
             member: f.member.clone(),
         });
     }
-    Ok((processes, shmem))
+    let copy_time = started.elapsed().saturating_sub(sync_time);
+    Ok(Copied {
+        processes,
+        shmem,
+        copy,
+        copy_time,
+        sync_time,
+    })
 }
 
 /// Ends predump's uffd-wp tracking in every process of the frozen tree that

@@ -93,7 +93,17 @@ pub struct PreDumpReport {
     pub frozen_us: f64,
     pub stopped_window_us: f64,
     pub scan_us: f64,
+    /// From the thaw to the pages images synced.
     pub drain_us: f64,
+    /// The pages read and written, the fsync left out: after the thaw, or
+    /// inside the frozen window when `copied_frozen` (a dump).
+    pub copy_us: f64,
+    /// The pages images synced.
+    pub sync_us: f64,
+    pub copied_frozen: bool,
+    /// CRIU's memdump_time and memwrite_time, as its stats-dump means them.
+    pub memdump_us: f64,
+    pub memwrite_us: f64,
     pub read_us: f64,
     pub write_us: f64,
     pub readv_calls: f64,
@@ -288,6 +298,11 @@ pub(crate) fn report(r: CoreReport) -> PreDumpReport {
         stopped_window_us: us(r.freeze.stopped_window),
         scan_us: us(r.scan_time),
         drain_us: us(r.drain_time),
+        copy_us: us(r.copy_time),
+        sync_us: us(r.sync_time),
+        copied_frozen: r.copied_frozen,
+        memdump_us: us(r.mem.memdump),
+        memwrite_us: us(r.mem.memwrite),
         read_us: us(r.drain.read_time),
         write_us: us(r.drain.write_time),
         readv_calls: r.drain.readv_calls as f64,

@@ -172,7 +172,17 @@ pub struct TreePreDumpReport {
     pub frozen_us: f64,
     pub stopped_window_us: f64,
     pub scan_us: f64,
+    /// From the thaw to the pages images synced.
     pub drain_us: f64,
+    /// The pages read and written, the fsync left out: after the thaw, or
+    /// inside the frozen window when `copied_frozen` (a dump).
+    pub copy_us: f64,
+    /// The pages images synced.
+    pub sync_us: f64,
+    pub copied_frozen: bool,
+    /// CRIU's memdump_time and memwrite_time, as its stats-dump means them.
+    pub memdump_us: f64,
+    pub memwrite_us: f64,
 }
 
 fn flat(v: &[predump_core::PageRange]) -> Float64Array {
@@ -234,6 +244,11 @@ fn report(r: TreeReport) -> TreePreDumpReport {
         stopped_window_us: us(r.freeze.stopped_window),
         scan_us: us(r.scan_time),
         drain_us: us(r.drain_time),
+        copy_us: us(r.copy_time),
+        sync_us: us(r.sync_time),
+        copied_frozen: r.copied_frozen,
+        memdump_us: us(r.mem.memdump),
+        memwrite_us: us(r.mem.memwrite),
     }
 }
 
