@@ -271,6 +271,44 @@ test.serial(
   },
 );
 
+// Root with every capability, but those of a user namespace of its own (issue 16, item 6: a
+// container's root against a process outside it, pid 1 of the host): the message names the
+// namespace, not "run as root" nor rules that would allow it.
+test.serial(
+  'root of a user namespace of its own against a process outside it: exit 1, EPERM, why',
+  async (t) => {
+    const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
+    const before = await snapshot(target.pid);
+    const dir = path.join(await tempDir(t), 'images');
+    const p = startProcess('unshare', [
+      '--user',
+      '--map-root-user',
+      NODE,
+      BIN,
+      'pre-dump',
+      '-t',
+      String(target.pid),
+      '-D',
+      dir,
+      '--json',
+    ]);
+    const r = await p.done;
+    assertCliError(t, r, {
+      exit: 1,
+      code: 'EPERM',
+      message: new RegExp(
+        `not permitted to \\w+ process ${target.pid}: [^:]+: predump runs in a user namespace of ` +
+          'its own \\(uid_map 0 \\d+ 1\\), in which its root and capabilities, CAP_SYS_PTRACE ' +
+          `among them, count only for the processes of that namespace, and process ${target.pid} ` +
+          'is outside it: run predump in the process.s user namespace',
+      ),
+    });
+    t.notRegex(r.stderr, /run as root|yama|rules allow/i);
+    t.false(existsSync(dir));
+    await assertUnharmed(t, target, before);
+  },
+);
+
 test.serial('a target traced by another tracer (strace): exit 1, ETRACED', async (t) => {
   const target = await startWorkload(t, { sizeBytes: 16 * MiB, threads: 1 });
   const strace = spawn('strace', ['-f', '-e', 'trace=none', '-p', String(target.pid)], {

@@ -21,6 +21,10 @@ pub struct Facts {
     pub target_uids: Option<[u32; 3]>,
     /// The target's permitted capabilities; None if unreadable.
     pub target_permitted: Option<u64>,
+    /// The caller runs in a user namespace that is neither the initial one nor
+    /// (as far as can be read) the target's: the first line of its uid_map.
+    /// None in the initial user namespace, or in the target's.
+    pub caller_user_ns: Option<String>,
 }
 
 const CAP_SYS_PTRACE: u32 = 19;
@@ -109,7 +113,15 @@ pub fn parse_facts(own_status: &str, target_status: Option<&str>, yama: Option<u
         yama,
         target_uids: target_status.and_then(uids),
         target_permitted: target_status.and_then(|s| hex_field(s, "CapPrm")),
+        caller_user_ns: None,
     }
+}
+
+/// The first line of a uid_map, unless it is the initial user namespace's (all of
+/// 0..2^32-1 mapped onto itself).
+pub fn own_user_ns(uid_map: &str) -> Option<String> {
+    let first: Vec<&str> = uid_map.lines().next()?.split_whitespace().collect();
+    (first != ["0", "0", "4294967295"]).then(|| first.join(" "))
 }
 
 /// The facts now, for a refusal of access to `pid`.
@@ -119,7 +131,15 @@ pub fn facts(pid: i32) -> Facts {
     let yama = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    parse_facts(&own, target.as_deref(), yama)
+    let mut f = parse_facts(&own, target.as_deref(), yama);
+    let ns = |p: &str| fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    let same_ns = matches!((ns("self"), ns(&pid.to_string())), (Some(a), Some(b)) if a == b);
+    if !same_ns {
+        f.caller_user_ns = fs::read_to_string("/proc/self/uid_map")
+            .ok()
+            .and_then(|m| own_user_ns(&m));
+    }
+    f
 }
 
 /// Why access to `pid` was refused: the facts read now, explained.
@@ -134,6 +154,21 @@ pub fn explain(pid: i32, f: &Facts) -> String {
     let mut why = Vec::new();
     if f.yama == Some(3) {
         return "Yama's ptrace_scope is 3: no process may trace another until reboot".to_string();
+    }
+    if let Some(map) = &f.caller_user_ns {
+        // The kernel's first check: capabilities count in the target's user namespace.
+        why.push(format!(
+            "predump runs in a user namespace of its own (uid_map {map}), in which its \
+             {}capabilities{} count only for the processes of that namespace, and process \
+             {pid} is outside it: run predump in the process's user namespace (on the host, or \
+             entered with nsenter --user)",
+            if root { "root and " } else { "" },
+            if ptrace {
+                ", CAP_SYS_PTRACE among them,"
+            } else {
+                ""
+            }
+        ));
     }
     if let Some(u) = f.target_uids {
         if !ptrace && u.iter().any(|&id| id != f.euid) {
@@ -229,6 +264,25 @@ mod tests {
             "process 1 holds capabilities outside predump's bounding set (cap_sys_resource)"
         ));
         assert!(!why.contains("run as root"));
+    }
+
+    #[test]
+    fn root_of_a_user_namespace_of_its_own_is_told_so() {
+        assert_eq!(own_user_ns("         0          0 4294967295\n"), None);
+        let map = own_user_ns("         0       1000          1\n");
+        assert_eq!(map.as_deref(), Some("0 1000 1"));
+        let f = Facts {
+            caller_user_ns: map,
+            ..parse_facts(ROOT_ALL, Some(ROOT_ALL), None)
+        };
+        let why = explain(1, &f);
+        assert!(why.starts_with(
+            "predump runs in a user namespace of its own (uid_map 0 1000 1), in which its root \
+             and capabilities, CAP_SYS_PTRACE among them, count only for the processes of that \
+             namespace, and process 1 is outside it"
+        ));
+        assert!(!why.contains("kernel's own ptrace rules allow"));
+        assert!(!why.contains("run predump as root"));
     }
 
     #[test]
