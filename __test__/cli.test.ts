@@ -23,6 +23,7 @@ import {
   BIN,
   CRIT,
   freePid,
+  harmTally,
   MiB,
   NODE,
   parseJson,
@@ -79,6 +80,11 @@ test('--help, --version and a usage error with stdout gone: quiet', async (t) =>
   const r = await runWithReaderGone(['pre-dump', '--json']);
   assertQuiet(t, r, 2);
   t.regex(r.stderr, /Missing required arguments: tree, images-dir/);
+  // bench's refusal of a bad value, its JSON to the closed stdout (its runs write through
+  // the same output as every command's).
+  const bench = await runWithReaderGone(['bench', '--sizes', 'x', '--json']);
+  assertQuiet(t, bench, 2);
+  t.regex(bench.stderr, /predump: error: .*sizes/);
 });
 
 test('check and check --json with stdout gone: quiet, exit 0', async (t) => {
@@ -396,6 +402,13 @@ test.serial(
     t.like(await target.w.selfCheck(), { ok: true, mismatches: 0 });
   },
 );
+
+// Issue 16, item 11: a passing kill test's log does not read like an alarm.
+test("a kill test's tally: nothing alarming when nothing was harmed", (t) => {
+  t.is(harmTally(0, 40, 'trials'), 'none of the 40 trials harmed the target');
+  t.notRegex(harmTally(0, 40, 'kills'), /\d+\/\d+|0 of/);
+  t.is(harmTally(10, 40, 'trials'), '10 of the 40 trials harmed the target');
+});
 
 // ---- --help -----------------------------------------------------------------------------------
 

@@ -560,3 +560,13 @@ export async function compareChainWithMemory(
   }
   return { pages: chain.size, mismatches };
 }
+
+/**
+ * A kill test's tally as its log should say it: a passing run's (nothing harmed) says so
+ * without a figure that reads like an alarm ("0/40 … harmed"); a failing run's is plain.
+ */
+export function harmTally(harmed: number, trials: number, what: string): string {
+  return harmed === 0
+    ? `none of the ${trials} ${what} harmed the target`
+    : `${harmed} of the ${trials} ${what} harmed the target`;
+}

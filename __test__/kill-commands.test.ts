@@ -24,6 +24,7 @@ import {
   tempDir,
   type ProcSnapshot,
   type Target,
+  harmTally,
 } from './helpers.js';
 
 type T = ExecutionContext;
@@ -109,9 +110,7 @@ async function experiment(t: T, name: string, e: Experiment): Promise<void> {
     for (const m of own) ownMappings.add(m);
     await rm(dir, { recursive: true, force: true });
   }
-  t.log(
-    `${name}: ${harmed}/${TRIALS} kills harmed the target, ${finished} runs ended before the kill`,
-  );
+  t.log(`${name}: ${harmTally(harmed, TRIALS, 'kills')}; ${finished} runs ended before the kill`);
   if (ownMappings.size > 0) {
     t.log(
       `the target's own new thread stacks and heaps, not compared: ${[...ownMappings].join(', ')}`,

@@ -43,6 +43,7 @@ import {
   type CheckedDir,
   type Json,
   type Target,
+  harmTally,
 } from './helpers.js';
 
 type T = ExecutionContext<unknown>;
@@ -808,8 +809,9 @@ let killOutcome: Promise<KillOutcome> | undefined;
 function logOutcome(t: T, o: KillOutcome): void {
   t.log(`reference run: ${o.reference}`);
   t.log(
-    `${o.harmed}/${o.trials} trials harmed the target (${o.harmedBeforeDrain} of the ` +
-      `${o.beforeDrain} kills that came before the drain); ${o.leftovers} left fds or mappings ` +
+    `${harmTally(o.harmed, o.trials, 'trials')}` +
+      (o.harmed > 0 ? ` (${o.harmedBeforeDrain} of them killed before the drain)` : '') +
+      `; ${o.beforeDrain} kills came before the drain; ${o.leftovers} left fds or mappings ` +
       `in it; ${o.finished} ended before the kill; ${o.notAttached} attaches not seen`,
   );
   for (const n of o.notes) t.log(n);
@@ -836,7 +838,7 @@ test.serial(
   async (t) => {
     const o = await (killOutcome ??= killExperiment(t));
     t.log(
-      `${o.harmed}/${o.trials} trials harmed the target; ` +
+      `${harmTally(o.harmed, o.trials, 'trials')}; ` +
         `${o.beforeDrain} kills came before the drain; untrack then removed: ${o.removedLeftovers}`,
     );
     t.is(o.harmed, 0, o.notes.join('\n'));
