@@ -6,7 +6,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile, spawn } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import yargs from 'yargs';
@@ -537,6 +537,55 @@ test.serial(
 );
 
 // ---- the start-up fast path -------------------------------------------------------------------
+
+/** The modules (package or file below the checkout) `predump ARGS` loads, and its result. */
+async function loadedBy(
+  t: ExecutionContext,
+  args: string[],
+): Promise<{ r: CliResult; loaded: string[] }> {
+  const log = path.join(await tempDir(t), 'loaded');
+  const hooks = path.join(ROOT, '__test__', 'fixtures', 'loaded-modules.mjs');
+  const r = await new Promise<CliResult>((resolve, reject) => {
+    execFile(
+      NODE,
+      ['--import', hooks, BIN, ...args],
+      { cwd: ROOT, env: { ...process.env, PREDUMP_LOADED_LOG: log } },
+      (err, stdout, stderr) => {
+        const code = err && typeof err.code === 'number' ? err.code : err ? null : 0;
+        if (err && code === null) reject(err);
+        else resolve({ code, signal: null, stdout, stderr });
+      },
+    );
+  });
+  const urls = (await readFile(log, 'utf8')).split('\n').filter((u) => u.startsWith('file:'));
+  const loaded = urls.map((u) => {
+    const file = path.relative(ROOT, new URL(u).pathname);
+    return /^node_modules\/((@[^/]+\/)?[^/]+)/.exec(file)?.[1] ?? file;
+  });
+  return { r, loaded: [...new Set(loaded)] };
+}
+
+// Issue 16, item 13: the command line loads only what its command uses. A pre-dump's way to its
+// first look at a target (refused here: no such pid) loads neither yargs nor protobufjs nor any
+// other command's module; its --help does load yargs (the check is not blind).
+test('a pre-dump up to its first look at the target loads only its own command', async (t) => {
+  const pid = await freePid();
+  const dir = path.join(await tempDir(t), 'images');
+  const { r, loaded } = await loadedBy(t, ['pre-dump', '-t', String(pid), '-D', dir]);
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, new RegExp(`^predump: error: no such process: ${pid}\n$`));
+  t.true(loaded.includes('dist/cli/pre-dump.js'), loaded.join(' '));
+  for (const heavy of ['yargs', 'protobufjs']) t.false(loaded.includes(heavy), heavy);
+  const others = loaded.filter(
+    (f) =>
+      f.startsWith('dist/cli/') &&
+      !/\/(main|commands|options|output|fast-args|pre-dump|page-server-client)\.js$/.test(f),
+  );
+  t.deepEqual(others, [], 'no other command');
+  const help = await loadedBy(t, ['pre-dump', '--help']);
+  t.is(help.r.code, 0, help.r.stderr);
+  t.true(help.loaded.includes('yargs'), help.loaded.join(' '));
+});
 
 /** What yargs gives the command's handler for `args`, or the error it reports. */
 async function viaYargs(
