@@ -203,6 +203,13 @@ impl Frozen {
     /// Leaves the process job-stopped (as by SIGSTOP) and untraced: SIGSTOP is
     /// queued while every thread is still held, so each one, resuming inside the
     /// kernel's signal loop, enters the group stop before any user code runs.
+    /// But that loop takes the lowest-numbered pending signal first: a caught
+    /// signal below SIGSTOP (SIGUSR1, …) pending at the detach gets its frame
+    /// written onto the thread's stack on the way into the stop (its handler runs
+    /// after SIGCONT), so the live stack then differs from what was copied
+    /// (docs/TREES.md, the PostgreSQL trial). A process already job-stopped when
+    /// frozen keeps its signals pending. Masking them meanwhile would avoid it, but
+    /// a tracer killed in that window would leave them blocked.
     pub fn thaw_stopped(self) -> FreezeTimes {
         // SAFETY: kill with a pid and a signal number, no pointer.
         unsafe { libc::kill(self.pid, libc::SIGSTOP) };
