@@ -170,6 +170,13 @@ impl Scanner {
         self.present_with(vmas, true)
     }
 
+    /// `present_frozen` for a target the caller holds stopped on another
+    /// thread (a tree's processes, scanned concurrently while the tree is
+    /// frozen): the caller vouches that it is.
+    pub(crate) fn present_stopped(&mut self, vmas: &[&Vma]) -> Result<ScanResult> {
+        self.present_with(vmas, true)
+    }
+
     fn present_with(&mut self, vmas: &[&Vma], realtime: bool) -> Result<ScanResult> {
         let mut out = ScanResult {
             vmas_scanned: vmas.len(),
