@@ -1213,6 +1213,130 @@ fn a_thread_left_inside_the_stub_keeps_it_until_it_ran_its_epilogue() {
     assert_eq!((fds(pid), maps(pid)), baseline);
 }
 
+/// Runs the kill test's tracer helper on thread `main` of `pid` with `env`.
+fn tracer_helper(
+    pid: i32,
+    main: i32,
+    env: &[(&str, &str)],
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "kill_test_tracer_helper",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("PREDUMP_KILL_TEST_TARGET", format!("{pid} {main}"))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut helper = cmd.spawn().unwrap();
+    let out = BufReader::new(helper.stdout.take().unwrap());
+    (helper, out)
+}
+
+#[test]
+fn a_cleaning_run_killed_right_after_its_journal_leaves_every_leftover_named() {
+    // The root cause of issue 13's "known gap", reproduced at its exact moment
+    // (the injection gate, leftovers::test_gate). A run that removes a dead
+    // run's leftovers makes its own scratch mapping, journals there the fds it
+    // is about to close, and drops the dead run's entries in the same journal
+    // write; its thread still waits at the scratch mmap's exit stop. Before,
+    // that thread still held the mmap's undo (the stub unmaps what the mmap
+    // made if predump died before marking it): killed there, the thread
+    // unmapped the mapping that now named the fds, and the dead run's pipes
+    // stayed, named by nothing. Now the undo is disarmed once the mapping is
+    // marked: the next run finds every fd and the target ends as before.
+    let mut t = Testee::spawn(&["signals"]);
+    let (pid, main) = (t.pid, t.main);
+    wait_blocked(pid, main, libc::SYS_read);
+    let baseline = (fds(pid), maps(pid));
+    // A dead run's leftovers: its scratch mapping and a pipe pair named there.
+    let (mut helper, mut out) = tracer_helper(pid, main, &[("PREDUMP_KILL_TEST_HOLD", "1")]);
+    let mut line = String::new();
+    while !line.contains("KILLTEST holding") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the helper ended");
+    }
+    // SAFETY: kill by pid of our own unreaped child.
+    unsafe { libc::kill(helper.id() as i32, libc::SIGKILL) };
+    helper.wait().unwrap();
+    t.send("echo after-first");
+    t.expect("echo after-first");
+    wait_blocked(pid, main, libc::SYS_read);
+    let left = leftovers::find(pid).unwrap();
+    assert_eq!((left.fds.len(), left.mappings.len()), (2, 1), "{left:?}");
+
+    // A cleaning run, killed exactly after its journal write.
+    let dir = std::env::temp_dir().join(format!("predump-gate-{}-{pid}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("gate");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let gate = format!("leftovers-journaled:{}", fifo.display());
+    let (mut helper, _out) = tracer_helper(pid, main, &[("PREDUMP_TEST_INJECT_GATE", &gate)]);
+    // Opening the FIFO for writing succeeds once the helper opened it to read:
+    // it is at the gate.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let _w = loop {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => break f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                assert!(
+                    helper.try_wait().unwrap().is_none(),
+                    "the helper ended before the gate"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "the helper never reached the gate"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("opening the gate: {e}"),
+        }
+    };
+    let at_gate = leftovers::journal(pid).unwrap();
+    // SAFETY: kill by pid of our own unreaped child.
+    unsafe { libc::kill(helper.id() as i32, libc::SIGKILL) };
+    helper.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    t.send("echo after-second");
+    t.expect("echo after-second");
+    wait_blocked(pid, main, libc::SYS_read);
+    assert_eq!(tracer(pid, main), 0);
+    assert!(
+        at_gate.iter().any(|e| matches!(e, Leftover::FdCmsg { .. })),
+        "the cleaning run had journaled its list: {at_gate:?}"
+    );
+    // Every fd that is not the target's own is named by the journal.
+    let extra: Vec<i32> = fds(pid)
+        .keys()
+        .copied()
+        .filter(|fd| !baseline.0.contains_key(fd))
+        .collect();
+    let found = leftovers::find(pid).unwrap();
+    assert_eq!(
+        found.fds,
+        extra,
+        "journal at the gate {at_gate:?}, after the kill {:?}",
+        leftovers::journal(pid)
+    );
+    assert_eq!(extra, left.fds, "the dead run's pipe pair");
+    let frozen = Frozen::freeze(pid).unwrap();
+    leftovers::clean(&frozen).unwrap();
+    frozen.thaw();
+    assert!(leftovers::find(pid).unwrap().is_empty());
+    assert_eq!((fds(pid), maps(pid)), baseline);
+}
+
 #[test]
 fn injected_call_latency() {
     // Not a benchmark, a yardstick for the splice mode's frozen time: the cost
@@ -1400,7 +1524,6 @@ fn kill_tracer_trials(args: &[&str], trials: usize) -> (usize, usize, Vec<String
     let mut baseline = (fds(t.pid), maps(t.pid));
     let (mut landed, mut harmed, mut with_leftovers) = (0, 0, 0);
     let mut how = Vec::new();
-    let mut unclean: Vec<String> = Vec::new();
     for i in 0..trials {
         wait_blocked(t.pid, t.main, libc::SYS_read);
         let mut helper = Command::new(&exe)
@@ -1477,19 +1600,13 @@ fn kill_tracer_trials(args: &[&str], trials: usize) -> (usize, usize, Vec<String
                 frozen.thaw();
             }
             if (fds(t.pid), maps(t.pid)) != baseline {
-                // KNOWN GAP (issue 13, item 2; docs/INJECTION-SAFETY.md, "Not done"):
-                // seen once in 80 kills at load, the dead run's scratch mapping was
-                // gone while the pipes and socket it named were still open, so no
-                // journal entry reached them. Unharmed, but not clean: reported, and
-                // the trial starts over on a fresh testee.
-                unclean.push(format!(
-                    "trial {i}: not clean after removing {found:?} of {fds_at_kill:?}: fds {:?}",
+                // A leftover no journal entry reached (issue 13's former known
+                // gap, docs/INJECTION-SAFETY.md): a failure.
+                why = format!(
+                    "not clean after removing {found:?} of {fds_at_kill:?}: fds {:?}, maps {}",
                     fds(t.pid),
-                ));
-                t = Testee::spawn(args);
-                wait_blocked(t.pid, t.main, libc::SYS_read);
-                baseline = (fds(t.pid), maps(t.pid));
-                continue;
+                    maps(t.pid)
+                );
             }
         }
         if !alive || !why.is_empty() {
@@ -1504,12 +1621,6 @@ fn kill_tracer_trials(args: &[&str], trials: usize) -> (usize, usize, Vec<String
         }
     }
     eprintln!("{args:?}: leftovers found and removed after {with_leftovers} kills");
-    if !unclean.is_empty() {
-        eprintln!(
-            "{args:?}: KNOWN GAP: {} trials left fds or mappings no journal entry reached: {unclean:?}",
-            unclean.len()
-        );
-    }
     (landed, harmed, how)
 }
 

@@ -838,8 +838,26 @@ impl<'f> Injector<'f> {
         let mut mark = STUB_MAGIC.to_vec();
         mark.extend_from_slice(&self.nonce);
         self.write_memory(at + need + SCRATCH_MARK, &mark)?;
+        self.disarm()?;
         self.fd_words = 0;
         Ok(at)
+    }
+
+    /// Takes the scratch mmap's undo out of the thread, which waits at the
+    /// mmap's exit stop: a thread let go from there with the mmap's registers
+    /// unmaps what the mmap made (the stub's undo, for a predump dead before
+    /// the mark), and the mapping is soon more than a marked range: it holds
+    /// what the journal names (the fd lists a cleaning run journals in it,
+    /// dropping the dead run's entries in the same write). Disarmed, a dead
+    /// predump's thread runs a getpid and the epilogue from here. Marked, then
+    /// disarmed: a kill in between unmaps a mapping that names nothing yet.
+    /// (Before, a cleaning run killed between its journal write and its first
+    /// close left the dead run's fds named only inside a mapping the stub had
+    /// just unmapped: the "known gap" of the kill tests.)
+    fn disarm(&mut self) -> Result<()> {
+        let mut regs = self.regs;
+        arch::set_single(&mut regs, self.stub, libc::SYS_getpid, &[0; 6], 0, 0);
+        arch::set_regs(self.tid, &regs).map_err(|e| self.os("setting the registers", e))
     }
 
     /// The journal entry of the scratch mapping, if there is one.
