@@ -537,7 +537,8 @@ pub fn remove(frozen: &Frozen, found: &mut Found) -> Result<()> {
 /// writing knows the run is exactly there (the open returns only then), and
 /// kills it, or writes the byte to let it go on. The points: `leftovers-journaled`
 /// (`remove`, after the journal that names what it is about to close and unmap
-/// was written, before the first close).
+/// was written, before the first close), `splice-pipes-received` (splice mode,
+/// after the target received a group of pipes, before their vmsplices).
 pub(crate) fn test_gate(point: &str) -> Result<()> {
     let Some(spec) = std::env::var_os("PREDUMP_TEST_INJECT_GATE") else {
         return Ok(());
