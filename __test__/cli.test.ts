@@ -356,7 +356,17 @@ test.serial(
 
     // A splice pre-dump (where splice mode works here): referenced while frozen, written after.
     const two = path.join(tmp, '2');
-    const r2 = await runCli(['pre-dump', '-t', pid, '-D', two, '--pre-dump-mode', 'splice']);
+    const r2 = await runCli([
+      'pre-dump',
+      '-t',
+      pid,
+      '-D',
+      two,
+      '--pre-dump-mode',
+      'splice',
+      '--track-mem',
+      'none',
+    ]);
     t.is(r2.code, 0, r2.stderr);
     const s2 = await critStats(t, two);
     if (/used read mode/.test(r2.stderr)) {
@@ -381,6 +391,9 @@ test.serial(
     same(s3, j3, 'dump');
     t.true(j3.copiedWhileFrozen);
     t.is(j3.drainMBps, 0, 'nothing was copied after the thaw');
+    // The chain tracked nothing: the dump made no tracking only to end it.
+    t.is(j3.trackBackend, 'none');
+    t.regex(j3.trackNote ?? '', /^the process holds no uffd-wp tracking .* every page is copied$/);
     t.true(j3.copyMBps > 0);
     within(us(j3.copyMs + j3.scanMs), s3['memdump_time']!, 'memdump holds the scan and the copy');
     within(s3['memdump_time']!, us(j3.stoppedWindowMs), 'memdump is inside the frozen window');
@@ -388,6 +401,10 @@ test.serial(
     within(s3['memwrite_time']!, us(j3.copyMs), 'the writing of the copy, the fsync left out');
     within(us(j3.syncMs), us(j3.drainMs), 'after the thaw: the fsync');
     const shownFinal = await runCli(['show', final, '--no-entries']);
+    t.regex(
+      shownFinal.stdout,
+      /\n {2}made by {8}predump dump \(frozen throughout\), without dirty tracking\n/,
+    );
     t.regex(
       shownFinal.stdout,
       /\(memdump: the pages found, read and written while frozen; memwrite: the writing, part of it\)/,

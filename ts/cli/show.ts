@@ -116,9 +116,12 @@ function memTimesMeaning(s: ImagesSummary): string {
 /** What made the images: the command, the mode, the tracking, as far as they say. */
 function madeBy(s: ImagesSummary): string {
   if (s.kind === 'dump') {
-    return s.trackingEnded
-      ? `predump dump (frozen throughout), which ended the ${s.tracking ?? 'dirty'} tracking`
-      : 'a final dump (frozen throughout; no predump record: criu dump, or an older predump)';
+    if (!s.trackingEnded) {
+      return 'a final dump (frozen throughout; no predump record: criu dump, or an older predump)';
+    }
+    return s.tracking === 'none' || s.tracking === null
+      ? 'predump dump (frozen throughout), without dirty tracking'
+      : `predump dump (frozen throughout), which ended the ${s.tracking} tracking`;
   }
   const mode =
     s.mode === 'freeze-free'

@@ -335,6 +335,22 @@ fn pre_dump_frozen(
         // Tracking reads and re-arms the dirty state while every thread is
         // stopped, before splice mode's injector (one at a time per process).
         let dirty = match tracking.backend {
+            // A final dump of a process that holds no uffd-wp tracking of ours would make
+            // one (injected calls, inside the frozen window) only to end it again: there is
+            // no dirty state to read, so none is taken.
+            Some(track::Backend::UffdWp)
+                if tracking.final_dump.is_some() && track::find_ours(pid)?.is_none() =>
+            {
+                if tracking.parent.is_some() {
+                    given_up = Some(
+                        "the process holds no uffd-wp tracking (no pre-dump of the chain \
+                         tracked it, or it was ended since): what was written since the \
+                         parent is not known, so every page is copied"
+                            .to_string(),
+                    );
+                }
+                None
+            }
             Some(backend) => match take_dirty(&frozen, backend, &keep, &tracking.generation) {
                 Ok(dirty) => {
                     created.set(dirty.created);
