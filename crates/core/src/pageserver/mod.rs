@@ -9,12 +9,15 @@
 //! - [`server`]: `predump page-server`, which stores what a client sends as
 //!   CRIU's page server does;
 //! - [`transport`]: how a connection's bytes reach the images (splice, or TLS);
+//! - [`spool`]: the server's writer thread, splicing page data into the images
+//!   while the next data is received;
 //! - [`tls`]: CRIU's `--tls*` options on rustls, names checked as GnuTLS does.
 
 pub mod client;
 pub mod link;
 pub mod sender;
 pub mod server;
+pub mod spool;
 pub mod tls;
 pub mod transport;
 pub mod wire;

@@ -12,8 +12,9 @@
 //! would store blindly: entries out of order or overlapping, a PE_PARENT range
 //! that the parent's pagemap does not cover (CRIU checks that only when a parent
 //! exists), a second open of the same pagemap, and any header that does not
-//! parse (see `wire::parse`). Page data goes socket → pipe → file with splice;
-//! memory stays flat whatever the size of the transfer.
+//! parse (see `wire::parse`). Page data goes socket → pipe → file with splice,
+//! the file side in a writer thread of its own (`spool`) so that receiving and
+//! writing overlap; memory stays flat whatever the size of the transfer.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -196,7 +197,7 @@ struct Receiving {
     /// The parent's entries, for checking PE_PARENT ranges.
     parent: Option<Arc<Pagemap>>,
     pagemap: BufWriter<File>,
-    pages: File,
+    pages: Arc<File>,
     pagemap_tmp: PathBuf,
     pages_tmp: PathBuf,
     /// Where the next entry may start (entries sorted, not overlapping).
@@ -315,7 +316,7 @@ impl Session {
             headers += 1;
             let req = wire::parse(&h).map_err(|e| protocol(format!("header {headers}: {e}")))?;
             if let Request::Close { .. } = req {
-                self.finish()?;
+                self.finish(conn)?;
                 conn.write_all(&wire::close_reply())
                     .map_err(|e| conn.read_error("answering PS_IOV_CLOSE".into(), e))?;
                 self.closed_at = Some(Instant::now());
@@ -341,7 +342,7 @@ impl Session {
                     .map_err(|e| conn.read_error("answering PS_IOV_PARENT".into(), e))
             }
             Request::Open { dst, reply } => {
-                self.open(dst)?;
+                self.open(conn, dst)?;
                 if reply {
                     let has = self.current.as_ref().is_some_and(|c| c.has_parent);
                     conn.write_all(&wire::open2_reply(has))
@@ -357,7 +358,7 @@ impl Session {
             } => {
                 // Old CRIUs add without opening first (CRIU's server opens then).
                 if self.current.as_ref().map(|c| c.dst) != Some(dst) {
-                    self.open(dst)?;
+                    self.open(conn, dst)?;
                 }
                 self.add(conn, vaddr, nr_pages, flags, n)
             }
@@ -399,7 +400,7 @@ impl Session {
         Ok(found)
     }
 
-    fn open(&mut self, dst: Dst) -> Result<()> {
+    fn open(&mut self, conn: &mut dyn Conn, dst: Dst) -> Result<()> {
         if !self.opened.insert(dst) {
             return Err(protocol(format!(
                 "{dst} was opened a second time in one session (its pages would be lost)"
@@ -410,7 +411,7 @@ impl Session {
                 "more than {MAX_PAGEMAPS} pagemaps in one session"
             )));
         }
-        self.close_current()?;
+        self.close_current(conn)?;
         let parent = self.parent_of(dst)?;
         let pages_id = self.next_pages_id;
         self.next_pages_id += 1;
@@ -420,7 +421,7 @@ impl Session {
         let pages_tmp = temp_path(&self.dir, &pages_file);
         let pagemap = create(&pagemap_tmp)?;
         let pages = match create(&pages_tmp) {
-            Ok(f) => f,
+            Ok(f) => Arc::new(f),
             Err(e) => {
                 let _ = std::fs::remove_file(&pagemap_tmp);
                 return Err(e);
@@ -548,8 +549,9 @@ impl Session {
         Ok(())
     }
 
-    /// Syncs and closes the pagemap being received.
-    fn close_current(&mut self) -> Result<()> {
+    /// Syncs and closes the pagemap being received, once its page data is
+    /// all in its pages image.
+    fn close_current(&mut self, conn: &mut dyn Conn) -> Result<()> {
         let Some(r) = self.current.take() else {
             return Ok(());
         };
@@ -573,6 +575,10 @@ impl Session {
         pagemap
             .sync_all()
             .map_err(|e| image::write_error(&pagemap_tmp, e))?;
+        let started = Instant::now();
+        let flushed = conn.flush_writes();
+        self.write_time += started.elapsed();
+        flushed.map_err(|e| image::write_error(&pages_tmp, e))?;
         pages
             .sync_all()
             .map_err(|e| image::write_error(&pages_tmp, e))?;
@@ -581,8 +587,8 @@ impl Session {
 
     /// Gives every image its final name (pages first: a pagemap is what readers
     /// look for), then makes the names durable.
-    fn finish(&mut self) -> Result<()> {
-        self.close_current()?;
+    fn finish(&mut self, conn: &mut dyn Conn) -> Result<()> {
+        self.close_current(conn)?;
         for i in 0..self.received.len() {
             let (pages_tmp, pagemap_tmp) = (
                 self.received[i].pages_tmp.clone(),

@@ -1,22 +1,31 @@
 //! How the server reads a client's stream: plain TCP, with page data spliced
-//! from the socket into the images; TLS (see `tls`) through a bounded buffer.
-//! The client's side is in `client`.
+//! from the socket into a pipe that a writer thread splices into the images
+//! meanwhile (see `spool`); TLS (see `tls`) through a bounded buffer. The
+//! client's side is in `client`.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::fcntl::{splice, SpliceFFlags};
 use nix::poll::PollFlags;
 
 use super::link::{connection_error, is_aborted, Link};
+use super::spool::Spool;
 use crate::{Error, Result};
 
 /// A client connection, as the session reads it.
 pub trait Conn: Read + Write {
     /// Moves exactly `len` bytes of the stream into `out` (at its position).
-    fn copy_to_file(&mut self, out: &File, len: u64) -> std::result::Result<(), CopyError>;
+    /// The bytes may still be on their way into the file when this returns:
+    /// [`Conn::flush_writes`] waits for them.
+    fn copy_to_file(&mut self, out: &Arc<File>, len: u64) -> std::result::Result<(), CopyError>;
+    /// Waits until every byte of [`Conn::copy_to_file`] is in its file; a
+    /// failed write is returned here if no copy returned it before.
+    fn flush_writes(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// How the session describes a read failure of this connection.
     fn read_error(&self, what: String, e: io::Error) -> Error {
         connection_error(what, e)
@@ -37,47 +46,32 @@ pub enum CopyError {
     File(io::Error),
 }
 
-/// Plain TCP: page data is spliced from the socket into a pipe and from the
-/// pipe into the image, never copied through user memory.
+/// Plain TCP: page data is spliced from the socket into the spool's pipe and
+/// from there into the image by the spool's writer, never copied through user
+/// memory.
 pub struct Plain {
     pub link: Link,
-    pipe: Option<(OwnedFd, OwnedFd, usize)>,
-    /// Set when the kernel refused splice for this image or socket.
+    spool: Option<Spool>,
+    /// Set when the kernel refused splice for this socket.
     copy_buf: Vec<u8>,
 }
-
-/// The pipe size asked for; capped by /proc/sys/fs/pipe-max-size without
-/// CAP_SYS_RESOURCE.
-const PIPE_BYTES: i32 = 1 << 20;
 
 impl Plain {
     pub fn new(link: Link) -> Plain {
         Plain {
             link,
-            pipe: None,
+            spool: None,
             copy_buf: Vec::new(),
         }
     }
 
-    fn make_pipe(&mut self) -> io::Result<()> {
-        if self.pipe.is_none() {
-            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-            let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
-            let size = fcntl(&w, FcntlArg::F_GETPIPE_SZ)? as usize;
-            self.pipe = Some((r, w, size));
-        }
-        Ok(())
-    }
-
-    /// The fallback when splice is refused: through a bounded buffer.
-    fn copy_through_buffer(
-        &mut self,
-        out: &File,
-        mut len: u64,
-    ) -> std::result::Result<(), CopyError> {
+    /// The fallback when splice from the socket is refused: through a bounded
+    /// buffer into the spool's pipe.
+    fn copy_through_buffer(&mut self, mut len: u64) -> std::result::Result<(), CopyError> {
         if self.copy_buf.is_empty() {
             self.copy_buf = vec![0; 1 << 16];
         }
+        let spool = self.spool.as_ref().expect("started by copy_to_file");
         while len > 0 {
             let want = (len as usize).min(self.copy_buf.len());
             let n = match self.link.read(&mut self.copy_buf[..want]) {
@@ -90,13 +84,30 @@ impl Plain {
                 Ok(n) => n,
                 Err(e) => return Err(CopyError::Net { e, missing: len }),
             };
-            (&*out)
-                .write_all(&self.copy_buf[..n])
-                .map_err(CopyError::File)?;
+            // The writer empties the pipe (into nothing after a failed write).
+            let mut data = &self.copy_buf[..n];
+            while !data.is_empty() {
+                match nix::unistd::write(spool.pipe(), data) {
+                    Ok(m) => data = &data[m..],
+                    Err(Errno::EINTR) => {}
+                    Err(e) => return Err(CopyError::File(e.into())),
+                }
+            }
+            if spool.failed() {
+                return Err(spool_error(spool));
+            }
             len -= n as u64;
         }
         Ok(())
     }
+}
+
+fn spool_error(spool: &Spool) -> CopyError {
+    CopyError::File(
+        spool
+            .take_error()
+            .unwrap_or_else(|| io::Error::other("writing the pages image failed")),
+    )
 }
 
 fn eof() -> io::Error {
@@ -123,19 +134,24 @@ impl Conn for Plain {
         self.link.received
     }
 
-    fn copy_to_file(&mut self, out: &File, len: u64) -> std::result::Result<(), CopyError> {
-        self.make_pipe().map_err(CopyError::File)?;
+    fn copy_to_file(&mut self, out: &Arc<File>, len: u64) -> std::result::Result<(), CopyError> {
+        if self.spool.is_none() {
+            self.spool = Some(Spool::start().map_err(CopyError::File)?);
+        }
+        let spool = self.spool.as_mut().expect("started above");
+        if spool.failed() {
+            return Err(spool_error(spool));
+        }
+        spool.submit(out, len).map_err(CopyError::File)?;
         let mut left = len;
         while left > 0 {
-            let (pipe_r, pipe_w, size) = self.pipe.as_ref().expect("made above");
-            let size = *size;
-            // The pipe is empty here: one splice in, then all of it out.
+            let spool = self.spool.as_ref().expect("started above");
             let moved = splice(
                 self.link.fd(),
                 None,
-                pipe_w,
+                spool.pipe(),
                 None,
-                (left as usize).min(size),
+                (left as usize).min(spool.size()),
                 SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
             );
             let n = match moved {
@@ -146,14 +162,22 @@ impl Conn for Plain {
                     })
                 }
                 Ok(n) => n,
+                // The pipe is full (the writer behind) or the socket empty:
+                // wait for room first (at once if there is), then for data.
                 Err(Errno::EAGAIN) => {
-                    self.link
-                        .wait(PollFlags::POLLIN)
-                        .map_err(|e| CopyError::Net { e, missing: left })?;
+                    let waited = self
+                        .link
+                        .abort()
+                        .wait(spool.pipe(), PollFlags::POLLOUT, self.link.timeout)
+                        .and_then(|()| self.link.wait(PollFlags::POLLIN));
+                    if spool.failed() {
+                        return Err(spool_error(spool));
+                    }
+                    waited.map_err(|e| CopyError::Net { e, missing: left })?;
                     continue;
                 }
                 Err(Errno::EINTR) => continue,
-                Err(Errno::EINVAL) => return self.copy_through_buffer(out, left),
+                Err(Errno::EINVAL) => return self.copy_through_buffer(left),
                 Err(e) => {
                     return Err(CopyError::Net {
                         e: e.into(),
@@ -162,25 +186,19 @@ impl Conn for Plain {
                 }
             };
             self.link.received += n as u64;
-            let mut out_left = n;
-            while out_left > 0 {
-                match splice(
-                    pipe_r,
-                    None,
-                    out,
-                    None,
-                    out_left,
-                    SpliceFFlags::SPLICE_F_MOVE,
-                ) {
-                    Ok(0) => return Err(CopyError::File(io::Error::other("the pipe ran dry"))),
-                    Ok(m) => out_left -= m,
-                    Err(Errno::EINTR) => {}
-                    Err(e) => return Err(CopyError::File(e.into())),
-                }
-            }
             left -= n as u64;
+            if spool.failed() {
+                return Err(spool_error(spool));
+            }
         }
         Ok(())
+    }
+
+    fn flush_writes(&mut self) -> io::Result<()> {
+        match &self.spool {
+            Some(s) => s.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -250,7 +268,11 @@ where
 }
 
 impl Conn for Tls<rustls::ServerConnection> {
-    fn copy_to_file(&mut self, out: &File, mut len: u64) -> std::result::Result<(), CopyError> {
+    fn copy_to_file(
+        &mut self,
+        out: &Arc<File>,
+        mut len: u64,
+    ) -> std::result::Result<(), CopyError> {
         if self.buf.is_empty() {
             self.buf = vec![0; 256 << 10];
         }
@@ -267,7 +289,9 @@ impl Conn for Tls<rustls::ServerConnection> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(CopyError::Net { e, missing: len }),
             };
-            (&*out).write_all(&self.buf[..n]).map_err(CopyError::File)?;
+            (&**out)
+                .write_all(&self.buf[..n])
+                .map_err(CopyError::File)?;
             len -= n as u64;
         }
         Ok(())
