@@ -164,11 +164,13 @@ impl Conn for Plain {
                 Ok(n) => n,
                 // The pipe is full (the writer behind) or the socket empty:
                 // wait for room first (at once if there is), then for data.
+                // Room comes as fast as the disk takes the data: no timeout
+                // (the client's is for the client), an abort ends it.
                 Err(Errno::EAGAIN) => {
                     let waited = self
                         .link
                         .abort()
-                        .wait(spool.pipe(), PollFlags::POLLOUT, self.link.timeout)
+                        .wait(spool.pipe(), PollFlags::POLLOUT, None)
                         .and_then(|()| self.link.wait(PollFlags::POLLIN));
                     if spool.failed() {
                         return Err(spool_error(spool));
