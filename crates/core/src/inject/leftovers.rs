@@ -39,14 +39,20 @@ use crate::freeze::Frozen;
 use crate::{proc, Error, Result, PAGE_SIZE};
 
 /// The journal's size in the stub: a count, the run's nonce, then 16-byte
-/// entries. It must fit the vDSO's padding after the stub's 544 bytes:
-/// Debian's 6.12 kernel leaves 960 bytes there (6.1: 3,520), so 20 entries of
-/// 16 bytes (888 bytes in all, less than the 904 of the first layout).
+/// entries. It must fit the vDSO's padding after the stub: x86_64's 544
+/// bytes, where Debian's 6.12 kernel leaves 960 bytes (6.1: 3,520), so 20
+/// entries of 16 bytes (888 bytes in all, less than the 904 of the first
+/// layout); aarch64's 1,344 bytes (its sigreturn frame), where Debian's arm64
+/// 6.12 leaves 3,456 (1,688 in all; 6.1's 704 are too few: refused there).
 pub(crate) const JOURNAL_BYTES: u64 = 8 + NONCE_BYTES as u64 + ENTRY_BYTES * MAX_ENTRIES as u64;
 const ENTRY_BYTES: u64 = 16;
 const ENTRIES_AT: usize = 8 + NONCE_BYTES;
-// Debian 6.12's vDSO leaves 960 bytes of padding: stub and journal fit there.
+// Debian 6.12's vDSO leaves 960 bytes of padding on x86_64, 3,456 on aarch64:
+// stub and journal fit there.
+#[cfg(target_arch = "x86_64")]
 const _: () = assert!(JOURNAL_AT + JOURNAL_BYTES <= 904);
+#[cfg(target_arch = "aarch64")]
+const _: () = assert!(JOURNAL_AT + JOURNAL_BYTES <= 1688);
 const MAX_ENTRIES: usize = 20;
 /// The run's random nonce, in the journal and in its scratch mapping's mark.
 pub(crate) const NONCE_BYTES: usize = 16;
@@ -566,6 +572,11 @@ pub fn clean(frozen: &Frozen) -> Result<Found> {
     Ok(found)
 }
 
+#[cfg(target_arch = "x86_64")]
+const USER_TOP: u64 = 1 << 47;
+#[cfg(target_arch = "aarch64")]
+const USER_TOP: u64 = 1 << 52;
+
 /// A free range of `len` bytes in process `pid`'s address space, with a free
 /// page on each side (so it merges with nothing): the highest such gap below
 /// the topmost mapping. The target is frozen: nothing maps meanwhile.
@@ -580,8 +591,9 @@ pub(crate) fn free_range(pid: i32, len: u64) -> Result<u64> {
                 u64::from_str_radix(e, 16).ok()?,
             ))
         })
-        // Userspace only (the x86_64 vsyscall page lies above it).
-        .filter(|&(s, _)| s < 1 << 47)
+        // Userspace only (the x86_64 vsyscall page lies above it; on aarch64,
+        // whose user space reaches 2^48 or 2^52, every line is user space).
+        .filter(|&(s, _)| s < USER_TOP)
         .collect();
     ranges.sort_unstable();
     for pair in ranges.windows(2).rev() {
