@@ -140,7 +140,8 @@ pub fn reference(
     pipes: &mut Pipes,
     fd_room: usize,
 ) -> Result<std::result::Result<Pinned, Refused>> {
-    // Without injection (aarch64 so far) the vmsplice calls cannot run in the target.
+    // Without injection (aarch64 where the vDSO leaves too little room for the
+    // stub, as Debian's 6.1) the vmsplice calls cannot run in the target.
     if let Err(why) = crate::inject::supported() {
         return Ok(Err(Refused {
             reason: why.to_string(),

@@ -114,7 +114,8 @@ impl Backend {
 
     /// `auto` on this machine: soft-dirty if a real probe (write a page, clear,
     /// write, look at bit 55) shows it, else uffd-wp if its probe works (and
-    /// system calls can be injected here: not on aarch64 yet), else
+    /// system calls can be injected here: not on aarch64 kernels whose vDSO
+    /// leaves too little room for the stub), else
     /// None. The probes (probe.rs, the same as `predump check`'s) run on our
     /// own memory, once per process: the kernel does not change under us.
     pub fn detect() -> Backend {

@@ -138,7 +138,7 @@ fn works(backend: Backend) -> bool {
         return false;
     }
     // uffd-wp tracking makes its userfaultfd inside the target: injection (not on
-    // aarch64 yet).
+    // every aarch64 kernel: inject/aarch64.rs).
     if let (Backend::UffdWp, Err(why)) = (backend, predump_core::inject::supported()) {
         eprintln!("{why}: test skipped");
         return false;

@@ -82,7 +82,8 @@ fn uffd_wp() -> bool {
         eprintln!("no uffd-wp on this kernel: test skipped");
         return false;
     }
-    // The tracker's userfaultfd is made inside the target: injection (not on aarch64 yet).
+    // The tracker's userfaultfd is made inside the target: injection (not on every
+    // aarch64 kernel: inject/aarch64.rs).
     if let Err(why) = predump_core::inject::supported() {
         eprintln!("{why}: test skipped");
         return false;

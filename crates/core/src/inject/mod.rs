@@ -10,7 +10,9 @@
 //! * The stub never ends in a trap. After its call(s) comes an **epilogue** that
 //!   puts back, by itself, the signal mask, every general register, the flags,
 //!   the stack pointer and the pc the thread had at the freeze (with the restart
-//!   of an interrupted call applied, as a thaw without a signal to handle does).
+//!   of an interrupted call applied, as a thaw without a signal to handle does):
+//!   with `mov`s and a memory-indirect jump on x86_64, with an `rt_sigreturn`
+//!   from a frame in the stub on aarch64 (which also carries the FPSIMD state).
 //!   The epilogue runs only if predump is gone: while predump lives the thread
 //!   never gets there.
 //! * One call (`syscall`) is run with PTRACE_SYSCALL and `PTRACE_O_TRACESYSGOOD`:
@@ -43,7 +45,9 @@
 //! signal-delivery stop by the freeze is refused (its signal could only be
 //! handed back from such a stop: `Injector::any` picks another thread); a
 //! thread that single-steps itself, 32-bit code, a process without this
-//! kernel's vDSO, and aarch64 (see aarch64.rs) are refused. No injected call may
+//! kernel's vDSO (or with too little room in it), and on aarch64 threads with
+//! live SVE or streaming-mode state or about to run restart_syscall (see
+//! aarch64.rs) are refused. No injected call may
 //! block or use the kernel's restart block: all ours are non-blocking.
 
 use std::cell::RefCell;
@@ -91,9 +95,9 @@ const OWN_FD_WORDS: u64 = 128;
 const FD_WORDS: u64 = 64;
 const _: () = assert!(SCRATCH_MARK >= 56 && SCRATCH_MARK + 32 <= OWN_FD_WORDS);
 
-/// Where the journal of leftovers lies in the stub (after its 529 bytes of
-/// data and code), and its size.
-const JOURNAL_AT: u64 = 544;
+/// Where the journal of leftovers lies in the stub (after its data and code:
+/// 529 bytes on x86_64, 1,324 on aarch64), and its size.
+const JOURNAL_AT: u64 = arch::JOURNAL_AT;
 const JOURNAL_BYTES: u64 = leftovers::JOURNAL_BYTES;
 
 /// si_code of a tkill/tgkill signal.
@@ -221,11 +225,12 @@ impl std::fmt::Debug for ThreadState {
     }
 }
 
-/// Whether this architecture can inject system calls at all; `Err` says why not
-/// (aarch64: not implemented yet). Callers that can do without injection (splice
-/// mode, automatic dirty tracking, `predump check`) ask first.
+/// Whether this machine can inject system calls at all; `Err` says why not
+/// (aarch64: not where the vDSO leaves too little room for the stub and its
+/// sigreturn frame, as on Debian's 6.1). Callers that can do without injection
+/// (splice mode, automatic dirty tracking, `predump check`) ask first.
 pub fn supported() -> std::result::Result<(), &'static str> {
-    arch::SUPPORTED
+    arch::supported()
 }
 
 /// Reads the state of thread `tid` of a frozen process (see [`ThreadState`]).
@@ -341,7 +346,7 @@ impl<'f> Injector<'f> {
                 io::Error::from_raw_os_error(libc::ENOEXEC),
             )
         };
-        arch::SUPPORTED.map_err(|why| {
+        arch::supported().map_err(|why| {
             Error::InvalidArgument(format!(
                 "cannot inject system calls into process {pid}: {why}"
             ))
@@ -358,7 +363,7 @@ impl<'f> Injector<'f> {
             )));
         }
         let regs = arch::get_regs(tid).map_err(|e| err("reading the registers", e))?;
-        arch::check_injectable(&regs).map_err(|d| refuse(&d))?;
+        arch::check_injectable(tid, &regs).map_err(|d| refuse(&d))?;
         let sigmask = get_sigmask(tid).map_err(|e| err("PTRACE_GETSIGMASK", e))?;
         let rseq = find_rseq_cs(pid, tid)?;
         // Where the epilogue resumes: the kernel's restart, and the rseq abort a
@@ -378,7 +383,8 @@ impl<'f> Injector<'f> {
         head[..16].copy_from_slice(STUB_MAGIC);
         head[16..20].copy_from_slice(&pid.to_ne_bytes());
         head[20..24].copy_from_slice(&tid.to_ne_bytes());
-        let image = arch::stub_image(&head, &regs, sigmask, pc, rax);
+        let image = arch::stub_image(&head, &regs, sigmask, pc, rax, tid)
+            .map_err(|e| err("preparing the stub", e))?;
         if image.len() as u64 > room {
             return Err(refuse("the vDSO has no room for the stub"));
         }

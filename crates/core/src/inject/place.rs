@@ -71,6 +71,14 @@ fn own() -> Option<&'static Own> {
     .as_ref()
 }
 
+/// How many bytes of padding this kernel's vDSO leaves for the stub (our
+/// own vDSO's: every process's is the same), or None if it has none we can
+/// use.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(super) fn own_room() -> Option<u64> {
+    own().map(|o| o.size - o.tail)
+}
+
 /// The end of an ELF64 image's contents: the furthest of its segments' file
 /// ranges and its section header table.
 fn contents_end(elf: &[u8]) -> Option<u64> {

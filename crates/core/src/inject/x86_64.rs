@@ -122,7 +122,9 @@ use crate::sys::ptrace;
 pub(super) type Regs = libc::user_regs_struct;
 
 /// Injection is implemented here.
-pub(super) const SUPPORTED: Result<(), &str> = Ok(());
+pub(super) fn supported() -> Result<(), &'static str> {
+    Ok(())
+}
 
 /// Where the code starts in the stub (after the data block).
 pub(super) const CODE_AT: u64 = 192;
@@ -131,6 +133,8 @@ pub(super) const CODE_AT: u64 = 192;
 pub(super) const SINGLE_AT: u64 = CODE_AT;
 /// The batch loop, then notify and wait, then the epilogue.
 pub(super) const BATCH_AT: u64 = CODE_AT + 48;
+/// Where the journal of leftovers starts (after the stub's 529 bytes).
+pub(super) const JOURNAL_AT: u64 = 544;
 
 /// Data block offsets (see the assembly).
 const D_MASK_ALL: usize = 24;
@@ -181,7 +185,16 @@ const NR_RESTART_SYSCALL: u64 = 219;
 /// The whole stub for a thread whose registers were `orig` and signal mask
 /// `mask`, resuming at `pc` with rax `rax` (see `resume_point`). `head` is the
 /// 24-byte header (magic and identity) that marks it as ours.
-pub(super) fn stub_image(head: &[u8; 24], orig: &Regs, mask: u64, pc: u64, rax: u64) -> Vec<u8> {
+/// (`_tid`: aarch64 reads the thread's FP registers for its frame; the x86_64
+/// stub needs nothing more.)
+pub(super) fn stub_image(
+    head: &[u8; 24],
+    orig: &Regs,
+    mask: u64,
+    pc: u64,
+    rax: u64,
+    _tid: i32,
+) -> io::Result<Vec<u8>> {
     let mut img = vec![0u8; CODE_AT as usize];
     img[..24].copy_from_slice(head);
     let mut put = |at: usize, v: u64| img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
@@ -198,7 +211,7 @@ pub(super) fn stub_image(head: &[u8; 24], orig: &Regs, mask: u64, pc: u64, rax: 
         put(D_REGS + 8 * i, *v);
     }
     img.extend_from_slice(&CODE);
-    img
+    Ok(img)
 }
 
 /// Where and with which rax the thread goes on if it is let go without a signal
@@ -228,7 +241,7 @@ pub(super) fn pc(regs: &Regs) -> u64 {
 /// Refuses threads we cannot inject into: 32-bit code (`0f 05` means something
 /// else there), or a thread single-stepping itself (the epilogue's `popfq` would
 /// set the trap flag and trap inside our code).
-pub(super) fn check_injectable(regs: &Regs) -> Result<(), String> {
+pub(super) fn check_injectable(_tid: i32, regs: &Regs) -> Result<(), String> {
     if regs.cs != USER_CS {
         return Err(format!(
             "the thread runs 32-bit code (cs {:#x}); only 64-bit threads can be injected",
