@@ -3,13 +3,12 @@
 # timeout: 300
 # default: no
 #
-# NOT IN CI: it fails, and what it found is the point (issue 12, the CRIU round trip of a
-# tree): on Debian's 6.12 kernel, CRIU 3.17's pre-dump of this tree wrote no
-# pagemap-shmem image at all (its log marks the shared regions `st 0x4081`: file-shared
-# and memfd, as the kernel now shows shared anonymous memory), so its pages ids are 1..4
-# where predump's are 5..8, and CRIU's final dump will probably not take predump's shmem
-# images from the chain. Run it by name (`.ci/vm -k 6.12 criu-tree-ids`) while working on
-# that; see whether CRIU 4.x behaves the same before choosing which to follow.
+# NOT IN CI: it fails, and what it found is the point: CRIU's pre-dump of this tree
+# writes no pagemap-shmem image at all (its log marks the shared regions `st 0x4081`:
+# file-shared and memfd), so its pages ids are 1..4 where predump's are 5..8. Not a
+# quirk of a kernel: since CRIU 3.16 (4.2 too) a shared mapping on the shmem device not
+# named /SYSV is dumped as a memfd, whole, in the final dump (docs/CRIU-ROUND-TRIP.md).
+# The round trip that matters passes: criu-tree-restore.
 #
 # The workload as a tree of 4 processes (a grandchild among them) sharing a
 # MAP_SHARED|MAP_ANONYMOUS region and a shared /dev/zero mapping (and its epoch
