@@ -64,6 +64,31 @@ async function startTree(t: T): Promise<{ w: Workload; procs: TreeProcess[] }> {
   return { w, procs };
 }
 
+/**
+ * A read-mode pre-dump of `pid` alone with uffd-wp tracking, as a user may have made before
+ * pre-dumping its tree: true once it holds the tracking, false (said) where this kernel
+ * cannot track with uffd-wp; any other failure fails the test.
+ */
+async function trackAlone(t: T, pid: number, dir: string): Promise<boolean> {
+  const r = await runCli([
+    'pre-dump',
+    '-t',
+    String(pid),
+    '-D',
+    dir,
+    '--track-mem',
+    'uffd-wp',
+    '--pre-dump-mode',
+    'read',
+  ]);
+  if (r.code !== 0 && /userfaultfd|uffd/.test(r.stderr)) {
+    t.log(`uffd-wp tracking is not possible here: ${r.stderr}`);
+    return false;
+  }
+  t.is(r.code, 0, r.stderr);
+  return r.code === 0;
+}
+
 async function checkPattern(
   pages: string,
   entries: Pagemap['entries'],
@@ -598,23 +623,10 @@ test("a process tracked alone earlier: the tree's pre-dump warns that it holds p
   const { w, procs } = await startTree(t);
   const leaf = procs[3]!.pid;
   const base = await tempDir(t);
-  const alone = await runCli([
-    'pre-dump',
-    '-t',
-    String(leaf),
-    '-D',
-    path.join(base, 'alone'),
-    '--track-mem',
-    'uffd-wp',
-    '--pre-dump-mode',
-    'read',
-  ]);
-  if (alone.code !== 0 && /userfaultfd|uffd/.test(alone.stderr)) {
-    t.log(`uffd-wp tracking is not possible here: ${alone.stderr}`);
+  if (!(await trackAlone(t, leaf, path.join(base, 'alone')))) {
     t.pass();
     return;
   }
-  t.is(alone.code, 0, alone.stderr);
   const r = await runCli([
     'pre-dump',
     '-t',
@@ -652,19 +664,7 @@ test('dump --leave-stopped of a tree: copied while all frozen, all left stopped,
   const leaf = procs[3]!.pid;
   const base = await tempDir(t);
   // One process tracked alone first (uffd-wp), as a user may have done before.
-  const alone = await runCli([
-    'pre-dump',
-    '-t',
-    String(leaf),
-    '-D',
-    path.join(base, 'alone'),
-    '--track-mem',
-    'uffd-wp',
-    '--pre-dump-mode',
-    'read',
-  ]);
-  const tracked = alone.code === 0;
-  if (!tracked) t.log(`uffd-wp tracking is not possible here: ${alone.stderr}`);
+  const tracked = await trackAlone(t, leaf, path.join(base, 'alone'));
   const first = await runCli(['pre-dump', '-t', String(w.pid), '-D', path.join(base, '1')]);
   t.is(first.code, 0, first.stderr);
   const r = await runCli([
@@ -804,23 +804,10 @@ test('untrack -t ROOT ends the tracking in every process of the tree', async (t)
   const base = await tempDir(t);
   const alone = [procs[2]!.pid, procs[3]!.pid];
   for (const pid of alone) {
-    const r = await runCli([
-      'pre-dump',
-      '-t',
-      String(pid),
-      '-D',
-      path.join(base, `alone-${pid}`),
-      '--track-mem',
-      'uffd-wp',
-      '--pre-dump-mode',
-      'read',
-    ]);
-    if (r.code !== 0 && /userfaultfd|uffd/.test(r.stderr)) {
-      t.log(`uffd-wp tracking is not possible here: ${r.stderr}`);
+    if (!(await trackAlone(t, pid, path.join(base, `alone-${pid}`)))) {
       t.pass();
       return;
     }
-    t.is(r.code, 0, r.stderr);
   }
   const u = await runCli(['untrack', '-t', String(w.pid), '--json']);
   t.is(u.code, 0, u.stderr);
