@@ -60,6 +60,9 @@ impl AnonMap {
         self.len == 0
     }
 
+    /// The first byte, for system calls and copies. Writing through it while a
+    /// slice from [`as_slice`](Self::as_slice) is alive is undefined behaviour:
+    /// write through [`as_mut_slice`](Self::as_mut_slice) or [`touch`](Self::touch).
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
@@ -76,13 +79,33 @@ impl AnonMap {
 
     /// Writes `value` to the first byte of page `page` for real (volatile): the
     /// write fault is what the dirty-tracking probes observe.
-    pub fn touch(&self, page: usize, value: u8) {
+    ///
+    /// It takes `&mut self`: a write through `&self` could change bytes that a
+    /// slice from [`as_slice`](Self::as_slice) still lends out (undefined
+    /// behaviour in safe code). The borrow checker now refuses that:
+    ///
+    /// ```compile_fail,E0502
+    /// let mut m = predump_core::anon::AnonMap::pages(1, "a doc test mapping").unwrap();
+    /// let seen = m.as_slice();
+    /// m.touch(0, 1); // error[E0502]: `m` is also borrowed as immutable
+    /// assert_eq!(seen[0], 0);
+    /// ```
+    ///
+    /// while the same steps one after the other compile and run:
+    ///
+    /// ```
+    /// let mut m = predump_core::anon::AnonMap::pages(1, "a doc test mapping").unwrap();
+    /// assert_eq!(m.as_slice()[0], 0);
+    /// m.touch(0, 1);
+    /// assert_eq!(m.as_slice()[0], 1);
+    /// ```
+    pub fn touch(&mut self, page: usize, value: u8) {
         assert!(
             page * (PAGE_SIZE as usize) < self.len,
             "page {page} outside the mapping"
         );
-        // SAFETY: the byte lies inside our live read-write mapping, and no Rust
-        // reference to it is handed out while `&self` is borrowed immutably.
+        // SAFETY: the byte lies inside our live read-write mapping, and `&mut self`
+        // means no slice of the mapping is lent out while we write.
         unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(page * PAGE_SIZE as usize), value) }
     }
 }

@@ -18,9 +18,8 @@ pub struct MemcpyTimes {
 }
 
 pub fn memcpy(bytes: usize) -> Result<MemcpyTimes> {
-    let src = AnonMap::new(bytes, "a memcpy buffer")?;
-    // SAFETY: `src` is a fresh private mapping of `bytes` bytes, ours alone.
-    unsafe { std::ptr::write_bytes(src.as_ptr(), 0x5a, bytes) };
+    let mut src = AnonMap::new(bytes, "a memcpy buffer")?;
+    src.as_mut_slice().fill(0x5a);
     let dst = AnonMap::new(bytes, "a memcpy buffer")?;
     let copy = || {
         let t = Instant::now();
@@ -50,9 +49,8 @@ pub fn readv_reference(pid: i32) -> Result<(Duration, u64)> {
 
 fn readv_only(pid: i32, ranges: &[PageRange]) -> Result<Duration> {
     let cap = 4 << 20;
-    let buf = AnonMap::new(cap, "a readv buffer")?;
-    // SAFETY: `buf` is a live private mapping of `cap` bytes, used only here.
-    let slice = unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), cap) };
+    let mut buf = AnonMap::new(cap, "a readv buffer")?;
+    let slice = buf.as_mut_slice();
     let t = Instant::now();
     for batch in drain::batches(ranges, MAX_IOVS, cap as u64) {
         drain::fill_userbuf(pid, &batch, slice)?;
@@ -95,9 +93,8 @@ pub fn tcp_reference(bytes: usize) -> Result<Duration> {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let sys = |what: &'static str| move |e: std::io::Error| Error::sys(what, e);
-    let src = AnonMap::new(bytes.max(1), "a TCP reference buffer")?;
-    // SAFETY: `src` is a fresh private mapping of at least `bytes` bytes, ours alone.
-    unsafe { std::ptr::write_bytes(src.as_ptr(), 0x5a, bytes) };
+    let mut src = AnonMap::new(bytes.max(1), "a TCP reference buffer")?;
+    src.as_mut_slice()[..bytes].fill(0x5a);
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(sys("bind the TCP reference's listener"))?;
     let at = listener
@@ -121,9 +118,7 @@ pub fn tcp_reference(bytes: usize) -> Result<Duration> {
         }
     });
     let sent = (|| {
-        // SAFETY: `src` is a live mapping of at least `bytes` bytes that nothing
-        // writes while this shared view exists.
-        let data = unsafe { std::slice::from_raw_parts(src.as_ptr(), bytes) };
+        let data = &src.as_slice()[..bytes];
         for chunk in data.chunks(1 << 20) {
             s.write_all(chunk)?;
         }

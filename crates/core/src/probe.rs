@@ -256,7 +256,7 @@ fn probe_ptrace(child: &Child, ptrace_scope: Option<u32>) -> Result<Probe> {
 
 /// PAGEMAP_SCAN on our own pagemap must report exactly the pages we wrote.
 pub fn pagemap_scan() -> Result<Probe> {
-    let area = AnonMap::pages(4, "a probe mapping")?;
+    let mut area = AnonMap::pages(4, "a probe mapping")?;
     area.touch(1, 1);
     area.touch(2, 1);
     let pagemap = match File::open("/proc/self/pagemap") {
@@ -306,7 +306,7 @@ pub fn pagemap_scan() -> Result<Probe> {
 /// theirs between our write and our read ("never set by a write") is met by
 /// trying again, which only a kernel that showed bit 55 on our first write gets.
 pub fn soft_dirty() -> Result<Probe> {
-    let area = guarded_page()?;
+    let mut area = guarded_page()?;
     let page = area.addr() + PAGE_SIZE;
     let pagemap = match File::open("/proc/self/pagemap") {
         Ok(f) => f,
@@ -395,7 +395,7 @@ pub fn uffd_wp() -> Result<Probe> {
     const PAGES: usize = 8;
     // Populated pages 0..4 before registering; 4..8 never touched, so the arming
     // must protect unpopulated pages too (WP_UNPOPULATED).
-    let area = AnonMap::pages(PAGES, "a probe mapping")?;
+    let mut area = AnonMap::pages(PAGES, "a probe mapping")?;
     for i in 0..4 {
         area.touch(i, 1);
     }
@@ -451,15 +451,16 @@ pub fn uffd_wp() -> Result<Probe> {
         }
     };
     let mut scan = PmScan::new(&pagemap);
+    let (start, end) = (area.addr(), area.end());
     let mut written = |what: &str| -> std::result::Result<Vec<u64>, String> {
         scan.call(
-            area.addr(),
-            area.end(),
+            start,
+            end,
             PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
             PAGE_IS_WRITTEN,
             0,
         )
-        .map(|r| region_pages(&r, area.addr()))
+        .map(|r| region_pages(&r, start))
         .map_err(|e| {
             format!(
                 "PAGEMAP_SCAN with PM_SCAN_WP_MATCHING|PM_SCAN_CHECK_WPASYNC ({what}) failed: {}",
@@ -722,7 +723,7 @@ pub(crate) mod tests {
     fn soft_dirty_probe_matches_pagemap() {
         let _one = CLEARS.lock().unwrap_or_else(|e| e.into_inner());
         let probe = soft_dirty().unwrap();
-        let area = guarded_page().unwrap();
+        let mut area = guarded_page().unwrap();
         area.touch(1, 1);
         clear_soft_dirty().unwrap();
         area.touch(1, 2);
@@ -747,7 +748,7 @@ pub(crate) mod tests {
         static MAPS: AtomicU64 = AtomicU64::new(0);
         let mapper = std::thread::spawn(|| {
             while !STOP.load(Ordering::Relaxed) {
-                let m = AnonMap::pages(1, "a test mapping").unwrap();
+                let mut m = AnonMap::pages(1, "a test mapping").unwrap();
                 m.touch(0, 1);
                 MAPS.fetch_add(1, Ordering::Relaxed);
             }
