@@ -9,7 +9,7 @@ import { chown, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promis
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 
-import { PredumpError } from '../ts/errors.js';
+import { type ErrorCode, PredumpError } from '../ts/errors.js';
 import { native } from '../ts/native.js';
 import { preDump } from '../ts/predump.js';
 import {
@@ -60,7 +60,7 @@ async function assertUnharmed(
 async function rejectsWith(
   t: ExecutionContext,
   p: Promise<unknown>,
-  code: string,
+  code: ErrorCode,
   message: RegExp,
 ): Promise<void> {
   const err = await t.throwsAsync(p);

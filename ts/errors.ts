@@ -1,14 +1,60 @@
 /**
- * Errors of predump. Every error has a stable `code`: the core's codes (ESRCH,
- * EPERM, EKTHREAD, EZOMBIE, ESELF, ETRACED, EEXITED, ENOSPC, ESYS, EPARSE, EINVAL),
- * the page server's (EPROTO: the peer broke the protocol; ECONN: the connection failed,
- * was refused, reset or timed out; ETLS; EINTERRUPTED) and the control plane's own (EDIR,
- * EDIREXISTS, EIMAGE, EPARENT, EUSAGE).
+ * The core's stable codes (crates/core/src/error.rs, `Error::code`), the page server's
+ * among them (EPROTO: the peer broke the protocol; ECONN: the connection failed, was
+ * refused, reset or timed out; ETLS; EINTERRUPTED).
  */
-export class PredumpError extends Error {
-  readonly code: string;
+export const CORE_ERROR_CODES = [
+  'ESRCH',
+  'ETHREAD',
+  'EKTHREAD',
+  'EZOMBIE',
+  'ESELF',
+  'ECHILDTARGET',
+  'EPERM',
+  'ETRACED',
+  'EEXITED',
+  'ESYS',
+  'ENOSPC',
+  'EPARSE',
+  'EIMAGE',
+  'EBUSY',
+  'EPROTO',
+  'ECONN',
+  'ETLS',
+  'EINTERRUPTED',
+  'EINVAL',
+] as const;
 
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
+/** The control plane's own codes. */
+export const CONTROL_ERROR_CODES = [
+  'EDIR',
+  'EDIREXISTS',
+  'EIMAGE',
+  'EPARENT',
+  'EUSAGE',
+  'EBENCH',
+  'ENOADDON',
+  'ENOTHING',
+  'ENOWORKLOAD',
+  'EPLATFORM',
+  'EWORKLOAD',
+  'EINTERNAL',
+] as const;
+
+/** Every code a PredumpError can carry: declared once, here. */
+export type ErrorCode = (typeof CORE_ERROR_CODES)[number] | (typeof CONTROL_ERROR_CODES)[number];
+
+const ERROR_CODES: ReadonlySet<string> = new Set([...CORE_ERROR_CODES, ...CONTROL_ERROR_CODES]);
+
+function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && ERROR_CODES.has(code);
+}
+
+/** Errors of predump. Every error has a stable `code` ([ErrorCode]). */
+export class PredumpError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'PredumpError';
     this.code = code;
@@ -20,7 +66,7 @@ export function fromNative(err: unknown): PredumpError {
   if (err instanceof PredumpError) return err;
   if (err instanceof Error) {
     const code = (err as Error & { code?: unknown }).code;
-    return new PredumpError(typeof code === 'string' ? code : 'EINTERNAL', err.message, {
+    return new PredumpError(isErrorCode(code) ? code : 'EINTERNAL', err.message, {
       cause: err,
     });
   }

@@ -19,6 +19,6 @@ export {
   type PreDumpModeName,
 } from './predump.js';
 export { describeImages, type ImagesSummary } from './show.js';
-export { PredumpError, EXIT } from './errors.js';
+export { PredumpError, EXIT, type ErrorCode } from './errors.js';
 export { Workload, type WorkloadOptions } from './workload.js';
 export * as images from './images/index.js';

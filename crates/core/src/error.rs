@@ -144,10 +144,4 @@ impl Error {
     }
 }
 
-impl From<nix::Error> for Error {
-    fn from(e: nix::Error) -> Self {
-        Error::sys("system call", io::Error::from(e))
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -186,10 +186,6 @@ impl Frozen {
         self.held.iter().map(|h| h.tid)
     }
 
-    pub fn freezing_time(&self) -> Duration {
-        self.stopped - self.started
-    }
-
     /// Lets every thread run again, handing back intercepted signals.
     pub fn thaw(mut self) -> FreezeTimes {
         let now = self.detach_all().unwrap_or_else(Instant::now);

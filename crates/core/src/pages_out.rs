@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
 
+use crate::image::write_error;
 use crate::{Error, PageRange, Result};
 
 /// An output of drained pages.
@@ -86,16 +87,6 @@ impl PagesFile {
 
     pub fn file(&self) -> &File {
         &self.file
-    }
-}
-
-/// ENOSPC and EDQUOT as [`Error::NoSpace`] naming the file, the rest as they are.
-pub fn write_error(path: &Path, e: io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace {
-            path: path.display().to_string(),
-        },
-        _ => Error::sys(format!("writing {}", path.display()), e),
     }
 }
 

@@ -71,10 +71,11 @@ pub fn stat(pid: i32) -> Result<Stat> {
 
 /// The thread ids of a process, from /proc/PID/task.
 pub fn tasks(pid: i32) -> Result<Vec<i32>> {
-    let dir = fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| not_found(pid, e))?;
+    let task = format!("/proc/{pid}/task");
+    let dir = fs::read_dir(&task).map_err(|e| proc_error(pid, &task, e))?;
     let mut tids = Vec::new();
     for entry in dir {
-        let entry = entry.map_err(|e| not_found(pid, e))?;
+        let entry = entry.map_err(|e| proc_error(pid, &task, e))?;
         if let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
             tids.push(tid);
         }
@@ -164,10 +165,13 @@ pub fn uptime_us() -> u64 {
 
 /// Reads a /proc file of process `pid`; ENOENT/ESRCH mean the process is gone.
 pub fn read_proc(pid: i32, path: &str) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| not_found(pid, e))
+    fs::read_to_string(path).map_err(|e| proc_error(pid, path, e))
 }
 
-fn not_found(pid: i32, e: io::Error) -> Error {
+/// An error opening or reading `path`, a /proc file of process `pid`:
+/// ENOENT/ESRCH mean the process is gone, EACCES/EPERM a refusal, the rest
+/// name the file.
+pub fn proc_error(pid: i32, path: &str, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
         Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission {
@@ -175,7 +179,27 @@ fn not_found(pid: i32, e: io::Error) -> Error {
             action: "inspect",
             source: e,
         },
-        _ => Error::sys(format!("reading /proc/{pid}"), e),
+        _ => Error::sys(format!("reading {path}"), e),
+    }
+}
+
+/// The soft RLIMIT_NOFILE of process `pid`, from /proc/PID/limits (None if
+/// that cannot be read or parsed).
+pub fn nofile_soft(pid: i32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()
+        .and_then(|t| parse_nofile_soft(&t))
+}
+
+/// The soft limit of "Max open files" in a /proc/PID/limits text; "unlimited"
+/// is `u64::MAX`.
+pub fn parse_nofile_soft(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
     }
 }
 

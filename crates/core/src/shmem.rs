@@ -48,6 +48,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use crate::maps::Vma;
 use crate::{push_merged, Error, PageRange, Result, PAGE_SIZE};
@@ -404,7 +405,7 @@ impl Handle {
     /// position, in order: sendfile, one copy in the kernel. Returns the bytes
     /// written (the object's file never shrinks under an open mapping, so a
     /// short copy is an error).
-    pub fn copy_to(&self, ranges: &[PageRange], out: &File) -> Result<u64> {
+    pub fn copy_to(&self, ranges: &[PageRange], out: &File, out_path: &Path) -> Result<u64> {
         let mut written = 0;
         for r in ranges {
             let mut off = r.start as libc::off_t;
@@ -421,9 +422,9 @@ impl Handle {
                         continue;
                     }
                     return Err(match e.raw_os_error() {
-                        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace {
-                            path: "pages image".into(),
-                        },
+                        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                            crate::image::write_error(out_path, e)
+                        }
                         _ => Error::sys(format!("copying shared memory {}", self.shmid), e),
                     });
                 }
@@ -672,7 +673,7 @@ mod tests {
         );
         let path = std::env::temp_dir().join(format!("predump-shmem-test-{me}"));
         let out = File::create(&path).unwrap();
-        assert_eq!(h.copy_to(&present, &out).unwrap(), 4 * p);
+        assert_eq!(h.copy_to(&present, &out, &path).unwrap(), 4 * p);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         let firsts: Vec<u8> = bytes.chunks(p as usize).map(|c| c[0]).collect();

@@ -119,12 +119,10 @@ pub struct Refused {
 /// open, less headroom. Read before the freeze.
 pub fn target_fd_room(pid: i32) -> Result<usize> {
     let limits = crate::proc::read_proc(pid, &format!("/proc/{pid}/limits"))?;
-    let soft: usize = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let soft: usize = crate::proc::parse_nofile_soft(&limits)
+        .unwrap_or(1024)
+        .try_into()
+        .unwrap_or(usize::MAX);
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);

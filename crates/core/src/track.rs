@@ -68,6 +68,7 @@ use std::sync::OnceLock;
 use crate::freeze::Frozen;
 use crate::inject::{FdKind, Injector};
 use crate::maps::Vma;
+use crate::proc::proc_error;
 use crate::sys::pagemap::{
     self, PageRegion, ScanQuery, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED,
     PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN, PM_PRESENT, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
@@ -273,18 +274,6 @@ fn is_uffd_with_ino(pid: i32, fd: i32, ino: u64) -> bool {
     is_uffd && std::fs::metadata(&path).is_ok_and(|m| m.ino() == ino)
 }
 
-fn proc_error(pid: i32, what: &str, e: io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => Error::NoSuchProcess { pid },
-        Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission {
-            pid,
-            action: "inspect",
-            source: e,
-        },
-        _ => Error::sys(format!("reading {what}"), e),
-    }
-}
-
 /// Where the fds left in the target go: the lowest free fd from here up.
 /// The target's fd table holds at least `FD_TABLE_MIN` fds and more than its
 /// highest open fd, in sizes of 64, 128, 256…: a base just below the smallest
@@ -292,10 +281,7 @@ fn proc_error(pid: i32, what: &str, e: io::Error) -> Error {
 /// (unless every fd from there up is taken). Below the RLIMIT_NOFILE soft limit
 /// (F_DUPFD fails with EINVAL at or above it), at least 3.
 fn fd_base(pid: i32, max_fd: i32) -> u64 {
-    let soft = std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .ok()
-        .and_then(|t| parse_nofile_soft(&t))
-        .unwrap_or(1024);
+    let soft = crate::proc::nofile_soft(pid).unwrap_or(1024);
     base_for(max_fd, soft)
 }
 
@@ -307,17 +293,6 @@ fn base_for(max_fd: i32, soft: u64) -> u64 {
     (table - FD_TOP_GAP)
         .min(soft.saturating_sub(FD_TOP_GAP))
         .max(3)
-}
-
-/// The soft limit of "Max open files" in a /proc/PID/limits text.
-fn parse_nofile_soft(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line["Max open files".len()..].split_whitespace().next()?;
-    if soft == "unlimited" {
-        Some(u64::MAX)
-    } else {
-        soft.parse().ok()
-    }
 }
 
 /// Keeps other predump runs off one target's dirty tracking while held.
@@ -1175,9 +1150,9 @@ mod tests {
             "Limit                     Soft Limit           Hard Limit           Units     \n\
 Max processes             63883                63883                processes \n\
 Max open files            1024                 524288               files     \n";
-        assert_eq!(parse_nofile_soft(text), Some(1024));
+        assert_eq!(crate::proc::parse_nofile_soft(text), Some(1024));
         assert_eq!(
-            parse_nofile_soft(
+            crate::proc::parse_nofile_soft(
                 "Max open files            unlimited            unlimited            files\n"
             ),
             Some(u64::MAX)

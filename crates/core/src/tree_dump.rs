@@ -305,7 +305,7 @@ fn copy_all(
         let path = dir.join(format!("pages-{}.img", dump.pages_id));
         let file = PagesFile::create(&path)?;
         let copy_started = Instant::now();
-        let bytes = handle.copy_to(&dump.regions, file.file())?;
+        let bytes = handle.copy_to(&dump.regions, file.file(), &path)?;
         let took = copy_started.elapsed();
         copy.read_time += took;
         copy.write_time += took;

@@ -777,16 +777,6 @@ impl<'f> Injector<'f> {
         Ok(())
     }
 
-    /// vmsplice in the target: `n` iovecs at `iov_addr` (target memory, e.g. the
-    /// scratch mapping filled with `write_memory`) into the target's fd `fd`.
-    pub fn vmsplice(&mut self, fd: i32, iov_addr: u64, n: u64, flags: u32) -> Result<usize> {
-        let r = self.syscall_ok(
-            libc::SYS_vmsplice,
-            &[fd as u32 as u64, iov_addr, n, flags as u64],
-        )?;
-        Ok(r as usize)
-    }
-
     pub fn fcntl(&mut self, fd: i32, cmd: i32, arg: u64) -> Result<i64> {
         self.syscall_ok(libc::SYS_fcntl, &[fd as u32 as u64, cmd as u32 as u64, arg])
     }
@@ -1606,77 +1596,57 @@ pub fn rseq_pages(tid: i32) -> Result<Option<crate::PageRange>> {
 
 /// Writes into a process's memory with process_vm_writev.
 pub fn write_memory(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    let mut done = 0;
-    while done < data.len() {
-        let remote = [RemoteIoVec {
-            base: (addr + done as u64) as usize,
-            len: data.len() - done,
-        }];
-        match process_vm_writev(Pid::from_raw(pid), &[IoSlice::new(&data[done..])], &remote) {
-            Ok(0) => {
-                return Err(Error::sys(
-                    format!(
-                        "writing {} bytes at {:#x} in process {pid}",
-                        data.len() - done,
-                        addr + done as u64
-                    ),
-                    io::Error::from_raw_os_error(libc::EFAULT),
-                ))
-            }
-            Ok(n) => done += n,
-            Err(nix::errno::Errno::ESRCH) => return Err(Error::TargetExited { pid }),
-            Err(e) => {
-                return Err(Error::sys(
-                    format!(
-                        "writing {} bytes at {:#x} in process {pid}",
-                        data.len() - done,
-                        addr + done as u64
-                    ),
-                    e,
-                ))
-            }
-        }
-    }
-    Ok(())
+    remote_io(pid, addr, data.len(), "writing", |done, remote| {
+        process_vm_writev(Pid::from_raw(pid), &[IoSlice::new(&data[done..])], remote)
+    })
 }
 
 /// Reads a process's memory with process_vm_readv.
 pub fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
-    let mut done = 0;
-    let total = buf.len();
-    while done < total {
-        let remote = [RemoteIoVec {
-            base: (addr + done as u64) as usize,
-            len: total - done,
-        }];
-        match process_vm_readv(
+    let len = buf.len();
+    remote_io(pid, addr, len, "reading", |done, remote| {
+        process_vm_readv(
             Pid::from_raw(pid),
             &mut [IoSliceMut::new(&mut buf[done..])],
-            &remote,
-        ) {
-            Ok(0) => {
-                return Err(Error::sys(
-                    format!(
-                        "reading {} bytes at {:#x} in process {pid}",
-                        total - done,
-                        addr + done as u64
-                    ),
-                    io::Error::from_raw_os_error(libc::EFAULT),
-                ))
+            remote,
+        )
+    })
+}
+
+/// The loop of [`write_memory`] and [`read_memory`]: `call(done, remote)` moves
+/// the bytes from offset `done` on (`remote` is where they are in the process)
+/// and says how many it moved. A call that moves none is EFAULT; ESRCH means
+/// the process exited.
+fn remote_io(
+    pid: i32,
+    addr: u64,
+    len: usize,
+    verb: &str,
+    mut call: impl FnMut(usize, &[RemoteIoVec]) -> nix::Result<usize>,
+) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        let remote = [RemoteIoVec {
+            base: (addr + done as u64) as usize,
+            len: len - done,
+        }];
+        let e = match call(done, &remote) {
+            Ok(0) => io::Error::from_raw_os_error(libc::EFAULT),
+            Ok(n) => {
+                done += n;
+                continue;
             }
-            Ok(n) => done += n,
             Err(nix::errno::Errno::ESRCH) => return Err(Error::TargetExited { pid }),
-            Err(e) => {
-                return Err(Error::sys(
-                    format!(
-                        "reading {} bytes at {:#x} in process {pid}",
-                        total - done,
-                        addr + done as u64
-                    ),
-                    e,
-                ))
-            }
-        }
+            Err(e) => e.into(),
+        };
+        return Err(Error::sys(
+            format!(
+                "{verb} {} bytes at {:#x} in process {pid}",
+                len - done,
+                addr + done as u64
+            ),
+            e,
+        ));
     }
     Ok(())
 }
