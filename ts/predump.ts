@@ -309,18 +309,10 @@ const PAGE = 4096;
 /** Pre-dumps a live process into a new CRIU image directory. */
 export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const mode = options.mode ?? 'auto';
-  if (options.finalDump && mode !== 'read' && mode !== 'auto') {
-    throw new PredumpError(
-      'EINVAL',
-      `a final dump copies while frozen throughout: it has no ${mode} mode`,
-    );
-  }
-  if (!['auto', 'read', 'splice', 'freeze-free'].includes(mode)) {
-    throw new PredumpError(
-      'EINVAL',
-      `unknown pre-dump mode '${String(mode)}': use auto, read, splice or freeze-free`,
-    );
-  }
+  const trackMem = options.trackMem ?? 'auto';
+  // The core decides which names and combinations work (and what auto takes).
+  const refused = native.preDumpChoiceRefused(mode, trackMem, options.finalDump ?? false);
+  if (refused !== null) throw new PredumpError('EINVAL', refused);
   const { pid } = options;
   if (!Number.isInteger(pid) || pid <= 0) {
     throw new PredumpError('EINVAL', `pid must be a positive integer, got ${pid}`);
@@ -330,19 +322,6 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const startTicks = await native.checkTarget(pid).catch((err: unknown) => {
     throw fromNative(err);
   });
-  const trackMem = options.trackMem ?? 'auto';
-  if (!['auto', 'uffd-wp', 'soft-dirty', 'none'].includes(trackMem)) {
-    throw new PredumpError(
-      'EINVAL',
-      `unknown dirty tracking '${String(trackMem)}': use auto, uffd-wp, soft-dirty or none`,
-    );
-  }
-  if (mode === 'freeze-free' && trackMem !== 'uffd-wp' && trackMem !== 'auto') {
-    throw new PredumpError(
-      'EINVAL',
-      `the freeze-free mode needs uffd-wp dirty tracking, not '${trackMem}'`,
-    );
-  }
   // A tree (descendants, or zombies among its children) is pre-dumped whole.
   const listing = await listTree(pid);
   if (isTree(listing)) return preDumpTree(options, listing, started);

@@ -85,8 +85,8 @@ export function toJson(r: KernelCheck) {
       detail: c.detail,
     })),
     trackMemAuto: r.trackMemAuto,
-    modes: { read: r.readMode, splice: r.spliceMode, freezeFree: freezeFree(r) },
-    defaultMode: freezeFree(r) && r.trackMemAuto === 'uffd-wp' ? 'freeze-free' : 'read',
+    modes: { read: r.readMode, splice: r.spliceMode, freezeFree: r.freezeFreeMode },
+    defaultMode: r.defaultMode,
     criu: criu(r),
   };
 }
@@ -111,12 +111,6 @@ function criu(r: KernelCheck): { continuesChains: boolean; note: string } {
           'no soft-dirty: criu dump cannot continue any chain here (its --track-mem needs it); after ' +
           "predump's uffd-wp pre-dumps run 'predump untrack -t PID' before a full criu dump",
       };
-}
-
-/** The freeze-free path needs read mode's calls, uffd-wp async and injection (its userfaultfd). */
-function freezeFree(r: KernelCheck): boolean {
-  const has = (name: string): boolean => r.capabilities.some((c) => c.name === name && c.supported);
-  return r.readMode && has('uffd-wp') && has('injection');
 }
 
 /** The pipe size predump asks for (splice mode's pipes, read mode's drain buffers). */
@@ -210,8 +204,8 @@ function render(r: KernelCheck): string {
     `ptrace_scope       ${scope}`,
     ...pipeLines(r),
     `track-mem auto     ${r.trackMemAuto}`,
-    `pre-dump modes     read ${yesNo(r.readMode)}, splice ${yesNo(r.spliceMode)}, freeze-free ${yesNo(freezeFree(r))}`,
-    `default mode       ${toJson(r).defaultMode}`,
+    `pre-dump modes     read ${yesNo(r.readMode)}, splice ${yesNo(r.spliceMode)}, freeze-free ${yesNo(r.freezeFreeMode)}`,
+    `default mode       ${r.defaultMode}`,
     `criu               ${criu(r).note}`,
   ];
   if (!r.root && !r.capSysPtrace) {

@@ -90,6 +90,10 @@ export interface KernelCheck {
   trackMemAuto: string
   readMode: boolean
   spliceMode: boolean
+  /** The freeze-free mode works: read mode, uffd-wp and injection. */
+  freezeFreeMode: boolean
+  /** What `--pre-dump-mode auto` takes here: "freeze-free" or "read". */
+  defaultMode: string
 }
 
 /** Lists `root` and its descendants (without freezing them). */
@@ -203,6 +207,13 @@ export interface PatternCheck {
  * `code` is one of predump-core's stable codes.
  */
 export declare function preDump(options: PreDumpOptions, progress?: Progress | undefined | null): Promise<PreDumpReport>
+
+/**
+ * Why a pre-dump's mode and dirty tracking names (absent mode: "auto", absent
+ * tracking: "none") cannot work together, or null: the core's check, which
+ * probes nothing (the CLI asks before it touches the target or a directory).
+ */
+export declare function preDumpChoiceRefused(mode?: string | undefined | null, trackMem?: string | undefined | null, finalDump?: boolean | undefined | null): string | null
 
 /** Options of a pre-dump. */
 export interface PreDumpOptions {

@@ -5,6 +5,7 @@
 
 use std::io;
 
+use crate::predump::Mode;
 use crate::probe::{self, Probe};
 use crate::track::Backend;
 use crate::{proc, Error, Result};
@@ -51,6 +52,12 @@ pub struct Report {
     /// splice mode also needs pidfd_getfd (take the pipes made in the target),
     /// GIFT vmsplice and injection (to run it inside the target).
     pub splice_mode: bool,
+    /// The freeze-free mode needs read mode's calls, uffd-wp (async) and
+    /// injection (the target's userfaultfd is made by an injected call).
+    pub freeze_free_mode: bool,
+    /// What `--pre-dump-mode auto` takes here ([`crate::mode::default_mode`]
+    /// with the tracking `auto` takes, where the freeze-free mode works).
+    pub default_mode: Mode,
 }
 
 impl Report {
@@ -98,6 +105,8 @@ pub fn check() -> Result<Report> {
         track_mem_auto: Backend::None,
         read_mode: false,
         splice_mode: false,
+        freeze_free_mode: false,
+        default_mode: Mode::Read,
     };
     // uffd-wp tracking makes its userfaultfd inside the target: injection.
     report.track_mem_auto = Backend::auto(
@@ -110,6 +119,14 @@ pub fn check() -> Result<Report> {
         report.supported(PIDFD_GETFD),
         report.supported(GIFT_VMSPLICE) && report.supported(INJECTION),
     );
+    report.freeze_free_mode =
+        report.read_mode && report.supported(UFFD_WP) && report.supported(INJECTION);
+    let auto_backend = if report.freeze_free_mode {
+        report.track_mem_auto
+    } else {
+        Backend::None
+    };
+    report.default_mode = crate::mode::default_mode(auto_backend, false);
     Ok(report)
 }
 

@@ -12,6 +12,7 @@ pub mod image;
 pub mod inject;
 pub mod maps;
 pub mod mem_times;
+pub mod mode;
 pub mod pages_out;
 pub mod pageserver;
 pub mod pattern;

@@ -175,48 +175,33 @@ pub(crate) struct Planned {
     pub config: DrainConfig,
 }
 
+/// Why a pre-dump's mode and dirty tracking names (absent mode: "auto", absent
+/// tracking: "none") cannot work together, or null: the core's check, which
+/// probes nothing (the CLI asks before it touches the target or a directory).
+#[napi]
+pub fn pre_dump_choice_refused(
+    mode: Option<String>,
+    track_mem: Option<String>,
+    final_dump: Option<bool>,
+) -> Option<String> {
+    match predump_core::mode::check_names(
+        mode.as_deref(),
+        track_mem.as_deref(),
+        final_dump == Some(true),
+    ) {
+        Ok(_) => None,
+        Err(predump_core::Error::InvalidArgument(why)) => Some(why),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 pub(crate) fn plan(options: PreDumpOptions) -> Result<Planned> {
-    let backend = match options.track_mem.as_deref() {
-        None | Some("none") => None,
-        // The freeze-free mode asked for: its tracking is uffd-wp, though auto
-        // would otherwise take soft-dirty where both work (6.12).
-        Some("auto")
-            if options.mode.as_deref() == Some("freeze-free")
-                && predump_core::track::Backend::UffdWp.works() =>
-        {
-            Some(predump_core::track::Backend::UffdWp)
-        }
-        Some("auto") => match predump_core::track::Backend::detect() {
-            predump_core::track::Backend::None => None,
-            b => Some(b),
-        },
-        Some("uffd-wp") => Some(predump_core::track::Backend::UffdWp),
-        Some("soft-dirty") => Some(predump_core::track::Backend::SoftDirty),
-        Some(other) => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("unknown --track-mem '{other}': use auto, uffd-wp, soft-dirty or none"),
-            ))
-        }
-    };
-    // auto: freeze-free where its tracking is in use, else read.
-    let mode = match options.mode.as_deref() {
-        None | Some("auto") => match backend {
-            Some(predump_core::track::Backend::UffdWp) if options.final_dump != Some(true) => {
-                core_predump::Mode::FreezeFree
-            }
-            _ => core_predump::Mode::Read,
-        },
-        Some("read") => core_predump::Mode::Read,
-        Some("splice") => core_predump::Mode::Splice,
-        Some("freeze-free") => core_predump::Mode::FreezeFree,
-        Some(other) => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("unknown pre-dump mode '{other}': use auto, read, splice or freeze-free"),
-            ))
-        }
-    };
+    let choice = predump_core::mode::resolve(
+        options.mode.as_deref(),
+        options.track_mem.as_deref(),
+        options.final_dump == Some(true),
+    )
+    .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
     let parent = match (
         options.parent_pages,
         options.parent_generation,
@@ -233,7 +218,7 @@ pub(crate) fn plan(options: PreDumpOptions) -> Result<Planned> {
         _ => None,
     };
     let tracking = core_predump::TrackOptions {
-        backend,
+        backend: choice.backend,
         generation: options.generation.unwrap_or_default(),
         parent,
         final_dump: options
@@ -242,7 +227,7 @@ pub(crate) fn plan(options: PreDumpOptions) -> Result<Planned> {
             .then_some(core_predump::FinalDump {
                 leave_stopped: options.leave_stopped.unwrap_or(false),
             }),
-        auto: options.track_mem.as_deref() == Some("auto"),
+        auto: choice.auto_track,
     };
     let mut config = DrainConfig::default();
     if let Some(bytes) = options.buffer_bytes {
@@ -250,7 +235,7 @@ pub(crate) fn plan(options: PreDumpOptions) -> Result<Planned> {
     }
     Ok(Planned {
         pid: options.pid,
-        mode,
+        mode: choice.mode,
         tracking,
         config,
     })
@@ -496,6 +481,10 @@ pub struct KernelCheck {
     pub track_mem_auto: String,
     pub read_mode: bool,
     pub splice_mode: bool,
+    /// The freeze-free mode works: read mode, uffd-wp and injection.
+    pub freeze_free_mode: bool,
+    /// What `--pre-dump-mode auto` takes here: "freeze-free" or "read".
+    pub default_mode: String,
 }
 
 /// Probes the kernel features predump needs, on memory of this process and of a
@@ -524,6 +513,8 @@ pub fn check_kernel<'env>(env: &'env Env) -> Result<Object<'env>> {
             track_mem_auto: r.track_mem_auto.name().to_string(),
             read_mode: r.read_mode,
             splice_mode: r.splice_mode,
+            freeze_free_mode: r.freeze_free_mode,
+            default_mode: r.default_mode.name().to_string(),
         })
     })
 }
