@@ -36,7 +36,7 @@
 //! * **one empty memfd** named `predump-uffd pid=P fd=N ino=I` at a high fd too,
 //!   close-on-exec, holding no page: the marker by which a later run finds the
 //!   uffd (see `find_ours`);
-//! * **the registrations**: every VMA given to `attach` is registered
+//! * **the registrations**: every VMA given to `Tracker::attach_with` is registered
 //!   (VM_UFFD_WP, shown as `uw` in smaps' VmFlags). Their effect: the first write
 //!   to a page after it was armed takes a write-protect fault that the kernel
 //!   resolves by itself (async mode: no thread waits, nothing is queued on the
@@ -59,23 +59,31 @@
 //! pre-dump must not rely on the chain: make it a full one, or `release` and
 //! start tracking again.
 
+mod dirty;
+mod lock;
+mod marker;
+mod record;
+mod untrack;
+
+pub use lock::TrackLock;
+pub use marker::find_ours;
+pub use record::{Armed, SoftDirtyRecord};
+pub use untrack::{untrack, Untracked};
+
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::sync::OnceLock;
 
 use crate::freeze::Frozen;
 use crate::inject::{FdKind, Injector};
 use crate::maps::Vma;
 use crate::proc::proc_error;
-use crate::sys::pagemap::{
-    self, PageRegion, ScanQuery, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED,
-    PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN, PM_PRESENT, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
-    PM_SOFT_DIRTY, PM_SWAP,
-};
+use crate::sys::pagemap::{PageRegion, PAGE_IS_WPALLOWED, PM_SCAN_CHECK_WPASYNC};
 use crate::sys::pidfd::PidFd;
-use crate::{probe, push_merged, Error, PageRange, Result, PAGE_SIZE};
+use crate::{probe, Error, Result};
+use marker::{fd_base, marker_name, read_generation, scan_fds, write_generation};
 
 use crate::sys::uffd::{
     self, UFFDIO_REGISTER_MODE_WP, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
@@ -138,311 +146,11 @@ impl Backend {
     }
 }
 
-/// The prefix of the marker memfd's name (memfd names show in /proc/PID/fd as
-/// `/memfd:NAME (deleted)`; at most 249 bytes).
-const MARKER_PREFIX: &str = "predump-uffd";
 /// The flags of the uffd made in the target: close-on-exec (an exec replaces the
 /// memory anyway), non-blocking (nobody in the target ever reads it).
 const TARGET_UFFD_FLAGS: libc::c_int = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
 /// Regions asked of the kernel per PAGEMAP_SCAN call.
 const SCAN_VEC_LEN: usize = 4096;
-/// The size of the fd table every process starts with (NR_OPEN_DEFAULT,
-/// BITS_PER_LONG); larger tables are powers of two times 128 fds on 64-bit.
-const FD_TABLE_MIN: u64 = 64;
-/// The moved fds go this far below the top of the table.
-const FD_TOP_GAP: u64 = 8;
-
-/// predump's uffd in a target, as found by its marker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ours {
-    uffd_fd: i32,
-    marker_fd: i32,
-}
-
-// The tracking generation is a string that the run which armed the tracking
-// last writes into the marker (`Tracker::set_generation`): an images directory
-// made by that run records the same string, so a later run can tell whether the
-// target's dirty state is relative to that directory, and not to a run that
-// armed and then failed. The marker then holds one page.
-
-/// The target's marker, taken with pidfd_getfd.
-fn marker_file(pid: i32, marker_fd: i32) -> Result<File> {
-    Ok(File::from(PidFd::open(pid)?.get_fd(marker_fd)?))
-}
-
-fn read_generation(pid: i32, marker_fd: i32) -> Result<Option<String>> {
-    let mut buf = [0u8; 256];
-    let n = marker_file(pid, marker_fd)?
-        .read_at(&mut buf, 0)
-        .map_err(|e| Error::sys("reading the tracking marker", e))?;
-    Ok((n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned()))
-}
-
-fn write_generation(pid: i32, marker_fd: i32, generation: &str) -> Result<()> {
-    let marker = marker_file(pid, marker_fd)?;
-    marker
-        .set_len(0)
-        .and_then(|()| marker.write_all_at(generation.as_bytes(), 0))
-        .map_err(|e| Error::sys("writing the tracking marker", e))
-}
-
-/// The fd number of predump's uffd in process `pid`, if any.
-///
-/// How it is recognised: `attach` leaves, next to the uffd, an empty memfd named
-/// `predump-uffd pid=P fd=N ino=I`. An fd N of the target is ours only if a
-/// marker of this process (P = `pid`, so a forked child holding its parent's
-/// copy never takes the parent's uffd for its own) names it, N links to
-/// `anon_inode:[userfaultfd]`, and its inode number is I. Every userfaultfd has an
-/// inode of its own (anon_inode_create_getfile; the tests check it), so the
-/// target's own userfaultfd, even at fd N after ours was closed, cannot match;
-/// only a program that made a memfd with our name on purpose could. The fd
-/// number alone (or the uffd's features in fdinfo) would not do: a program may
-/// make uffds with the same features and dup them anywhere.
-pub fn find_ours(pid: i32) -> Result<Option<i32>> {
-    Ok(scan_fds(pid)?.0.map(|o| o.uffd_fd))
-}
-
-/// (our uffd if its marker is valid, the fds of stale markers: markers whose
-/// uffd is gone, e.g. closed by the target's close_range).
-/// Also returns the highest fd open in the target.
-fn scan_fds(pid: i32) -> Result<(Option<Ours>, Vec<i32>, i32)> {
-    let dir = format!("/proc/{pid}/fd");
-    let entries = std::fs::read_dir(&dir).map_err(|e| proc_error(pid, &dir, e))?;
-    let mut found = None;
-    let mut stale = Vec::new();
-    let mut max_fd = 0;
-    for entry in entries {
-        let Ok(entry) = entry else { continue };
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        max_fd = max_fd.max(fd);
-        // An fd closed meanwhile has no link: not ours.
-        let Ok(link) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let link = link.to_string_lossy();
-        let Some(name) = link
-            .strip_prefix("/memfd:")
-            .map(|n| n.strip_suffix(" (deleted)").unwrap_or(n))
-        else {
-            continue;
-        };
-        let Some((marker_pid, uffd_fd, ino)) = parse_marker(name) else {
-            continue;
-        };
-        if marker_pid != pid {
-            // A parent's marker inherited by fork: not this process's tracking.
-            continue;
-        }
-        if found.is_none() && is_uffd_with_ino(pid, uffd_fd, ino) {
-            found = Some(Ours {
-                uffd_fd,
-                marker_fd: fd,
-            });
-        } else {
-            stale.push(fd);
-        }
-    }
-    Ok((found, stale, max_fd))
-}
-
-/// The marker's name for uffd fd `fd` with inode `ino` of process `pid`.
-fn marker_name(pid: i32, fd: i32, ino: u64) -> String {
-    format!("{MARKER_PREFIX} pid={pid} fd={fd} ino={ino}")
-}
-
-/// (pid, fd, ino) of a marker name.
-fn parse_marker(name: &str) -> Option<(i32, i32, u64)> {
-    let rest = name.strip_prefix(MARKER_PREFIX)?.strip_prefix(' ')?;
-    let mut it = rest.split(' ');
-    let pid = it.next()?.strip_prefix("pid=")?.parse().ok()?;
-    let fd = it.next()?.strip_prefix("fd=")?.parse().ok()?;
-    let ino = it.next()?.strip_prefix("ino=")?.parse().ok()?;
-    it.next().is_none().then_some((pid, fd, ino))
-}
-
-fn is_uffd_with_ino(pid: i32, fd: i32, ino: u64) -> bool {
-    let path = format!("/proc/{pid}/fd/{fd}");
-    let is_uffd =
-        std::fs::read_link(&path).is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]");
-    // metadata() follows the magic link to the open file's inode.
-    is_uffd && std::fs::metadata(&path).is_ok_and(|m| m.ino() == ino)
-}
-
-/// Where the fds left in the target go: the lowest free fd from here up.
-/// The target's fd table holds at least `FD_TABLE_MIN` fds and more than its
-/// highest open fd, in sizes of 64, 128, 256…: a base just below the smallest
-/// such size above `max_fd` lies inside the table, so F_DUPFD does not grow it
-/// (unless every fd from there up is taken). Below the RLIMIT_NOFILE soft limit
-/// (F_DUPFD fails with EINVAL at or above it), at least 3.
-fn fd_base(pid: i32, max_fd: i32) -> u64 {
-    let soft = crate::proc::nofile_soft(pid).unwrap_or(1024);
-    base_for(max_fd, soft)
-}
-
-/// `fd_base` without I/O: `soft` is the RLIMIT_NOFILE soft limit.
-fn base_for(max_fd: i32, soft: u64) -> u64 {
-    let table = (max_fd.max(0) as u64 + 1)
-        .next_power_of_two()
-        .max(FD_TABLE_MIN);
-    (table - FD_TOP_GAP)
-        .min(soft.saturating_sub(FD_TOP_GAP))
-        .max(3)
-}
-
-/// Keeps other predump runs off one target's dirty tracking while held.
-///
-/// A run that takes the dirty pages re-arms them: two runs at once would each
-/// take some of the other's pages, and both chains would silently miss writes.
-/// Frozen runs exclude each other through ptrace already; a freeze-free run
-/// does not stop the target, so nothing else would. The lock is an abstract
-/// unix socket named after the process (pid and start time): only one can be
-/// bound, it needs no file, and the kernel frees it when its holder exits, even
-/// by SIGKILL, so a crashed run never leaves the target locked. (Abstract names
-/// are per network namespace: runs from different namespaces do not see each
-/// other's locks.)
-#[derive(Debug)]
-pub struct TrackLock {
-    _socket: std::os::unix::net::UnixDatagram,
-}
-
-impl TrackLock {
-    /// Takes the lock of process `pid` started at `start_time` (clock ticks
-    /// after boot), or fails with `Error::Busy` at once: never waits.
-    pub fn acquire(pid: i32, start_time: u64) -> Result<TrackLock> {
-        use std::os::linux::net::SocketAddrExt;
-        let name = format!("predump-track pid={pid} start={start_time}");
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .map_err(|e| Error::sys("naming the tracking lock", e))?;
-        match std::os::unix::net::UnixDatagram::bind_addr(&addr) {
-            Ok(socket) => Ok(TrackLock { _socket: socket }),
-            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Err(Error::Busy { pid }),
-            Err(e) => Err(Error::sys("binding the tracking lock", e)),
-        }
-    }
-}
-
-/// The run that armed a target's tracking last: the generation it recorded and,
-/// for soft-dirty, when (CLOCK_BOOTTIME µs, taken while the target was frozen,
-/// before the bits were cleared). The time orders our clears against those of
-/// CRIU's pre-dumps, whose images say when they were made (`dump_uptime`, taken
-/// in their own frozen window, after their clear): two runs cannot hold one
-/// process frozen at once, so the one whose time is earlier also cleared first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Armed {
-    pub generation: String,
-    pub at_us: Option<u64>,
-}
-
-impl Armed {
-    fn parse(text: &str) -> Option<Armed> {
-        let mut words = text.split_whitespace();
-        let generation = words.next()?.to_string();
-        let at_us = words.next().and_then(|w| w.parse().ok());
-        Some(Armed { generation, at_us })
-    }
-}
-
-/// Where soft-dirty tracking records which run cleared a process's bits last.
-///
-/// Soft-dirty keeps no state in the target (the bits are the kernel's), so the
-/// generation that uffd-wp keeps in its marker lives in a file of predump's:
-/// `/run/predump/soft-dirty-PID-START` (root), else under the temporary
-/// directory, per user: `GENERATION UPTIME_US`. The process's start time in the
-/// name keeps a reused pid from finding its predecessor's record. Records are a
-/// few bytes each, removed once their process is gone (and a tmpfs empties at boot).
-#[derive(Debug)]
-pub struct SoftDirtyRecord {
-    path: std::path::PathBuf,
-}
-
-impl SoftDirtyRecord {
-    pub fn of(pid: i32) -> Result<SoftDirtyRecord> {
-        let start = crate::proc::stat(pid)?.start_time;
-        Ok(Self::at(&record_dir(), pid, start))
-    }
-
-    fn at(dir: &std::path::Path, pid: i32, start: u64) -> SoftDirtyRecord {
-        SoftDirtyRecord {
-            path: dir.join(format!("soft-dirty-{pid}-{start}")),
-        }
-    }
-
-    pub fn read(&self) -> Result<Option<Armed>> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => Ok(Armed::parse(&text)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::sys(format!("reading {}", self.path.display()), e)),
-        }
-    }
-
-    /// Written whole or not at all (temporary file, then rename), with the time
-    /// of writing: call it while the target is frozen, before clearing.
-    pub fn write(&self, generation: &str) -> Result<()> {
-        let dir = self.path.parent().expect("a file in a directory");
-        let failed = |e| Error::sys(format!("writing {}", self.path.display()), e);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(failed)?;
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, format!("{generation} {}\n", crate::proc::uptime_us()))
-            .and_then(|()| std::fs::rename(&tmp, &self.path))
-            .map_err(failed)?;
-        self.prune_others(dir);
-        Ok(())
-    }
-
-    /// Removes the records of processes that are gone (their pid free, or
-    /// reused by a process started later), so the directory does not grow with
-    /// every target ever tracked. Best effort: a record that cannot be removed
-    /// stays, and a stale one is never trusted anyway (the start time is in
-    /// its name).
-    fn prune_others(&self, dir: &std::path::Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path == self.path {
-                continue;
-            }
-            let name = entry.file_name();
-            let Some((pid, start)) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("soft-dirty-"))
-                .and_then(|rest| rest.split_once('-'))
-                .and_then(|(pid, start)| {
-                    Some((pid.parse::<i32>().ok()?, start.parse::<u64>().ok()?))
-                })
-            else {
-                continue; // not a record (a temporary file of a run in progress)
-            };
-            let alive = crate::proc::stat(pid).is_ok_and(|st| st.start_time == start);
-            if !alive {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-}
-
-fn record_dir() -> std::path::PathBuf {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 {
-        std::path::PathBuf::from("/run/predump")
-    } else {
-        std::env::temp_dir().join(format!("predump-{euid}"))
-    }
-}
 
 /// The tracking state of one target, found again across separate predump runs.
 pub struct Tracker {
@@ -489,12 +197,7 @@ impl Tracker {
     /// or creates one, takes it with pidfd_getfd, and registers every VMA of
     /// `vmas` not registered yet; those are listed by `new_vmas` (dump them
     /// whole). VMAs registered by the target's own userfaultfd are listed by
-    /// `always_dirty`. The backend is `Backend::detect()`'s.
-    pub fn attach(frozen: &Frozen, injector: &mut Injector, vmas: &[&Vma]) -> Result<Tracker> {
-        Self::attach_with(Backend::detect(), frozen, injector, vmas)
-    }
-
-    /// `attach` with a chosen backend.
+    /// `always_dirty`.
     pub fn attach_with(
         backend: Backend,
         frozen: &Frozen,
@@ -814,175 +517,6 @@ impl Tracker {
         &self.tracked
     }
 
-    /// The pages written in `ranges` since the previous call (or since
-    /// registration), re-armed atomically: sorted, adjacent pages merged. Parts of
-    /// `ranges` not tracked are reported whole (a superset is always safe).
-    ///
-    /// uffd-wp: may run while the target runs (the scan both reads and re-arms
-    /// under the page-table lock). soft-dirty: only while frozen, and `ranges`
-    /// must be every range of interest: the clear is process-wide.
-    pub fn take_dirty(&mut self, ranges: &[(u64, u64)]) -> Result<Vec<PageRange>> {
-        let mut ranges: Vec<(u64, u64)> = ranges
-            .iter()
-            .map(|&(s, e)| (s / PAGE_SIZE * PAGE_SIZE, e.div_ceil(PAGE_SIZE) * PAGE_SIZE))
-            .filter(|&(s, e)| s < e)
-            .collect();
-        ranges.sort_unstable();
-        let mut out = Vec::new();
-        for (start, end) in merge(ranges) {
-            let mut at = start;
-            // The tracked intervals meeting [start, end), in order.
-            let tracked: Vec<(u64, u64)> = self
-                .tracked
-                .iter()
-                .filter(|&&(s, e)| s < end && e > start)
-                .map(|&(s, e)| (s.max(start), e.min(end)))
-                .collect();
-            for (s, e) in tracked {
-                if at < s {
-                    push_merged(&mut out, at, (s - at) / PAGE_SIZE);
-                }
-                self.scan_dirty(s, e, &mut out)?;
-                at = e;
-            }
-            if at < end {
-                push_merged(&mut out, at, (end - at) / PAGE_SIZE);
-            }
-        }
-        if self.backend == Backend::SoftDirty {
-            self.clear_soft_dirty()?;
-        }
-        Ok(out)
-    }
-
-    /// The written pages of one tracked interval, into `out`.
-    fn scan_dirty(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
-        // soft-dirty: of present or swapped pages only. PAGEMAP_SCAN also calls
-        // every page of a VMA made since the last clear soft-dirty (VM_SOFTDIRTY),
-        // never-populated ones and whole page-table holes included (seen on
-        // Debian's 6.12: 66,000 untouched pages reported), where pagemap's bit 55
-        // is only read for pages that exist (`soft_dirty_read`).
-        let (flags, category, anyof) = match self.backend {
-            Backend::UffdWp => (
-                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                PAGE_IS_WRITTEN,
-                0,
-            ),
-            Backend::SoftDirty => (0, PAGE_IS_SOFT_DIRTY, PAGE_IS_PRESENT | PAGE_IS_SWAPPED),
-            Backend::None => {
-                push_merged(out, start, (end - start) / PAGE_SIZE);
-                return Ok(());
-            }
-        };
-        if self.pagemap_read {
-            return self.soft_dirty_read(start, end, out);
-        }
-        let mut at = start;
-        while at < end {
-            let vec_len = self.vec.len() as u64;
-            match self.scan_call(at, end, flags, category, anyof, category, vec_len, 0) {
-                Ok((n, walk_end)) => {
-                    let mut reported = at;
-                    for i in 0..n {
-                        let r = self.vec[i];
-                        push_merged(out, r.start, (r.end - r.start) / PAGE_SIZE);
-                        reported = reported.max(r.end);
-                    }
-                    // As in scan.rs: a full vector can come back with walk_end
-                    // below what was reported; go on after both.
-                    let next = walk_end.max(reported);
-                    if next <= at {
-                        // No progress: never loop; report the rest (safe superset).
-                        push_merged(out, at, (end - at) / PAGE_SIZE);
-                        break;
-                    }
-                    at = next;
-                }
-                // EPERM: part of the interval is no longer registered WP-async
-                // (unmapped and mapped again while running). Whatever was re-armed
-                // before the failure lies inside [at, end): report all of it.
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EPERM) && self.backend == Backend::UffdWp =>
-                {
-                    push_merged(out, at, (end - at) / PAGE_SIZE);
-                    break;
-                }
-                // Kernels before 6.7 (soft-dirty is older than PAGEMAP_SCAN).
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ENOTTY)
-                        && self.backend == Backend::SoftDirty =>
-                {
-                    self.pagemap_read = true;
-                    return self.soft_dirty_read(at, end, out);
-                }
-                Err(e) => return Err(self.scan_error(e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// One PAGEMAP_SCAN: (regions written to `self.vec`, walk_end).
-    #[allow(clippy::too_many_arguments)]
-    fn scan_call(
-        &mut self,
-        start: u64,
-        end: u64,
-        flags: u64,
-        mask: u64,
-        anyof: u64,
-        ret: u64,
-        vec_len: u64,
-        max_pages: u64,
-    ) -> io::Result<(usize, u64)> {
-        let query = ScanQuery {
-            flags,
-            start,
-            end,
-            vec_len: vec_len.max(1),
-            max_pages,
-            category_mask: mask,
-            category_anyof_mask: anyof,
-            return_mask: ret,
-            ..Default::default()
-        };
-        pagemap::scan(&self.pagemap, query, &mut self.vec)
-    }
-
-    fn scan_error(&self, e: io::Error) -> Error {
-        match e.raw_os_error() {
-            Some(libc::ESRCH) => Error::TargetExited { pid: self.pid },
-            _ => Error::sys(format!("PAGEMAP_SCAN of process {}", self.pid), e),
-        }
-    }
-
-    /// soft-dirty without PAGEMAP_SCAN: pagemap bit 55 of present or swapped pages.
-    fn soft_dirty_read(&mut self, start: u64, end: u64, out: &mut Vec<PageRange>) -> Result<()> {
-        const CHUNK: u64 = 64 * 1024;
-        let mut buf = vec![0u64; CHUNK as usize];
-        let mut page = start / PAGE_SIZE;
-        let last = end / PAGE_SIZE;
-        while page < last {
-            let n = (last - page).min(CHUNK);
-            let entries = &mut buf[..n as usize];
-            pagemap::read_entries(&self.pagemap, page, entries)
-                .map_err(|e| Error::sys(format!("reading /proc/{}/pagemap", self.pid), e))?;
-            for (i, &e) in entries.iter().enumerate() {
-                if e & (PM_PRESENT | PM_SWAP) != 0 && e & PM_SOFT_DIRTY != 0 {
-                    push_merged(out, (page + i as u64) * PAGE_SIZE, 1);
-                }
-            }
-            page += n;
-        }
-        Ok(())
-    }
-
-    /// Clears every soft-dirty bit of the process (and write-protects the pages
-    /// so the next write sets it again).
-    fn clear_soft_dirty(&self) -> Result<()> {
-        pagemap::clear_soft_dirty(Some(self.pid))
-            .map_err(|e| proc_error(self.pid, &format!("/proc/{}/clear_refs", self.pid), e))
-    }
-
     /// Ends tracking: closes the uffd and its marker in the target (injected
     /// close), then ours: the kernel unregisters every range and drops the write
     /// protections. The target is as before tracking. Needs the target frozen.
@@ -1085,86 +619,10 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
-/// What `untrack` did.
-#[derive(Debug, Clone, Default)]
-pub struct Untracked {
-    /// The target had tracking of ours, now ended.
-    pub tracking: bool,
-    /// What a predump that died while injecting had left, now removed.
-    pub leftovers: Option<String>,
-}
-
-/// Ends predump's dirty tracking of `pid`: closes the uffd and its marker in the
-/// target (briefly frozen for the injected closes), which unregisters every
-/// range. Also removes what a predump that died while injecting left in it.
-pub fn untrack(pid: i32) -> Result<Untracked> {
-    let st = crate::proc::check_target(pid)?;
-    let _lock = TrackLock::acquire(pid, st.start_time)?;
-    let (ours, stale, _) = scan_fds(pid)?;
-    if ours.is_none() && stale.is_empty() && crate::inject::leftovers::find(pid)?.is_empty() {
-        return Ok(Untracked::default());
-    }
-    let frozen = Frozen::freeze(pid)?;
-    let removed = crate::inject::leftovers::clean(&frozen)?;
-    let mut out = Untracked {
-        tracking: false,
-        leftovers: (!removed.is_empty()).then(|| removed.describe()),
-    };
-    // One injector for both: our uffd and its marker, or markers whose uffd is gone (a
-    // run killed while ending the tracking), which attaching closes as well.
-    let (ours, stale, _) = scan_fds(pid)?;
-    if ours.is_some() || !stale.is_empty() {
-        let mut inj = Injector::any(&frozen)?;
-        if ours.is_some() {
-            let tracker = Tracker::attach_with(Backend::UffdWp, &frozen, &mut inj, &[])?;
-            tracker.release(&mut inj)?;
-        } else {
-            for fd in stale {
-                inj.close(fd)?;
-            }
-        }
-        inj.restore()?;
-        out.tracking = true;
-    }
-    frozen.thaw();
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn markers() {
-        let n = marker_name(42, 997, 123456);
-        assert_eq!(n, "predump-uffd pid=42 fd=997 ino=123456");
-        assert_eq!(parse_marker(&n), Some((42, 997, 123456)));
-        assert_eq!(parse_marker("predump-uffd pid=1 fd=2"), None);
-        assert_eq!(parse_marker("predump-uffd pid=1 fd=2 ino=3 x"), None);
-        assert_eq!(parse_marker("other pid=1 fd=2 ino=3"), None);
-    }
-
-    #[test]
-    fn limits() {
-        let text =
-            "Limit                     Soft Limit           Hard Limit           Units     \n\
-Max processes             63883                63883                processes \n\
-Max open files            1024                 524288               files     \n";
-        assert_eq!(crate::proc::parse_nofile_soft(text), Some(1024));
-        assert_eq!(
-            crate::proc::parse_nofile_soft(
-                "Max open files            unlimited            unlimited            files\n"
-            ),
-            Some(u64::MAX)
-        );
-        assert_eq!(base_for(5, 1024), 56);
-        assert_eq!(base_for(63, 1024), 56);
-        assert_eq!(base_for(64, 1024), 120);
-        assert_eq!(base_for(200, 1 << 20), 248);
-        assert_eq!(base_for(200, 100), 92);
-        assert_eq!(base_for(0, 4), 3);
-        assert!(fd_base(std::process::id() as i32, 3) >= 3);
-    }
+    use crate::{push_merged, PageRange};
 
     #[test]
     fn merging() {
@@ -1178,48 +636,6 @@ Max open files            1024                 524288               files     \n
             out,
             vec![PageRange::new(0x1000, 3), PageRange::new(0x8000, 1)]
         );
-    }
-
-    #[test]
-    fn soft_dirty_records() {
-        let dir = std::env::temp_dir().join(format!("predump-record-test-{}", std::process::id()));
-        let r = SoftDirtyRecord::at(&dir, 42, 7);
-        assert_eq!(r.read().unwrap(), None);
-        let before = crate::proc::uptime_us();
-        r.write("abc").unwrap();
-        let first = r.read().unwrap().unwrap();
-        assert_eq!(first.generation, "abc");
-        let at = first.at_us.expect("the time of the arming");
-        assert!(before <= at && at <= crate::proc::uptime_us());
-        r.write("def").unwrap();
-        assert_eq!(r.read().unwrap().unwrap().generation, "def");
-        // Another start time of the same pid: another process.
-        assert_eq!(SoftDirtyRecord::at(&dir, 42, 8).read().unwrap(), None);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn writing_a_soft_dirty_record_removes_those_of_gone_processes() {
-        let dir = std::env::temp_dir().join(format!("predump-prune-test-{}", std::process::id()));
-        let me = std::process::id() as i32;
-        let my_start = crate::proc::stat(me).unwrap().start_time;
-        let live = SoftDirtyRecord::at(&dir, me, my_start);
-        live.write("mine").unwrap();
-        // Above any pid_max: no such process. And our pid with another start
-        // time: a process that had our pid before us.
-        let gone = SoftDirtyRecord::at(&dir, 4_194_305, 1);
-        let reused = SoftDirtyRecord::at(&dir, me, my_start + 1);
-        gone.write("g").unwrap();
-        reused.write("r").unwrap(); // prunes `gone`, keeps itself and `live`
-        assert_eq!(gone.read().unwrap(), None);
-        assert_eq!(reused.read().unwrap().unwrap().generation, "r");
-        let other = dir.join("not-a-record");
-        std::fs::write(&other, "x").unwrap();
-        live.write("mine-again").unwrap(); // prunes `reused`
-        assert_eq!(reused.read().unwrap(), None);
-        assert_eq!(live.read().unwrap().unwrap().generation, "mine-again");
-        assert!(other.exists(), "only records are touched");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
