@@ -21,12 +21,15 @@ import {
   procState,
   reachGate,
   crit,
+  heldThreads,
+  leftoverDiff,
   MiB,
   mkfifo,
   PAGE,
   ROOT,
   parseJson,
   runCli,
+  snapshot,
   startCli,
   startWorkload,
   tempDir,
@@ -655,6 +658,70 @@ test("a process tracked alone earlier: the tree's pre-dump warns that it holds p
     '--json',
   ]);
   t.deepEqual(parseJson<PreDumpResult>(t, again).trackedAlone, []);
+});
+
+// The tree's scan looks for a dead run's marker in every process on its scan threads and
+// gives the marked ones to the tracer to clean before they are scanned (docs/TREES.md):
+// a splice pre-dump of one process alone, killed once the process holds its pipes (the
+// injection gate), leaves them there; the tree's pre-dump must remove them, say so, and
+// write none of the scratch mapping's pages.
+test("a dead run's leftovers in one process of the tree: removed before the scan, said, not dumped", async (t) => {
+  const { w, procs } = await startTree(t);
+  const leaf = procs[3]!.pid;
+  const before = await snapshot(leaf);
+  const base = await tempDir(t);
+  const gate = path.join(base, 'gate');
+  await mkfifo(gate);
+  const cli = startCli(
+    [
+      'pre-dump',
+      '-t',
+      String(leaf),
+      '-D',
+      path.join(base, 'alone'),
+      '--pre-dump-mode',
+      'splice',
+      '--track-mem',
+      'none',
+    ],
+    { PREDUMP_TEST_INJECT_GATE: `splice-pipes-received:${gate}` },
+  );
+  t.teardown(() => {
+    if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
+  });
+  const fh = await reachGate(gate, cli);
+  cli.child.kill('SIGKILL');
+  await cli.done;
+  await fh.close();
+  t.deepEqual(await heldThreads(leaf), [], 'the killed run held nothing');
+  const left = leftoverDiff(before, await snapshot(leaf))[0];
+  t.true(
+    left.some((l) => l.startsWith('+')),
+    `the killed run left its scratch mapping: ${left.join(', ')}`,
+  );
+  const dir = path.join(base, 'tree');
+  const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir, '--json']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(
+    parseJson<PreDumpResult>(t, r).leftoversRemoved ?? '',
+    new RegExp(`^predump's injection stub, 1 mapping and \\d+ fds \\(process ${leaf}\\)$`),
+  );
+  t.deepEqual(
+    leftoverDiff(before, await snapshot(leaf))[0],
+    [],
+    'the leaf as before the killed run',
+  );
+  const pm = await readPagemap(path.join(dir, `pagemap-${leaf}.img`));
+  for (const l of left.filter((l) => l.startsWith('+'))) {
+    const [s, e] = l
+      .slice(1)
+      .split(/\s+/)[0]!
+      .split('-')
+      .map((x) => parseInt(x, 16));
+    const inside = pm.entries.filter((x) => x.vaddr < e! && x.vaddr + x.nrPages * PAGE > s!);
+    t.deepEqual(inside, [], `no page of the removed mapping ${l} in the image`);
+  }
+  for (const p of procs) await assertRunningUntraced(t, p.pid);
 });
 
 test('dump --leave-stopped of a tree: copied while all frozen, all left stopped, verify clean, tracking ended', async (t) => {

@@ -92,6 +92,13 @@ struct Span {
 }
 
 /// What one scanning thread needs: the shared pagemap and how to read it.
+/// Who scans: the calling thread alone, or with helpers when the scan is big.
+#[derive(Clone, Copy)]
+enum Threads {
+    Caller,
+    Helpers { realtime: bool },
+}
+
 #[derive(Clone, Copy)]
 struct Walk<'a> {
     pagemap: &'a File,
@@ -172,12 +179,20 @@ impl Scanner {
 
     /// `present_frozen` for a target the caller holds stopped on another
     /// thread (a tree's processes, scanned concurrently while the tree is
-    /// frozen): the caller vouches that it is.
+    /// frozen): the caller vouches that it is. In the calling thread alone:
+    /// the caller already keeps every CPU busy with one process each, and
+    /// starting helpers for every process cost more than the scans (a tree of
+    /// 100 processes, each with two 64 MiB malloc arena reservations: 19 ms
+    /// stopped with helpers, see docs/TREES.md).
     pub(crate) fn present_stopped(&mut self, vmas: &[&Vma]) -> Result<ScanResult> {
-        self.present_with(vmas, true)
+        self.present_in(vmas, Threads::Caller)
     }
 
     fn present_with(&mut self, vmas: &[&Vma], realtime: bool) -> Result<ScanResult> {
+        self.present_in(vmas, Threads::Helpers { realtime })
+    }
+
+    fn present_in(&mut self, vmas: &[&Vma], threads: Threads) -> Result<ScanResult> {
         let mut out = ScanResult {
             vmas_scanned: vmas.len(),
             pages_scanned: vmas.iter().map(|v| v.pages()).sum(),
@@ -195,7 +210,17 @@ impl Scanner {
                 }),
             }
         }
-        if self.helpers == 0 || out.pages_scanned < PARALLEL_MIN_PAGES {
+        let parallel = match threads {
+            Threads::Helpers { realtime }
+                if self.helpers > 0 && out.pages_scanned >= PARALLEL_MIN_PAGES =>
+            {
+                Some(realtime)
+            }
+            _ => None,
+        };
+        if let Some(realtime) = parallel {
+            out.ranges = self.present_parallel(&spans, realtime)?;
+        } else {
             let walk = Walk {
                 pagemap: &self.pagemap,
                 method: self.method,
@@ -204,8 +229,6 @@ impl Scanner {
             for &span in &spans {
                 walk.range(span, &mut self.vec, &mut out.ranges)?;
             }
-        } else {
-            out.ranges = self.present_parallel(&spans, realtime)?;
         }
         if !whole.is_empty() {
             whole.append(&mut out.ranges);

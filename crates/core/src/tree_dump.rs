@@ -3,7 +3,8 @@
 //! process's present private pages found while frozen, the anonymous shared
 //! memory objects of the tree found and opened while frozen (each object once,
 //! `shmem`), then everything thawed together and copied: one pages image per
-//! process and one per shared object, numbered as CRIU numbers them.
+//! process and one per shared object, numbered as CRIU numbers them. (A
+//! shared object's pages are listed when it is copied: see `copy_all`.)
 //!
 //! # Image ids (criu/cr-dump.c, criu/shmem.c, criu/image.c)
 //!
@@ -247,6 +248,12 @@ struct Copied {
 
 /// Writes the pages images: the shared objects first, then the processes, ids
 /// as CRIU gives them.
+///
+/// A shared object's pages are found here, right before they are copied: in
+/// a pre-dump after the thaw, as the contents of every page are read (without
+/// dirty tracking nothing needs the set as it was at the freeze, and walking
+/// a 256 MiB object's pages took 2.5 to 5 ms of a tree's stop), in a dump
+/// while the tree is still frozen.
 fn copy_all(
     found: &[Found],
     objects: &[FoundObject],
@@ -266,7 +273,8 @@ fn copy_all(
     // Ids as CRIU gives them: the shared objects first, then the processes.
     let mut next_id = 1u32;
     let mut shmem_out = Vec::with_capacity(objects.len());
-    for (obj, handle, present) in objects {
+    for (obj, handle) in objects {
+        let present = handle.present()?;
         let mut pids: Vec<i32> = Vec::new();
         for m in &obj.mappings {
             if !pids.contains(&m.pid) {
@@ -278,7 +286,7 @@ fn copy_all(
                 shmid: obj.shmid,
                 size: obj.size,
                 pages_id: next_id,
-                regions: present.clone(),
+                regions: present,
                 pids,
                 mappings: obj.mappings.len(),
             },
@@ -292,9 +300,9 @@ fn copy_all(
             .flat_map(|f| f.scan.ranges.iter())
             .map(|r| r.len())
             .sum();
-        let shared: u64 = objects
+        let shared: u64 = shmem_out
             .iter()
-            .flat_map(|o| o.2.iter())
+            .flat_map(|(d, _)| d.regions.iter())
             .map(|r| r.len())
             .sum();
         p.total.store(private + shared, Ordering::Relaxed);
@@ -378,28 +386,50 @@ fn end_tracking(frozen: &FrozenTree) -> Result<()> {
     Ok(())
 }
 
-type FoundObject = (shmem::Object, shmem::Handle, Vec<PageRange>);
+/// A shared object of the tree, opened while it was frozen.
+type FoundObject = (shmem::Object, shmem::Handle);
 
 /// Everything read while the tree is frozen: each process's present pages, the
-/// tree's shared objects (opened, their pages found), and the shared mappings
-/// left out.
+/// tree's shared objects (opened; their pages are found when they are copied,
+/// see `copy_all`), and the shared mappings left out.
 fn scan_frozen(
     frozen: &FrozenTree,
     prepared: &mut HashMap<(i32, u64), Prepared>,
 ) -> Result<(Vec<Found>, Vec<FoundObject>, Vec<NotDumped>)> {
-    // A dead run's leftovers go first, by this thread (the tracer: removing
-    // them injects calls): they must not be scanned.
+    // A dead run's leftovers must not be scanned: the scan looks for its
+    // marker (one small read per process, on the scan threads); the few
+    // marked processes are cleaned here, by this thread (the tracer: removing
+    // them injects calls), and scanned again.
     let mut jobs = Vec::with_capacity(frozen.processes().len());
     for p in frozen.processes() {
-        let removed = crate::inject::leftovers::clean(&p.frozen)?;
         jobs.push(Job {
             member: p.member.clone(),
             threads: p.frozen.tids().count(),
             prepared: prepared.remove(&(p.member.pid, p.member.start_time)),
-            leftovers_removed: (!removed.is_empty()).then(|| removed.describe()),
+            leftovers_removed: None,
         });
     }
-    let found = scan_all(jobs)?;
+    let mut found = Vec::with_capacity(jobs.len());
+    for scanned in scan_all(jobs)? {
+        match scanned {
+            Scanned::Found(f) => found.push(f),
+            Scanned::Marked(mut job) => {
+                let p = frozen
+                    .processes()
+                    .iter()
+                    .find(|p| p.member.pid == job.member.pid)
+                    .expect("a scanned process is one of the frozen tree's");
+                let removed = crate::inject::leftovers::clean(&p.frozen)?;
+                // Empty: the marker was there but nothing to remove.
+                job.leftovers_removed = Some(if removed.is_empty() {
+                    String::new()
+                } else {
+                    removed.describe()
+                });
+                found.push(scan_one(job)?.found_after_clean());
+            }
+        }
+    }
     let objects = shmem::objects(found.iter().map(|f| (f.member.pid, &f.vmas[..])));
     let seen: Vec<u64> = found
         .iter()
@@ -413,8 +443,7 @@ fn scan_frozen(
             continue;
         };
         let handle = obj.open()?;
-        let present = handle.present()?;
-        out.push((obj, handle, present));
+        out.push((obj, handle));
     }
     let left_out = not_dumped(&found);
     Ok((found, out, left_out))
@@ -426,7 +455,24 @@ struct Job {
     threads: usize,
     /// Read before the freeze (None: a process that appeared since).
     prepared: Option<Prepared>,
+    /// None: not looked at yet. Some: cleaned of a dead run's leftovers (the
+    /// text says what was removed, empty for nothing).
     leftovers_removed: Option<String>,
+}
+
+/// A process scanned, or found marked by a dead run and to be cleaned first.
+enum Scanned {
+    Found(Found),
+    Marked(Job),
+}
+
+impl Scanned {
+    fn found_after_clean(self) -> Found {
+        match self {
+            Scanned::Found(f) => f,
+            Scanned::Marked(_) => unreachable!("a cleaned process is not looked at for marks"),
+        }
+    }
 }
 
 /// Scans the processes of the frozen tree concurrently, one thread per CPU
@@ -435,14 +481,14 @@ struct Job {
 /// (docs/TREES.md). Nothing here needs the tracer thread: maps, smaps and
 /// PAGEMAP_SCAN are read through /proc. The results in tree order; the first
 /// error in tree order wins.
-fn scan_all(jobs: Vec<Job>) -> Result<Vec<Found>> {
+fn scan_all(jobs: Vec<Job>) -> Result<Vec<Scanned>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(jobs.len());
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let jobs: Vec<Mutex<Option<Job>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
-    let done: Vec<Mutex<Option<Result<Found>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let done: Vec<Mutex<Option<Result<Scanned>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     let work = || {
         // Real-time while the tree is stopped (see freeze::Urgent).
         let _urgent = Urgent::raise();
@@ -482,14 +528,21 @@ fn scan_all(jobs: Vec<Job>) -> Result<Vec<Found>> {
 
 /// A process's maps and present pages. Its threads are stopped (the tree is
 /// frozen), so the scan helpers run real-time.
-fn scan_one(job: Job) -> Result<Found> {
+fn scan_one(mut job: Job) -> Result<Scanned> {
+    let pid = job.member.pid;
+    let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+    if job.leftovers_removed.is_none() {
+        if crate::inject::leftovers::may_hold(pid, &text) {
+            return Ok(Scanned::Marked(job));
+        }
+        job.leftovers_removed = Some(String::new());
+    }
     let Job {
         member,
         threads,
         prepared,
         leftovers_removed,
     } = job;
-    let pid = member.pid;
     let Prepared {
         vm_flags,
         mut scanner,
@@ -498,7 +551,6 @@ fn scan_one(job: Job) -> Result<Found> {
         Some(p) => p,
         None => prepare(pid)?,
     };
-    let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
     let vmas = maps::parse_maps(&text)?;
     let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
     let mut scan = scanner.present_stopped(&keep)?;
@@ -507,15 +559,15 @@ fn scan_one(job: Job) -> Result<Found> {
     if !unreadable.is_empty() {
         scan.unreadable_pages = scanner.present_stopped(&unreadable)?.pages_present;
     }
-    Ok(Found {
+    Ok(Scanned::Found(Found {
         member,
         threads,
         scanner,
         scan,
         vmas,
-        leftovers_removed,
+        leftovers_removed: leftovers_removed.filter(|r| !r.is_empty()),
         tracked,
-    })
+    }))
 }
 
 /// The order of CRIU's walk of its shmem hash (`for_each_shmem`): bucket

@@ -298,6 +298,18 @@ fn is_ours(pid: i32, maps: &str, addr: u64, len: u64, nonce: &[u8; NONCE_BYTES])
         && mark[16..] == nonce[..]
 }
 
+/// Whether process `pid`, whose maps text is `maps`, may hold a dead run's
+/// leftovers: its vDSO tail begins with our stub's magic. One read of 16
+/// bytes, for many processes at once from any thread (a tree's scan); a
+/// process found marked (or not readable) is then given to `clean`.
+pub fn may_hold(pid: i32, maps: &str) -> bool {
+    let Some(stub) = place::stub_at(maps) else {
+        return false; // no vDSO of this kernel: no stub of ours was ever written
+    };
+    let mut magic = [0u8; 16];
+    super::read_memory(pid, stub, &mut magic).is_err() || &magic[..] == STUB_MAGIC
+}
+
 /// Looks for a dead predump's leftovers in process `pid` (which may be running:
 /// nothing is changed). Cheap when there are none: one read of the vDSO tail.
 pub fn find(pid: i32) -> Result<Found> {

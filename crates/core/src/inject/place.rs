@@ -101,6 +101,30 @@ fn contents_end(elf: &[u8]) -> Option<u64> {
     Some(end)
 }
 
+/// The [vdso] line's range in a maps text.
+fn vdso(maps: &str) -> Option<(u64, u64)> {
+    maps.lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(s, e)| {
+            Some((
+                u64::from_str_radix(s, 16).ok()?,
+                u64::from_str_radix(e, 16).ok()?,
+            ))
+        })
+}
+
+/// Where a stub of ours would be in the process whose maps text is `maps`,
+/// if its vDSO is this kernel's size: for a quick look at its first bytes.
+/// `locate` checks the vDSO's contents as well; a marker found here is only
+/// worth that closer look.
+pub(super) fn stub_at(maps: &str) -> Option<u64> {
+    let own = own()?;
+    let (start, end) = vdso(maps)?;
+    (end - start == own.size).then_some(start + own.tail)
+}
+
 /// Where the stub can go in process `pid`: (address, room in bytes).
 pub(super) fn locate(pid: i32) -> Result<(u64, u64)> {
     let refuse = |why: &str| {
@@ -111,18 +135,7 @@ pub(super) fn locate(pid: i32) -> Result<(u64, u64)> {
     };
     let own = own().ok_or_else(|| refuse("predump's own vDSO has no room for the stub"))?;
     let maps = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
-    let start = maps
-        .lines()
-        .find(|l| l.ends_with("[vdso]"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|r| r.split_once('-'))
-        .and_then(|(s, e)| {
-            Some((
-                u64::from_str_radix(s, 16).ok()?,
-                u64::from_str_radix(e, 16).ok()?,
-            ))
-        });
-    let Some((start, end)) = start else {
+    let Some((start, end)) = vdso(&maps) else {
         return Err(refuse("it has no vDSO"));
     };
     if end - start != own.size {
