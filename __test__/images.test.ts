@@ -16,8 +16,10 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { createRequire } from 'node:module';
 
 import {
+  CRIU_PROTO,
   decodeImage,
   decodeInventory,
   decodePagemapEntry,
@@ -489,6 +491,80 @@ test('a complete directory must be consistent', async (t) => {
   await t.throwsAsync(readPreDumpDir(noPagemap), {
     message: /has inventory\.img but no pagemap-PID\.img/,
   });
+});
+
+test('the hand-written encoders write the bytes protobufjs writes, edge values included', (t) => {
+  const protobuf = createRequire(import.meta.url)('protobufjs') as typeof import('protobufjs');
+  const root = protobuf.parse(CRIU_PROTO, { keepCase: true }).root;
+  const pb = (type: string, obj: Record<string, unknown>): Buffer =>
+    Buffer.from(root.lookupType(`criu.${type}`).encode(obj).finish());
+  const same = (ours: Uint8Array, theirs: Buffer, what: string): void => {
+    t.true(Buffer.from(ours).equals(theirs), `${what}: ${Buffer.from(ours).toString('hex')}`);
+  };
+  const big = Number.MAX_SAFE_INTEGER;
+  for (const vaddr of [0, 1, 127, 128, 0x7fff_ffff_f000, big]) {
+    for (const flags of [undefined, 0, PE_PARENT, PE_PRESENT, 0xffff_ffff]) {
+      for (const nrPages of [undefined, 0, 300, 2 ** 32, big]) {
+        const o: Record<string, unknown> = { vaddr, compat_nr_pages: 0xffff_ffff };
+        if (flags !== undefined) o['flags'] = flags;
+        if (nrPages !== undefined) o['nr_pages'] = nrPages;
+        same(
+          encodePagemapEntry({ vaddr, compatNrPages: 0xffff_ffff, flags, nrPages }),
+          pb('pagemap_entry', o),
+          `pagemap_entry ${JSON.stringify(o)}`,
+        );
+      }
+    }
+  }
+  for (const inParent of [true, false]) {
+    same(
+      encodePagemapEntry({ vaddr: 0x1000, compatNrPages: 1, inParent }),
+      pb('pagemap_entry', { vaddr: 0x1000, compat_nr_pages: 1, in_parent: inParent }),
+      `in_parent ${inParent}`,
+    );
+  }
+  same(encodePagemapHead({ pagesId: 70000 }), pb('pagemap_head', { pages_id: 70000 }), 'head');
+  for (const plugins of [undefined, [], ['amdgpu', 'cuda']]) {
+    const o: Record<string, unknown> = { img_version: 0, dump_uptime: big, pre_dump_mode: 2 };
+    if (plugins) o['plugins_entry'] = { plugins };
+    same(
+      encodeInventory({ imgVersion: 0, dumpUptime: big, preDumpMode: 2, plugins }),
+      pb('inventory_entry', o),
+      `inventory ${JSON.stringify(plugins)}`,
+    );
+  }
+  same(encodeInventory({ imgVersion: 1 }), pb('inventory_entry', { img_version: 1 }), 'bare');
+  const dump = {
+    freezingTime: 1,
+    frozenTime: 0xffff_ffff,
+    memdumpTime: 300,
+    memwriteTime: 0,
+    pagesScanned: big,
+    pagesSkippedParent: 0,
+    pagesWritten: 262189,
+    pagesLazy: 0,
+  };
+  const wire = {
+    freezing_time: 1,
+    frozen_time: 0xffff_ffff,
+    memdump_time: 300,
+    memwrite_time: 0,
+    pages_scanned: big,
+    pages_skipped_parent: 0,
+    pages_written: 262189,
+    pages_lazy: 0,
+  };
+  same(encodeStats({ dump }), pb('stats_entry', { dump: wire }), 'stats');
+  same(
+    encodeStats({
+      dump: { ...dump, irmapResolve: 5, pagePipes: 257, pagePipeBufs: 264, shpagesWritten: 9 },
+    }),
+    pb('stats_entry', {
+      dump: { ...wire, irmap_resolve: 5, page_pipes: 257, page_pipe_bufs: 264, shpages_written: 9 },
+    }),
+    'stats, optional fields',
+  );
+  same(encodeStats({}), pb('stats_entry', {}), 'empty stats');
 });
 
 test('uint64 values beyond Number.MAX_SAFE_INTEGER are refused, not rounded', (t) => {

@@ -10,7 +10,6 @@ import {
   PE_PARENT,
   PE_PRESENT,
   PRE_DUMP_MODE,
-  loadCodec,
   pagesFileName,
   writePreDumpImages,
   type PagemapEntry,
@@ -347,8 +346,6 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   // that ends it again, leaving nothing of ours in the target.
   let createdTracking = false;
   try {
-    // The image codec loads while the core works on the target (it is issued first).
-    setImmediate(loadCodec);
     const nativeOptions = {
       pid,
       mode,

@@ -12,7 +12,6 @@ import { discardImages, openImagesDir } from './images-dir.js';
 import { readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  loadCodec,
   PARENT_LINK,
   PE_PRESENT,
   PRE_DUMP_MODE,
@@ -150,7 +149,6 @@ export async function preDumpTree(
     ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
     : undefined;
   try {
-    setImmediate(loadCodec);
     const report = await abortable<TreePreDumpReport>(
       native.preDumpTree(
         {

@@ -3,7 +3,8 @@
  * (proto2, from criu/images/{inventory,pagemap,stats}.proto). Checked against the bytes of
  * images written by CRIU 4.2 (see /work/shared/criu-reference).
  *
- * Messages are encoded and decoded by protobufjs; this module only maps them to typed objects.
+ * Messages are decoded by protobufjs, loaded on the first decode, and encoded by hand (below):
+ * this module maps them to typed objects.
  * uint64 fields are numbers here: they are decoded as bigint and converted, and a value above
  * Number.MAX_SAFE_INTEGER is an error (x86_64/aarch64 user addresses are below 2^48).
  */
@@ -70,9 +71,9 @@ interface Types {
 let loaded: Types | undefined;
 
 /**
- * protobufjs and CRIU's message types, loaded on first use (a fifth of the CLI's start-up
- * otherwise): a command that reads or writes no image never pays for them, and a pre-dump
- * loads them (`loadCodec`) while the core works on the target.
+ * protobufjs and CRIU's message types, loaded on the first decode (a fifth of the CLI's
+ * start-up otherwise): a command that reads no image never pays for them, and a pre-dump
+ * without parent images reads none.
  */
 function types(): Types {
   if (loaded) return loaded;
@@ -152,11 +153,6 @@ function u64(name: string, v: number): number {
   return v;
 }
 
-/** Copies the defined optional values into `out` (an absent field stays absent on the wire). */
-function optional(out: Fields, key: string, v: unknown): void {
-  if (v !== undefined) out[key] = v;
-}
-
 // ---- value extraction (decoding: protobufjs objects are untyped) ----
 
 function num(obj: Fields, key: string): number | undefined {
@@ -193,26 +189,58 @@ function decodeFields(type: Type, bytes: Uint8Array): Fields {
   return obj;
 }
 
-function encodeFields(type: Type, obj: Fields): Uint8Array {
-  return type.encode(obj).finish();
+// ---- encoding, by hand ----
+//
+// The records a pre-dump writes hold only varints and length-delimited fields: they are
+// encoded here, so that writing images never loads protobufjs (parsing the schema costs
+// more CPU than the rest of writing a pre-dump's images, on the cores that copy the pages).
+// Fields go out in field-number order and an absent optional field is not written, as
+// protobufjs and protobuf-c write them; a test checks the bytes against protobufjs's.
+
+/** A field's value on the wire: a varint, a submessage or a string (length-delimited). */
+type Wire = number | boolean | Uint8Array | string;
+
+/** The varint of a non-negative safe integer (checked by u32/u64 before). */
+function pushVarint(out: number[], v: number): void {
+  while (v >= 0x80) {
+    out.push((v % 0x80) | 0x80);
+    v = Math.floor(v / 0x80);
+  }
+  out.push(v);
+}
+
+/** Encodes `[field number, value]` pairs (undefined: absent), in the order given. */
+function encodeFields(fields: ReadonlyArray<readonly [number, Wire | undefined]>): Uint8Array {
+  const out: number[] = [];
+  for (const [id, v] of fields) {
+    if (v === undefined) continue;
+    if (typeof v === 'number' || typeof v === 'boolean') {
+      pushVarint(out, id * 8);
+      pushVarint(out, Number(v));
+    } else {
+      const bytes = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
+      pushVarint(out, id * 8 + 2);
+      pushVarint(out, bytes.length);
+      for (const b of bytes) out.push(b);
+    }
+  }
+  return Uint8Array.from(out);
 }
 
 // ---- inventory_entry ----
 
 export function encodeInventory(e: InventoryEntry): Uint8Array {
-  const o: Fields = { img_version: u32('img_version', e.imgVersion) };
-  optional(
-    o,
-    'dump_uptime',
-    e.dumpUptime === undefined ? undefined : u64('dump_uptime', e.dumpUptime),
-  );
-  optional(
-    o,
-    'pre_dump_mode',
-    e.preDumpMode === undefined ? undefined : u32('pre_dump_mode', e.preDumpMode),
-  );
-  optional(o, 'plugins_entry', e.plugins === undefined ? undefined : { plugins: e.plugins });
-  return encodeFields(types().inventory, o);
+  return encodeFields([
+    [1, u32('img_version', e.imgVersion)],
+    [8, e.dumpUptime === undefined ? undefined : u64('dump_uptime', e.dumpUptime)],
+    [9, e.preDumpMode === undefined ? undefined : u32('pre_dump_mode', e.preDumpMode)],
+    [
+      12,
+      e.plugins === undefined
+        ? undefined
+        : encodeFields(e.plugins.map((name) => [12, name] as const)),
+    ],
+  ]);
 }
 
 export function decodeInventory(bytes: Uint8Array): InventoryEntry {
@@ -233,7 +261,7 @@ export function decodeInventory(bytes: Uint8Array): InventoryEntry {
 // ---- pagemap_head, pagemap_entry ----
 
 export function encodePagemapHead(h: PagemapHead): Uint8Array {
-  return encodeFields(types().pagemapHead, { pages_id: u32('pages_id', h.pagesId) });
+  return encodeFields([[1, u32('pages_id', h.pagesId)]]);
 }
 
 export function decodePagemapHead(bytes: Uint8Array): PagemapHead {
@@ -241,14 +269,13 @@ export function decodePagemapHead(bytes: Uint8Array): PagemapHead {
 }
 
 export function encodePagemapEntry(e: PagemapEntryRecord): Uint8Array {
-  const o: Fields = {
-    vaddr: u64('vaddr', e.vaddr),
-    compat_nr_pages: u32('compat_nr_pages', e.compatNrPages),
-  };
-  optional(o, 'in_parent', e.inParent);
-  optional(o, 'flags', e.flags === undefined ? undefined : u32('flags', e.flags));
-  optional(o, 'nr_pages', e.nrPages === undefined ? undefined : u64('nr_pages', e.nrPages));
-  return encodeFields(types().pagemapEntry, o);
+  return encodeFields([
+    [1, u64('vaddr', e.vaddr)],
+    [2, u32('compat_nr_pages', e.compatNrPages)],
+    [3, e.inParent],
+    [4, e.flags === undefined ? undefined : u32('flags', e.flags)],
+    [5, e.nrPages === undefined ? undefined : u64('nr_pages', e.nrPages)],
+  ]);
 }
 
 export function decodePagemapEntry(bytes: Uint8Array): PagemapEntryRecord {
@@ -277,26 +304,31 @@ const STATS_OPTIONAL: ReadonlyArray<[keyof DumpStatsEntry, string, 'u32' | 'u64'
 ];
 
 export function encodeStats(s: StatsEntry): Uint8Array {
-  const o: Fields = {};
   const d = s.dump;
-  if (d !== undefined) {
-    const dump: Fields = {
-      freezing_time: u32('freezing_time', d.freezingTime),
-      frozen_time: u32('frozen_time', d.frozenTime),
-      memdump_time: u32('memdump_time', d.memdumpTime),
-      memwrite_time: u32('memwrite_time', d.memwriteTime),
-      pages_scanned: u64('pages_scanned', d.pagesScanned),
-      pages_skipped_parent: u64('pages_skipped_parent', d.pagesSkippedParent),
-      pages_written: u64('pages_written', d.pagesWritten),
-      pages_lazy: u64('pages_lazy', d.pagesLazy),
-    };
-    for (const [key, wire, kind] of STATS_OPTIONAL) {
-      const v = d[key];
-      if (v !== undefined) dump[wire] = kind === 'u32' ? u32(wire, v) : u64(wire, v);
-    }
-    o['dump'] = dump;
-  }
-  return encodeFields(types().stats, o);
+  if (d === undefined) return encodeFields([]);
+  const opt = (
+    key: keyof DumpStatsEntry,
+    wire: string,
+    kind: 'u32' | 'u64',
+  ): number | undefined => {
+    const v = d[key];
+    return v === undefined ? undefined : kind === 'u32' ? u32(wire, v) : u64(wire, v);
+  };
+  const dump = encodeFields([
+    [1, u32('freezing_time', d.freezingTime)],
+    [2, u32('frozen_time', d.frozenTime)],
+    [3, u32('memdump_time', d.memdumpTime)],
+    [4, u32('memwrite_time', d.memwriteTime)],
+    [5, u64('pages_scanned', d.pagesScanned)],
+    [6, u64('pages_skipped_parent', d.pagesSkippedParent)],
+    [7, u64('pages_written', d.pagesWritten)],
+    [8, opt('irmapResolve', 'irmap_resolve', 'u32')],
+    [9, u64('pages_lazy', d.pagesLazy)],
+    ...STATS_OPTIONAL.slice(1).map(
+      ([key, wire, kind], i) => [10 + i, opt(key, wire, kind)] as const,
+    ),
+  ]);
+  return encodeFields([[1, dump]]);
 }
 
 export function decodeStats(bytes: Uint8Array): StatsEntry {
