@@ -299,8 +299,13 @@ export async function writePreDumpImages(
     );
   }
 
-  if (!images.pagesElsewhere) await writeFileAtomic(dir, pagemapFileName(pid), pagemap);
-  await writeFileAtomic(dir, STATS_FILE, statsDump);
+  // The two are independent: written side by side (each a chain of file system calls),
+  // both settled before an error is thrown, so that a caller cleaning up finds neither busy.
+  const written = await Promise.allSettled([
+    images.pagesElsewhere ? undefined : writeFileAtomic(dir, pagemapFileName(pid), pagemap),
+    writeFileAtomic(dir, STATS_FILE, statsDump),
+  ]);
+  for (const w of written) if (w.status === 'rejected') throw w.reason;
   await fsyncDir(dir); // the renames above are durable before inventory.img can appear
   await writeFileAtomic(dir, INVENTORY_FILE, inventoryImg);
   await fsyncDir(dir);
