@@ -465,6 +465,14 @@ export async function runStartupBench(
   const criu = plan.criu ? criuVersion(plan.criu) : null;
   const notes: string[] = [];
   if (!plan.criu) notes.push('CRIU not measured: give --criu PATH (CRIU 4.2 or later)');
+  if (process.env['NODE_EXTRA_CA_CERTS']) {
+    // Node reads and parses those certificates as it starts, before any script: every
+    // Node command measured here pays for it, node -e 0 included, CRIU does not.
+    notes.push(
+      'NODE_EXTRA_CA_CERTS is set: every Node start-up parses its certificates before running ' +
+        'any script (node -e 0 included); unset it to measure Node as most machines start it',
+    );
+  }
   const scratch = await mkdtemp(path.join(plan.dir, 'predump-bench-startup-'));
   try {
     // The images `show` decodes: a small pre-dump of a small workload.
