@@ -4,8 +4,9 @@
  * tree's anonymous shared memory while frozen, thaws it and writes one pages image per process
  * and per shared object; this side writes the pagemaps, stats and inventory around them.
  *
- * What a tree does not support yet is refused up front, naming it: splice and freeze-free
- * modes, dirty tracking, parent images, a page server and the final dump.
+ * Dirty tracking works as for one process, per process of the tree (anonymous shared memory
+ * is copied whole every time). What a tree does not support yet is refused up front, naming
+ * it: splice and freeze-free modes and a page server.
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
@@ -13,6 +14,7 @@ import { readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   PARENT_LINK,
+  PE_PARENT,
   PE_PRESENT,
   PRE_DUMP_MODE,
   readTreeDir,
@@ -47,8 +49,8 @@ export function isTree(listing: TreeListing): boolean {
   return listing.members.length > 1 || listing.left.length > 0;
 }
 
-/** Refuses what a tree pre-dump cannot do yet; the note for tracking chosen by 'auto'. */
-function refuseUnsupported(options: PreDumpOptions, processes: number): string | null {
+/** Refuses what a tree pre-dump cannot do yet. */
+function refuseUnsupported(options: PreDumpOptions, processes: number): void {
   const n = `a tree of ${processes} processes`;
   const mode = options.mode ?? 'auto';
   if (mode !== 'auto' && mode !== 'read') {
@@ -57,28 +59,24 @@ function refuseUnsupported(options: PreDumpOptions, processes: number): string |
       `the ${mode} mode is not supported on ${n} yet: use --pre-dump-mode read (or auto)`,
     );
   }
-  const trackMem = options.trackMem ?? 'auto';
-  if (trackMem !== 'auto' && trackMem !== 'none') {
-    throw new PredumpError(
-      'EINVAL',
-      `dirty tracking (${trackMem}) is not supported on ${n} yet: use --track-mem none (or auto)`,
-    );
-  }
   if (options.pageServer) {
     throw new PredumpError(
       'EINVAL',
       `a page server (--page-server) is not supported for ${n} yet: pre-dump it into a local directory`,
     );
   }
-  return trackMem === 'auto' ? 'dirty tracking is not supported on a process tree yet' : null;
 }
 
-/** The parent images of a tree pre-dump, as far as a pre-dump without tracking needs them. */
+/** The parent images of a tree pre-dump. */
 interface TreeParent {
   dir: string;
   /** Its dump_uptime (µs after boot). */
   madeUs: number;
   pids: number[];
+  /** The pages each process's chain holds, as [vaddr, nrPages] pairs, by pid. */
+  pages: Map<number, Float64Array>;
+  /** The arming of the tracking that made it (absent: made without tracking, or by CRIU). */
+  generation?: string;
 }
 
 /**
@@ -115,7 +113,31 @@ async function openTreeParent(
   if (madeUs === 0 || startedUs(rootStartTicks) > madeUs) {
     throw refuse(`were made for an earlier process with pid ${root}: the pid was reused`);
   }
-  return { dir: abs, madeUs, pids };
+  // Pages the parent leaves to its own parent must be there: the chain holds them only then.
+  if (t.processes.some((p) => p.entries.some((e) => e.flags & PE_PARENT))) {
+    const grand = path.join(abs, PARENT_LINK);
+    const g = await readTreeDir(grand).catch(() => undefined);
+    if (!g?.dir.complete) {
+      throw refuse(`name pages of their own parent images, but ${grand} is missing or incomplete`);
+    }
+  }
+  const record = await readFile(path.join(abs, TRACK_FILE), 'utf8').then(
+    (text) => JSON.parse(text) as TrackRecord,
+    () => undefined,
+  );
+  const pages = new Map(
+    t.processes.map((p) => [
+      p.pid,
+      new Float64Array(p.entries.flatMap((e) => [e.vaddr, e.nrPages])),
+    ]),
+  );
+  return {
+    dir: abs,
+    madeUs,
+    pids,
+    pages,
+    generation: record?.pid === root && !record.final ? record.generation : undefined,
+  };
 }
 
 function startedUs(startTicks: number): number {
@@ -128,7 +150,7 @@ export async function preDumpTree(
   listing: TreeListing,
   started: number,
 ): Promise<PreDumpResult> {
-  const autoNote = refuseUnsupported(options, listing.members.length);
+  refuseUnsupported(options, listing.members.length);
   const root = options.pid;
   const parent =
     options.prevImagesDir === undefined
@@ -139,11 +161,17 @@ export async function preDumpTree(
           root,
           listing.members[0]!.startTime,
         );
-  // Without tracking every page is copied again: the parent only names the chain.
-  const trackNote = parent
-    ? 'dirty tracking is not supported on a process tree yet: every page is copied again'
-    : autoNote;
+  const generation = randomHex(8);
+  // A process of the parent's tree is only given its chain if it is the same process: the
+  // same pid, started before the parent was made (else the pid was reused).
+  const parents = parent
+    ? listing.members
+        .filter((m) => parent.pages.has(m.pid) && startedUs(m.startTime) <= parent.madeUs)
+        .map((m) => ({ pid: m.pid, startTime: m.startTime, pages: parent.pages.get(m.pid)! }))
+    : undefined;
   const dir = await openImagesDir(options.imagesDir);
+  // The processes whose tracking this run started: a failure ends it in them again.
+  let createdTracking: number[] = [];
   const progress = new native.Progress();
   const ticker = options.onProgress
     ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
@@ -157,6 +185,11 @@ export async function preDumpTree(
           bufferBytes: options.bufferBytes,
           finalDump: options.finalDump,
           leaveStopped: options.leaveStopped,
+          trackMem: options.trackMem ?? 'auto',
+          generation,
+          parentGeneration: parent?.generation,
+          parentMadeUs: parent?.madeUs,
+          parents,
         },
         progress,
       ),
@@ -165,18 +198,24 @@ export async function preDumpTree(
     ).catch((err: unknown) => {
       throw fromNative(err);
     });
-    const entriesOf = (regions: Float64Array) => {
+    createdTracking = report.processes.filter((p) => p.createdTracking).map((p) => p.pid);
+    const entriesOf = (regions: Float64Array, parentRegions?: Float64Array) => {
       const out = [];
       for (let i = 0; i < regions.length; i += 2) {
         out.push({ vaddr: regions[i]!, nrPages: regions[i + 1]!, flags: PE_PRESENT });
       }
-      return out;
+      for (let i = 0; parentRegions && i < parentRegions.length; i += 2) {
+        out.push({ vaddr: parentRegions[i]!, nrPages: parentRegions[i + 1]!, flags: PE_PARENT });
+      }
+      return out.sort((a, b) => a.vaddr - b.vaddr);
     };
     const processes = report.processes.map((p) => ({
       pid: p.pid,
       pagesId: p.pagesId,
-      entries: entriesOf(p.regions),
+      entries: entriesOf(p.regions, p.parentRegions),
     }));
+    const tracking = report.processes.find((p) => p.tracking !== 'none')?.tracking ?? 'none';
+    const trackNote = treeTrackNote(report, parent !== undefined, tracking);
     const shmem = report.shmem.map((s) => ({
       shmid: s.shmid,
       pagesId: s.pagesId,
@@ -186,16 +225,18 @@ export async function preDumpTree(
     const privateWritten = sum(report.processes.map((p) => p.pagesWritten));
     const sharedWritten = sum(report.shmem.map((s) => pagesOf(s.regions)));
     const pagesScanned = sum(report.processes.map((p) => p.pagesScanned));
+    const pagesSkippedParent = sum(report.processes.map((p) => pagesOf(p.parentRegions)));
     if (parent) {
       await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
     }
-    if (options.finalDump) {
-      // What `show` reads to call it a dump, as for one process.
+    if (options.finalDump || tracking !== 'none') {
+      // The arming the next pre-dump on this one must find (and what `show` reads to call
+      // it a dump), as for one process.
       const record: TrackRecord = {
         pid: root,
-        generation: randomHex(8),
-        trackMem: 'none',
-        final: true,
+        generation,
+        trackMem: tracking,
+        final: options.finalDump === true,
         bootId: await bootId(),
         mode: 'read',
       };
@@ -213,7 +254,7 @@ export async function preDumpTree(
         memdumpTime: us(report.memdumpUs),
         memwriteTime: us(report.memwriteUs),
         pagesScanned,
-        pagesSkippedParent: 0,
+        pagesSkippedParent,
         pagesWritten: privateWritten,
         pagesLazy: 0,
         pagePipes: 1,
@@ -270,7 +311,10 @@ export async function preDumpTree(
       reason: l.reason as LeftOutResult['reason'],
       comm: l.comm ?? null,
     }));
-    const tracked = report.processes.filter((p) => p.tracked).map((p) => p.pid);
+    // Tracking left by a pre-dump of one process alone matters when this run does not track.
+    const tracked = report.processes
+      .filter((p) => p.tracked && p.tracking === 'none')
+      .map((p) => p.pid);
     return {
       pid: root,
       imagesDir: dir.path,
@@ -290,9 +334,9 @@ export async function preDumpTree(
       pagesWritten,
       pagesGone: sum(report.processes.map((p) => p.pagesGone)),
       pagesUnreadable: sum(report.processes.map((p) => p.unreadablePages)),
-      pagesSkippedParent: 0,
+      pagesSkippedParent,
       trackMem: options.trackMem ?? 'auto',
-      trackBackend: 'none',
+      trackBackend: tracking as PreDumpResult['trackBackend'],
       parent: parent?.dir ?? null,
       trackNote,
       leftoversRemoved: leftovers.length > 0 ? leftovers.join('; ') : null,
@@ -319,10 +363,39 @@ export async function preDumpTree(
     };
   } catch (err) {
     await discardImages(dir);
+    for (const pid of createdTracking) await native.untrack(pid).catch(() => undefined);
     throw err;
   } finally {
     if (ticker) clearInterval(ticker);
   }
+}
+
+/**
+ * What the summary says of a tree's tracking: why processes were copied whole despite a
+ * parent (each reason once, with its processes), and that shared memory is copied whole.
+ */
+function treeTrackNote(
+  report: TreePreDumpReport,
+  hasParent: boolean,
+  tracking: string,
+): string | null {
+  const byNote = new Map<string, number[]>();
+  for (const p of report.processes) {
+    if (p.trackNote) byNote.set(p.trackNote, [...(byNote.get(p.trackNote) ?? []), p.pid]);
+  }
+  const all = report.processes.length;
+  const notes = [...byNote].map(([note, pids]) =>
+    pids.length === all
+      ? note
+      : `${note} (process${pids.length === 1 ? '' : 'es'} ${pids.join(', ')})`,
+  );
+  if (tracking !== 'none' && report.shmem.length > 0) {
+    notes.push('anonymous shared memory is not tracked yet: each shared object is copied whole');
+  }
+  if (tracking === 'none' && hasParent && notes.length === 0) {
+    notes.push('no dirty tracking: every page is copied again');
+  }
+  return notes.length > 0 ? notes.join('; ') : null;
 }
 
 function pagesOf(regions: Float64Array): number {

@@ -5,8 +5,8 @@
 # Issue 12's round trip of a tree. The workload as a tree of 4 processes (a
 # grandchild among them), each with private data, all sharing a
 # MAP_SHARED|MAP_ANONYMOUS region and a shared /dev/zero mapping; two read-mode
-# pre-dumps of the tree by predump (trees have no dirty tracking yet: each copies
-# everything), writes in between to private and shared memory, then CRIU's final
+# pre-dumps of the tree by predump (--track-mem none: criu dump refuses
+# predump's userfaultfd, so each copies everything), writes in between to private and shared memory, then CRIU's final
 # dump on predump's chain and CRIU's restore. CRIU takes shared anonymous memory
 # for memfd and writes it whole in its final dump (docs/CRIU-ROUND-TRIP.md), so
 # the shared pages come from the dump, not the chain; the private pages may come

@@ -133,14 +133,14 @@ async function run(args: Args): Promise<number> {
     );
   }
   // A tree's note is the reason for the one below.
-  if (result.trackNote && result.processes.length <= 1)
+  if (result.trackNote && (result.processes.length <= 1 || result.trackBackend !== 'none'))
     inform(`predump: note: ${result.trackNote}`);
   // A warning, kept with --json: a script that goes on to 'criu dump' needs it as much.
-  if (result.trackBackend === 'uffd-wp') say(uffdHandover(result.pid));
+  if (result.trackBackend === 'uffd-wp') say(uffdHandover(result.pid, result.processes.length));
   for (const pid of result.trackedAlone ?? []) {
     say(
       `predump: warning: process ${pid} holds predump's uffd-wp tracking from an earlier ` +
-        'pre-dump of it alone, which a pre-dump of the tree neither uses nor ends: ' +
+        'pre-dump of it alone, which a pre-dump of the tree without tracking neither uses nor ends: ' +
         `'criu dump' refuses it; run 'predump untrack -t ${pid}' first`,
     );
   }
@@ -167,10 +167,14 @@ async function run(args: Args): Promise<number> {
   return EXIT.ok;
 }
 
-/** What a process tracked with uffd-wp needs before CRIU may dump it. */
-export function uffdHandover(pid: number): string {
+/** What a process (or the tree of `pid`) tracked with uffd-wp needs before CRIU may dump it. */
+export function uffdHandover(pid: number, processes = 1): string {
+  const who =
+    processes > 1
+      ? `the ${processes} processes of the tree of ${pid} now hold`
+      : `process ${pid} now holds`;
   return (
-    `predump: warning: process ${pid} now holds predump's userfaultfd (uffd-wp tracking), which ` +
+    `predump: warning: ${who} predump's userfaultfd (uffd-wp tracking), which ` +
     "'criu dump' refuses (\"Can't dump file … anon_inode:[userfaultfd]\"). Before criu dump, " +
     `run 'predump untrack -t ${pid}' (criu then dumps every page: its --track-mem needs ` +
     "soft-dirty), or close the chain with 'predump dump'"

@@ -336,7 +336,7 @@ export interface PreDumpSentReport {
 export declare function preDumpToServer(options: PreDumpOptions, server: PageServerClient, progress?: Progress | undefined | null): Promise<PreDumpSentReport>
 
 /**
- * Pre-dumps a whole tree (read mode, no tracking), writing its pages images
+ * Pre-dumps a whole tree (read mode), writing its pages images
  * into `dir`. Rejects with an Error whose `code` is one of predump-core's.
  */
 export declare function preDumpTree(options: TreePreDumpOptions, progress?: Progress | undefined | null): Promise<TreePreDumpReport>
@@ -407,12 +407,39 @@ export interface TreeMember {
   comm: string
 }
 
-/** Options of a tree pre-dump (read mode, no tracking). */
+/** The pages one process's parent images hold (its chain). */
+export interface TreeParentPages {
+  pid: number
+  /** Its start time (clock ticks after boot), as the listing gave it. */
+  startTime: number
+  /** [vaddr, nrPages] pairs. */
+  pages: Float64Array
+}
+
+/** Options of a tree pre-dump (read mode). */
 export interface TreePreDumpOptions {
   root: number
   /** The images directory (it exists; the pages images are created in it). */
   dir: string
   bufferBytes?: number
+  /**
+   * "auto", "uffd-wp", "soft-dirty" or "none" (absent: none); resolved by
+   * the core as for one process.
+   */
+  trackMem?: string
+  /** This run's arming of the tracking. */
+  generation?: string
+  /**
+   * The parent images' arming (absent: made by CRIU or without tracking;
+   * then `parentMadeUs`, their dump_uptime).
+   */
+  parentGeneration?: string
+  parentMadeUs?: number
+  /**
+   * The pages each process's parent images hold: only for processes that
+   * are the ones the parent was made of (same pid, started before it).
+   */
+  parents?: Array<TreeParentPages>
   /**
    * `predump dump`: copy while the whole tree stays frozen, end predump's
    * tracking in it, and leave it running or (leaveStopped) job-stopped.
@@ -471,8 +498,15 @@ export interface TreeProcessReport {
   regions: Float64Array
   partial: boolean
   leftoversRemoved?: string
-  /** It holds predump's uffd-wp tracking from an earlier pre-dump of it alone. */
+  /** It held predump's uffd-wp tracking before this run. */
   tracked: boolean
+  /** The present pages its parent holds, as [vaddr, nrPages] pairs (PE_PARENT). */
+  parentRegions: Float64Array
+  /** Why every page was copied despite a parent, or why it is untracked. */
+  trackNote?: string
+  /** The backend that took its dirty pages: "uffd-wp", "soft-dirty" or "none". */
+  tracking: string
+  createdTracking: boolean
 }
 
 /** One anonymous shared memory object, pre-dumped once for the tree. */

@@ -26,6 +26,7 @@ pub mod sys;
 pub mod track;
 pub mod tree;
 pub mod tree_dump;
+pub mod tree_track;
 pub mod tree_verify;
 pub mod verify;
 

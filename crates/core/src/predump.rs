@@ -148,14 +148,14 @@ pub struct TrackOptions {
 
 /// Whether a tracking failure leaves the pre-dump possible without tracking:
 /// not when the target is gone or another run holds it.
-fn tracking_refused(e: &Error) -> bool {
+pub(crate) fn tracking_refused(e: &Error) -> bool {
     !matches!(
         e,
         Error::NoSuchProcess { .. } | Error::TargetExited { .. } | Error::Busy { .. }
     )
 }
 
-fn untracked_note(backend: track::Backend, e: &Error) -> String {
+pub(crate) fn untracked_note(backend: track::Backend, e: &Error) -> String {
     format!(
         "dirty tracking ({}) is not possible for this process ({e}): this pre-dump \
          copies every page, and so will the next",
@@ -763,16 +763,16 @@ fn split_ranges(ranges: &[PageRange], mut pages: u64) -> (Vec<PageRange>, Vec<Pa
 
 /// What tracking found while frozen: the written pages since the previous
 /// arming, and the generation that armed it (None: tracking starts now).
-struct Dirty {
+pub(crate) struct Dirty {
     pages: Vec<PageRange>,
     previous: Option<track::Armed>,
     /// This run made the tracking (no earlier run left it).
-    created: bool,
+    pub(crate) created: bool,
 }
 
 /// Attaches (or finds) the target's tracking, takes and re-arms its dirty pages,
 /// and records this run's generation. The injector is gone when this returns.
-fn take_dirty(
+pub(crate) fn take_dirty(
     frozen: &Frozen,
     backend: track::Backend,
     keep: &[&maps::Vma],
@@ -876,7 +876,7 @@ fn distrust(
 }
 
 /// Splits the present pages into those to copy and those the parent holds.
-fn choose_pages(
+pub(crate) fn choose_pages(
     present: &[PageRange],
     dirty: Option<Dirty>,
     tracking: &TrackOptions,

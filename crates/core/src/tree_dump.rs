@@ -36,7 +36,9 @@ use crate::pages_out::{PagesFile, PagesOut};
 use crate::predump::{FinalDump, Progress};
 use crate::scan::{self, ScanMethod, Scanner};
 use crate::shmem::{self, NotDumped, SharedKind};
+use crate::track::{Backend, TrackLock};
 use crate::tree::{self, FrozenTree, Left, Member, TreeFreezeTimes};
+use crate::tree_track::{self, Chosen, TreeTracking};
 use crate::{proc, Error, PageRange, Result};
 
 /// What was pre-dumped of one process of the tree.
@@ -59,6 +61,14 @@ pub struct ProcessDump {
     pub drain: DrainStats,
     /// It exited during the copy: its image holds what was read before.
     pub partial: bool,
+    /// Its present pages its parent images hold (PE_PARENT in its pagemap).
+    pub parent_regions: Vec<PageRange>,
+    /// Why every page of it was copied despite a parent, or why it is untracked.
+    pub track_note: Option<String>,
+    /// The backend that took its dirty pages (None: not tracked by this run).
+    pub tracking: Option<Backend>,
+    /// This run started its tracking.
+    pub created_tracking: bool,
     /// What a predump that died while injecting had left in it, removed.
     pub leftovers_removed: Option<String>,
     /// It holds predump's uffd-wp tracking, left by an earlier pre-dump of it
@@ -137,6 +147,9 @@ fn prepare(pid: i32) -> Result<Prepared> {
 struct Found {
     member: Member,
     threads: usize,
+    vm_flags: HashMap<(u64, u64), VmFlags>,
+    /// What tracking chose (None: no tracking asked).
+    chosen: Option<Chosen>,
     scanner: Scanner,
     scan: scan::ScanResult,
     vmas: Vec<Vma>,
@@ -147,12 +160,53 @@ struct Found {
 /// Pre-dumps `root` and its descendants into `dir` (which must exist and hold
 /// no pages images): `pages-<id>.img` for every process and shared object; the
 /// caller writes the pagemaps from the report. Read mode, no tracking.
+///
+/// With `tracking` (pre-dumps only: a final dump ends the tracking), each
+/// process's dirty pages are taken and re-armed while the tree is frozen and
+/// only those (and pages its parent images lack) are copied. A run that
+/// started the tracking of some processes and then fails ends it in them
+/// again.
 pub fn pre_dump_tree(
     root: i32,
     dir: &Path,
     config: &DrainConfig,
     final_dump: Option<FinalDump>,
+    tracking: Option<&TreeTracking>,
     progress: Option<&Progress>,
+) -> Result<TreeReport> {
+    let tracking = tracking.filter(|_| final_dump.is_none());
+    let mut created = Vec::new();
+    let r = pre_dump_tree_inner(
+        root,
+        dir,
+        config,
+        final_dump,
+        tracking,
+        progress,
+        &mut created,
+    );
+    if r.is_err() && !created.is_empty() {
+        // Undoing it freezes and injects again: until that is over the caller
+        // must not exit (see `Progress::thawed`).
+        if let Some(p) = progress {
+            p.thawed.store(false, Ordering::SeqCst);
+        }
+        tree_track::undo_created(&created);
+        if let Some(p) = progress {
+            p.thawed.store(true, Ordering::SeqCst);
+        }
+    }
+    r
+}
+
+fn pre_dump_tree_inner(
+    root: i32,
+    dir: &Path,
+    config: &DrainConfig,
+    final_dump: Option<FinalDump>,
+    tracking: Option<&TreeTracking>,
+    progress: Option<&Progress>,
+    created: &mut Vec<i32>,
 ) -> Result<TreeReport> {
     tree::check_root(root)?;
     // Everything that can be done before freezing is: a process that appears
@@ -170,11 +224,30 @@ pub fn pre_dump_tree(
         }
     }
 
+    // Runs that take the dirty state exclude each other (see TrackLock); a
+    // process that appears while the tree freezes is frozen before it could
+    // be tracked by anyone.
+    let mut _locks = Vec::new();
+    if tracking.is_some() {
+        for m in &listed {
+            _locks.push(TrackLock::acquire(m.pid, m.start_time)?);
+        }
+    }
+
     let frozen = FrozenTree::freeze(root)?;
     let dump_uptime_us = proc::uptime_us();
     let scan_started = Instant::now();
     let found = scan_frozen(&frozen, &mut prepared);
     let scan_time = scan_started.elapsed();
+    let track_started = Instant::now();
+    let found = match (found, tracking) {
+        (Ok((mut found, objects, left_out)), Some(t)) => {
+            track_all(&frozen, &mut found, t, created).map(|()| (found, objects, left_out))
+        }
+        (r, _) => r,
+    };
+    let track_time = track_started.elapsed();
+    let scan_time = scan_time + track_time;
     let left = frozen.left().to_vec();
     // A final dump ends predump's tracking and copies everything while the
     // whole tree stays frozen: the images are one consistent state.
@@ -353,6 +426,13 @@ fn copy_all(
             partial: outcome.end == DrainEnd::TargetExited,
             leftovers_removed: f.leftovers_removed.clone(),
             tracked: f.tracked,
+            parent_regions: f
+                .chosen
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.to_parent.clone()),
+            track_note: f.chosen.as_ref().and_then(|c| c.note.clone()),
+            tracking: f.chosen.as_ref().and_then(|c| c.used),
+            created_tracking: f.chosen.as_ref().is_some_and(|c| c.created),
             member: f.member.clone(),
         });
     }
@@ -364,6 +444,33 @@ fn copy_all(
         copy_time,
         sync_time,
     })
+}
+
+/// Takes and re-arms every frozen process's dirty pages, one after another on
+/// this thread (the tracer: a first arming injects calls), and keeps in each
+/// `Found` only the pages to copy. `created`: the processes whose tracking
+/// this run started.
+fn track_all(
+    frozen: &FrozenTree,
+    found: &mut [Found],
+    t: &TreeTracking,
+    created: &mut Vec<i32>,
+) -> Result<()> {
+    for f in found.iter_mut() {
+        let p = frozen
+            .processes()
+            .iter()
+            .find(|p| p.member.pid == f.member.pid)
+            .expect("a scanned process is one of the frozen tree's");
+        let (keep, _) = scan::select(&f.vmas, &f.vm_flags, true);
+        let chosen = tree_track::choose(&p.frozen, f.member.start_time, &keep, &f.scan.ranges, t)?;
+        if chosen.created {
+            created.push(f.member.pid);
+        }
+        f.scan.ranges = chosen.dump.clone();
+        f.chosen = Some(chosen);
+    }
+    Ok(())
 }
 
 /// Ends predump's uffd-wp tracking in every process of the frozen tree that
@@ -562,6 +669,8 @@ fn scan_one(mut job: Job) -> Result<Scanned> {
     Ok(Scanned::Found(Found {
         member,
         threads,
+        vm_flags,
+        chosen: None,
         scanner,
         scan,
         vmas,

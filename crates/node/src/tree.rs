@@ -1,6 +1,7 @@
 //! The binding of process trees: listing one, and pre-dumping a whole tree
 //! (predump_core::tree_dump). Types and errors are converted, nothing else.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use napi::bindgen_prelude::*;
@@ -8,8 +9,10 @@ use napi::Env;
 use napi_derive::napi;
 
 use predump_core::drain::DrainConfig;
+use predump_core::predump::{ParentChain, ParentOrigin};
 use predump_core::tree::{self, Left, Member};
 use predump_core::tree_dump::{self, TreeReport};
+use predump_core::tree_track::TreeTracking;
 
 use crate::{on_own_thread, Progress};
 
@@ -80,17 +83,39 @@ pub fn list_tree<'env>(env: &'env Env, root: i32) -> Result<Object<'env>> {
     })
 }
 
-/// Options of a tree pre-dump (read mode, no tracking).
+/// Options of a tree pre-dump (read mode).
 #[napi(object)]
 pub struct TreePreDumpOptions {
     pub root: i32,
     /// The images directory (it exists; the pages images are created in it).
     pub dir: String,
     pub buffer_bytes: Option<u32>,
+    /// "auto", "uffd-wp", "soft-dirty" or "none" (absent: none); resolved by
+    /// the core as for one process.
+    pub track_mem: Option<String>,
+    /// This run's arming of the tracking.
+    pub generation: Option<String>,
+    /// The parent images' arming (absent: made by CRIU or without tracking;
+    /// then `parentMadeUs`, their dump_uptime).
+    pub parent_generation: Option<String>,
+    pub parent_made_us: Option<f64>,
+    /// The pages each process's parent images hold: only for processes that
+    /// are the ones the parent was made of (same pid, started before it).
+    pub parents: Option<Vec<TreeParentPages>>,
     /// `predump dump`: copy while the whole tree stays frozen, end predump's
     /// tracking in it, and leave it running or (leaveStopped) job-stopped.
     pub final_dump: Option<bool>,
     pub leave_stopped: Option<bool>,
+}
+
+/// The pages one process's parent images hold (its chain).
+#[napi(object)]
+pub struct TreeParentPages {
+    pub pid: i32,
+    /// Its start time (clock ticks after boot), as the listing gave it.
+    pub start_time: f64,
+    /// [vaddr, nrPages] pairs.
+    pub pages: Float64Array,
 }
 
 /// One process's part of a tree pre-dump.
@@ -116,8 +141,15 @@ pub struct TreeProcessReport {
     pub regions: Float64Array,
     pub partial: bool,
     pub leftovers_removed: Option<String>,
-    /// It holds predump's uffd-wp tracking from an earlier pre-dump of it alone.
+    /// It held predump's uffd-wp tracking before this run.
     pub tracked: bool,
+    /// The present pages its parent holds, as [vaddr, nrPages] pairs (PE_PARENT).
+    pub parent_regions: Float64Array,
+    /// Why every page was copied despite a parent, or why it is untracked.
+    pub track_note: Option<String>,
+    /// The backend that took its dirty pages: "uffd-wp", "soft-dirty" or "none".
+    pub tracking: String,
+    pub created_tracking: bool,
 }
 
 /// One anonymous shared memory object, pre-dumped once for the tree.
@@ -223,6 +255,10 @@ fn report(r: TreeReport) -> TreePreDumpReport {
                 partial: p.partial,
                 leftovers_removed: p.leftovers_removed.clone(),
                 tracked: p.tracked,
+                parent_regions: flat(&p.parent_regions),
+                track_note: p.track_note.clone(),
+                tracking: p.tracking.map_or("none", |b| b.name()).to_string(),
+                created_tracking: p.created_tracking,
             })
             .collect(),
         shmem: r
@@ -252,7 +288,7 @@ fn report(r: TreeReport) -> TreePreDumpReport {
     }
 }
 
-/// Pre-dumps a whole tree (read mode, no tracking), writing its pages images
+/// Pre-dumps a whole tree (read mode), writing its pages images
 /// into `dir`. Rejects with an Error whose `code` is one of predump-core's.
 #[napi(ts_return_type = "Promise<TreePreDumpReport>")]
 pub fn pre_dump_tree<'env>(
@@ -274,8 +310,49 @@ pub fn pre_dump_tree<'env>(
             .then_some(predump_core::predump::FinalDump {
                 leave_stopped: options.leave_stopped.unwrap_or(false),
             });
+    let choice = predump_core::mode::resolve(
+        Some("read"),
+        options.track_mem.as_deref(),
+        final_dump.is_some(),
+    )
+    .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+    let origin = match (options.parent_generation, options.parent_made_us) {
+        (Some(g), _) => Some(ParentOrigin::Armed(g)),
+        (None, Some(made)) => Some(ParentOrigin::Snapshot { at_us: made as u64 }),
+        (None, None) => None,
+    };
+    let tracking = choice.backend.map(|backend| TreeTracking {
+        backend,
+        generation: options.generation.clone().unwrap_or_default(),
+        auto: choice.auto_track,
+        parents: match &origin {
+            Some(origin) => options
+                .parents
+                .iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        (p.pid, p.start_time as u64),
+                        ParentChain {
+                            pages: crate::pairs(&p.pages),
+                            origin: origin.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            None => HashMap::new(),
+        },
+    });
     on_own_thread(env, move || {
-        tree_dump::pre_dump_tree(root, &dir, &config, final_dump, progress.as_deref()).map(report)
+        tree_dump::pre_dump_tree(
+            root,
+            &dir,
+            &config,
+            final_dump,
+            tracking.as_ref(),
+            progress.as_deref(),
+        )
+        .map(report)
     })
 }
 

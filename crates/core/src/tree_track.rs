@@ -1,0 +1,92 @@
+//! Dirty tracking of a tree's processes: each one's written pages taken and
+//! re-armed while the whole tree is frozen, with the backend, generation and
+//! parent-trust rule of a single process's pre-dump (`predump::take_dirty`,
+//! `predump::choose_pages`), so that a pre-dump of the tree on its parent
+//! copies only what each process wrote since.
+//!
+//! Anonymous shared memory is not tracked yet: every pre-dump copies each
+//! shared object whole (the caller says so).
+
+use std::collections::HashMap;
+
+use crate::freeze::Frozen;
+use crate::maps::Vma;
+use crate::predump::{self, ParentChain, TrackOptions};
+use crate::track::{self, Backend};
+use crate::{PageRange, Result};
+
+/// The tracking asked of a tree's pre-dump.
+#[derive(Debug, Clone)]
+pub struct TreeTracking {
+    pub backend: Backend,
+    /// This run's arming, recorded in every process it tracks (and, by the
+    /// caller, in the images directory).
+    pub generation: String,
+    /// Chosen for the caller (`--track-mem auto`): a process that cannot be
+    /// tracked is copied whole, with a note, instead of failing the tree.
+    pub auto: bool,
+    /// The chain of each process's parent images, by pid and start time
+    /// (clock ticks after boot): only a process that is the one the parent
+    /// images were made of has one.
+    pub parents: HashMap<(i32, u64), ParentChain>,
+}
+
+/// What tracking decided for one process.
+#[derive(Debug, Default)]
+pub struct Chosen {
+    /// The present pages to copy.
+    pub dump: Vec<PageRange>,
+    /// The present pages its parent images hold (PE_PARENT).
+    pub to_parent: Vec<PageRange>,
+    /// Why every page is copied, when it is despite a parent.
+    pub note: Option<String>,
+    /// The backend that took its dirty pages (None: untracked, see `note`).
+    pub used: Option<Backend>,
+    /// This run started its tracking (a failure of the run must end it).
+    pub created: bool,
+}
+
+/// Takes and re-arms the dirty pages of one frozen process of the tree and
+/// chooses what to copy of its `present` pages (`keep`: its scanned mappings).
+/// On the tracer thread: the first arming injects calls.
+pub fn choose(
+    frozen: &Frozen,
+    start_time: u64,
+    keep: &[&Vma],
+    present: &[PageRange],
+    t: &TreeTracking,
+) -> Result<Chosen> {
+    let pid = frozen.pid();
+    let options = TrackOptions {
+        backend: Some(t.backend),
+        generation: t.generation.clone(),
+        parent: t.parents.get(&(pid, start_time)).cloned(),
+        final_dump: None,
+        auto: t.auto,
+    };
+    let (dirty, given_up) = match predump::take_dirty(frozen, t.backend, keep, &t.generation) {
+        Ok(d) => (Some(d), None),
+        Err(e) if t.auto && predump::tracking_refused(&e) => {
+            (None, Some(predump::untracked_note(t.backend, &e)))
+        }
+        Err(e) => return Err(e),
+    };
+    let used = dirty.as_ref().map(|_| t.backend);
+    let created = dirty.as_ref().is_some_and(|d| d.created);
+    let (dump, to_parent, note) = predump::choose_pages(present, dirty, &options);
+    Ok(Chosen {
+        dump,
+        to_parent,
+        note: given_up.or(note),
+        used,
+        created,
+    })
+}
+
+/// Ends the tracking this run started in `pids` (after a failure; best
+/// effort: the error that matters is the caller's).
+pub fn undo_created(pids: &[i32]) {
+    for &pid in pids {
+        let _ = track::untrack(pid);
+    }
+}
