@@ -810,7 +810,11 @@ pub(crate) fn take_dirty(
 /// any page is re-armed, so a run that dies after re-arming leaves a generation
 /// that no images directory records, and the next run copies everything instead
 /// of trusting a parent that lacks the pages this one took.
-fn arm(tracker: &mut track::Tracker, keep: &[&maps::Vma], generation: &str) -> Result<Dirty> {
+pub(crate) fn arm(
+    tracker: &mut track::Tracker,
+    keep: &[&maps::Vma],
+    generation: &str,
+) -> Result<Dirty> {
     // Only uffd-wp leaves a marker to name the arming run; without one the
     // previous arming cannot be checked against a parent.
     let previous = tracker.generation()?;

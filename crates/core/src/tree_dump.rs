@@ -237,7 +237,7 @@ fn pre_dump_tree_inner(
     let frozen = FrozenTree::freeze(root)?;
     let dump_uptime_us = proc::uptime_us();
     let scan_started = Instant::now();
-    let found = scan_frozen(&frozen, &mut prepared);
+    let found = scan_frozen(&frozen, &mut prepared, tracking);
     let scan_time = scan_started.elapsed();
     let track_started = Instant::now();
     let found = match (found, tracking) {
@@ -446,17 +446,18 @@ fn copy_all(
     })
 }
 
-/// Takes and re-arms every frozen process's dirty pages, one after another on
-/// this thread (the tracer: a first arming injects calls), and keeps in each
-/// `Found` only the pages to copy. `created`: the processes whose tracking
-/// this run started.
+/// Takes and re-arms the dirty pages of every frozen process the scan threads
+/// could not (those not tracked yet), one after another on this thread (the
+/// tracer: a first arming injects calls), and keeps in each `Found` only the
+/// pages to copy. `created`: the processes whose tracking this run started.
 fn track_all(
     frozen: &FrozenTree,
     found: &mut [Found],
     t: &TreeTracking,
     created: &mut Vec<i32>,
 ) -> Result<()> {
-    for f in found.iter_mut() {
+    // Those already tracked were done by the scan threads.
+    for f in found.iter_mut().filter(|f| f.chosen.is_none()) {
         let p = frozen
             .processes()
             .iter()
@@ -502,6 +503,7 @@ type FoundObject = (shmem::Object, shmem::Handle);
 fn scan_frozen(
     frozen: &FrozenTree,
     prepared: &mut HashMap<(i32, u64), Prepared>,
+    tracking: Option<&TreeTracking>,
 ) -> Result<(Vec<Found>, Vec<FoundObject>, Vec<NotDumped>)> {
     // A dead run's leftovers must not be scanned: the scan looks for its
     // marker (one small read per process, on the scan threads); the few
@@ -514,6 +516,7 @@ fn scan_frozen(
             threads: p.frozen.tids().count(),
             prepared: prepared.remove(&(p.member.pid, p.member.start_time)),
             leftovers_removed: None,
+            tracking,
         });
     }
     let mut found = Vec::with_capacity(jobs.len());
@@ -557,7 +560,7 @@ fn scan_frozen(
 }
 
 /// One process of the frozen tree, to scan.
-struct Job {
+struct Job<'t> {
     member: Member,
     threads: usize,
     /// Read before the freeze (None: a process that appeared since).
@@ -565,15 +568,18 @@ struct Job {
     /// None: not looked at yet. Some: cleaned of a dead run's leftovers (the
     /// text says what was removed, empty for nothing).
     leftovers_removed: Option<String>,
+    /// The tracking asked: a process already tracked has its dirty pages
+    /// taken here too (the others on the tracer thread, see `track_all`).
+    tracking: Option<&'t TreeTracking>,
 }
 
 /// A process scanned, or found marked by a dead run and to be cleaned first.
-enum Scanned {
+enum Scanned<'t> {
     Found(Found),
-    Marked(Job),
+    Marked(Job<'t>),
 }
 
-impl Scanned {
+impl Scanned<'_> {
     fn found_after_clean(self) -> Found {
         match self {
             Scanned::Found(f) => f,
@@ -588,14 +594,15 @@ impl Scanned {
 /// (docs/TREES.md). Nothing here needs the tracer thread: maps, smaps and
 /// PAGEMAP_SCAN are read through /proc. The results in tree order; the first
 /// error in tree order wins.
-fn scan_all(jobs: Vec<Job>) -> Result<Vec<Scanned>> {
+fn scan_all(jobs: Vec<Job<'_>>) -> Result<Vec<Scanned<'_>>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(jobs.len());
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let jobs: Vec<Mutex<Option<Job>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
-    let done: Vec<Mutex<Option<Result<Scanned>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let jobs: Vec<Mutex<Option<Job<'_>>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let done: Vec<Mutex<Option<Result<Scanned<'_>>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
     let work = || {
         // Real-time while the tree is stopped (see freeze::Urgent).
         let _urgent = Urgent::raise();
@@ -635,7 +642,7 @@ fn scan_all(jobs: Vec<Job>) -> Result<Vec<Scanned>> {
 
 /// A process's maps and present pages. Its threads are stopped (the tree is
 /// frozen), so the scan helpers run real-time.
-fn scan_one(mut job: Job) -> Result<Scanned> {
+fn scan_one(mut job: Job<'_>) -> Result<Scanned<'_>> {
     let pid = job.member.pid;
     let text = proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
     if job.leftovers_removed.is_none() {
@@ -649,6 +656,7 @@ fn scan_one(mut job: Job) -> Result<Scanned> {
         threads,
         prepared,
         leftovers_removed,
+        tracking,
     } = job;
     let Prepared {
         vm_flags,
@@ -666,11 +674,18 @@ fn scan_one(mut job: Job) -> Result<Scanned> {
     if !unreadable.is_empty() {
         scan.unreadable_pages = scanner.present_stopped(&unreadable)?.pages_present;
     }
+    let chosen = match tracking {
+        Some(t) => tree_track::choose_tracked(pid, member.start_time, &keep, &scan.ranges, t)?,
+        None => None,
+    };
+    if let Some(c) = &chosen {
+        scan.ranges = c.dump.clone();
+    }
     Ok(Scanned::Found(Found {
         member,
         threads,
         vm_flags,
-        chosen: None,
+        chosen,
         scanner,
         scan,
         vmas,

@@ -56,7 +56,45 @@ pub fn choose(
     present: &[PageRange],
     t: &TreeTracking,
 ) -> Result<Chosen> {
-    let pid = frozen.pid();
+    let taken = predump::take_dirty(frozen, t.backend, keep, &t.generation);
+    decide(frozen.pid(), start_time, present, t, taken)
+}
+
+/// `choose` for a process that already holds predump's uffd-wp tracking
+/// (found through its marker): nothing is injected, so it runs on any thread,
+/// the tree's scan threads included, while the tree is frozen. None: the
+/// process holds none (or the backend is not uffd-wp): `choose` it on the
+/// tracer thread.
+pub fn choose_tracked(
+    pid: i32,
+    start_time: u64,
+    keep: &[&Vma],
+    present: &[PageRange],
+    t: &TreeTracking,
+) -> Result<Option<Chosen>> {
+    if t.backend != Backend::UffdWp {
+        return Ok(None);
+    }
+    let taken = match track::Tracker::open_running(pid) {
+        Ok(None) => return Ok(None),
+        Ok(Some(mut tracker)) => tracker
+            .add_vmas(keep)
+            .and_then(|()| predump::arm(&mut tracker, keep, &t.generation))
+            .inspect(|_| tracker.keep()),
+        Err(e) => Err(e),
+    };
+    decide(pid, start_time, present, t, taken).map(Some)
+}
+
+/// The pages to copy of one process, once its dirty pages are taken (or
+/// could not be).
+fn decide(
+    pid: i32,
+    start_time: u64,
+    present: &[PageRange],
+    t: &TreeTracking,
+    taken: Result<predump::Dirty>,
+) -> Result<Chosen> {
     let options = TrackOptions {
         backend: Some(t.backend),
         generation: t.generation.clone(),
@@ -64,7 +102,7 @@ pub fn choose(
         final_dump: None,
         auto: t.auto,
     };
-    let (dirty, given_up) = match predump::take_dirty(frozen, t.backend, keep, &t.generation) {
+    let (dirty, given_up) = match taken {
         Ok(d) => (Some(d), None),
         Err(e) if t.auto && predump::tracking_refused(&e) => {
             (None, Some(predump::untracked_note(t.backend, &e)))
