@@ -84,6 +84,43 @@ test('no such pid: exit 1, ESRCH, and no directory left behind', async (t) => {
   t.regex(plain.stderr, /predump: error: no such process/);
 });
 
+// An option given twice: the last one counts (CRIU's getopt does the same), never a
+// value of the wrong type passed on.
+test('an option given twice: the last one counts', async (t) => {
+  const pid = await freePid();
+  const dir = path.join(await tempDir(t), 'images');
+  const bad = await runCli([
+    'pre-dump',
+    '-t',
+    String(pid),
+    '-D',
+    dir,
+    '--track-mem',
+    'none',
+    '--track-mem',
+    'bogus',
+  ]);
+  t.is(bad.code, 2, bad.stderr);
+  t.regex(bad.stderr, /Invalid values:\s+Argument: track-mem, Given: "bogus"/);
+  const good = await runCli([
+    'pre-dump',
+    '-t',
+    String(pid),
+    '-D',
+    dir,
+    '--track-mem',
+    'bogus',
+    '--track-mem',
+    'none',
+    '--json',
+  ]);
+  assertCliError(t, good, {
+    exit: 1,
+    code: 'ESRCH',
+    message: new RegExp(`no such process: ${pid}`),
+  });
+});
+
 test('our own pid through the API: ESELF', async (t) => {
   const dir = path.join(await tempDir(t), 'images');
   await rejectsWith(t, preDump({ pid: process.pid, imagesDir: dir }), 'ESELF', /itself/);

@@ -48,6 +48,9 @@ async function withYargs(argv: string[]): Promise<void> {
     if (argv.includes(nameOf(c))) modules.set(nameOf(c), await c.load());
   }
   let y = yargs(argv)
+    // An option given twice: the last one counts, as with CRIU's getopt (yargs would
+    // otherwise pass an array where one value is expected).
+    .parserConfiguration({ 'duplicate-arguments-array': false })
     .scriptName('predump')
     .usage(
       'predump: CRIU-compatible memory pre-dumps of live processes\n\n' +
