@@ -1,3 +1,6 @@
+// Over 800 lines: 28 tests of one subject (injection into real processes) that
+// share the testee's start-up and the before/after state comparisons below.
+
 //! Syscall injection against real processes (the predump-testee binary).
 //!
 //! Each blocking-call case runs twice: freeze → thaw (the baseline: what a

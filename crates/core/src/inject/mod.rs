@@ -1,3 +1,8 @@
+// Over 800 lines, on purpose: the injection protocol's description below and the
+// Injector's life cycle (take a thread, run calls in it, restore it), whose steps
+// share its private state and invariants. Its parts with their own concern are
+// apart: calls.rs, memory.rs, journal.rs, wait.rs, thread.rs, leftovers.rs, place.rs.
+
 //! Running system calls inside a stopped thread of a frozen process, such that
 //! nothing predump can suffer (SIGKILL included) harms the target.
 //!
@@ -52,20 +57,16 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
-
-use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
-use nix::unistd::Pid;
 
 use crate::freeze::Frozen;
 use crate::sys::pidfd::PidFd;
 use crate::sys::ptrace::{
-    self as pt, get_sigmask, getregset, rseq_configuration, set_sigmask, siginfo_bytes,
-    stop_siginfo, NT_PRFPREG, PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD,
+    self as pt, get_sigmask, set_sigmask, stop_siginfo, PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD,
 };
 use crate::{proc, Error, Result, PAGE_SIZE};
 
@@ -80,10 +81,19 @@ use x86_64 as arch;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("syscall injection supports x86_64 and aarch64 only");
 
+mod calls;
+mod journal;
 pub mod leftovers;
+mod memory;
 mod place;
+mod thread;
+mod wait;
+
 pub use leftovers::{FdKind, Leftover};
 use leftovers::{NONCE_BYTES, SCRATCH_MARK};
+pub use memory::{read_memory, write_memory};
+use thread::find_rseq_cs;
+pub use thread::{rseq_pages, thread_state, ThreadState};
 
 /// The injector's own page (the scratch mapping's last): where the batch's
 /// byte, the lifeline's pair, the two result slots of recorded closes, the
@@ -185,74 +195,12 @@ impl std::fmt::Debug for Injector<'_> {
     }
 }
 
-/// A thread's state as far as injection could change it, for comparisons: taken
-/// right after a freeze and again after `restore`, the two must be equal.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ThreadState {
-    pub pc: u64,
-    /// The general registers (NT_PRSTATUS) as words in the kernel's order, incl.
-    /// orig_rax, fs_base and gs_base on x86_64; x0…x30, sp, pc, pstate on aarch64.
-    pub regs: Vec<u64>,
-    /// NT_PRFPREG: x87/SSE state on x86_64, the FPSIMD registers on aarch64.
-    pub fpregs: Vec<u8>,
-    /// Architecture extras (aarch64: NT_ARM_SYSTEM_CALL, live SVE state).
-    pub extra: Vec<u8>,
-    /// The blocked-signal mask as PTRACE_GETSIGMASK reports it.
-    pub sigmask: u64,
-    /// The siginfo of the current ptrace stop (PTRACE_GETSIGINFO).
-    pub siginfo: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for ThreadState {
-    /// Registers in hex; byte blobs in hex with trailing zero bytes cut.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        fn hex(b: &[u8]) -> String {
-            let used = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-            let mut s: String = b[..used].iter().map(|x| format!("{x:02x}")).collect();
-            if used < b.len() {
-                s.push_str(&format!("…(+{} zero bytes)", b.len() - used));
-            }
-            s
-        }
-        f.debug_struct("ThreadState")
-            .field("pc", &format_args!("{:#x}", self.pc))
-            .field("regs", &format_args!("{:x?}", self.regs))
-            .field("fpregs", &hex(&self.fpregs))
-            .field("extra", &hex(&self.extra))
-            .field("sigmask", &format_args!("{:#x}", self.sigmask))
-            .field("siginfo", &self.siginfo.as_deref().map(hex))
-            .finish()
-    }
-}
-
 /// Whether this machine can inject system calls at all; `Err` says why not
 /// (aarch64: not where the vDSO leaves too little room for the stub and its
 /// sigreturn frame, as on Debian's 6.1). Callers that can do without injection
 /// (splice mode, automatic dirty tracking, `predump check`) ask first.
 pub fn supported() -> std::result::Result<(), &'static str> {
     arch::supported()
-}
-
-/// Reads the state of thread `tid` of a frozen process (see [`ThreadState`]).
-pub fn thread_state(frozen: &Frozen, tid: i32) -> Result<ThreadState> {
-    let pid = frozen.pid();
-    check_held(frozen, tid)?;
-    let err = |what: &str, e: io::Error| os_error(pid, tid, what, e);
-    let regs = arch::get_regs(tid).map_err(|e| err("reading the registers", e))?;
-    let mut fp = vec![0u8; 4096];
-    let n = getregset(tid, NT_PRFPREG, &mut fp).map_err(|e| err("reading the FP registers", e))?;
-    fp.truncate(n);
-    let extra = arch::extra_bytes(tid).map_err(|e| err("reading the extra registers", e))?;
-    let sigmask = get_sigmask(tid).map_err(|e| err("PTRACE_GETSIGMASK", e))?;
-    let siginfo = stop_siginfo(tid).map_err(|e| err("PTRACE_GETSIGINFO", e))?;
-    Ok(ThreadState {
-        pc: arch::pc(&regs),
-        regs: arch::words(&regs),
-        fpregs: fp,
-        extra,
-        sigmask,
-        siginfo: siginfo.as_ref().map(siginfo_bytes),
-    })
 }
 
 /// How a thread is let go from a stop.
@@ -620,259 +568,6 @@ impl<'f> Injector<'f> {
         Ok(results)
     }
 
-    pub fn getpid(&mut self) -> Result<i32> {
-        Ok(self.syscall_ok(libc::SYS_getpid, &[])? as i32)
-    }
-
-    /// An anonymous or other fd-less mapping in the target (fd -1, offset 0).
-    pub fn mmap(&mut self, len: u64, prot: i32, flags: i32) -> Result<u64> {
-        let r = self.syscall_ok(
-            libc::SYS_mmap,
-            &[0, len, prot as u32 as u64, flags as u32 as u64, u64::MAX, 0],
-        )?;
-        Ok(r as u64)
-    }
-
-    pub fn munmap(&mut self, addr: u64, len: u64) -> Result<()> {
-        self.syscall_ok(libc::SYS_munmap, &[addr, len])?;
-        Ok(())
-    }
-
-    /// pipe2 in the target: returns [read end, write end] as the target's fds.
-    /// The kernel writes the two fds into our scratch mapping (never the
-    /// thread's stack: the memory below a Go goroutine's stack pointer is
-    /// another goroutine's).
-    pub fn pipe2(&mut self, flags: i32) -> Result<[i32; 2]> {
-        let at = self.scratch(8)?;
-        // Journaled before the call: the kernel writes the fds there.
-        self.write_memory(at, &[0xff; 8])?;
-        self.note(Leftover::FdPair {
-            addr: at,
-            kind: FdKind::Pipe,
-        })?;
-        self.syscall_ok(libc::SYS_pipe2, &[at, flags as u32 as u64])?;
-        let mut b = [0u8; 8];
-        self.read_memory(at, &mut b)?;
-        Ok([
-            i32::from_ne_bytes(b[0..4].try_into().unwrap()),
-            i32::from_ne_bytes(b[4..8].try_into().unwrap()),
-        ])
-    }
-
-    /// close in the target. A journaled fd is journaled as being closed, with
-    /// the slot where the stub stores close's result, before the call; a later
-    /// run then knows exactly whether it ran (see `leftovers`).
-    pub fn close(&mut self, fd: i32) -> Result<()> {
-        let kind = FdKind::of_fd(self.pid, fd);
-        let closing = match (self.own_page(), kind) {
-            (Some(own), Some(kind)) => {
-                let done = self.done_slot(own);
-                self.write_memory(done, &NOT_RUN.to_ne_bytes())?;
-                let c = Leftover::Closing { fd, kind, done };
-                self.note(c)?;
-                Some(c)
-            }
-            _ => None,
-        };
-        self.scrub(fd)?;
-        let done = match closing {
-            Some(Leftover::Closing { done, .. }) => done,
-            _ => 0,
-        };
-        let r = self.run_single(libc::SYS_close, &[fd as u32 as u64, 0, 0, 0, 0, 0], done, 0)?;
-        if let Some(c) = closing {
-            self.forget(&c)?;
-        }
-        if (-MAX_ERRNO..0).contains(&r) {
-            return Err(self.call_error(libc::SYS_close, -r as i32));
-        }
-        Ok(())
-    }
-
-    /// Takes fd `fd` out of the journal before it is closed (see `scrub_all`).
-    pub fn scrub(&mut self, fd: i32) -> Result<()> {
-        self.scrub_all(&[fd])
-    }
-
-    /// Takes `fds` out of the journal: a later run must never close a number
-    /// the target may have reused. Where the kernel wrote them (a socketpair's
-    /// or pipe2's pair, a received cmsg) they become -1.
-    pub fn scrub_all(&mut self, fds: &[i32]) -> Result<()> {
-        let before = self.journal.len();
-        let pid = self.pid;
-        self.journal.retain(|e| match *e {
-            Leftover::Fd { fd, .. } => !fds.contains(&fd),
-            Leftover::FdWord { addr, .. } => {
-                let mut b = [0u8; 8];
-                let v = read_memory(pid, addr, &mut b).map(|()| i64::from_ne_bytes(b));
-                !v.is_ok_and(|v| fds.iter().any(|&fd| fd as i64 == v))
-            }
-            _ => true,
-        });
-        if self.journal.len() != before {
-            self.write_journal()?;
-        }
-        for e in self.journal.clone() {
-            let (addr, len) = match e {
-                Leftover::FdPair { addr, .. } => (addr, 8),
-                Leftover::FdCmsg { addr, .. } => (addr, 16 + 4 * 253),
-                _ => continue,
-            };
-            let mut b = vec![0u8; len];
-            if self.read_memory(addr, &mut b).is_err() {
-                continue;
-            }
-            let (start, end) = if len == 8 {
-                (0, 8)
-            } else {
-                let clen = u64::from_ne_bytes(b[..8].try_into().unwrap()) as usize;
-                (16, clen.clamp(16, len) / 4 * 4)
-            };
-            let mut changed = false;
-            for at in (start..end).step_by(4) {
-                if fds.contains(&i32::from_ne_bytes(b[at..at + 4].try_into().unwrap())) {
-                    b[at..at + 4].copy_from_slice(&(-1i32).to_ne_bytes());
-                    changed = true;
-                }
-            }
-            if changed {
-                self.write_memory(addr + start as u64, &b[start..end])?;
-            }
-        }
-        Ok(())
-    }
-
-    /// close_range(first, last) in the target, journaled as `close` is.
-    pub fn close_range(&mut self, first: i32, last: i32, kind: FdKind) -> Result<()> {
-        let fds: Vec<i32> = (first..=last).collect();
-        let closing = match self.own_page() {
-            Some(own) => {
-                let done = self.done_slot(own);
-                self.write_memory(done, &NOT_RUN.to_ne_bytes())?;
-                let c = Leftover::ClosingRange {
-                    first,
-                    last,
-                    kind,
-                    done,
-                };
-                self.note(c)?;
-                Some((c, done))
-            }
-            None => None,
-        };
-        self.scrub_all(&fds)?;
-        let done = closing.map_or(0, |(_, d)| d);
-        let r = self.run_single(
-            libc::SYS_close_range,
-            &[first as u32 as u64, last as u32 as u64, 0, 0, 0, 0],
-            done,
-            0,
-        )?;
-        if let Some((c, _)) = closing {
-            self.forget(&c)?;
-        }
-        if (-MAX_ERRNO..0).contains(&r) {
-            return Err(self.call_error(libc::SYS_close_range, -r as i32));
-        }
-        Ok(())
-    }
-
-    pub fn fcntl(&mut self, fd: i32, cmd: i32, arg: u64) -> Result<i64> {
-        self.syscall_ok(libc::SYS_fcntl, &[fd as u32 as u64, cmd as u32 as u64, arg])
-    }
-
-    /// A read-write scratch mapping of at least `len` bytes in the target, owned by
-    /// this Injector and unmapped by `restore`. A larger request replaces it.
-    /// (One more page, the injector's own, follows the caller's part.)
-    pub fn scratch(&mut self, len: u64) -> Result<u64> {
-        let need = len.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        if let Some((addr, have)) = self.scratch {
-            if have - PAGE_SIZE >= need {
-                return Ok(addr);
-            }
-            if self.lifeline.is_some()
-                || !self
-                    .journal
-                    .iter()
-                    .all(|e| matches!(e, Leftover::Mapping { .. }))
-            {
-                return Err(Error::InvalidArgument(
-                    "the scratch mapping cannot grow once it holds fds of ours".into(),
-                ));
-            }
-            self.munmap(addr, have)?;
-            self.forget(&Leftover::Mapping { addr, len: have })?;
-            self.scratch = None;
-        }
-        // The address is chosen, and journaled, before the call; the mapping
-        // counts as ours only once marked (see `leftovers`). The stub unmaps
-        // it again if the thread gets past the call, which it does only if
-        // predump is gone: then it was never marked. At the exit stop predump
-        // marks it, and only then gives the thread its next call.
-        let len = need + PAGE_SIZE;
-        let at = leftovers::free_range(self.pid, len)?;
-        self.note(Leftover::Mapping { addr: at, len })?;
-        let r = self.run_single(
-            libc::SYS_mmap,
-            &[
-                at,
-                len,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
-                u64::MAX,
-                0,
-            ],
-            0,
-            len,
-        )?;
-        if r as u64 != at {
-            self.forget(&Leftover::Mapping { addr: at, len })?;
-            let errno = if r < 0 { -r as i32 } else { libc::EEXIST };
-            return Err(self.call_error(libc::SYS_mmap, errno));
-        }
-        self.scratch = Some((at, len));
-        let mut mark = STUB_MAGIC.to_vec();
-        mark.extend_from_slice(&self.nonce);
-        self.write_memory(at + need + SCRATCH_MARK, &mark)?;
-        self.disarm()?;
-        self.fd_words = 0;
-        Ok(at)
-    }
-
-    /// Takes the scratch mmap's undo out of the thread, which waits at the
-    /// mmap's exit stop: a thread let go from there with the mmap's registers
-    /// unmaps what the mmap made (the stub's undo, for a predump dead before
-    /// the mark), and the mapping is soon more than a marked range: it holds
-    /// what the journal names (the fd lists a cleaning run journals in it,
-    /// dropping the dead run's entries in the same write). Disarmed, a dead
-    /// predump's thread runs a getpid and the epilogue from here. Marked, then
-    /// disarmed: a kill in between unmaps a mapping that names nothing yet.
-    /// (Before, a cleaning run killed between its journal write and its first
-    /// close left the dead run's fds named only inside a mapping the stub had
-    /// just unmapped: the "known gap" of the kill tests.)
-    fn disarm(&mut self) -> Result<()> {
-        let mut regs = self.regs;
-        arch::set_single(&mut regs, self.stub, libc::SYS_getpid, &[0; 6], 0, 0);
-        arch::set_regs(self.tid, &regs).map_err(|e| self.os("setting the registers", e))
-    }
-
-    /// The journal entry of the scratch mapping, if there is one.
-    pub(crate) fn scratch_entry(&self) -> Option<Leftover> {
-        self.scratch
-            .map(|(addr, len)| Leftover::Mapping { addr, len })
-    }
-
-    /// Writes `data` into the target's memory at `addr` (process_vm_writev: the
-    /// page protections apply, so this cannot scribble over read-only memory).
-    pub fn write_memory(&self, addr: u64, data: &[u8]) -> Result<()> {
-        write_memory(self.pid, addr, data)
-    }
-
-    /// Reads the target's memory at `addr` into `buf`.
-    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        read_memory(self.pid, addr, buf)
-    }
-
     /// Closes the lifeline and unmaps the scratch mapping in the target, puts
     /// back the signal mask, the rseq pointer and the registers, leaves the
     /// thread in an interrupt stop (the state of a freeze), takes our stub out of
@@ -961,112 +656,6 @@ impl<'f> Injector<'f> {
             return Err(Error::TargetExited { pid: self.pid });
         }
         first.map_or(Ok(()), Err)
-    }
-
-    /// Journals something of ours that may stay in the target (see `leftovers`).
-    pub fn note(&mut self, what: Leftover) -> Result<()> {
-        if self.journal.contains(&what) {
-            return Ok(());
-        }
-        self.journal.push(what);
-        let written = self.write_journal();
-        if written.is_err() {
-            self.journal.pop();
-        }
-        written
-    }
-
-    /// Replaces the whole journal in one write (`leftovers::remove`).
-    pub(crate) fn set_journal(&mut self, entries: Vec<Leftover>) -> Result<()> {
-        let old = std::mem::replace(&mut self.journal, entries);
-        let written = self.write_journal();
-        if written.is_err() {
-            self.journal = old;
-        }
-        written
-    }
-
-    /// The entries that point into the scratch mapping at [addr, addr+len),
-    /// replaced (in one write) by the fds they name, by number.
-    fn entries_by_number(&mut self, addr: u64, len: u64) -> Result<()> {
-        let inside = |at: u64| at >= addr && at < addr + len;
-        let mut entries = Vec::with_capacity(self.journal.len());
-        for e in self.journal.clone() {
-            let (at, bytes) = match e {
-                Leftover::FdPair { addr, .. } => (addr, 8),
-                Leftover::FdCmsg { addr, .. } => (addr, 16 + 4 * 253),
-                Leftover::FdWord { addr, .. } => (addr, 8),
-                // Recorded closes are out of the journal once they returned.
-                Leftover::Closing { done, .. } | Leftover::ClosingRange { done, .. }
-                    if inside(done) =>
-                {
-                    continue
-                }
-                _ => {
-                    entries.push(e);
-                    continue;
-                }
-            };
-            if !inside(at) {
-                entries.push(e);
-                continue;
-            }
-            let mut b = vec![0u8; bytes];
-            self.read_memory(at, &mut b)?;
-            let fds: Vec<i32> = match e {
-                Leftover::FdPair { .. } => b
-                    .chunks_exact(4)
-                    .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
-                    .collect(),
-                Leftover::FdCmsg { .. } => {
-                    let clen = u64::from_ne_bytes(b[..8].try_into().unwrap()) as usize;
-                    b[16..clen.clamp(16, bytes) / 4 * 4]
-                        .chunks_exact(4)
-                        .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
-                        .collect()
-                }
-                _ => {
-                    let v = i64::from_ne_bytes(b[..8].try_into().unwrap());
-                    if (0..=i32::MAX as i64).contains(&v) {
-                        vec![v as i32]
-                    } else {
-                        Vec::new()
-                    }
-                }
-            };
-            let kind = match e {
-                Leftover::FdPair { kind, .. }
-                | Leftover::FdCmsg { kind, .. }
-                | Leftover::FdWord { kind, .. } => kind,
-                _ => unreachable!(),
-            };
-            for fd in fds.into_iter().filter(|&fd| fd >= 0) {
-                let by_number = Leftover::Fd { fd, kind };
-                if !entries.contains(&by_number) {
-                    entries.push(by_number);
-                }
-            }
-        }
-        if entries != self.journal {
-            self.set_journal(entries)?;
-        }
-        Ok(())
-    }
-
-    /// Takes it out of the journal again (it is gone from the target).
-    pub fn forget(&mut self, what: &Leftover) -> Result<()> {
-        if let Some(i) = self.journal.iter().position(|j| j == what) {
-            self.journal.remove(i);
-        }
-        self.write_journal()
-    }
-
-    fn write_journal(&mut self) -> Result<()> {
-        let bytes = leftovers::encode(&self.journal, &self.nonce)
-            .ok_or_else(|| Error::InvalidArgument("too many leftovers journaled at once".into()))?;
-        self.mem
-            .write_all_at(&bytes, self.stub + JOURNAL_AT)
-            .map_err(|e| self.os("writing the stub's journal", e))
     }
 
     /// Where the stub stores the result of the next recorded call: two slots in
@@ -1174,249 +763,6 @@ impl<'f> Injector<'f> {
         }
     }
 
-    fn resume(&mut self, how: Resume) -> Result<()> {
-        self.at_syscall_stop = false;
-        // Signal 0: a signal-delivery stop we resume from is discarded (one we
-        // caught and will send again).
-        let r = match how {
-            Resume::Cont => pt::cont(self.tid, 0),
-            Resume::Syscall => pt::syscall(self.tid, 0),
-        };
-        r.map_err(|e| self.os("resuming the thread", e))
-    }
-
-    /// Waits for the next syscall stop of a call run with PTRACE_SYSCALL; takes
-    /// other stops on the way. None: the deadline passed.
-    fn wait_syscall(&mut self, what: &str, deadline: Instant) -> Result<Option<arch::Regs>> {
-        loop {
-            match self.wait_stop(deadline)? {
-                None => return Ok(None),
-                Some(Stop::Gone) => return Err(self.exited()),
-                Some(Stop::Syscall) => {
-                    self.at_syscall_stop = true;
-                    let regs = arch::get_regs(self.tid)
-                        .map_err(|e| self.os("reading the registers", e))?;
-                    return Ok(Some(regs));
-                }
-                // A group stop or an interrupt we did not ask for: a seized thread
-                // resumes from it; the detach at thaw re-enters a group stop that
-                // is still in effect.
-                Some(Stop::Event) => self.resume(Resume::Syscall)?,
-                Some(Stop::Signal(sig)) => {
-                    self.classify(sig, what)?;
-                    self.resume(Resume::Syscall)?;
-                }
-            }
-        }
-    }
-
-    /// A call past its deadline: interrupt it, and at its exit stop make sure
-    /// leaving the stop does not restart it.
-    fn timed_out(&mut self, what: &str) -> Error {
-        let out = (|| {
-            pt::interrupt(self.tid).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match self.wait_stop(deadline)? {
-                    None | Some(Stop::Gone) => return Err(self.exited()),
-                    Some(Stop::Syscall) | Some(Stop::Event) => break,
-                    Some(Stop::Signal(sig)) => {
-                        self.classify(sig, what)?;
-                        self.resume(Resume::Cont)?;
-                    }
-                }
-            }
-            let mut regs =
-                arch::get_regs(self.tid).map_err(|e| self.os("reading the registers", e))?;
-            arch::no_restart(&mut regs);
-            arch::set_regs(self.tid, &regs).map_err(|e| self.os("setting the registers", e))?;
-            self.at_syscall_stop = true;
-            Ok(())
-        })();
-        if let Err(e) = out {
-            return e;
-        }
-        Error::sys(
-            format!(
-                "injected {what} in process {} (thread {}) did not return within {:?}; it was interrupted",
-                self.pid, self.tid, self.timeout
-            ),
-            io::Error::from_raw_os_error(libc::ETIMEDOUT),
-        )
-    }
-
-    /// Waits until the batch's byte arrives on the lifeline (true) or the
-    /// timeout passes (false); takes the thread's stops on the way.
-    fn wait_lifeline(&mut self, what: &str) -> Result<bool> {
-        let deadline = Instant::now() + self.timeout;
-        let fd = self.lifeline.as_ref().expect("lifeline").0.as_raw_fd();
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            let wait = (deadline - now).min(Duration::from_millis(2));
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the call.
-            let r = unsafe { libc::poll(&mut pfd, 1, wait.as_millis().max(1) as i32) };
-            if r > 0 {
-                let mut byte = 0u8;
-                // SAFETY: reads at most one byte into `byte`.
-                let n = unsafe {
-                    libc::recv(
-                        fd,
-                        &mut byte as *mut u8 as *mut libc::c_void,
-                        1,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n == 1 {
-                    return Ok(true);
-                }
-            }
-            // Stops do not wake poll(): look for them.
-            match self.wait_stop(Instant::now())? {
-                None => {}
-                Some(Stop::Gone) => return Err(self.exited()),
-                Some(Stop::Syscall) | Some(Stop::Event) => self.resume(Resume::Cont)?,
-                Some(Stop::Signal(sig)) => {
-                    self.classify(sig, what)?;
-                    self.resume(Resume::Cont)?;
-                }
-            }
-        }
-    }
-
-    /// Interrupts the thread (in our wait, or wherever it is in the stub) into an
-    /// interrupt stop.
-    fn stop_in_stub(&mut self, what: &str) -> Result<()> {
-        pt::interrupt(self.tid).map_err(|e| self.os("PTRACE_INTERRUPT", e))?;
-        self.wait_event(what)
-    }
-
-    /// Waits for an interrupt stop (after PTRACE_INTERRUPT), taking signal stops
-    /// on the way.
-    fn wait_event(&mut self, what: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.wait_stop(deadline)? {
-                None => {
-                    return Err(Error::sys(
-                        format!("thread {} of process {} does not stop", self.tid, self.pid),
-                        io::Error::from_raw_os_error(libc::ETIMEDOUT),
-                    ))
-                }
-                Some(Stop::Gone) => return Err(self.exited()),
-                Some(Stop::Event) => {
-                    self.at_syscall_stop = false;
-                    return Ok(());
-                }
-                // Resumed with PTRACE_CONT: no syscall stop is expected; go on.
-                Some(Stop::Syscall) => self.resume(Resume::Cont)?,
-                Some(Stop::Signal(sig)) => {
-                    self.classify(sig, what)?;
-                    self.resume(Resume::Cont)?;
-                }
-            }
-        }
-    }
-
-    /// A signal-delivery stop during our code: a fault of our code (an error),
-    /// or someone else's signal, kept to be sent again at restore.
-    fn classify(&mut self, sig: i32, what: &str) -> Result<()> {
-        let info = nix::sys::ptrace::getsiginfo(Pid::from_raw(self.tid))
-            .map_err(|e| self.os("PTRACE_GETSIGINFO", e.into()))?;
-        let regs = arch::get_regs(self.tid).map_err(|e| self.os("reading the registers", e))?;
-        let pc = arch::pc(&regs);
-        let code = info.si_code;
-        // si_code > 0: raised by the kernel, and inside our stub: caused by it
-        // (or seccomp's SIGSYS for our call). Not sent again: the thread never
-        // caused it.
-        if code > 0 && (self.stub..self.stub + self.stub_len as u64).contains(&pc) {
-            let (errno, why) = if sig == libc::SIGSYS {
-                (libc::EPERM, " (a seccomp filter traps this call)")
-            } else {
-                (libc::EFAULT, "")
-            };
-            return Err(Error::sys(
-                format!(
-                    "injected {what} in process {} (thread {}): signal {sig} (si_code {code}) at {pc:#x}{why}",
-                    self.pid, self.tid
-                ),
-                io::Error::from_raw_os_error(errno),
-            ));
-        }
-        self.caught.push((sig, code));
-        Ok(())
-    }
-
-    /// Waits for the next stop of our thread until `deadline` (None: passed).
-    /// Polls with WNOHANG, so that a call that blocks cannot hang us.
-    fn wait_stop(&mut self, deadline: Instant) -> Result<Option<Stop>> {
-        let mut spins = 0;
-        let mut nap = Duration::from_micros(5);
-        loop {
-            let mut status = 0;
-            // SAFETY: `status` is a valid place for waitpid's result.
-            let r = unsafe { libc::waitpid(self.tid, &mut status, libc::__WALL | libc::WNOHANG) };
-            if r == self.tid {
-                if libc::WIFSTOPPED(status) {
-                    return Ok(Some(if status >> 16 != 0 {
-                        Stop::Event
-                    } else if libc::WSTOPSIG(status) == libc::SIGTRAP | 0x80 {
-                        Stop::Syscall
-                    } else {
-                        Stop::Signal(libc::WSTOPSIG(status))
-                    }));
-                }
-                if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-                    return Ok(Some(Stop::Gone));
-                }
-                continue; // WIFCONTINUED: not a stop
-            }
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ECHILD) => return Ok(Some(Stop::Gone)),
-                    _ => return Err(Error::sys(format!("waitpid of thread {}", self.tid), e)),
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            if spins < SPINS {
-                spins += 1;
-                std::thread::yield_now();
-                continue;
-            }
-            // A killed thread group leader reports its exit only once every
-            // other (traced, stopped) thread is reaped: look at /proc instead.
-            if thread_dead(self.pid, self.tid) {
-                return Ok(Some(Stop::Gone));
-            }
-            std::thread::sleep(nap.min(deadline - now));
-            nap = (nap * 2).min(Duration::from_millis(1));
-        }
-    }
-
-    /// The target died under us (SIGKILL: the only way out of a ptrace stop).
-    /// Its traced threads stay zombies until their tracer reaps them, and the
-    /// leader's exit is not even reported (to us or to its real parent) before
-    /// that: reap them all, once, so the parent sees its child die.
-    fn exited(&mut self) -> Error {
-        if !self.gone {
-            self.gone = true;
-            reap(self.frozen);
-        }
-        Error::TargetExited { pid: self.pid }
-    }
-
     /// A ptrace error: ESRCH on a thread we hold stopped means it died.
     fn os(&mut self, what: &str, e: io::Error) -> Error {
         if e.raw_os_error() == Some(libc::ESRCH) {
@@ -1449,46 +795,6 @@ impl Drop for Injector<'_> {
             }
         });
     }
-}
-
-/// The thread's rseq critical-section pointer: (its address, its value, the
-/// abort handler if the thread's pc lies inside that critical section). The
-/// pointer is cleared while our code runs (the kernel's rseq fixup would
-/// otherwise move our pc to an abort handler, or clear it itself) and put back at
-/// restore; the epilogue resumes at the abort handler where a thaw would.
-fn find_rseq_cs(pid: i32, tid: i32) -> Result<Option<(u64, u64, Option<u64>)>> {
-    // Before Linux 5.13 (or without CONFIG_RSEQ): no way to know; go on.
-    let area = match rseq_configuration(tid) {
-        Ok(Some(conf)) => conf.area,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(os_error(pid, tid, "PTRACE_GET_RSEQ_CONFIGURATION", e)),
-    };
-    if area == 0 {
-        return Ok(None);
-    }
-    // struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; … }
-    let field = area + 8;
-    let mut b = [0u8; 8];
-    read_memory(pid, field, &mut b)?;
-    let value = u64::from_ne_bytes(b);
-    if value == 0 {
-        return Ok(None);
-    }
-    // struct rseq_cs { u32 version; u32 flags; u64 start_ip; u64
-    // post_commit_offset; u64 abort_ip; }
-    let mut cs = [0u8; 32];
-    let abort = match read_memory(pid, value, &mut cs) {
-        Ok(()) => {
-            let word = |at: usize| u64::from_ne_bytes(cs[at..at + 8].try_into().unwrap());
-            let (start, len, abort) = (word(8), word(16), word(24));
-            let pc = arch::pc(
-                &arch::get_regs(tid).map_err(|e| os_error(pid, tid, "reading the registers", e))?,
-            );
-            (pc >= start && pc - start < len).then_some(abort)
-        }
-        Err(_) => None,
-    };
-    Ok(Some((field, value, abort)))
 }
 
 /// Reaps the exit of every held thread of a dying process (bounded: 2 s).
@@ -1571,84 +877,6 @@ fn thread_dead(pid: i32, tid: i32) -> bool {
             .unwrap_or(false),
         Err(_) => true,
     }
-}
-
-/// The pages holding thread `tid`'s rseq area (the thread must be
-/// ptrace-stopped by us), or None if it registered none. The kernel rewrites its
-/// cpu and concurrency ids whenever the thread returns to user mode, as it does
-/// after every injected call: a dump that must equal the memory afterwards
-/// copies these pages after its last injection.
-pub fn rseq_pages(tid: i32) -> Result<Option<crate::PageRange>> {
-    let conf = rseq_configuration(tid)
-        .map_err(|e| Error::sys(format!("PTRACE_GET_RSEQ_CONFIGURATION of thread {tid}"), e))?;
-    let Some(conf) = conf else { return Ok(None) };
-    let (area, size) = (conf.area, conf.size as u64);
-    if area == 0 {
-        return Ok(None);
-    }
-    let first = area / crate::PAGE_SIZE * crate::PAGE_SIZE;
-    let end = (area + size.max(32)).div_ceil(crate::PAGE_SIZE) * crate::PAGE_SIZE;
-    Ok(Some(crate::PageRange::new(
-        first,
-        (end - first) / crate::PAGE_SIZE,
-    )))
-}
-
-/// Writes into a process's memory with process_vm_writev.
-pub fn write_memory(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    remote_io(pid, addr, data.len(), "writing", |done, remote| {
-        process_vm_writev(Pid::from_raw(pid), &[IoSlice::new(&data[done..])], remote)
-    })
-}
-
-/// Reads a process's memory with process_vm_readv.
-pub fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
-    let len = buf.len();
-    remote_io(pid, addr, len, "reading", |done, remote| {
-        process_vm_readv(
-            Pid::from_raw(pid),
-            &mut [IoSliceMut::new(&mut buf[done..])],
-            remote,
-        )
-    })
-}
-
-/// The loop of [`write_memory`] and [`read_memory`]: `call(done, remote)` moves
-/// the bytes from offset `done` on (`remote` is where they are in the process)
-/// and says how many it moved. A call that moves none is EFAULT; ESRCH means
-/// the process exited.
-fn remote_io(
-    pid: i32,
-    addr: u64,
-    len: usize,
-    verb: &str,
-    mut call: impl FnMut(usize, &[RemoteIoVec]) -> nix::Result<usize>,
-) -> Result<()> {
-    let mut done = 0;
-    while done < len {
-        let remote = [RemoteIoVec {
-            base: (addr + done as u64) as usize,
-            len: len - done,
-        }];
-        let e = match call(done, &remote) {
-            Ok(0) => io::Error::from_raw_os_error(libc::EFAULT),
-            Ok(n) => {
-                done += n;
-                continue;
-            }
-            Err(nix::errno::Errno::ESRCH) => return Err(Error::TargetExited { pid }),
-            Err(e) => e.into(),
-        };
-        return Err(Error::sys(
-            format!(
-                "{verb} {} bytes at {:#x} in process {pid}",
-                len - done,
-                addr + done as u64
-            ),
-            e,
-        ));
-    }
-    Ok(())
 }
 
 /// A readable name for the calls predump injects (error messages).

@@ -1,3 +1,6 @@
+// Over 800 lines with its tests: the code is 575 lines (the protocol as data),
+// the rest are its unit tests, which belong next to the byte layouts they check.
+
 //! CRIU's page-server wire protocol (criu/page-xfer.c), as data: no I/O here.
 //!
 //! A connection carries headers (`struct page_server_iov`), each maybe followed by
