@@ -80,6 +80,17 @@ pub struct Scanner {
     /// The caller's PAGEMAP_SCAN result vector (helpers make their own).
     vec: Vec<PageRegion>,
     helpers: usize,
+    pid: i32,
+}
+
+/// A failed PAGEMAP_SCAN or pagemap read (`what`) of process `pid`, mapped
+/// the same way wherever a target's pagemap is read (here and in `track`):
+/// ESRCH means the process exited.
+pub(crate) fn pagemap_error(pid: i32, what: &str, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => Error::TargetExited { pid },
+        _ => Error::sys(format!("{what} of process {pid}"), e),
+    }
 }
 
 /// A stretch of address space to scan, and whether the file's own pages are left
@@ -104,6 +115,7 @@ struct Walk<'a> {
     pagemap: &'a File,
     method: ScanMethod,
     zero_pfn: Option<u64>,
+    pid: i32,
 }
 
 impl Scanner {
@@ -140,6 +152,7 @@ impl Scanner {
             zero_pfn: None,
             vec: vec![PageRegion::default(); SCAN_VEC_LEN],
             helpers,
+            pid,
         };
         scanner.method = match force {
             Some(m) => m,
@@ -225,6 +238,7 @@ impl Scanner {
                 pagemap: &self.pagemap,
                 method: self.method,
                 zero_pfn: self.zero_pfn,
+                pid: self.pid,
             };
             for &span in &spans {
                 walk.range(span, &mut self.vec, &mut out.ranges)?;
@@ -249,6 +263,7 @@ impl Scanner {
             pagemap: &self.pagemap,
             method: self.method,
             zero_pfn: self.zero_pfn,
+            pid: self.pid,
         };
         let work = |vec: &mut Vec<PageRegion>| loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +360,7 @@ impl Walk<'_> {
         let (end, mut at) = (span.end, span.start);
         while at < end {
             let (n, walk_end) = scan_call(self.pagemap, at, end, span.not_file, vec)
-                .map_err(|e| Error::sys("PAGEMAP_SCAN", e))?;
+                .map_err(|e| pagemap_error(self.pid, "PAGEMAP_SCAN", e))?;
             let mut reported = at;
             for r in &vec[..n] {
                 if r.categories & PAGE_IS_PRESENT == 0 {
@@ -380,7 +395,7 @@ impl Walk<'_> {
             let n = ((last - page) as usize).min(PAGEMAP_CHUNK);
             let entries = &mut buf[..n];
             pagemap::read_entries(self.pagemap, page, entries)
-                .map_err(|e| Error::sys("reading /proc/PID/pagemap", e))?;
+                .map_err(|e| pagemap_error(self.pid, "reading the pagemap", e))?;
             for (i, &e) in entries.iter().enumerate() {
                 let present = e & PM_PRESENT != 0;
                 let is_zero = present && self.zero_pfn.is_some_and(|z| e & PM_PFN_MASK == z);

@@ -149,10 +149,7 @@ impl Tracker {
     }
 
     pub(super) fn scan_error(&self, e: io::Error) -> Error {
-        match e.raw_os_error() {
-            Some(libc::ESRCH) => Error::TargetExited { pid: self.pid },
-            _ => Error::sys(format!("PAGEMAP_SCAN of process {}", self.pid), e),
-        }
+        crate::scan::pagemap_error(self.pid, "PAGEMAP_SCAN", e)
     }
 
     /// soft-dirty without PAGEMAP_SCAN: pagemap bit 55 of present or swapped pages.
@@ -165,7 +162,7 @@ impl Tracker {
             let n = (last - page).min(CHUNK);
             let entries = &mut buf[..n as usize];
             pagemap::read_entries(&self.pagemap, page, entries)
-                .map_err(|e| Error::sys(format!("reading /proc/{}/pagemap", self.pid), e))?;
+                .map_err(|e| crate::scan::pagemap_error(self.pid, "reading the pagemap", e))?;
             for (i, &e) in entries.iter().enumerate() {
                 if e & (PM_PRESENT | PM_SWAP) != 0 && e & PM_SOFT_DIRTY != 0 {
                     push_merged(out, (page + i as u64) * PAGE_SIZE, 1);
