@@ -105,6 +105,39 @@ export function parseJson<J = Record<string, unknown>>(t: T, r: CliResult): J {
   }
 }
 
+/** `predump pre-dump … --json`'s result (the fields the tests read), for every mode. */
+export interface PreDumpJson {
+  version: number;
+  command: string;
+  ok: true;
+  pid: number;
+  trackBackend: string;
+  imagesDir: string;
+  mode: 'read' | 'splice' | 'freeze-free';
+  requestedMode: 'auto' | 'read' | 'splice' | 'freeze-free';
+  fallback: string | null;
+  pipes: number;
+  pinnedBytes: number;
+  injectedCalls: number;
+  injectMs: number;
+  partial: boolean;
+  threads: number;
+  scanMethod: string;
+  pagemapEntries: number;
+  pagesScanned: number;
+  pagesPresent: number;
+  pagesWritten: number;
+  pagesGone: number;
+  bytesWritten: number;
+  freezingMs: number;
+  frozenMs: number;
+  stoppedWindowMs: number;
+  scanMs: number;
+  drainMs: number;
+  totalMs: number;
+  drainMBps: number;
+}
+
 export interface ErrorJson {
   ok: false;
   error: { code: string; message: string };
@@ -569,4 +602,21 @@ export function harmTally(harmed: number, trials: number, what: string): string 
   return harmed === 0
     ? `none of the ${trials} ${what} harmed the target`
     : `${harmed} of the ${trials} ${what} harmed the target`;
+}
+
+/** The first line of a running CLI's stdout (a page server's port or listening JSON line). */
+export function firstLine(cli: RunningCli): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onData = (s: string): void => {
+      buf += s;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        cli.child.stdout!.off('data', onData);
+        resolve(buf.slice(0, nl));
+      }
+    };
+    cli.child.stdout!.on('data', onData);
+    cli.done.then((r) => reject(new Error(`exited before listening: ${r.stderr}`)), reject);
+  });
 }

@@ -28,6 +28,7 @@ import {
   tempDir,
   type RunningCli,
   type Target,
+  firstLine,
 } from './helpers.js';
 
 type T = ExecutionContext<unknown>;
@@ -45,19 +46,7 @@ async function startServer(t: T, dir: string, args: string[] = []): Promise<Serv
   t.teardown(() => {
     if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
   });
-  const line = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    const onData = (s: string): void => {
-      buf += s;
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        cli.child.stdout!.off('data', onData);
-        resolve(buf.slice(0, nl));
-      }
-    };
-    cli.child.stdout!.on('data', onData);
-    cli.done.then((r) => reject(new Error(`the server exited: ${r.stderr}`)), reject);
-  });
+  const line = await firstLine(cli);
   const port = (JSON.parse(line) as { listening: { port: number } }).listening.port;
   return {
     cli,

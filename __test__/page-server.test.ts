@@ -23,6 +23,7 @@ import {
   startProcess,
   tempDir,
   type RunningCli,
+  firstLine,
 } from './helpers.js';
 
 type T = ExecutionContext<unknown>;
@@ -32,23 +33,6 @@ const PS_REF =
     path.resolve(fileURLToPath(import.meta.url), '../../../shared/criu-reference/page-server-4.2'),
     '/work/shared/criu-reference/page-server-4.2',
   ].find((p) => existsSync(p)) ?? '/work/shared/criu-reference/page-server-4.2';
-
-/** The first line of a running CLI's stdout (the port, or the listening JSON line). */
-function firstLine(cli: RunningCli): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    const onData = (s: string): void => {
-      buf += s;
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        cli.child.stdout!.off('data', onData);
-        resolve(buf.slice(0, nl));
-      }
-    };
-    cli.child.stdout!.on('data', onData);
-    cli.done.then((r) => reject(new Error(`exited before listening: ${r.stderr}`)), reject);
-  });
-}
 
 /** Sends `bytes` to the port, hangs up, and returns what the server answered. */
 function converse(port: number, bytes: Buffer): Promise<Buffer> {

@@ -19,33 +19,8 @@ import {
   snapshot,
   startWorkload,
   tempDir,
+  type PreDumpJson,
 } from './helpers.js';
-
-interface PreDumpJson {
-  version: number;
-  command: string;
-  ok: true;
-  pid: number;
-  trackBackend: string;
-  imagesDir: string;
-  mode: string;
-  partial: boolean;
-  threads: number;
-  scanMethod: string;
-  pagemapEntries: number;
-  pagesScanned: number;
-  pagesPresent: number;
-  pagesWritten: number;
-  pagesGone: number;
-  bytesWritten: number;
-  freezingMs: number;
-  frozenMs: number;
-  stoppedWindowMs: number;
-  scanMs: number;
-  drainMs: number;
-  totalMs: number;
-  drainMBps: number;
-}
 
 test.serial(
   'pre-dump of a 128 MiB workload through the CLI: complete, correct, CRIU-readable images',

@@ -45,33 +45,10 @@ import {
   type Json,
   type Target,
   harmTally,
+  type PreDumpJson,
 } from './helpers.js';
 
 type T = ExecutionContext<unknown>;
-
-interface PreDumpJson {
-  ok: true;
-  pid: number;
-  mode: 'read' | 'splice';
-  requestedMode: 'read' | 'splice';
-  fallback: string | null;
-  pipes: number;
-  pinnedBytes: number;
-  injectedCalls: number;
-  injectMs: number;
-  partial: boolean;
-  threads: number;
-  pagemapEntries: number;
-  pagesScanned: number;
-  pagesPresent: number;
-  pagesWritten: number;
-  pagesGone: number;
-  bytesWritten: number;
-  freezingMs: number;
-  frozenMs: number;
-  drainMs: number;
-  totalMs: number;
-}
 
 /** `predump pre-dump -t PID -D DIR --pre-dump-mode MODE --json`. */
 function preDumpArgs(pid: number, dir: string, mode: 'read' | 'splice'): string[] {

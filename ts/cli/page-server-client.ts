@@ -2,6 +2,7 @@
  * The options of `pre-dump` and `dump` that send the pages to a page server,
  * with CRIU's names (`--page-server --address A --port P`, `--tls*`).
  */
+import type { TlsOptions } from '../page-server.js';
 import type { PageServerTarget } from '../predump.js';
 
 const GROUP = 'Page server (as criu --page-server):';
@@ -113,18 +114,35 @@ export function checkPageServerClient(argv: Record<string, unknown>): true {
   return true;
 }
 
-interface ClientArgs {
-  pageServer: boolean;
-  address?: string;
-  port?: number;
-  pageServerFormat: 'criu-4.2' | 'criu-4.1';
-  pageServerTimeout: number;
+/** The `--tls*` options, as yargs hands them to both ends (page-server and its clients). */
+export interface TlsArgs {
   tls: boolean;
   tlsCacert?: string;
   tlsCacrl?: string;
   tlsCert?: string;
   tlsKey?: string;
   tlsNoCnVerify: boolean;
+}
+
+/** The TLS options the `--tls*` arguments give (undefined without --tls: plain TCP). */
+export function tlsOptions(args: TlsArgs): TlsOptions | undefined {
+  return args.tls
+    ? {
+        cacert: args.tlsCacert,
+        cacrl: args.tlsCacrl,
+        cert: args.tlsCert,
+        key: args.tlsKey,
+        noCnVerify: args.tlsNoCnVerify,
+      }
+    : undefined;
+}
+
+interface ClientArgs extends TlsArgs {
+  pageServer: boolean;
+  address?: string;
+  port?: number;
+  pageServerFormat: 'criu-4.2' | 'criu-4.1';
+  pageServerTimeout: number;
 }
 
 /** The page server the arguments name, if any. */
@@ -135,14 +153,6 @@ export function pageServerTarget(args: ClientArgs): PageServerTarget | undefined
     port: args.port!,
     format: args.pageServerFormat,
     timeoutMs: Math.round(args.pageServerTimeout * 1000),
-    tls: args.tls
-      ? {
-          cacert: args.tlsCacert,
-          cacrl: args.tlsCacrl,
-          cert: args.tlsCert,
-          key: args.tlsKey,
-          noCnVerify: args.tlsNoCnVerify,
-        }
-      : undefined,
+    tls: tlsOptions(args),
   };
 }

@@ -7,6 +7,7 @@ import type { Argv } from 'yargs';
 import { EXIT } from '../errors.js';
 import type { PageServerResult } from '../page-server.js';
 import { exitStatusHelp, imagesDirOption, STATUS } from './options.js';
+import { tlsOptions } from './page-server-client.js';
 import {
   formatBytes,
   formatMs,
@@ -148,15 +149,7 @@ export async function handler(args: Args): Promise<void> {
       address: args.address,
       port: args.port,
       prevImagesDir: args.prevImagesDir,
-      tls: args.tls
-        ? {
-            cacert: args.tlsCacert,
-            cacrl: args.tlsCacrl,
-            cert: args.tlsCert,
-            key: args.tlsKey,
-            noCnVerify: args.tlsNoCnVerify,
-          }
-        : undefined,
+      tls: tlsOptions(args),
       timeoutMs: args.timeout === undefined ? undefined : Math.round(args.timeout * 1000),
       signal: abort.signal,
       onListening: ({ address, port }) => {

@@ -29,6 +29,7 @@ use predump_core::sys::pidfd::pidfd_getfd;
 use predump_core::{proc, Error};
 
 mod common;
+use common::{fds, maps};
 
 /// Where the stub's code ends (its journal follows).
 #[cfg(target_arch = "x86_64")]
@@ -250,10 +251,6 @@ fn settles_to(pid: i32, tid: i32, want: char) -> bool {
     false
 }
 
-fn maps(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
-}
-
 /// Whether `[start, end)` lies inside one mapping of `pid` with permissions
 /// `perms`: the kernel merges a new anonymous mapping with a neighbour of the
 /// same kind (musl's thread stacks are such neighbours), so the range need not
@@ -271,19 +268,6 @@ fn mapped(pid: i32, start: u64, end: u64, perms: &str) -> bool {
         );
         p == perms && a <= start && end <= b
     })
-}
-
-/// fd number → what it points to.
-fn fds(pid: i32) -> BTreeMap<i32, String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let n = e.file_name().to_str().unwrap().parse().unwrap();
-            let target = std::fs::read_link(e.path()).unwrap();
-            (n, target.to_string_lossy().into_owned())
-        })
-        .collect()
 }
 
 fn status_field(path: &str, key: &str) -> String {

@@ -2,7 +2,6 @@
 //! `track`): a "run" is what one predump invocation does — freeze, inject into
 //! the main thread (blocked in read(0)), attach, …, restore, thaw.
 
-use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
@@ -13,7 +12,7 @@ use predump_core::track::{find_ours, Backend, Tracker};
 use predump_core::{proc, PageRange, PAGE_SIZE};
 
 mod common;
-use common::Testee;
+use common::{fds, maps, Testee};
 
 /// The VMAs a pre-dump would track: those CRIU keeps.
 fn eligible(pid: i32) -> Vec<Vma> {
@@ -50,22 +49,6 @@ fn pages(base: u64, list: &[(u64, u64)]) -> Vec<PageRange> {
 
 fn covers(list: &[(u64, u64)], (s, e): (u64, u64)) -> bool {
     list.iter().any(|&(a, b)| a <= s && e <= b)
-}
-
-fn fds(pid: i32) -> BTreeMap<i32, String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let n = e.file_name().to_str().unwrap().parse().unwrap();
-            let target = std::fs::read_link(e.path()).unwrap();
-            (n, target.to_string_lossy().into_owned())
-        })
-        .collect()
-}
-
-fn maps(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
 }
 
 /// Is the uffd-wp backend usable here at all? (Not on kernels before 6.7, nor

@@ -3,10 +3,12 @@
 //! handled, and no process is ever left stopped or traced.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, ChildStdin, Command};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use predump_core::freeze::Frozen;
 use predump_core::proc;
@@ -25,26 +27,12 @@ struct Tree {
 
 impl Tree {
     fn start(script: &str) -> Tree {
-        let mut launcher = Command::new("/bin/sh")
-            .arg("-c")
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
             // An asynchronous command's stdin is /dev/null unless redirected.
             .arg("exec 3<&0; /bin/sh -c \"$0\" <&3 3<&- & wait")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
-        let stdin = launcher.stdin.take().unwrap();
-        let out = launcher.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+            .arg(script);
+        let (launcher, stdin, lines) = common::spawn_piped(cmd);
         let mut t = Tree {
             launcher,
             stdin,

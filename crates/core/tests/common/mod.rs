@@ -1,6 +1,8 @@
-//! What the integration tests share: starting the test target program.
+//! What the integration tests share: starting the test target program (or
+//! any piped child), and reading a process's fds and mappings.
 #![allow(dead_code)] // each test file uses a part of it
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -11,12 +13,12 @@ pub const TESTEE: &str = env!("CARGO_BIN_EXE_predump-testee");
 /// Spawns `cmd` with piped stdin and stdout: the child, its stdin, and its
 /// stdout lines as they come (read on a thread of their own, so a test can
 /// wait with a timeout).
-fn spawn_piped(mut cmd: Command) -> (Child, ChildStdin, Receiver<String>) {
+pub fn spawn_piped(mut cmd: Command) -> (Child, ChildStdin, Receiver<String>) {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn predump-testee");
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
     let stdin = child.stdin.take().unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
@@ -134,4 +136,22 @@ impl Drop for Testee {
         }
         let _ = self.child.wait();
     }
+}
+
+/// fd number → what it points to, of process `pid`.
+pub fn fds(pid: i32) -> BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_str().unwrap().parse().unwrap();
+            let target = std::fs::read_link(e.path()).unwrap();
+            (n, target.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// /proc/PID/maps of process `pid`.
+pub fn maps(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
 }
