@@ -18,11 +18,11 @@ import {
   readPreDumpDir,
   type PagemapEntry,
   type PreDumpDir,
+  TRACK_FILE,
 } from './images/index.js';
 import { native } from './native.js';
 
-/** predump's own record in an images directory: which tracking run made it. */
-export const TRACK_FILE = 'predump-track.json';
+export { TRACK_FILE };
 
 export interface TrackRecord {
   pid: number;

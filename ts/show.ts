@@ -14,6 +14,8 @@ import {
   readTreeDir,
   type DumpStats,
   type PreDumpDir,
+  STATS_FILE,
+  TRACK_FILE,
 } from './images/index.js';
 
 export interface ImagesSummary {
@@ -78,7 +80,7 @@ export async function describeImages(dir: string): Promise<ImagesSummary> {
   const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
     throw new PredumpError('EDIR', `cannot read ${dir}: ${err.message}`);
   });
-  if (!names.some((n) => /\.img$/.test(n) || n === 'stats-dump')) {
+  if (!names.some((n) => /\.img$/.test(n) || n === STATS_FILE)) {
     throw new PredumpError(
       'EDIR',
       `${dir} holds no CRIU images (no inventory.img, pagemap-PID.img, pages-ID.img or ` +
@@ -131,15 +133,14 @@ async function summarize(dir: string, d: PreDumpDir): Promise<ImagesSummary> {
   };
 }
 
-/** predump's record in an images directory (written by preDump(), read by parent.ts). */
-const RECORD_FILE = 'predump-track.json';
+/** The trackings predump's record (TRACK_FILE, written by preDump(), read by parent.ts) names. */
 const TRACKINGS = ['uffd-wp', 'soft-dirty', 'none'] as const;
 
 /** What `show` reads of predump's record; undefined without one (or an unreadable one). */
 async function readRecord(
   dir: string,
 ): Promise<{ trackMem?: string; final?: boolean; mode?: string } | undefined> {
-  const text = await readFile(path.join(dir, RECORD_FILE), 'utf8').catch(() => undefined);
+  const text = await readFile(path.join(dir, TRACK_FILE), 'utf8').catch(() => undefined);
   if (text === undefined) return undefined;
   try {
     const r = JSON.parse(text) as unknown;

@@ -35,6 +35,7 @@ export {
   PRE_DUMP_IMG_VERSION,
   PRE_DUMP_MODE,
   STATS_FILE,
+  TRACK_FILE,
   pagemapFileName,
   pagesFileName,
   presentPages,

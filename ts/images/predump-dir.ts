@@ -40,6 +40,8 @@ export const PAGE_SIZE = 4096;
 export const INVENTORY_FILE = 'inventory.img';
 export const STATS_FILE = 'stats-dump';
 export const PARENT_LINK = 'parent';
+/** predump's own record in an images directory: which tracking run made it. */
+export const TRACK_FILE = 'predump-track.json';
 /** CRIU's pre-dump leaves inventory_entry.img_version unset: 0 (a full dump writes 2). */
 export const PRE_DUMP_IMG_VERSION = 0;
 
