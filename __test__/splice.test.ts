@@ -1,3 +1,5 @@
+// Over 800 lines: one subject (splice mode against real targets), its tests sharing the
+// pre-dump, images and target-state checks defined below.
 /**
  * Splice mode (`--pre-dump-mode splice`): the pages are referenced into pipes by vmsplice
  * calls injected into the frozen target. The images must be those of read mode (but for the

@@ -1,3 +1,5 @@
+// Over 800 lines: one subject (pre-dumps of process trees), its tests sharing the tree
+// launcher, the per-process image checks and the tracking helpers defined below.
 /**
  * `pre-dump -t ROOT` on a process tree: the whole tree frozen together, one pagemap and pages
  * image per process, each anonymous shared memory object once, everything thawed; and the

@@ -1,3 +1,6 @@
+// About 800 lines with its tests: the code is under 500; the unit tests below it
+// need real mappings of this process and belong next to the walk they check.
+
 //! Finding the pages worth dumping: present (or swapped) and not the shared zero
 //! page, in the mappings CRIU's pre-dump keeps; of a private file mapping only the
 //! pages no longer the file's, of the vDSO every page (`maps::Take`: CRIU's rules).
