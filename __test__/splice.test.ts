@@ -11,7 +11,7 @@ import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -751,6 +751,7 @@ async function killExperiment(t: T): Promise<KillOutcome> {
         ),
       ]);
     }
+    if (why.startsWith('no answer')) why += `; ${await hangDiagnosis(target.pid)}`;
     const moment =
       `killed ${delay.toFixed(1)} ms after the attach` +
       ` (${r.code === 0 ? 'it had ended' : early ? 'before the drain' : `in the drain, ${pagesBytes} bytes written`})`;
@@ -782,6 +783,29 @@ async function killExperiment(t: T): Promise<KillOutcome> {
   if (o.notClean) o.notes.push(`left after untrack: ${diff.join(', ')}`);
   o.targetsOwn = own;
   return o;
+}
+
+/**
+ * What a target that does not answer is doing, for the note of a harmed trial: each
+ * thread's state, the kernel function it sleeps in and its system call (/proc), and the
+ * load (a machine busy enough can delay an answer past the bound).
+ */
+async function hangDiagnosis(pid: number): Promise<string> {
+  const read = (f: string): Promise<string> =>
+    readFile(f, 'utf8').then(
+      (x) => x.trim(),
+      () => '?',
+    );
+  const tids = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  const threads = await Promise.all(
+    tids.map(async (tid) => {
+      const base = `/proc/${pid}/task/${tid}`;
+      const stat = await read(`${base}/stat`);
+      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+      return `${tid} ${state} wchan=${await read(`${base}/wchan`)} syscall=${(await read(`${base}/syscall`)).split(' ')[0]}`;
+    }),
+  );
+  return `threads: ${threads.join(', ')}; load ${(await read('/proc/loadavg')).split(' ').slice(0, 3).join(' ')}`;
 }
 
 let killOutcome: Promise<KillOutcome> | undefined;
