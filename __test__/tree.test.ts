@@ -8,7 +8,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { decodeImage, decodePagemapEntry, decodePagemapHead } from '../ts/images/index.js';
@@ -682,6 +682,18 @@ test('incremental pre-dumps of a tree with uffd-wp tracking: each process copies
     pm.entries.some((e) => e.flags === 1),
     'PE_PARENT entries name the pages left to the parent',
   );
+  // A third pre-dump on the second checks the chain below it, process by process: with
+  // the first gone, the pages the second leaves to it are nowhere: EPARENT, nothing written.
+  const third = await preDumpTracked('3', ['--prev-images-dir', '../2']);
+  t.is(third.code, 0, third.stderr);
+  await rename(path.join(base, '1'), path.join(base, '1-moved'));
+  const broken = await preDumpTracked('4', ['--prev-images-dir', '../2']);
+  assertCliError(t, broken, {
+    exit: 1,
+    code: 'EPARENT',
+    message: /the chain of parent images \.\.\/2 is broken: .*1.* do not exist/,
+  });
+  t.false(existsSync(path.join(base, '4')), 'nothing written');
   signalAll(pids, 'SIGCONT');
   // A failure ends nothing it did not start; untrack ends the tracking in the whole tree.
   const u = await runCli(['untrack', '-t', String(w.pid), '--json']);

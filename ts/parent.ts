@@ -184,11 +184,15 @@ async function sentParent(
 
 const secs = (us: number): string => (us / 1e6).toFixed(2);
 
-/** A complete images directory, or the reason it is not one. */
+/**
+ * A complete images directory, or the reason it is not one; `pid`: the process to read in
+ * a directory of a process tree.
+ */
 async function readDir(
   dir: string,
   refuse: (why: string) => PredumpError,
   where: string,
+  pid?: number,
 ): Promise<PreDumpDir> {
   const st = await stat(dir).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') {
@@ -204,7 +208,7 @@ async function readDir(
   if (!st.isDirectory()) throw refuse(`are not a directory${where}`);
   let d: PreDumpDir;
   try {
-    d = await readPreDumpDir(dir);
+    d = await readPreDumpDir(dir, pid === undefined ? {} : { pid });
   } catch (err) {
     throw refuse(`are corrupt${where}: ${(err as Error).message}`);
   }
@@ -216,9 +220,16 @@ async function readDir(
  * Every link of the chain that holds pages for the one below it: present,
  * complete, of the same process, and holding every page the link below leaves to
  * it (what CRIU checks when it writes a hole, check_pagehole_in_parent, and what
- * restoring needs).
+ * restoring needs). `tree`: the directories are a process tree's, `pid` one of its
+ * processes.
  */
-async function checkChain(top: string, topDir: PreDumpDir, pid: number, given: string) {
+export async function checkChain(
+  top: string,
+  topDir: PreDumpDir,
+  pid: number,
+  given: string,
+  tree = false,
+): Promise<void> {
   const seen = new Set([top]);
   let [dir, d] = [top, topDir];
   for (;;) {
@@ -237,7 +248,7 @@ async function checkChain(top: string, topDir: PreDumpDir, pid: number, given: s
     if (seen.has(next)) throw broken(`its 'parent' links loop at ${next}`);
     seen.add(next);
     const link = `the images ${next} (the parent of ${name})`;
-    const nd = await readDir(next, (why) => broken(`${link} ${why}`), '');
+    const nd = await readDir(next, (why) => broken(`${link} ${why}`), '', tree ? pid : undefined);
     if (nd.pid !== pid) throw broken(`${link} were made for process ${nd.pid ?? '?'}, not ${pid}`);
     const missing = uncovered(holes, nd.entries);
     if (missing !== undefined) {

@@ -305,6 +305,22 @@ export interface LeftOutResult {
 
 const PAGE = 4096;
 
+/**
+ * A pagemap's entries from the core's report: the pages written (PE_PRESENT, in the pages
+ * image's order) and those left to the parent (PE_PARENT), as [vaddr, nrPages] pairs; sorted
+ * by address, as a pagemap lists them.
+ */
+export function pagemapEntries(regions: Float64Array, parentRegions: Float64Array): PagemapEntry[] {
+  const entries: PagemapEntry[] = [];
+  for (let i = 0; i < regions.length; i += 2) {
+    entries.push({ vaddr: regions[i]!, nrPages: regions[i + 1]!, flags: PE_PRESENT });
+  }
+  for (let i = 0; i < parentRegions.length; i += 2) {
+    entries.push({ vaddr: parentRegions[i]!, nrPages: parentRegions[i + 1]!, flags: PE_PARENT });
+  }
+  return entries.sort((a, b) => a.vaddr - b.vaddr);
+}
+
 /** Pre-dumps a live process into a new CRIU image directory. */
 export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   const mode = options.mode ?? 'auto';
@@ -381,20 +397,10 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       throw fromNative(err);
     });
     createdTracking = report.createdTracking;
-    const entries: PagemapEntry[] = [];
-    for (let i = 0; i < report.regions.length; i += 2) {
-      entries.push({ vaddr: report.regions[i], nrPages: report.regions[i + 1], flags: PE_PRESENT });
-    }
-    let pagesSkippedParent = 0;
-    for (let i = 0; i < report.parentRegions.length; i += 2) {
-      entries.push({
-        vaddr: report.parentRegions[i],
-        nrPages: report.parentRegions[i + 1],
-        flags: PE_PARENT,
-      });
-      pagesSkippedParent += report.parentRegions[i + 1];
-    }
-    entries.sort((a, b) => a.vaddr - b.vaddr);
+    const entries = pagemapEntries(report.regions, report.parentRegions);
+    const pagesSkippedParent = entries
+      .filter((e) => e.flags === PE_PARENT)
+      .reduce((n, e) => n + e.nrPages, 0);
     if (sent) {
       // What the server stored is what was sent: the chain's pages for a next pre-dump.
       entries.length = 0;

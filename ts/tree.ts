@@ -15,19 +15,20 @@ import path from 'node:path';
 import {
   PARENT_LINK,
   PE_PARENT,
-  PE_PRESENT,
   PRE_DUMP_MODE,
+  readPreDumpDir,
   readTreeDir,
   writeTreeImages,
 } from './images/index.js';
 import { native } from './native.js';
-import { bootId, TRACK_FILE, type TrackRecord } from './parent.js';
+import { bootId, checkChain, TRACK_FILE, type TrackRecord } from './parent.js';
 import { randomHex } from './random.js';
 import type { TreeListing, TreePreDumpReport } from './generated/native.js';
 import {
   abortable,
   copyTimes,
   notPreDumped as toNotPreDumped,
+  pagemapEntries,
   type LeftOutResult,
   type PreDumpOptions,
   type PreDumpResult,
@@ -36,6 +37,7 @@ import {
 } from './predump.js';
 
 const PAGE = 4096;
+const NO_REGIONS = new Float64Array(0);
 
 /** The tree of `root` as it is now (unfrozen: it may change at once). */
 export async function listTree(root: number): Promise<TreeListing> {
@@ -113,13 +115,13 @@ async function openTreeParent(
   if (madeUs === 0 || startedUs(rootStartTicks) > madeUs) {
     throw refuse(`were made for an earlier process with pid ${root}: the pid was reused`);
   }
-  // Pages the parent leaves to its own parent must be there: the chain holds them only then.
-  if (t.processes.some((p) => p.entries.some((e) => e.flags & PE_PARENT))) {
-    const grand = path.join(abs, PARENT_LINK);
-    const g = await readTreeDir(grand).catch(() => undefined);
-    if (!g?.dir.complete) {
-      throw refuse(`name pages of their own parent images, but ${grand} is missing or incomplete`);
-    }
+  // Pages a process's parent images leave to their own parent must be there, as for one
+  // process: the chain holds them only then.
+  for (const p of t.processes.filter((p) => p.entries.some((e) => e.flags & PE_PARENT))) {
+    const d = await readPreDumpDir(abs, { pid: p.pid }).catch((err: Error) => {
+      throw refuse(`cannot be read: ${err.message}`);
+    });
+    await checkChain(abs, d, p.pid, given, true);
   }
   const record = await readFile(path.join(abs, TRACK_FILE), 'utf8').then(
     (text) => JSON.parse(text) as TrackRecord,
@@ -199,27 +201,17 @@ export async function preDumpTree(
       throw fromNative(err);
     });
     createdTracking = report.processes.filter((p) => p.createdTracking).map((p) => p.pid);
-    const entriesOf = (regions: Float64Array, parentRegions?: Float64Array) => {
-      const out = [];
-      for (let i = 0; i < regions.length; i += 2) {
-        out.push({ vaddr: regions[i]!, nrPages: regions[i + 1]!, flags: PE_PRESENT });
-      }
-      for (let i = 0; parentRegions && i < parentRegions.length; i += 2) {
-        out.push({ vaddr: parentRegions[i]!, nrPages: parentRegions[i + 1]!, flags: PE_PARENT });
-      }
-      return out.sort((a, b) => a.vaddr - b.vaddr);
-    };
     const processes = report.processes.map((p) => ({
       pid: p.pid,
       pagesId: p.pagesId,
-      entries: entriesOf(p.regions, p.parentRegions),
+      entries: pagemapEntries(p.regions, p.parentRegions),
     }));
     const tracking = report.processes.find((p) => p.tracking !== 'none')?.tracking ?? 'none';
     const trackNote = treeTrackNote(report, parent !== undefined, tracking);
     const shmem = report.shmem.map((s) => ({
       shmid: s.shmid,
       pagesId: s.pagesId,
-      entries: entriesOf(s.regions),
+      entries: pagemapEntries(s.regions, NO_REGIONS),
     }));
     const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
     const privateWritten = sum(report.processes.map((p) => p.pagesWritten));

@@ -459,16 +459,14 @@ fn track_all(
     // Those already tracked were done by the scan threads.
     for f in found.iter_mut().filter(|f| f.chosen.is_none()) {
         let p = frozen
-            .processes()
-            .iter()
-            .find(|p| p.member.pid == f.member.pid)
+            .get(f.member.pid)
             .expect("a scanned process is one of the frozen tree's");
         let (keep, _) = scan::select(&f.vmas, &f.vm_flags, true);
-        let chosen = tree_track::choose(&p.frozen, f.member.start_time, &keep, &f.scan.ranges, t)?;
+        let mut chosen = tree_track::choose(p, f.member.start_time, &keep, &f.scan.ranges, t)?;
         if chosen.created {
             created.push(f.member.pid);
         }
-        f.scan.ranges = chosen.dump.clone();
+        f.scan.ranges = std::mem::take(&mut chosen.dump);
         f.chosen = Some(chosen);
     }
     Ok(())
@@ -525,11 +523,9 @@ fn scan_frozen(
             Scanned::Found(f) => found.push(f),
             Scanned::Marked(mut job) => {
                 let p = frozen
-                    .processes()
-                    .iter()
-                    .find(|p| p.member.pid == job.member.pid)
+                    .get(job.member.pid)
                     .expect("a scanned process is one of the frozen tree's");
-                let removed = crate::inject::leftovers::clean(&p.frozen)?;
+                let removed = crate::inject::leftovers::clean(p)?;
                 // Empty: the marker was there but nothing to remove.
                 job.leftovers_removed = Some(if removed.is_empty() {
                     String::new()
@@ -674,12 +670,12 @@ fn scan_one(mut job: Job<'_>) -> Result<Scanned<'_>> {
     if !unreadable.is_empty() {
         scan.unreadable_pages = scanner.present_stopped(&unreadable)?.pages_present;
     }
-    let chosen = match tracking {
+    let mut chosen = match tracking {
         Some(t) => tree_track::choose_tracked(pid, member.start_time, &keep, &scan.ranges, t)?,
         None => None,
     };
-    if let Some(c) = &chosen {
-        scan.ranges = c.dump.clone();
+    if let Some(c) = &mut chosen {
+        scan.ranges = std::mem::take(&mut c.dump);
     }
     Ok(Scanned::Found(Found {
         member,

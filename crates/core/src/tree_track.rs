@@ -34,7 +34,7 @@ pub struct TreeTracking {
 /// What tracking decided for one process.
 #[derive(Debug, Default)]
 pub struct Chosen {
-    /// The present pages to copy.
+    /// The present pages to copy (the caller takes them).
     pub dump: Vec<PageRange>,
     /// The present pages its parent images hold (PE_PARENT).
     pub to_parent: Vec<PageRange>,
