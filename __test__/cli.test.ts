@@ -11,7 +11,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import yargs from 'yargs';
 
-import { COMMANDS, type CommandModule } from '../ts/cli/commands.js';
+import { COMMANDS, nameOf, type CommandModule } from '../ts/cli/commands.js';
+import { JSON_VERSIONS } from '../ts/cli/output.js';
 import { parseFast } from '../ts/cli/fast-args.js';
 import type { ImagesSummary } from '../ts/show.js';
 import type { PreDumpResult } from '../ts/predump.js';
@@ -205,7 +206,14 @@ test.serial('show says what made the images: freeze-free pre-dump, then dump', a
   ]);
   t.is(dump.code, 0, dump.stderr);
   // What happened when: copied inside the frozen window, only the fsync after the thaw.
-  t.like(parseJson(t, dump), { command: 'dump', ok: true, copiedWhileFrozen: true });
+  // dump's JSON is at version 2: drainMBps is 0 (nothing was copied after the thaw).
+  t.like(parseJson(t, dump), {
+    version: 2,
+    command: 'dump',
+    ok: true,
+    copiedWhileFrozen: true,
+    drainMBps: 0,
+  });
   t.is(dump.stderr, '', 'with --json: no summary on stderr');
   const show = async (dir: string): Promise<[ImagesSummary, string]> => {
     const j = await runCli(['show', path.join(tmp, dir), '--json']);
@@ -457,6 +465,31 @@ test('--json: version, command and ok first, in results and errors, from either 
   const none = await runCli(['--json']);
   t.is(none.code, 2);
   t.deepEqual(head(none), ['version=1', 'ok=false', 'error=[object Object]']);
+});
+
+test("--json: each command's version, as the README's table gives it, in every document", async (t) => {
+  // The README's table: one row per command, its version in the second column.
+  const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('### JSON output'));
+  const documented = Object.fromEntries(
+    [...section.matchAll(/^\| `([a-z-]+)` +\| (\d+) +\|/gm)].map((m) => [m[1]!, Number(m[2])]),
+  );
+  t.deepEqual(documented, JSON_VERSIONS, 'the README documents the versions the CLI prints');
+  t.deepEqual(Object.keys(JSON_VERSIONS).sort(), COMMANDS.map(nameOf).sort(), 'every command');
+  t.is(JSON_VERSIONS.dump, 2, "dump's drainMBps changed meaning");
+  // Every command prints its version, in its errors too (a bad option: exit 2).
+  for (const [command, version] of Object.entries(JSON_VERSIONS)) {
+    const args = command === 'show' ? ['show', '/nonexistent'] : [command];
+    const r = await runCli([...args, '--bogus', '--json']);
+    t.is(r.code, 2, `${command}: ${r.stderr}`);
+    // yargs names what is wrong first: a missing required option, else the unknown one.
+    t.regex(
+      r.stderr,
+      /\npredump: (Unknown argument: bogus|Missing required arguments?: [a-z-, ]+)\n$/,
+      command,
+    );
+    t.like(parseJson(t, r), { version, command, ok: false, error: { code: 'EUSAGE' } }, command);
+  }
 });
 
 test('--help lists every exit status, 130 and 143 included; each command its own', async (t) => {

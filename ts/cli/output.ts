@@ -47,10 +47,33 @@ export function inform(message: string): void {
 }
 
 /**
- * The version of the JSON every command prints (its `version` field, README "JSON
- * output"): raised when a field changes meaning or goes away, not when one is added.
+ * The version of each command's JSON (its `version` field, README "JSON output"), raised
+ * for that command when one of its fields changes meaning or goes away, not when one is
+ * added. `dump` is at 2: its `drainMBps` was the bytes per millisecond of the fsync after
+ * the thaw (the copy had happened while frozen) and is now 0, `copyMBps` giving the copy's
+ * rate; and a tree dump's `drainMs` now starts at the thaw, as a single process's.
  */
-export const JSON_VERSION = 1;
+export const JSON_VERSIONS = {
+  'pre-dump': 1,
+  dump: 2,
+  'page-server': 1,
+  show: 1,
+  untrack: 1,
+  verify: 1,
+  demo: 1,
+  check: 1,
+  bench: 1,
+} as const satisfies Record<string, number>;
+
+/** The version of a document that names no command (a command line naming none). */
+const NO_COMMAND_VERSION = 1;
+
+/** The version of `command`'s JSON. */
+export function jsonVersion(command: string | undefined): number {
+  return command !== undefined && Object.hasOwn(JSON_VERSIONS, command)
+    ? JSON_VERSIONS[command as keyof typeof JSON_VERSIONS]
+    : NO_COMMAND_VERSION;
+}
 
 let commandName: string | undefined;
 
@@ -64,13 +87,13 @@ export function jsonCommand(name: string): void {
  * first, then `ok`, then the command's own fields (or `error` when `ok` is false).
  */
 export function printJson(value: object): void {
-  const doc = { version: JSON_VERSION, command: commandName, ...value };
+  const doc = { version: jsonVersion(commandName), command: commandName, ...value };
   write(process.stdout, `${JSON.stringify(doc, null, 2)}\n`);
 }
 
 /** One object on one line, as printJson's: for a command that reports events (page-server). */
 export function printJsonLine(value: object): void {
-  const doc = { version: JSON_VERSION, command: commandName, ...value };
+  const doc = { version: jsonVersion(commandName), command: commandName, ...value };
   write(process.stdout, `${JSON.stringify(doc)}\n`);
 }
 
