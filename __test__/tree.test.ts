@@ -267,9 +267,10 @@ test('what a tree does not support yet is refused by name, before anything is to
       ['--pre-dump-mode', 'freeze-free'],
       /the freeze-free mode is not supported on a tree of 4 processes/,
     ],
+    // With a page server too: refused before any connection (nothing listens on port 1).
     [
-      ['--page-server', '--address', '127.0.0.1', '--port', '1'],
-      /a page server \(--page-server\) is not supported for a tree of 4 processes/,
+      ['--pre-dump-mode', 'splice', '--page-server', '--address', '127.0.0.1', '--port', '1'],
+      /the splice mode is not supported on a tree of 4 processes/,
     ],
   ];
   for (const [i, [extra, message]] of cases.entries()) {

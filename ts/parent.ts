@@ -45,6 +45,11 @@ export interface TrackRecord {
     port: number;
     dumpUptimeUs: number;
     entries: number[];
+    /**
+     * A process tree's pre-dump: every process's pagemap sent, likewise (`entries` above
+     * is the root's).
+     */
+    processes?: { pid: number; entries: number[] }[];
   };
 }
 

@@ -5,14 +5,18 @@
  * and per shared object; this side writes the pagemaps, stats and inventory around them.
  *
  * Dirty tracking works as for one process, per process of the tree (anonymous shared memory
- * is copied whole every time). What a tree does not support yet is refused up front, naming
- * it: splice and freeze-free modes and a page server.
+ * is copied whole every time). With a page server the pages go over one connection, each
+ * process's and each shared object's pagemap under its own id, as `criu pre-dump -t ROOT
+ * --page-server` sends them; this directory then keeps what CRIU's client keeps (inventory,
+ * stats, the parent link) and predump's record of what was sent. What a tree does not support
+ * yet is refused up front, naming it: splice and freeze-free modes.
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
-import { readFile, symlink, writeFile } from 'node:fs/promises';
+import { readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
+  INVENTORY_FILE,
   PARENT_LINK,
   PE_PARENT,
   PRE_DUMP_MODE,
@@ -23,13 +27,14 @@ import {
 import { native } from './native.js';
 import { bootId, checkChain, TRACK_FILE, type TrackRecord } from './parent.js';
 import { randomHex } from './random.js';
-import type { TreeListing, TreePreDumpReport } from './generated/native.js';
+import type { TreeListing, TreePreDumpReport, TreeSent } from './generated/native.js';
 import {
   abortable,
   copyTimes,
   notPreDumped as toNotPreDumped,
   pagemapEntries,
   type LeftOutResult,
+  type PageServerSent,
   type PreDumpOptions,
   type PreDumpResult,
   type ProcessResult,
@@ -61,12 +66,6 @@ function refuseUnsupported(options: PreDumpOptions, processes: number): void {
       `the ${mode} mode is not supported on ${n} yet: use --pre-dump-mode read (or auto)`,
     );
   }
-  if (options.pageServer) {
-    throw new PredumpError(
-      'EINVAL',
-      `a page server (--page-server) is not supported for ${n} yet: pre-dump it into a local directory`,
-    );
-  }
 }
 
 /** The parent images of a tree pre-dump. */
@@ -79,6 +78,8 @@ interface TreeParent {
   pages: Map<number, Float64Array>;
   /** The arming of the tracking that made it (absent: made without tracking, or by CRIU). */
   generation?: string;
+  /** Its pages went to a page server: only a pre-dump to a page server can build on it. */
+  pageServer: boolean;
 }
 
 /**
@@ -95,6 +96,11 @@ async function openTreeParent(
   const abs = path.resolve(path.resolve(imagesDir), given);
   const refuse = (why: string): PredumpError =>
     new PredumpError('EPARENT', `parent images ${given} ${why}`);
+  const record = await readFile(path.join(abs, TRACK_FILE), 'utf8').then(
+    (text) => JSON.parse(text) as TrackRecord,
+    () => undefined,
+  );
+  if (record?.pageServer) return sentTreeParent(abs, record, refuse, root, rootStartTicks);
   const t = await readTreeDir(abs).catch((err: Error) => {
     throw refuse(`cannot be read: ${err.message}`);
   });
@@ -123,10 +129,6 @@ async function openTreeParent(
     });
     await checkChain(abs, d, p.pid, given, true);
   }
-  const record = await readFile(path.join(abs, TRACK_FILE), 'utf8').then(
-    (text) => JSON.parse(text) as TrackRecord,
-    () => undefined,
-  );
   const pages = new Map(
     t.processes.map((p) => [
       p.pid,
@@ -139,6 +141,55 @@ async function openTreeParent(
     pids,
     pages,
     generation: record?.pid === root && !record.final ? record.generation : undefined,
+    pageServer: false,
+  };
+}
+
+/**
+ * The local half of a tree pre-dump sent to a page server (inventory, stats, and the record of
+ * every pagemap sent): the server holds the pages and answers for them (PS_IOV_PARENT); the
+ * record says what they are.
+ */
+async function sentTreeParent(
+  abs: string,
+  record: TrackRecord,
+  refuse: (why: string) => PredumpError,
+  root: number,
+  rootStartTicks: number,
+): Promise<TreeParent> {
+  const sent = record.pageServer!;
+  if (!(await stat(path.join(abs, INVENTORY_FILE)).catch(() => undefined))) {
+    throw refuse('are incomplete (no inventory.img)');
+  }
+  const processes = sent.processes ?? [{ pid: record.pid, entries: sent.entries }];
+  const pids = processes.map((p) => p.pid);
+  if (!pids.includes(root)) {
+    throw refuse(
+      `were made for process${pids.length === 1 ? '' : 'es'} ${pids.join(', ')}, not the tree of ${root}`,
+    );
+  }
+  if (record.bootId !== undefined && record.bootId !== (await bootId())) {
+    throw refuse(`were made before the last reboot (boot ${record.bootId})`);
+  }
+  const madeUs = sent.dumpUptimeUs;
+  if (!(madeUs > 0) || startedUs(rootStartTicks) > madeUs) {
+    throw refuse(`were made for an earlier process with pid ${root}: the pid was reused`);
+  }
+  const pages = new Map(
+    processes.map((p) => {
+      const pairs: number[] = [];
+      for (let i = 0; i + 2 < p.entries.length; i += 3)
+        pairs.push(p.entries[i]!, p.entries[i + 1]!);
+      return [p.pid, new Float64Array(pairs)];
+    }),
+  );
+  return {
+    dir: abs,
+    madeUs,
+    pids,
+    pages,
+    generation: record.pid === root && !record.final ? record.generation : undefined,
+    pageServer: true,
   };
 }
 
@@ -163,6 +214,14 @@ export async function preDumpTree(
           root,
           listing.members[0]!.startTime,
         );
+  const ps = options.pageServer;
+  if (parent?.pageServer && !ps) {
+    throw new PredumpError(
+      'EPARENT',
+      `parent images ${options.prevImagesDir} were sent to a page server: their pages are not ` +
+        'on this host, so this pre-dump must go to the page server too (--page-server)',
+    );
+  }
   const generation = randomHex(8);
   // A process of the parent's tree is only given its chain if it is the same process: the
   // same pid, started before the parent was made (else the pid was reused).
@@ -179,22 +238,33 @@ export async function preDumpTree(
     ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
     : undefined;
   try {
-    const report = await abortable<TreePreDumpReport>(
-      native.preDumpTree(
-        {
-          root,
-          dir: dir.path,
-          bufferBytes: options.bufferBytes,
-          finalDump: options.finalDump,
-          leaveStopped: options.leaveStopped,
-          trackMem: options.trackMem ?? 'auto',
-          generation,
-          parentGeneration: parent?.generation,
-          parentMadeUs: parent?.madeUs,
-          parents,
-        },
-        progress,
-      ),
+    const nativeOptions = {
+      root,
+      dir: dir.path,
+      bufferBytes: options.bufferBytes,
+      finalDump: options.finalDump,
+      leaveStopped: options.leaveStopped,
+      trackMem: options.trackMem ?? 'auto',
+      generation,
+      parentGeneration: parent?.generation,
+      parentMadeUs: parent?.madeUs,
+      parents,
+    };
+    const format = ps?.format ?? 'criu-4.2';
+    const { report, sent } = await abortable<{ report: TreePreDumpReport; sent?: TreeSent }>(
+      ps
+        ? native.preDumpTreeToServer(
+            nativeOptions,
+            {
+              address: ps.address,
+              port: ps.port,
+              format,
+              tls: ps.tls,
+              timeoutMs: ps.timeoutMs ?? 30_000,
+            },
+            progress,
+          )
+        : native.preDumpTree(nativeOptions, progress).then((report) => ({ report })),
       options.signal,
       progress,
     ).catch((err: unknown) => {
@@ -207,7 +277,18 @@ export async function preDumpTree(
       entries: pagemapEntries(p.regions, p.parentRegions),
     }));
     const tracking = report.processes.find((p) => p.tracking !== 'none')?.tracking ?? 'none';
-    const trackNote = treeTrackNote(report, parent !== undefined, tracking);
+    let trackNote = treeTrackNote(report, parent !== undefined, tracking);
+    if (sent && ps && sent.notInServerParent.length > 0) {
+      const pids = sent.notInServerParent;
+      const none = `the page server at ${ps.address}:${ps.port} holds no parent images (its --prev-images-dir) of process${pids.length === 1 ? '' : 'es'} ${pids.join(', ')}: every page of ${pids.length === 1 ? 'it' : 'them'} is copied`;
+      trackNote = trackNote ? `${none}; ${trackNote}` : none;
+    }
+    // What the server stored is what was sent: the chain's pages for a next pre-dump.
+    const sentEntries = new Map(
+      (sent?.pagemaps ?? [])
+        .filter((p) => p.kind === 'process')
+        .map((p) => [p.id, Array.from(p.entries)]),
+    );
     const shmem = report.shmem.map((s) => ({
       shmid: s.shmid,
       pagesId: s.pagesId,
@@ -221,9 +302,9 @@ export async function preDumpTree(
     if (parent) {
       await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
     }
-    if (options.finalDump || tracking !== 'none') {
+    if (options.finalDump || tracking !== 'none' || sent) {
       // The arming the next pre-dump on this one must find (and what `show` reads to call
-      // it a dump), as for one process.
+      // it a dump), as for one process; with a page server, what was sent.
       const record: TrackRecord = {
         pid: root,
         generation,
@@ -231,6 +312,20 @@ export async function preDumpTree(
         final: options.finalDump === true,
         bootId: await bootId(),
         mode: 'read',
+        ...(sent && ps
+          ? {
+              pageServer: {
+                address: ps.address,
+                port: ps.port,
+                dumpUptimeUs: report.dumpUptimeUs,
+                entries: sentEntries.get(root) ?? [],
+                processes: report.processes.map((p) => ({
+                  pid: p.pid,
+                  entries: sentEntries.get(p.pid) ?? [],
+                })),
+              },
+            }
+          : {}),
       };
       await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
         mode: 0o600,
@@ -256,6 +351,7 @@ export async function preDumpTree(
         shpagesWritten: sharedWritten,
       },
       inventory: { dumpUptime: BigInt(report.dumpUptimeUs), preDumpMode: PRE_DUMP_MODE.read },
+      pagesElsewhere: sent !== undefined,
     }).catch((err: unknown) => {
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
@@ -343,7 +439,8 @@ export async function preDumpTree(
       bufferBytes: report.processes[0]?.bufferBytes ?? 0,
       readvCalls: sum(report.processes.map((p) => p.readvCalls)),
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
-      pageServer: null,
+      pageServer:
+        sent && ps ? treeSent(sent, ps.address, ps.port, format, ps.tls !== undefined, root) : null,
       processes: processResults,
       sharedMemory,
       notPreDumped,
@@ -388,6 +485,27 @@ function treeTrackNote(
     notes.push('no dirty tracking: every page is copied again');
   }
   return notes.length > 0 ? notes.join('; ') : null;
+}
+
+/** What went to the page server, as PreDumpResult says it (`hasParent`: the root's). */
+function treeSent(
+  sent: TreeSent,
+  address: string,
+  port: number,
+  format: PageServerSent['format'],
+  tls: boolean,
+  root: number,
+): PageServerSent {
+  return {
+    address,
+    port,
+    format,
+    tls,
+    hasParent: sent.pagemaps.some((p) => p.kind === 'process' && p.id === root && p.hasParent),
+    headers: sent.headers,
+    bytesSent: sent.bytesSent,
+    sessionMs: sent.sessionUs / 1000,
+  };
 }
 
 function pagesOf(regions: Float64Array): number {

@@ -341,6 +341,15 @@ export declare function preDumpToServer(options: PreDumpOptions, server: PageSer
  */
 export declare function preDumpTree(options: TreePreDumpOptions, progress?: Progress | undefined | null): Promise<TreePreDumpReport>
 
+/**
+ * A tree pre-dump (or dump) whose pages go to a page server over one
+ * connection (`dir` is not used): the connection and PS_IOV_PARENT for each
+ * process given a chain come before the tree is touched, so that a server
+ * that cannot be reached leaves it alone; a process whose pagemap the
+ * server's parent does not hold is copied whole.
+ */
+export declare function preDumpTreeToServer(options: TreePreDumpOptions, server: PageServerClient, progress?: Progress | undefined | null): Promise<TreePreDumpSentReport>
+
 export declare function readvReference(pid: number): Promise<ReadvReference>
 
 /** process_vm_readv alone over every present page of `pid`, nothing written. */
@@ -476,6 +485,11 @@ export interface TreePreDumpReport {
   memwriteUs: number
 }
 
+export interface TreePreDumpSentReport {
+  report: TreePreDumpReport
+  sent: TreeSent
+}
+
 /** One process's part of a tree pre-dump. */
 export interface TreeProcessReport {
   pid: number
@@ -507,6 +521,34 @@ export interface TreeProcessReport {
   /** The backend that took its dirty pages: "uffd-wp", "soft-dirty" or "none". */
   tracking: string
   createdTracking: boolean
+}
+
+/** What a tree pre-dump sent, besides its own report. */
+export interface TreeSent {
+  pagemaps: Array<TreeSentPagemap>
+  /**
+   * Processes given a chain by the caller whose pagemap the server's
+   * parent does not hold (PS_IOV_PARENT said 0): copied whole.
+   */
+  notInServerParent: Array<number>
+  headers: number
+  pageBytes: number
+  bytesSent: number
+  sendUs: number
+  /** From the connect to the server's answer to PS_IOV_CLOSE. */
+  sessionUs: number
+}
+
+/** One pagemap a tree pre-dump sent to a page server. */
+export interface TreeSentPagemap {
+  /** "process" or "shmem". */
+  kind: string
+  /** The pid, or the shared object's shmid. */
+  id: number
+  /** The server's parent holds it (its answer to PS_IOV_OPEN2). */
+  hasParent: boolean
+  /** [vaddr, nrPages, flags] triples, flat, in order. */
+  entries: Float64Array
 }
 
 /** One anonymous shared memory object, pre-dumped once for the tree. */

@@ -57,6 +57,11 @@ export interface TreeImages {
   shmem: (TreePagemap & { shmid: number })[];
   stats: DumpStats;
   inventory: { dumpUptime: bigint | number; preDumpMode: PreDumpMode };
+  /**
+   * The pages and pagemaps went to a page server: only stats-dump and inventory.img are
+   * written here (what CRIU's client keeps locally).
+   */
+  pagesElsewhere?: boolean;
 }
 
 function encodePagemap(p: TreePagemap): Uint8Array {
@@ -78,21 +83,23 @@ function encodePagemap(p: TreePagemap): Uint8Array {
 /**
  * Writes every pagemap and stats-dump, then inventory.img, into `dir`, whose pages images the
  * core has written: each must hold exactly its pagemap's present pages (else EIMAGE, and
- * nothing is written).
+ * nothing is written). With `pagesElsewhere`, stats-dump and inventory.img alone.
  */
 export async function writeTreeImages(dir: string, images: TreeImages): Promise<void> {
-  const files: [string, Uint8Array, TreePagemap][] = [
-    ...images.shmem.map((s): [string, Uint8Array, TreePagemap] => [
-      shmemPagemapFileName(s.shmid),
-      encodePagemap(s),
-      s,
-    ]),
-    ...images.processes.map((p): [string, Uint8Array, TreePagemap] => [
-      pagemapFileName(p.pid),
-      encodePagemap(p),
-      p,
-    ]),
-  ];
+  const files: [string, Uint8Array, TreePagemap][] = images.pagesElsewhere
+    ? []
+    : [
+        ...images.shmem.map((s): [string, Uint8Array, TreePagemap] => [
+          shmemPagemapFileName(s.shmid),
+          encodePagemap(s),
+          s,
+        ]),
+        ...images.processes.map((p): [string, Uint8Array, TreePagemap] => [
+          pagemapFileName(p.pid),
+          encodePagemap(p),
+          p,
+        ]),
+      ];
   const ids = new Set(files.map((f) => f[2].pagesId));
   if (ids.size !== files.length) {
     throw new RangeError('every pagemap of a tree needs its own pages id');

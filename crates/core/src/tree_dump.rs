@@ -15,12 +15,22 @@
 //! first within a bucket: objects are added in tree order, each process's
 //! mappings in address order), then the processes S+1..=S+N in tree order.
 //!
+//! # A page server
+//!
+//! With [`TreeDest::Server`] the pages go over one connection instead of into
+//! files, as `criu pre-dump -t ROOT --page-server` sends them: each shared
+//! object and each process a pagemap of its own (PS_IOV_OPEN2 under its
+//! dst_id, see `pageserver::sender::TreeSession`), in the order the files
+//! would be written, then PS_IOV_CLOSE. The caller connects and asks
+//! PS_IOV_PARENT before the tree is frozen, and gives a chain only to the
+//! processes whose pagemap the server's parent holds.
+//!
 //! # What this mode does not do yet
 //!
-//! Read mode only, without dirty tracking or a page server: the caller refuses
-//! the others for a tree of more than one process. A final dump (`predump
-//! dump`) copies everything while the whole tree stays frozen, after ending
-//! the uffd-wp tracking that pre-dumps of single processes may have left.
+//! Read mode only: the caller refuses splice and freeze-free for a tree of
+//! more than one process. A final dump (`predump dump`) copies everything
+//! while the whole tree stays frozen, after ending the uffd-wp tracking that
+//! pre-dumps of single processes may have left.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +43,8 @@ use crate::freeze::Urgent;
 use crate::maps::{self, VmFlags, Vma};
 use crate::mem_times::MemTimes;
 use crate::pages_out::{PagesFile, PagesOut};
+use crate::pageserver::sender::TreeSession;
+use crate::pageserver::wire::Dst;
 use crate::predump::{FinalDump, Progress};
 use crate::scan::{self, ScanMethod, Scanner};
 use crate::shmem::{self, NotDumped, SharedKind};
@@ -157,6 +169,17 @@ struct Found {
     tracked: bool,
 }
 
+/// Where a tree's pages go.
+pub enum TreeDest<'a> {
+    /// `pages-<id>.img` files in this directory (it exists and holds no pages
+    /// images).
+    Dir(&'a Path),
+    /// A page server, connected (and asked PS_IOV_PARENT for the processes
+    /// given a chain): each pagemap is opened when its pages are sent, and the
+    /// session is closed once all are.
+    Server(&'a mut TreeSession),
+}
+
 /// Pre-dumps `root` and its descendants into `dir` (which must exist and hold
 /// no pages images): `pages-<id>.img` for every process and shared object; the
 /// caller writes the pagemaps from the report. Read mode, no tracking.
@@ -174,11 +197,30 @@ pub fn pre_dump_tree(
     tracking: Option<&TreeTracking>,
     progress: Option<&Progress>,
 ) -> Result<TreeReport> {
+    pre_dump_tree_to(
+        root,
+        &mut TreeDest::Dir(dir),
+        config,
+        final_dump,
+        tracking,
+        progress,
+    )
+}
+
+/// [`pre_dump_tree`] into a directory or to a page server.
+pub fn pre_dump_tree_to(
+    root: i32,
+    dest: &mut TreeDest<'_>,
+    config: &DrainConfig,
+    final_dump: Option<FinalDump>,
+    tracking: Option<&TreeTracking>,
+    progress: Option<&Progress>,
+) -> Result<TreeReport> {
     let tracking = tracking.filter(|_| final_dump.is_none());
     let mut created = Vec::new();
     let r = pre_dump_tree_inner(
         root,
-        dir,
+        dest,
         config,
         final_dump,
         tracking,
@@ -201,7 +243,7 @@ pub fn pre_dump_tree(
 
 fn pre_dump_tree_inner(
     root: i32,
-    dir: &Path,
+    dest: &mut TreeDest<'_>,
     config: &DrainConfig,
     final_dump: Option<FinalDump>,
     tracking: Option<&TreeTracking>,
@@ -254,7 +296,7 @@ fn pre_dump_tree_inner(
     let frozen_copy_started = Instant::now();
     let copied = match (&found, final_dump) {
         (Ok((found, objects, _)), Some(_)) => Some(
-            end_tracking(&frozen).and_then(|()| copy_all(found, objects, dir, config, progress)),
+            end_tracking(&frozen).and_then(|()| copy_all(found, objects, dest, config, progress)),
         ),
         _ => None,
     };
@@ -274,7 +316,7 @@ fn pre_dump_tree_inner(
     let copied_frozen = copied.is_some();
     let all = match copied {
         Some(c) => c?,
-        None => copy_all(&found, &objects, dir, config, progress)?,
+        None => copy_all(&found, &objects, dest, config, progress)?,
     };
     let drain_time = drain_started.elapsed();
     let Copied {
@@ -330,7 +372,7 @@ struct Copied {
 fn copy_all(
     found: &[Found],
     objects: &[FoundObject],
-    dir: &Path,
+    dest: &mut TreeDest<'_>,
     config: &DrainConfig,
     progress: Option<&Progress>,
 ) -> Result<Copied> {
@@ -383,33 +425,66 @@ fn copy_all(
 
     let mut shmem = Vec::with_capacity(shmem_out.len());
     for (dump, handle) in shmem_out {
-        let path = dir.join(format!("pages-{}.img", dump.pages_id));
-        let file = PagesFile::create(&path)?;
         let copy_started = Instant::now();
-        let bytes = handle.copy_to(&dump.regions, file.file(), &path)?;
-        let took = copy_started.elapsed();
-        copy.read_time += took;
-        copy.write_time += took;
+        let bytes = match dest {
+            TreeDest::Dir(dir) => {
+                let path = dir.join(format!("pages-{}.img", dump.pages_id));
+                let file = PagesFile::create(&path)?;
+                let bytes = handle.copy_to(&dump.regions, file.file(), &path)?;
+                let took = copy_started.elapsed();
+                copy.read_time += took;
+                copy.write_time += took;
+                sync(file)?;
+                bytes
+            }
+            TreeDest::Server(s) => {
+                let bytes = s.send_object(dump.shmid, &dump.regions, |buf, off| {
+                    handle.read_at(buf, off)
+                })?;
+                let took = copy_started.elapsed();
+                copy.read_time += took;
+                copy.write_time += took;
+                bytes
+            }
+        };
         if let Some(p) = progress {
             p.done.fetch_add(bytes, Ordering::Relaxed);
         }
-        sync(file)?;
         shmem.push(dump);
     }
     let mut processes = Vec::with_capacity(found.len());
     for f in found {
         let pages_id = next_id;
         next_id += 1;
-        let path = dir.join(format!("pages-{pages_id}.img"));
-        let mut file = PagesFile::create(&path)?;
-        let outcome = crate::predump::drain_gated(
-            f.member.pid,
-            &f.scan.ranges,
-            &mut file,
-            config,
-            progress.map(|p| &p.done),
-        )?;
-        sync(file)?;
+        let to_parent = f.chosen.as_ref().map_or(&[][..], |c| &c.to_parent[..]);
+        let outcome = match dest {
+            TreeDest::Dir(dir) => {
+                let path = dir.join(format!("pages-{pages_id}.img"));
+                let mut file = PagesFile::create(&path)?;
+                let outcome = crate::predump::drain_gated(
+                    f.member.pid,
+                    &f.scan.ranges,
+                    &mut file,
+                    config,
+                    progress.map(|p| &p.done),
+                )?;
+                sync(file)?;
+                outcome
+            }
+            TreeDest::Server(s) => {
+                let mut pm = s.open(Dst::process(f.member.pid as u64))?;
+                pm.parent_ranges(to_parent)?;
+                let outcome = crate::predump::drain_gated(
+                    f.member.pid,
+                    &f.scan.ranges,
+                    &mut pm,
+                    config,
+                    progress.map(|p| &p.done),
+                )?;
+                pm.finish()?;
+                outcome
+            }
+        };
         copy.read_time += outcome.stats.read_time;
         copy.write_time += outcome.stats.write_time;
         processes.push(ProcessDump {
@@ -435,6 +510,13 @@ fn copy_all(
             created_tracking: f.chosen.as_ref().is_some_and(|c| c.created),
             member: f.member.clone(),
         });
+    }
+    if let TreeDest::Server(s) = dest {
+        // Everything is stored once the server answers PS_IOV_CLOSE: the
+        // session's "sync".
+        let close_started = Instant::now();
+        s.close()?;
+        sync_time += close_started.elapsed();
     }
     let copy_time = started.elapsed().saturating_sub(sync_time);
     Ok(Copied {

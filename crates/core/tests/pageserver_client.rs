@@ -555,3 +555,154 @@ fn server_pages_interleave_the_parents_holes_with_the_ranges_sent() {
     assert_eq!(report.pagemaps[0].pages_parent, held);
     assert_eq!(sp.stats().page_bytes, data.len() as u64);
 }
+
+// ---- a process tree over one connection ---------------------------------------------------------
+
+/// TreeSession, as a tree pre-dump uses it: one connection, PS_IOV_PARENT for
+/// each process with a chain, then a shared memory object's pagemap (dst type
+/// 2, offsets as addresses) and two processes' pagemaps, each opened by its
+/// own PS_IOV_OPEN2, and one PS_IOV_CLOSE: predump's server stores each under
+/// its own name and pages id, the holes checked against the parent's pagemap
+/// of that process only.
+#[test]
+fn a_tree_session_sends_every_pagemap_under_its_own_id_over_one_connection() {
+    use predump_core::pages_out::PagesOut;
+    use predump_core::pageserver::sender::TreeSession;
+    use predump_core::pageserver::wire::DstKind;
+    use predump_core::PageRange;
+
+    let tmp = TempDir::new("tree");
+    let ps1 = tmp.0.join("ps1");
+    std::fs::create_dir(&ps1).unwrap();
+    for f in ["pagemap-9740.img", "pages-65537.img"] {
+        std::fs::copy(ps_ref().join("images/ps1").join(f), ps1.join(f)).unwrap();
+    }
+    let ps2 = tmp.0.join("ps2");
+    std::fs::create_dir(&ps2).unwrap();
+    std::os::unix::fs::symlink("../ps1", ps2.join("parent")).unwrap();
+    let r = relayed(&ps2);
+
+    let (map, pages) = criu_images("ps1");
+    let present: Vec<PageRange> = map
+        .entries
+        .iter()
+        .filter(|e| e.is_present())
+        .map(|e| PageRange::new(e.vaddr, e.nr_pages))
+        .collect();
+    let child = 9741i32;
+    let mut s =
+        TreeSession::connect(&options(r.port, Format::Criu42), &Abort::new().unwrap()).unwrap();
+    assert!(s.ask_parent(Dst::process(PID)).unwrap());
+    assert!(!s.ask_parent(Dst::process(child as u64)).unwrap());
+
+    // A shared object of 3 pages, its pages 0 and 2 present.
+    let object: Vec<u8> = (0..3 * PAGE_SIZE as usize)
+        .map(|i| (i / 4096 * 7 + i % 251) as u8)
+        .collect();
+    let obj_ranges = [PageRange::new(0, 1), PageRange::new(2 * PAGE_SIZE, 1)];
+    let bytes = s
+        .send_object(77, &obj_ranges, |buf, off| {
+            let off = off as usize;
+            buf.copy_from_slice(&object[off..off + buf.len()]);
+            Ok(buf.len())
+        })
+        .unwrap();
+    assert_eq!(bytes, 2 * PAGE_SIZE);
+
+    // The process with a chain: its first range sent, the rest left to ps1.
+    let first_len = (present[0].pages * PAGE_SIZE) as usize;
+    {
+        let mut pm = s.open(Dst::process(PID)).unwrap();
+        assert!(pm.has_parent());
+        pm.parent_ranges(&present[1..]).unwrap();
+        let (reader, writer): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        std::fs::File::from(writer)
+            .write_all(&pages[..first_len])
+            .unwrap();
+        pm.from_pipe(reader.as_fd(), &present[..1], first_len)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        pm.finish().unwrap();
+    }
+    // The new process: no parent, so no page may be left to one.
+    {
+        let mut pm = s.open(Dst::process(child as u64)).unwrap();
+        assert!(!pm.has_parent());
+        let e = pm.parent_ranges(&present[..1]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("holds no parent images of process 9741"),
+            "{e}"
+        );
+        pm.parent_ranges(&[]).unwrap();
+        let (reader, writer): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        std::fs::File::from(writer)
+            .write_all(&pages[..first_len])
+            .unwrap();
+        pm.from_pipe(reader.as_fd(), &present[..1], first_len)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        pm.finish().unwrap();
+    }
+    s.close().unwrap();
+    let report = r.server.join().unwrap().unwrap();
+    r.relay.join().unwrap();
+
+    // The stream: PARENT ×2, then OPEN2 + ADD_Fs per pagemap, CLOSE once at the end.
+    let stream = r.recorded.lock().unwrap().clone();
+    let cmds: Vec<(u16, u64)> = headers(&stream)
+        .iter()
+        .map(|(h, _)| (h.command_code(), h.dst_id))
+        .collect();
+    let p = |id: u64| id << 8 | 1;
+    assert_eq!(
+        &cmds[..3],
+        &[(5, p(PID)), (5, p(child as u64)), (4, 77 << 8 | 2)]
+    );
+    assert_eq!(
+        cmds.iter().filter(|c| c.0 == 4).count(),
+        3,
+        "one OPEN2 per pagemap"
+    );
+    assert_eq!(cmds.last().unwrap().0, 0x1023, "one CLOSE, last");
+    assert_eq!(cmds.iter().filter(|c| c.0 == 0x1023).count(), 1);
+
+    // What the server stored, pagemap by pagemap.
+    let kinds: Vec<(DstKind, u64, u32)> = report
+        .pagemaps
+        .iter()
+        .map(|p| (p.dst.kind, p.dst.id, p.pages_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (DstKind::Shmem, 77, 65537),
+            (DstKind::Process, PID, 65538),
+            (DstKind::Process, child as u64, 65539)
+        ]
+    );
+    let shm = Pagemap::decode(
+        &std::fs::read(ps2.join("pagemap-shmem-77.img")).unwrap(),
+        "shm",
+    )
+    .unwrap();
+    assert_eq!(
+        shm.entries
+            .iter()
+            .map(|e| (e.vaddr, e.nr_pages))
+            .collect::<Vec<_>>(),
+        vec![(0, 1), (2 * PAGE_SIZE, 1)]
+    );
+    let mut want = object[..4096].to_vec();
+    want.extend_from_slice(&object[8192..]);
+    assert!(std::fs::read(ps2.join("pages-65537.img")).unwrap() == want);
+    let held: u64 = present[1..].iter().map(|h| h.pages).sum();
+    assert_eq!(report.pagemaps[1].pages_parent, held);
+    assert_eq!(report.pagemaps[2].pages_parent, 0);
+    assert!(std::fs::read(ps2.join("pages-65539.img")).unwrap() == pages[..first_len]);
+    let sent = s.sent();
+    assert_eq!(sent.len(), 3);
+    assert!(sent[1].has_parent && !sent[2].has_parent);
+    assert_eq!(sent[1].entries.len(), present.len());
+    assert_eq!(s.stats().page_bytes, 2 * PAGE_SIZE + 2 * first_len as u64);
+}

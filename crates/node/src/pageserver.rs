@@ -226,23 +226,8 @@ pub struct PageServerSent {
     pub session_us: f64,
 }
 
-#[napi(object)]
-pub struct PreDumpSentReport {
-    pub report: crate::PreDumpReport,
-    pub sent: PageServerSent,
-}
-
-/// A pre-dump whose pages go to a page server (`pagesPath` is not used): the
-/// connection and PS_IOV_PARENT come before the target is touched, so that a
-/// server that cannot be reached leaves it alone. A server without parent
-/// images makes the pre-dump copy every page.
-#[napi(ts_return_type = "Promise<PreDumpSentReport>")]
-pub fn pre_dump_to_server<'env>(
-    env: &'env Env,
-    options: crate::PreDumpOptions,
-    server: PageServerClient,
-    progress: Option<&crate::Progress>,
-) -> Result<Object<'env>> {
+/// The client's options from JavaScript's, checked.
+pub(crate) fn client_options(server: PageServerClient) -> Result<ClientOptions> {
     let format = Format::from_name(&server.format).ok_or_else(|| {
         Error::new(
             Status::InvalidArg,
@@ -261,13 +246,33 @@ pub fn pre_dump_to_server<'env>(
                 format!("port {} is not a TCP port", server.port),
             )
         })?;
-    let client = ClientOptions {
+    Ok(ClientOptions {
         address: server.address,
         port,
         format,
         tls: server.tls.as_ref().map(TlsOptions::to_core),
         timeout: Duration::from_millis(server.timeout_ms.max(1) as u64),
-    };
+    })
+}
+
+#[napi(object)]
+pub struct PreDumpSentReport {
+    pub report: crate::PreDumpReport,
+    pub sent: PageServerSent,
+}
+
+/// A pre-dump whose pages go to a page server (`pagesPath` is not used): the
+/// connection and PS_IOV_PARENT come before the target is touched, so that a
+/// server that cannot be reached leaves it alone. A server without parent
+/// images makes the pre-dump copy every page.
+#[napi(ts_return_type = "Promise<PreDumpSentReport>")]
+pub fn pre_dump_to_server<'env>(
+    env: &'env Env,
+    options: crate::PreDumpOptions,
+    server: PageServerClient,
+    progress: Option<&crate::Progress>,
+) -> Result<Object<'env>> {
+    let client = client_options(server)?;
     let crate::Planned {
         pid,
         mode,

@@ -9,9 +9,12 @@ use napi::Env;
 use napi_derive::napi;
 
 use predump_core::drain::DrainConfig;
+use predump_core::pageserver::link::Abort;
+use predump_core::pageserver::sender::TreeSession;
+use predump_core::pageserver::wire::{Dst, DstKind};
 use predump_core::predump::{ParentChain, ParentOrigin};
 use predump_core::tree::{self, Left, Member};
-use predump_core::tree_dump::{self, TreeReport};
+use predump_core::tree_dump::{self, TreeDest, TreeReport};
 use predump_core::tree_track::TreeTracking;
 
 use crate::{on_own_thread, Progress};
@@ -225,7 +228,7 @@ fn flat(v: &[predump_core::PageRange]) -> Float64Array {
     )
 }
 
-fn report(r: TreeReport) -> TreePreDumpReport {
+fn report_of(r: TreeReport) -> TreePreDumpReport {
     let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
     TreePreDumpReport {
         root: r.root,
@@ -288,21 +291,19 @@ fn report(r: TreeReport) -> TreePreDumpReport {
     }
 }
 
-/// Pre-dumps a whole tree (read mode), writing its pages images
-/// into `dir`. Rejects with an Error whose `code` is one of predump-core's.
-#[napi(ts_return_type = "Promise<TreePreDumpReport>")]
-pub fn pre_dump_tree<'env>(
-    env: &'env Env,
-    options: TreePreDumpOptions,
-    progress: Option<&Progress>,
-) -> Result<Object<'env>> {
-    let dir = PathBuf::from(&options.dir);
+/// What a tree pre-dump's options come to in the core.
+struct TreePlan {
+    root: i32,
+    config: DrainConfig,
+    final_dump: Option<predump_core::predump::FinalDump>,
+    tracking: Option<TreeTracking>,
+}
+
+fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
     let mut config = DrainConfig::default();
     if let Some(bytes) = options.buffer_bytes {
         config.buffer_bytes = bytes as usize;
     }
-    let progress = progress.map(|p| p.inner.clone());
-    let root = options.root;
     let final_dump =
         options
             .final_dump
@@ -343,6 +344,30 @@ pub fn pre_dump_tree<'env>(
             None => HashMap::new(),
         },
     });
+    Ok(TreePlan {
+        root: options.root,
+        config,
+        final_dump,
+        tracking,
+    })
+}
+
+/// Pre-dumps a whole tree (read mode), writing its pages images
+/// into `dir`. Rejects with an Error whose `code` is one of predump-core's.
+#[napi(ts_return_type = "Promise<TreePreDumpReport>")]
+pub fn pre_dump_tree<'env>(
+    env: &'env Env,
+    options: TreePreDumpOptions,
+    progress: Option<&Progress>,
+) -> Result<Object<'env>> {
+    let dir = PathBuf::from(&options.dir);
+    let progress = progress.map(|p| p.inner.clone());
+    let TreePlan {
+        root,
+        config,
+        final_dump,
+        tracking,
+    } = plan(options)?;
     on_own_thread(env, move || {
         tree_dump::pre_dump_tree(
             root,
@@ -352,7 +377,118 @@ pub fn pre_dump_tree<'env>(
             tracking.as_ref(),
             progress.as_deref(),
         )
-        .map(report)
+        .map(report_of)
+    })
+}
+
+/// One pagemap a tree pre-dump sent to a page server.
+#[napi(object)]
+pub struct TreeSentPagemap {
+    /// "process" or "shmem".
+    pub kind: String,
+    /// The pid, or the shared object's shmid.
+    pub id: f64,
+    /// The server's parent holds it (its answer to PS_IOV_OPEN2).
+    pub has_parent: bool,
+    /// [vaddr, nrPages, flags] triples, flat, in order.
+    pub entries: Float64Array,
+}
+
+/// What a tree pre-dump sent, besides its own report.
+#[napi(object)]
+pub struct TreeSent {
+    pub pagemaps: Vec<TreeSentPagemap>,
+    /// Processes given a chain by the caller whose pagemap the server's
+    /// parent does not hold (PS_IOV_PARENT said 0): copied whole.
+    pub not_in_server_parent: Vec<i32>,
+    pub headers: f64,
+    pub page_bytes: f64,
+    pub bytes_sent: f64,
+    pub send_us: f64,
+    /// From the connect to the server's answer to PS_IOV_CLOSE.
+    pub session_us: f64,
+}
+
+#[napi(object)]
+pub struct TreePreDumpSentReport {
+    pub report: TreePreDumpReport,
+    pub sent: TreeSent,
+}
+
+/// A tree pre-dump (or dump) whose pages go to a page server over one
+/// connection (`dir` is not used): the connection and PS_IOV_PARENT for each
+/// process given a chain come before the tree is touched, so that a server
+/// that cannot be reached leaves it alone; a process whose pagemap the
+/// server's parent does not hold is copied whole.
+#[napi(ts_return_type = "Promise<TreePreDumpSentReport>")]
+pub fn pre_dump_tree_to_server<'env>(
+    env: &'env Env,
+    options: TreePreDumpOptions,
+    server: crate::pageserver::PageServerClient,
+    progress: Option<&Progress>,
+) -> Result<Object<'env>> {
+    let client = crate::pageserver::client_options(server)?;
+    let progress = progress.map(|p| p.inner.clone());
+    let TreePlan {
+        root,
+        config,
+        final_dump,
+        mut tracking,
+    } = plan(options)?;
+    on_own_thread(env, move || {
+        let started = std::time::Instant::now();
+        let abort = Abort::new()?;
+        let mut session = TreeSession::connect(&client, &abort)?;
+        let mut not_in_server_parent = Vec::new();
+        if let Some(t) = tracking.as_mut() {
+            let mut keys: Vec<(i32, u64)> = t.parents.keys().copied().collect();
+            keys.sort();
+            for key in keys {
+                if !session.ask_parent(Dst::process(key.0 as u64))? {
+                    t.parents.remove(&key);
+                    not_in_server_parent.push(key.0);
+                }
+            }
+        }
+        let report = tree_dump::pre_dump_tree_to(
+            root,
+            &mut TreeDest::Server(&mut session),
+            &config,
+            final_dump,
+            tracking.as_ref(),
+            progress.as_deref(),
+        )?;
+        let stats = session.stats();
+        Ok(TreePreDumpSentReport {
+            report: report_of(report),
+            sent: TreeSent {
+                pagemaps: session
+                    .sent()
+                    .iter()
+                    .map(|p| TreeSentPagemap {
+                        kind: match p.dst.kind {
+                            DstKind::Process => "process",
+                            DstKind::Shmem => "shmem",
+                        }
+                        .to_string(),
+                        id: p.dst.id as f64,
+                        has_parent: p.has_parent,
+                        entries: Float64Array::new(
+                            p.entries
+                                .iter()
+                                .flat_map(|&(v, n, f)| [v as f64, n as f64, f as f64])
+                                .collect(),
+                        ),
+                    })
+                    .collect(),
+                not_in_server_parent,
+                headers: stats.headers as f64,
+                page_bytes: stats.page_bytes as f64,
+                bytes_sent: stats.bytes_sent as f64,
+                send_us: stats.send_time.as_secs_f64() * 1e6,
+                session_us: started.elapsed().as_secs_f64() * 1e6,
+            },
+        })
     })
 }
 

@@ -313,6 +313,45 @@ impl Client {
         Ok(())
     }
 
+    /// A PE_PRESENT range of `nr_pages` whose data `fill` puts into `buf`,
+    /// a piece at a time (`fill(piece, offset in the range)` fills the whole
+    /// piece): one header for the range, however large, and its data copied
+    /// into the socket from `buf`, which is reused.
+    pub fn pages_with(
+        &mut self,
+        dst: Dst,
+        vaddr: u64,
+        nr_pages: u64,
+        flags: u32,
+        buf: &mut [u8],
+        mut fill: impl FnMut(&mut [u8], u64) -> Result<()>,
+    ) -> Result<()> {
+        self.check_present(vaddr, nr_pages, flags, nr_pages * PAGE_SIZE)?;
+        if buf.is_empty() {
+            return Err(Error::InvalidArgument("pages_with needs a buffer".into()));
+        }
+        let started = Instant::now();
+        let mut done = 0u64;
+        for (at, n) in self.parts(vaddr, nr_pages).collect::<Vec<_>>() {
+            let what = format!("{n} pages at {at:#x} of {dst}");
+            self.send_header(&Header::new(Command::AddF, flags, n, at, Some(dst)), &what)?;
+            let mut left = n * PAGE_SIZE;
+            while left > 0 {
+                let len = (left as usize).min(buf.len());
+                fill(&mut buf[..len], done)?;
+                let (server, timeout) = (self.server.clone(), self.timeout);
+                self.stream
+                    .write_all(&buf[..len])
+                    .map_err(|e| send_error(&server, format!("sending {what}"), e, timeout))?;
+                left -= len as u64;
+                done += len as u64;
+            }
+        }
+        self.stats.page_bytes += nr_pages * PAGE_SIZE;
+        self.stats.send_time += started.elapsed();
+        Ok(())
+    }
+
     /// A PE_PRESENT range of `nr_pages` whose data waits in `pipe`: spliced into
     /// the socket without a copy (through a bounded buffer with TLS). The pipe
     /// must reference pages that nobody reuses (the target's own, as splice

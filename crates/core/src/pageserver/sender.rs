@@ -1,92 +1,51 @@
-//! One process's pages sent to a page server, as CRIU's `page_xfer` over a
-//! socket: PS_IOV_PARENT when connected (before the target is stopped, so that
-//! the answer costs no frozen time), PS_IOV_OPEN2 when the pages image would be
-//! created, then the pagemap in address order: PE_PRESENT ranges with their
-//! data as the drain delivers them, the PE_PARENT holes between them, and
-//! PS_IOV_CLOSE, whose answer says the server has stored everything.
+//! Pages sent to a page server, as CRIU's `page_xfer` over a socket.
+//!
+//! - [`ServerPages`]: one process, a connection of its own: PS_IOV_PARENT when
+//!   connected (before the target is stopped, so that the answer costs no
+//!   frozen time), PS_IOV_OPEN2 when the pages image would be created, then
+//!   the pagemap in address order: PE_PRESENT ranges with their data as the
+//!   drain delivers them, the PE_PARENT holes between them, and PS_IOV_CLOSE,
+//!   whose answer says the server has stored everything.
+//! - [`TreeSession`]: a process tree over one connection, as `criu pre-dump -t
+//!   ROOT --page-server` sends it: PS_IOV_PARENT for each process with a chain
+//!   (before the tree is frozen), then one PS_IOV_OPEN2 per pagemap, each
+//!   process's under its own `dst_id` (`pid << 8 | 1`) and each anonymous
+//!   shared memory object's under `shmid << 8 | 2`, with offsets in the object
+//!   as addresses (criu/shmem.c: `xfer.offset`), and one PS_IOV_CLOSE at the
+//!   end.
 
+use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 
 use super::client::{Client, ClientOptions, ClientStats};
 use super::link::Abort;
-use super::wire::{Dst, PE_PARENT, PE_PRESENT};
+use super::wire::{Dst, DstKind, PE_PARENT, PE_PRESENT};
 use crate::pages_out::PagesOut;
 use crate::{Error, PageRange, Result, PAGE_SIZE};
 
 /// One pagemap entry as sent: (vaddr, nr_pages, flags).
 pub type SentEntry = (u64, u64, u32);
 
-pub struct ServerPages {
-    client: Option<Client>,
+/// One pagemap on its way: the holes still to send between the present
+/// ranges, and the entries sent so far.
+struct PagemapTx {
     dst: Dst,
     has_parent: bool,
-    opened: bool,
     holes: Vec<PageRange>,
     next_hole: usize,
     /// The pagemap as sent, in order (present ranges merged).
     sent: Vec<SentEntry>,
-    stats: ClientStats,
-    server: String,
 }
 
-impl ServerPages {
-    /// Connects and asks whether the server's parent holds `pid`'s pagemap.
-    pub fn connect(o: &ClientOptions, abort: &Abort, pid: i32) -> Result<ServerPages> {
-        let mut client = Client::connect(o, abort)?;
-        let dst = Dst::process(pid as u64);
-        let has_parent = client.parent(dst)?;
-        Ok(ServerPages {
-            client: Some(client),
+impl PagemapTx {
+    fn new(dst: Dst, has_parent: bool) -> PagemapTx {
+        PagemapTx {
             dst,
             has_parent,
-            opened: false,
             holes: Vec::new(),
             next_hole: 0,
             sent: Vec::new(),
-            stats: ClientStats::default(),
-            server: format!("{}:{}", o.address, o.port),
-        })
-    }
-
-    /// The server's parent images hold this process's pagemap: only then may
-    /// pages be left to them.
-    pub fn has_parent(&self) -> bool {
-        self.has_parent
-    }
-
-    /// PS_IOV_OPEN2: the server starts the pagemap.
-    pub fn open(&mut self) -> Result<()> {
-        let dst = self.dst;
-        let has_parent = self.client()?.open(dst)?;
-        if has_parent != self.has_parent {
-            return Err(Error::Protocol {
-                detail: format!(
-                    "the page server at {} answered PS_IOV_PARENT with {} and PS_IOV_OPEN2 with {has_parent}",
-                    self.server, self.has_parent
-                ),
-            });
         }
-        self.opened = true;
-        Ok(())
-    }
-
-    /// The pagemap sent, in order.
-    pub fn sent(&self) -> &[SentEntry] {
-        &self.sent
-    }
-
-    /// What the connection moved (complete once [`PagesOut::finish`] returned).
-    pub fn stats(&self) -> ClientStats {
-        match &self.client {
-            Some(c) => c.stats(),
-            None => self.stats.clone(),
-        }
-    }
-
-    fn client(&mut self) -> Result<&mut Client> {
-        self.client.as_mut().ok_or_else(|| Error::Protocol {
-            detail: "the page-server session is closed".into(),
-        })
     }
 
     fn record(&mut self, vaddr: u64, pages: u64, flags: u32) {
@@ -99,18 +58,123 @@ impl ServerPages {
         self.sent.push((vaddr, pages, flags));
     }
 
+    fn parent_ranges(&mut self, ranges: &[PageRange], server: &str) -> Result<()> {
+        if !ranges.is_empty() && !self.has_parent {
+            return Err(Error::InvalidArgument(format!(
+                "the page server at {server} holds no parent images of {}: no page can be left to them",
+                self.dst
+            )));
+        }
+        self.holes = ranges.to_vec();
+        self.next_hole = 0;
+        Ok(())
+    }
+
     /// Sends the holes that lie below `vaddr`.
-    fn holes_below(&mut self, vaddr: u64) -> Result<()> {
+    fn holes_below(&mut self, client: &mut Client, vaddr: u64) -> Result<()> {
         while let Some(h) = self.holes.get(self.next_hole).copied() {
             if h.start >= vaddr {
                 break;
             }
-            let dst = self.dst;
-            self.client()?.entry(dst, h.start, h.pages, PE_PARENT)?;
+            client.entry(self.dst, h.start, h.pages, PE_PARENT)?;
             self.record(h.start, h.pages, PE_PARENT);
             self.next_hole += 1;
         }
         Ok(())
+    }
+
+    /// Sends `regions` (their data waiting in `pipe`, `len` bytes), each
+    /// after the holes below it. On error, also the bytes of this call still
+    /// in the pipe.
+    fn send_from_pipe(
+        &mut self,
+        client: &mut Client,
+        pipe: BorrowedFd<'_>,
+        regions: &[PageRange],
+        len: usize,
+    ) -> std::result::Result<(), (Error, usize)> {
+        let before = client.pipe_taken();
+        let left = |c: &Client| len - (c.pipe_taken() - before) as usize;
+        for r in regions {
+            let sent = self.holes_below(client, r.start).and_then(|()| {
+                client.pages_from_pipe(self.dst, r.start, r.pages, PE_PRESENT, pipe)
+            });
+            if let Err(e) = sent {
+                return Err((e, left(client)));
+            }
+            self.record(r.start, r.pages, PE_PRESENT);
+        }
+        Ok(())
+    }
+}
+
+/// One process's pages over a connection of its own.
+pub struct ServerPages {
+    client: Option<Client>,
+    tx: PagemapTx,
+    opened: bool,
+    stats: ClientStats,
+    server: String,
+}
+
+impl ServerPages {
+    /// Connects and asks whether the server's parent holds `pid`'s pagemap.
+    pub fn connect(o: &ClientOptions, abort: &Abort, pid: i32) -> Result<ServerPages> {
+        let mut client = Client::connect(o, abort)?;
+        let dst = Dst::process(pid as u64);
+        let has_parent = client.parent(dst)?;
+        Ok(ServerPages {
+            client: Some(client),
+            tx: PagemapTx::new(dst, has_parent),
+            opened: false,
+            stats: ClientStats::default(),
+            server: format!("{}:{}", o.address, o.port),
+        })
+    }
+
+    /// The server's parent images hold this process's pagemap: only then may
+    /// pages be left to them.
+    pub fn has_parent(&self) -> bool {
+        self.tx.has_parent
+    }
+
+    /// PS_IOV_OPEN2: the server starts the pagemap.
+    pub fn open(&mut self) -> Result<()> {
+        let dst = self.tx.dst;
+        let has_parent = self.client()?.open(dst)?;
+        if has_parent != self.tx.has_parent {
+            return Err(Error::Protocol {
+                detail: format!(
+                    "the page server at {} answered PS_IOV_PARENT with {} and PS_IOV_OPEN2 with {has_parent}",
+                    self.server, self.tx.has_parent
+                ),
+            });
+        }
+        self.opened = true;
+        Ok(())
+    }
+
+    /// The pagemap sent, in order.
+    pub fn sent(&self) -> &[SentEntry] {
+        &self.tx.sent
+    }
+
+    /// What the connection moved (complete once [`PagesOut::finish`] returned).
+    pub fn stats(&self) -> ClientStats {
+        match &self.client {
+            Some(c) => c.stats(),
+            None => self.stats.clone(),
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut Client> {
+        self.client.as_mut().ok_or_else(closed)
+    }
+}
+
+fn closed() -> Error {
+    Error::Protocol {
+        detail: "the page-server session is closed".into(),
     }
 }
 
@@ -120,15 +184,7 @@ impl PagesOut for ServerPages {
     }
 
     fn parent_ranges(&mut self, ranges: &[PageRange]) -> Result<()> {
-        if !ranges.is_empty() && !self.has_parent {
-            return Err(Error::InvalidArgument(format!(
-                "the page server at {} holds no parent images: no page can be left to them",
-                self.server
-            )));
-        }
-        self.holes = ranges.to_vec();
-        self.next_hole = 0;
-        Ok(())
+        self.tx.parent_ranges(ranges, &self.server)
     }
 
     fn from_pipe(
@@ -137,41 +193,228 @@ impl PagesOut for ServerPages {
         regions: &[PageRange],
         len: usize,
     ) -> std::result::Result<(), (Error, usize)> {
-        let taken = |s: &Self| s.client.as_ref().map_or(0, |c| c.pipe_taken());
-        let before = taken(self);
-        let left = |s: &Self| len - (taken(s) - before) as usize;
         if !self.opened {
             return Err((
                 Error::InvalidArgument("pages sent before PS_IOV_OPEN2".into()),
                 len,
             ));
         }
-        for r in regions {
-            let dst = self.dst;
-            let sent = self.holes_below(r.start).and_then(|()| {
-                self.client()?
-                    .pages_from_pipe(dst, r.start, r.pages, PE_PRESENT, pipe)
-            });
-            if let Err(e) = sent {
-                return Err((e, left(self)));
-            }
-            self.record(r.start, r.pages, PE_PRESENT);
-        }
-        Ok(())
+        let Some(client) = self.client.as_mut() else {
+            return Err((closed(), len));
+        };
+        self.tx.send_from_pipe(client, pipe, regions, len)
     }
 
     /// The holes left, then PS_IOV_CLOSE: returns once the server has stored
     /// everything, and hangs up.
     fn finish(&mut self) -> Result<()> {
-        self.holes_below(u64::MAX)?;
-        let client = self.client.take().ok_or_else(|| Error::Protocol {
-            detail: "the page-server session is closed".into(),
-        })?;
+        let client = self.client.as_mut().ok_or_else(closed)?;
+        self.tx.holes_below(client, u64::MAX)?;
+        let client = self.client.take().ok_or_else(closed)?;
         self.stats = client.close()?;
         Ok(())
     }
 
     fn describe(&self) -> String {
         format!("the page server at {}", self.server)
+    }
+}
+
+/// A pagemap sent in a tree's session: what was sent and what the server said.
+#[derive(Debug, Clone)]
+pub struct SentPagemap {
+    pub dst: Dst,
+    /// The server's answer to PS_IOV_OPEN2: its parent holds this pagemap.
+    pub has_parent: bool,
+    pub entries: Vec<SentEntry>,
+}
+
+/// A process tree's pagemaps over one connection (see the module's text).
+pub struct TreeSession {
+    client: Option<Client>,
+    server: String,
+    /// PS_IOV_PARENT's answers, by pagemap.
+    asked: HashMap<Dst, bool>,
+    sent: Vec<SentPagemap>,
+    stats: ClientStats,
+    /// Shared memory on its way to the socket.
+    buf: Vec<u8>,
+}
+
+impl TreeSession {
+    /// Connects (nothing is asked yet).
+    pub fn connect(o: &ClientOptions, abort: &Abort) -> Result<TreeSession> {
+        Ok(TreeSession {
+            client: Some(Client::connect(o, abort)?),
+            server: format!("{}:{}", o.address, o.port),
+            asked: HashMap::new(),
+            sent: Vec::new(),
+            stats: ClientStats::default(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// `address:port`, for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn client(&mut self) -> Result<&mut Client> {
+        self.client.as_mut().ok_or_else(closed)
+    }
+
+    /// PS_IOV_PARENT: does the server's parent hold `dst`'s pagemap?
+    pub fn ask_parent(&mut self, dst: Dst) -> Result<bool> {
+        let has = self.client()?.parent(dst)?;
+        self.asked.insert(dst, has);
+        Ok(has)
+    }
+
+    /// PS_IOV_OPEN2: starts `dst`'s pagemap. A server that said yes to
+    /// PS_IOV_PARENT for it must say so again.
+    pub fn open(&mut self, dst: Dst) -> Result<TreePagemap<'_>> {
+        let has_parent = self.client()?.open(dst)?;
+        if self.asked.get(&dst) == Some(&true) && !has_parent {
+            return Err(Error::Protocol {
+                detail: format!(
+                    "the page server at {} answered PS_IOV_PARENT for {dst} with 1 and PS_IOV_OPEN2 with 0",
+                    self.server
+                ),
+            });
+        }
+        let client = self.client.as_mut().ok_or_else(closed)?;
+        Ok(TreePagemap {
+            client,
+            tx: PagemapTx::new(dst, has_parent),
+            server: &self.server,
+            sent: &mut self.sent,
+            done: false,
+        })
+    }
+
+    /// Sends a shared memory object's pages as one pagemap: `ranges` are
+    /// offsets in the object (sorted), `read_at` fills a buffer from an offset.
+    /// Returns the bytes sent.
+    pub fn send_object(
+        &mut self,
+        shmid: u64,
+        ranges: &[PageRange],
+        mut read_at: impl FnMut(&mut [u8], u64) -> Result<usize>,
+    ) -> Result<u64> {
+        let dst = Dst {
+            kind: DstKind::Shmem,
+            id: shmid,
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            buf = vec![0; 1 << 20];
+        }
+        let mut bytes = 0;
+        let r = (|| {
+            let mut pm = self.open(dst)?;
+            for r in ranges {
+                pm.client.pages_with(
+                    dst,
+                    r.start,
+                    r.pages,
+                    PE_PRESENT,
+                    &mut buf,
+                    |piece, off| {
+                        let at = r.start + off;
+                        let n = read_at(piece, at)?;
+                        if n < piece.len() {
+                            return Err(Error::InvalidArgument(format!(
+                                "shared memory {shmid} ended at offset {:#x}, inside its pages",
+                                at + n as u64
+                            )));
+                        }
+                        Ok(())
+                    },
+                )?;
+                bytes += r.len();
+                pm.tx.record(r.start, r.pages, PE_PRESENT);
+            }
+            pm.end_pagemap()
+        })();
+        self.buf = buf;
+        r.map(|()| bytes)
+    }
+
+    /// PS_IOV_CLOSE: returns once the server has stored everything, and hangs up.
+    pub fn close(&mut self) -> Result<()> {
+        let client = self.client.take().ok_or_else(closed)?;
+        self.stats = client.close()?;
+        Ok(())
+    }
+
+    /// The pagemaps sent, in order.
+    pub fn sent(&self) -> &[SentPagemap] {
+        &self.sent
+    }
+
+    /// What the connection moved (complete once [`TreeSession::close`] returned).
+    pub fn stats(&self) -> ClientStats {
+        match &self.client {
+            Some(c) => c.stats(),
+            None => self.stats.clone(),
+        }
+    }
+}
+
+/// One pagemap of a [`TreeSession`], opened: a drain's output. Its
+/// [`PagesOut::finish`] sends the holes left (the session stays open).
+pub struct TreePagemap<'s> {
+    client: &'s mut Client,
+    tx: PagemapTx,
+    server: &'s str,
+    sent: &'s mut Vec<SentPagemap>,
+    done: bool,
+}
+
+impl TreePagemap<'_> {
+    /// Whether the server's parent holds this pagemap.
+    pub fn has_parent(&self) -> bool {
+        self.tx.has_parent
+    }
+
+    fn end_pagemap(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.tx.holes_below(self.client, u64::MAX)?;
+        self.done = true;
+        self.sent.push(SentPagemap {
+            dst: self.tx.dst,
+            has_parent: self.tx.has_parent,
+            entries: std::mem::take(&mut self.tx.sent),
+        });
+        Ok(())
+    }
+}
+
+impl PagesOut for TreePagemap<'_> {
+    fn needs_owned_pipe(&self) -> bool {
+        true
+    }
+
+    fn parent_ranges(&mut self, ranges: &[PageRange]) -> Result<()> {
+        self.tx.parent_ranges(ranges, self.server)
+    }
+
+    fn from_pipe(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        regions: &[PageRange],
+        len: usize,
+    ) -> std::result::Result<(), (Error, usize)> {
+        self.tx.send_from_pipe(self.client, pipe, regions, len)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.end_pagemap()
+    }
+
+    fn describe(&self) -> String {
+        format!("the page server at {} ({})", self.server, self.tx.dst)
     }
 }

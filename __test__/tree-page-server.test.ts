@@ -1,0 +1,296 @@
+/**
+ * `pre-dump|dump -t ROOT --page-server` on a process tree: one connection, each process's
+ * and each anonymous shared memory object's pagemap under its own id, to `predump
+ * page-server` over loopback, real processes on both ends. A 2-step chain and a dump stored
+ * on the server verify against the stopped tree page for page (the local -D keeping only
+ * what CRIU's client keeps), crit decodes every image the server wrote, and a server that
+ * goes away in the middle of the tree fails the run with exit 1, every process thawed and
+ * untouched, no local images.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { existsSync } from 'node:fs';
+import { copyFile, readdir, readFile, readlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { PreDumpResult } from '../ts/predump.js';
+import type { ReceivedPagemap } from '../ts/page-server.js';
+import {
+  assertCliError,
+  assertRunningUntraced,
+  CRIT,
+  crit,
+  firstLine,
+  MiB,
+  mkfifo,
+  parseJson,
+  reachGate,
+  runCli,
+  snapshot,
+  startCli,
+  startWorkload,
+  tempDir,
+  type RunningCli,
+} from './helpers.js';
+
+type T = ExecutionContext<unknown>;
+
+interface Server {
+  cli: RunningCli;
+  port: number;
+  dir: string;
+  /** The server's result (exit 0 expected). */
+  result(): Promise<{ pagemaps: ReceivedPagemap[]; pageBytes: number; sessionMs: number }>;
+}
+
+/** `predump page-server -D dir --port 0 --json ARGS`, once it listens. */
+async function startServer(t: T, dir: string, args: string[] = []): Promise<Server> {
+  const cli = startCli(['page-server', '-D', dir, '--address', '127.0.0.1', '--json', ...args]);
+  t.teardown(() => {
+    if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
+  });
+  const port = (JSON.parse(await firstLine(cli)) as { listening: { port: number } }).listening.port;
+  return {
+    cli,
+    port,
+    dir,
+    async result() {
+      const r = await cli.done;
+      t.is(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout.trim().split('\n').pop()!) as Awaited<
+        ReturnType<Server['result']>
+      >;
+    },
+  };
+}
+
+const client = (port: number): string[] => [
+  '--page-server',
+  '--address',
+  '127.0.0.1',
+  '--port',
+  String(port),
+  '--json',
+];
+
+/** A tree of 4 workload processes (root, 2 children, a grandchild) sharing 2 objects. */
+async function startTree(t: T) {
+  const { w } = await startWorkload(t, {
+    sizeBytes: 4 * MiB,
+    threads: 1,
+    tree: 4,
+    sharedBytes: 1 * MiB,
+    devzeroBytes: 512 * 1024,
+  });
+  const procs = await w.tree();
+  t.is(procs.length, 4);
+  const pids = procs.map((p) => p.pid);
+  return { w, pids };
+}
+
+function signalAll(pids: number[], sig: NodeJS.Signals): void {
+  for (const pid of pids) process.kill(pid, sig);
+}
+
+/** What the server stored matches what the client says it sent, pagemap by pagemap. */
+function assertStoredAsSent(t: T, j: PreDumpResult, stored: ReceivedPagemap[]): void {
+  const procs = stored.filter((p) => p.kind === 'process');
+  const objects = stored.filter((p) => p.kind === 'shmem');
+  t.deepEqual(
+    procs.map((p) => p.id),
+    j.processes.map((p) => p.pid),
+    'one pagemap per process, in tree order',
+  );
+  t.deepEqual(
+    objects.map((p) => p.id).sort(),
+    j.sharedMemory!.map((s) => s.shmid).sort(),
+    'one pagemap per shared object',
+  );
+  for (const p of j.processes) {
+    t.is(procs.find((x) => x.id === p.pid)!.pagesPresent, p.pagesWritten, `process ${p.pid}`);
+  }
+  for (const s of j.sharedMemory!) {
+    t.is(objects.find((x) => x.id === s.shmid)!.pagesPresent, s.pagesWritten, `shmem ${s.shmid}`);
+  }
+  t.is(
+    stored.reduce((n, p) => n + p.pagesParent, 0),
+    j.pagesSkippedParent,
+    'the holes sent are the pages left to the parent',
+  );
+}
+
+test('a tree chain (2 pre-dumps, then a dump) streamed to predump page-server verifies against the stopped tree', async (t) => {
+  const base = await tempDir(t);
+  const { w, pids } = await startTree(t);
+  t.teardown(() => signalAll(pids, 'SIGCONT'));
+  const step = async (n: number, cmd: string, extra: string[] = []) => {
+    const server = await startServer(
+      t,
+      path.join(base, `ps${n}`),
+      n > 1 ? ['--prev-images-dir', `../ps${n - 1}`] : [],
+    );
+    const r = await runCli([
+      cmd,
+      '-t',
+      String(w.pid),
+      '-D',
+      path.join(base, `local${n}`),
+      ...(n > 1 ? ['--prev-images-dir', `../local${n - 1}`] : []),
+      ...extra,
+      ...client(server.port),
+    ]);
+    t.is(r.code, 0, r.stderr);
+    const j = parseJson<PreDumpResult>(t, r);
+    const res = await server.result();
+    assertStoredAsSent(t, j, res.pagemaps);
+    // The local directory holds what CRIU's client keeps, and predump's record.
+    const want = ['inventory.img', 'predump-track.json', 'stats-dump'];
+    if (n > 1) want.push('parent');
+    t.deepEqual((await readdir(path.join(base, `local${n}`))).sort(), want.sort());
+    t.like(j.pageServer, { port: server.port, format: 'criu-4.2', hasParent: n > 1 });
+    return { j, res };
+  };
+
+  const one = await step(1, 'pre-dump');
+  t.is(one.j.processes.length, 4);
+  t.true(one.j.sharedMemory!.length >= 2);
+  // Writes to one process's private memory and to a shared object between the two.
+  await w.command('proc 3 dirty 100 11');
+  await w.command('shared-dirty shared 100 7');
+  signalAll(pids, 'SIGSTOP'); // nothing changes after this: verify is exact
+  const two = await step(2, 'pre-dump');
+  t.true(two.j.pagesSkippedParent > 0, 'unchanged pages were left to the parent on the server');
+  for (const p of two.res.pagemaps.filter((x) => x.kind === 'process')) {
+    t.true(p.hasParent, `the server's parent holds process ${p.id}`);
+  }
+  t.true(
+    two.j.pagesWritten < one.j.pagesWritten / 2,
+    `${two.j.pagesWritten} pages sent again of ${one.j.pagesWritten}`,
+  );
+  t.is(await readlink(path.join(base, 'ps2', 'parent')), '../ps1');
+
+  // A local pre-dump of the same stopped tree, for comparison.
+  const local = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, 'ref'),
+    '--track-mem',
+    'none',
+    '--json',
+  ]);
+  t.is(local.code, 0, local.stderr);
+  const ref = parseJson<PreDumpResult>(t, local);
+  for (const s of ref.sharedMemory!) {
+    const sent = two.j.sharedMemory!.find((x) => x.shmid === s.shmid);
+    t.is(sent?.pagesWritten, s.pagesWritten, `shared object ${s.shmid}: as many pages`);
+  }
+  t.is(
+    two.res.pagemaps.filter((p) => p.kind === 'process').length,
+    ref.processes.length,
+    'as many process pagemaps',
+  );
+
+  // The server's chain, with the client's inventory beside it (what a migration copies over),
+  // is the tree's memory.
+  const verify = async (n: number) => {
+    for (let i = 1; i <= n; i++) {
+      await copyFile(
+        path.join(base, `local${i}`, 'inventory.img'),
+        path.join(base, `ps${i}`, 'inventory.img'),
+      );
+    }
+    const dir = path.join(base, `ps${n}`);
+    const v = await runCli(['verify', '-t', String(w.pid), '-D', dir, '--json']);
+    t.is(v.code, 0, v.stderr);
+    const vj = parseJson<{
+      ok: boolean;
+      mismatches: number;
+      missing: number;
+      pagesCompared: number;
+    }>(t, v);
+    t.like(vj, { ok: true, mismatches: 0, missing: 0 }, dir);
+    t.true(vj.pagesCompared >= ref.pagesWritten, `${dir}: ${vj.pagesCompared} pages compared`);
+  };
+  await verify(2);
+
+  // The dump closes the chain on the server, the tree left stopped.
+  signalAll(pids, 'SIGCONT');
+  const three = await step(3, 'dump', ['--leave-stopped']);
+  t.is(three.j.processes.length, 4);
+  await verify(3);
+  if (CRIT) {
+    for (const dir of ['ps1', 'ps2', 'ps3']) {
+      for (const n of (await readdir(path.join(base, dir))).filter((f) =>
+        f.startsWith('pagemap-'),
+      )) {
+        t.truthy((await crit(path.join(base, dir, n))).magic, `${dir}/${n}`);
+      }
+    }
+  }
+  signalAll(pids, 'SIGCONT');
+  for (const pid of pids) await assertRunningUntraced(t, pid);
+
+  // Its pages are on the server: a local pre-dump cannot build on it.
+  const r = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, 'local4'),
+    '--prev-images-dir',
+    '../local2',
+    '--json',
+  ]);
+  assertCliError(t, r, {
+    exit: 1,
+    code: 'EPARENT',
+    message: /were sent to a page server: their pages are not on this host/,
+  });
+  t.false(existsSync(path.join(base, 'local4')));
+  const record = JSON.parse(
+    await readFile(path.join(base, 'local2', 'predump-track.json'), 'utf8'),
+  ) as { pageServer: { processes: { pid: number; entries: number[] }[] } };
+  t.deepEqual(
+    record.pageServer.processes.map((p) => p.pid),
+    two.j.processes.map((p) => p.pid),
+  );
+});
+
+test('the page server going away in the middle of a tree: exit 1, every process thawed and untouched, no local images', async (t) => {
+  const base = await tempDir(t);
+  const { w, pids } = await startTree(t);
+  const before = await Promise.all(pids.map((pid) => snapshot(pid)));
+  const server = await startServer(t, path.join(base, 'ps'));
+  const gate = path.join(base, 'gate');
+  await mkfifo(gate);
+  const local = path.join(base, 'local');
+  // The drain of the first process stops at the gate once part of its pages are sent (the
+  // shared objects went before): the server is killed there.
+  const cli = startCli(['pre-dump', '-t', String(w.pid), '-D', local, ...client(server.port)], {
+    PREDUMP_TEST_DRAIN_GATE: gate,
+  });
+  t.teardown(() => {
+    if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
+  });
+  const fh = await reachGate(gate, cli);
+  try {
+    server.cli.child.kill('SIGKILL');
+    await server.cli.done;
+    await fh.write(Buffer.from('x'));
+  } finally {
+    await fh.close();
+  }
+  const r = await cli.done;
+  assertCliError(t, r, {
+    exit: 1,
+    code: 'ECONN',
+    message: /to the page server at 127\.0\.0\.1:\d+: the page server closed the connection/,
+  });
+  t.false(existsSync(local), 'the local images were removed');
+  for (const [i, pid] of pids.entries()) {
+    await assertRunningUntraced(t, pid);
+    t.deepEqual(await snapshot(pid), before[i], `nothing of ours is left in process ${pid}`);
+  }
+  const kept = (await readdir(path.join(base, 'ps'))).filter((f) => !f.startsWith('.'));
+  t.deepEqual(kept, [], 'the killed server left nothing that looks complete');
+});
