@@ -588,17 +588,23 @@ test.serial(
 
 // ---- the start-up fast path -------------------------------------------------------------------
 
-/** The modules (package or file below the checkout) `predump ARGS` loads, and its result. */
+/**
+ * The modules (package or file below the checkout) `predump ARGS` loads, and its result: run by
+ * bin/predump.js (the bundle, dist/cli.cjs), or with `modules` from the ES modules in dist/cli/
+ * that the bundle is made of, where each of our modules shows.
+ */
 async function loadedBy(
   t: ExecutionContext,
   args: string[],
+  modules = false,
 ): Promise<{ r: CliResult; loaded: string[] }> {
   const log = path.join(await tempDir(t), 'loaded');
   const hooks = path.join(ROOT, '__test__', 'fixtures', 'loaded-modules.mjs');
+  const entry = modules ? path.join(ROOT, '__test__', 'fixtures', 'cli-modules.mjs') : BIN;
   const r = await new Promise<CliResult>((resolve, reject) => {
     execFile(
       NODE,
-      ['--import', hooks, BIN, ...args],
+      ['--import', hooks, entry, ...args],
       { cwd: ROOT, env: { ...process.env, PREDUMP_LOADED_LOG: log } },
       (err, stdout, stderr) => {
         const code = err && typeof err.code === 'number' ? err.code : err ? null : 0;
@@ -617,24 +623,43 @@ async function loadedBy(
 
 // Issue 16, item 13: the command line loads only what its command uses. A pre-dump's way to its
 // first look at a target (refused here: no such pid) loads neither yargs nor protobufjs nor any
-// other command's module; its --help does load yargs (the check is not blind).
+// other command's module; its --help does load yargs (the check is not blind). From
+// bin/predump.js it loads one file of ours, the bundle (and the addon); from the modules the
+// bundle is made of (esbuild keeps each import() of them lazy), only its own command's.
 test('a pre-dump up to its first look at the target loads only its own command', async (t) => {
   const pid = await freePid();
   const dir = path.join(await tempDir(t), 'images');
-  const { r, loaded } = await loadedBy(t, ['pre-dump', '-t', String(pid), '-D', dir]);
+  const heavy = ['yargs', 'protobufjs'];
+  const bundled = await loadedBy(t, ['pre-dump', '-t', String(pid), '-D', dir]);
+  t.is(bundled.r.code, 1, bundled.r.stderr);
+  t.regex(bundled.r.stderr, new RegExp(`^predump: error: no such process: ${pid}\n$`));
+  t.deepEqual(
+    bundled.loaded.filter((f) => !f.endsWith('.node')),
+    ['bin/predump.js', 'dist/cli.cjs'],
+    bundled.loaded.join(' '),
+  );
+  // The addon, loaded by require(): what require() loads is seen (protobufjs would be).
+  t.true(
+    bundled.loaded.some((f) => f.endsWith('.node')),
+    bundled.loaded.join(' '),
+  );
+  for (const m of heavy) t.false(bundled.loaded.includes(m), m);
+  const { r, loaded } = await loadedBy(t, ['pre-dump', '-t', String(pid), '-D', dir], true);
   t.is(r.code, 1, r.stderr);
   t.regex(r.stderr, new RegExp(`^predump: error: no such process: ${pid}\n$`));
   t.true(loaded.includes('dist/cli/pre-dump.js'), loaded.join(' '));
-  for (const heavy of ['yargs', 'protobufjs']) t.false(loaded.includes(heavy), heavy);
+  for (const m of heavy) t.false(loaded.includes(m), m);
   const others = loaded.filter(
     (f) =>
       f.startsWith('dist/cli/') &&
       !/\/(main|commands|options|output|fast-args|pre-dump|page-server-client)\.js$/.test(f),
   );
   t.deepEqual(others, [], 'no other command');
-  const help = await loadedBy(t, ['pre-dump', '--help']);
-  t.is(help.r.code, 0, help.r.stderr);
-  t.true(help.loaded.includes('yargs'), help.loaded.join(' '));
+  for (const modules of [false, true]) {
+    const help = await loadedBy(t, ['pre-dump', '--help'], modules);
+    t.is(help.r.code, 0, help.r.stderr);
+    t.true(help.loaded.includes('yargs'), help.loaded.join(' '));
+  }
 });
 
 /** What yargs gives the command's handler for `args`, or the error it reports. */
