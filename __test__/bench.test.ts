@@ -311,7 +311,11 @@ test.serial(
     t.is(p.label, '16M');
     t.is(p.criu, null);
     t.is(p.wallRatio, null);
+    t.is(p.cpuRatio, null);
     assertMeasured(t, p.predump.wallMs, 'predump wall');
+    // CPU time: Node's start at the least, and the copy of 16 MiB.
+    assertMeasured(t, p.predump.cpuMs, 'predump cpu');
+    t.true(p.predump.cpuMs.min >= j.startup.rows[0]!.cpuMs.min / 2, 'Node started, at the least');
     assertMeasured(t, p.predump.stoppedMs, 'predump stopped');
     t.true(p.predump.pagesWritten.min >= (16 * MiB) / 4096, 'every page of the workload copied');
     t.deepEqual(
@@ -326,6 +330,7 @@ test.serial(
     t.true(j.notes.some((n) => /CRIU not measured: give --criu PATH/.test(n)));
     // The table: the same run, for a person.
     t.regex(renderStartupTable(j), /node -e 0 \(the reference\)\s+\d/);
+    t.regex(renderStartupTable(j), /\n {2}16M {4}predump {2}[\d.]+ \[[\d.–]+\] +[\d.]+ \[/);
   },
 );
 

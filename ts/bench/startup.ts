@@ -60,6 +60,11 @@ export interface StartupRow {
 export interface PreDumpTimes {
   argv: string[];
   wallMs: Stat;
+  /**
+   * CPU time (user + system, all threads): the copy's work and, for predump, Node's start;
+   * others' work on the machine changes it far less than the wall time.
+   */
+  cpuMs: Stat;
   /** Freezing plus frozen: the time any thread of the target was stopped. */
   stoppedMs: Stat;
   pagesWritten: Stat;
@@ -73,6 +78,8 @@ export interface PreDumpRow {
   criu: PreDumpTimes | null;
   /** predump's median wall time ÷ CRIU's. */
   wallRatio: number | null;
+  /** predump's median CPU time ÷ CRIU's. */
+  cpuRatio: number | null;
 }
 
 export interface StartupGoal {
@@ -147,6 +154,30 @@ function timedCpu(argv: readonly string[]): { status: number; wallMs: number; cp
     throw new PredumpError('EBENCH', `bash's time said '${line}' for ${argv.join(' ')}`);
   }
   return { status: r.status ?? 128, wallMs: real! * 1000, cpuMs: (user! + sys!) * 1000 };
+}
+
+/**
+ * Runs `argv` to its end under bash's `time`, as timedCpu, keeping its stdout and stderr.
+ */
+function timedOutput(argv: readonly string[]): Ran & { cpuMs: number } {
+  const r = spawnSync(
+    'bash',
+    ['-c', 'TIMEFORMAT="%3R %3U %3S"; { time "$@" 2>&4; } 2>&3', 'bash', ...argv],
+    { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], encoding: 'utf8', maxBuffer: 64 << 20 },
+  );
+  if (r.error) throw new PredumpError('EBENCH', `cannot run bash: ${r.error.message}`);
+  const line = String(r.output[3] ?? '').trim();
+  const [real, user, sys] = line.split(/\s+/).map(Number);
+  if (![real, user, sys].every((x) => Number.isFinite(x))) {
+    throw new PredumpError('EBENCH', `bash's time said '${line}' for ${argv.join(' ')}`);
+  }
+  return {
+    status: r.status ?? 128,
+    ms: real! * 1000,
+    cpuMs: (user! + sys!) * 1000,
+    stdout: String(r.output[1] ?? ''),
+    stderr: String(r.output[4] ?? ''),
+  };
 }
 
 /** What `criu --version` says (its first line), or why it does not run. */
@@ -265,6 +296,7 @@ async function criuFigures(dir: string): Promise<{ stoppedMs: number; pages: num
 
 interface Samples {
   wall: number[];
+  cpu: number[];
   stopped: number[];
   pages: number[];
 }
@@ -272,6 +304,7 @@ interface Samples {
 const times = (argv: string[], s: Samples): PreDumpTimes => ({
   argv,
   wallMs: r3(stat(s.wall)),
+  cpuMs: r3(stat(s.cpu)),
   stoppedMs: r3(stat(s.stopped)),
   pagesWritten: stat(s.pages),
 });
@@ -318,8 +351,8 @@ async function measurePreDumps(
       '-o',
       'criu.log',
     ];
-    const ours: Samples = { wall: [], stopped: [], pages: [] };
-    const theirs: Samples = { wall: [], stopped: [], pages: [] };
+    const ours: Samples = { wall: [], cpu: [], stopped: [], pages: [] };
+    const theirs: Samples = { wall: [], cpu: [], stopped: [], pages: [] };
     const tools = plan.criu ? (['predump', 'criu'] as const) : (['predump'] as const);
     // One round not counted (warm-up), then `runs` rounds, the order swapped each round.
     for (let round = -1; round < plan.runs; round++) {
@@ -329,7 +362,7 @@ async function measurePreDumps(
         const dir = await mkdtemp(path.join(scratch, `${tool}-`));
         try {
           if (tool === 'predump') {
-            const r = timed(predumpArgv(dir));
+            const r = timedOutput(predumpArgv(dir));
             if (r.status !== 0) {
               throw new PredumpError(
                 'EBENCH',
@@ -339,11 +372,12 @@ async function measurePreDumps(
             const j = JSON.parse(r.stdout) as { stoppedWindowMs: number; pagesWritten: number };
             if (round >= 0) {
               ours.wall.push(r.ms);
+              ours.cpu.push(r.cpuMs);
               ours.stopped.push(j.stoppedWindowMs);
               ours.pages.push(j.pagesWritten);
             }
           } else {
-            const r = timed(criuArgv(dir));
+            const r = timedOutput(criuArgv(dir));
             if (r.status !== 0) {
               const log = await readFile(path.join(dir, 'criu.log'), 'utf8').catch(() => '');
               throw new PredumpError(
@@ -354,6 +388,7 @@ async function measurePreDumps(
             const f = await criuFigures(dir);
             if (round >= 0) {
               theirs.wall.push(r.ms);
+              theirs.cpu.push(r.cpuMs);
               theirs.stopped.push(f.stoppedMs);
               theirs.pages.push(f.pages);
             }
@@ -393,6 +428,10 @@ async function measurePreDumps(
       wallRatio: criu
         ? Math.round((predump.wallMs.median / criu.wallMs.median) * 1000) / 1000
         : null,
+      cpuRatio:
+        criu && criu.cpuMs.median > 0
+          ? Math.round((predump.cpuMs.median / criu.cpuMs.median) * 1000) / 1000
+          : null,
     };
   } finally {
     await workload.stop();
@@ -544,9 +583,10 @@ export function renderStartupTable(r: StartupReport): string {
   ];
   if (r.preDump.length > 0) {
     lines.push(
-      'Whole read-mode pre-dumps, in turns: wall and stopped time in ms, median [min–max]',
+      'Whole read-mode pre-dumps, in turns: wall, CPU and stopped time in ms, median [min–max]',
       '',
-      `  ${'size'.padEnd(6)} ${'tool'.padEnd(8)} ${'wall'.padEnd(26)} ${'stopped'.padEnd(24)} pages`,
+      `  ${'size'.padEnd(6)} ${'tool'.padEnd(8)} ${'wall'.padEnd(26)} ${'cpu'.padEnd(26)} ` +
+        `${'stopped'.padEnd(24)} pages`,
     );
     for (const p of r.preDump) {
       for (const [tool, t] of [
@@ -556,11 +596,14 @@ export function renderStartupTable(r: StartupReport): string {
         if (!t) continue;
         lines.push(
           `  ${p.label.padEnd(6)} ${tool.padEnd(8)} ${ms(t.wallMs).padEnd(26)} ` +
-            `${ms(t.stoppedMs).padEnd(24)} ${t.pagesWritten.median}`,
+            `${ms(t.cpuMs).padEnd(26)} ${ms(t.stoppedMs).padEnd(24)} ${t.pagesWritten.median}`,
         );
       }
       if (p.wallRatio !== null) {
-        lines.push(`  ${''.padEnd(6)} predump ÷ criu (wall): ${p.wallRatio.toFixed(2)}×`);
+        lines.push(
+          `  ${''.padEnd(6)} predump ÷ criu: wall ${p.wallRatio.toFixed(2)}×` +
+            (p.cpuRatio === null ? '' : `, CPU ${p.cpuRatio.toFixed(2)}×`),
+        );
       }
     }
     lines.push('');
