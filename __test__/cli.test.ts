@@ -179,6 +179,56 @@ test('show of a directory that holds no images: exit 1, EDIR, said so', async (t
   t.regex(plain.stderr, /predump: error: .* holds no CRIU images/);
 });
 
+// Issue 16, item 5: a missing directory and a file given as one are said to be that, by verify
+// as by show, and of a tree's parent images as of one process's (never "corrupt", never an
+// errno's text alone).
+test("verify -D and a tree's --prev-images-dir: missing, or a file, said so", async (t) => {
+  const tmp = await tempDir(t);
+  const file = path.join(tmp, 'file');
+  await writeFile(file, 'not images\n');
+  const one = await startWorkload(t, { sizeBytes: 4 * MiB, threads: 0 });
+  const pid = String(one.pid);
+  const missing = await runCli(['verify', '-t', pid, '-D', path.join(tmp, 'none'), '--json']);
+  assertCliError(t, missing, {
+    exit: 1,
+    code: 'EDIR',
+    message: new RegExp(`no such directory: ${tmp}/none$`, 'm'),
+  });
+  const notDir = await runCli(['verify', '-t', pid, '-D', file, '--json']);
+  assertCliError(t, notDir, {
+    exit: 1,
+    code: 'EDIR',
+    message: new RegExp(`${file} is not a directory$`, 'm'),
+  });
+  const tree = await startWorkload(t, { sizeBytes: 4 * MiB, threads: 0, tree: 2 });
+  const root = String(tree.pid);
+  const preDump = (prev: string): Promise<CliResult> =>
+    runCli([
+      'pre-dump',
+      '-t',
+      root,
+      '-D',
+      path.join(tmp, 'tree'),
+      '--prev-images-dir',
+      prev,
+      '--json',
+    ]);
+  const gone = await preDump('../gone');
+  assertCliError(t, gone, {
+    exit: 1,
+    code: 'EPARENT',
+    message: new RegExp(
+      `parent images \\.\\./gone do not exist \\(${tmp}/gone\\): a relative --prev-images-dir is relative to the images directory`,
+    ),
+  });
+  const aFile = await preDump(file);
+  assertCliError(t, aFile, {
+    exit: 1,
+    code: 'EPARENT',
+    message: new RegExp(`parent images ${file} are not a directory$`, 'm'),
+  });
+});
+
 test.serial('show says what made the images: freeze-free pre-dump, then dump', async (t) => {
   const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 0 });
   const tmp = await tempDir(t);

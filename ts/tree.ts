@@ -101,7 +101,15 @@ async function openTreeParent(
     () => undefined,
   );
   if (record?.pageServer) return sentTreeParent(abs, record, refuse, root, rootStartTicks);
-  const t = await readTreeDir(abs).catch((err: Error) => {
+  const t = await readTreeDir(abs).catch((err: NodeJS.ErrnoException) => {
+    // As for one process (parent.ts): a missing directory and a file are said to be that.
+    if (err.code === 'ENOENT') {
+      throw refuse(
+        `do not exist (${abs}): a relative --prev-images-dir is relative to the images ` +
+          'directory (-D), as in CRIU',
+      );
+    }
+    if (err.code === 'ENOTDIR') throw refuse('are not a directory');
     throw refuse(`cannot be read: ${err.message}`);
   });
   if (!t.dir.complete) throw refuse('are incomplete (no inventory.img)');

@@ -43,7 +43,12 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
   // pages-ID.img as each pagemap names it (CRIU numbers them per dump).
   const chain: { dir: string; pagesId: number; present: Float64Array }[] = [];
   // A tree's directory holds a pagemap per process: this process's is read.
-  const names = await readdir(dir).catch(() => [] as string[]);
+  const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
+    // Said as `show` says it: no such directory, or not one.
+    if (err.code === 'ENOENT') throw new PredumpError('EDIR', `no such directory: ${dir}`);
+    if (err.code === 'ENOTDIR') throw new PredumpError('EDIR', `${dir} is not a directory`);
+    return [] as string[];
+  });
   const which = isTreeDir(names) ? { pid } : {};
   const newest = await readPreDumpDir(dir, which).catch((err: Error) => {
     throw new PredumpError('EIMAGE', `cannot read ${dir}: ${err.message}`);
