@@ -10,30 +10,6 @@
 # predump's second pre-dump. The dump's own images are copied next to its
 # pages and criu restore runs there: the workload checks its whole memory.
 
-# cps_start DIR ARGS…: `criu page-server` on loopback port 27000+N in the
-# background; returns once --status-fd says it listens. Sets CPS_PID, CPS_PORT.
-CPS_N=0
-cps_start() {
-  local dir=$1
-  shift
-  CPS_N=$((CPS_N + 1))
-  CPS_PORT=$((27000 + CPS_N))
-  mkdir -p "$dir"
-  mkfifo "$dir.ready"
-  criu page-server -D "$dir" --address 127.0.0.1 --port "$CPS_PORT" --status-fd 3 "$@" \
-    -v4 -o page-server.log 3>"$dir.ready" &
-  CPS_PID=$!
-  _vm_pids+=("$CPS_PID")
-  timeout 300 head -c1 "$dir.ready" >/dev/null ||
-    fail "criu page-server did not start: $(_criu_errors "$dir/page-server.log")"
-}
-
-# cps_wait DIR: criu page-server ends well once its client has closed the session.
-cps_wait() {
-  wait "$CPS_PID" || fail "criu page-server for $1 failed: $(_criu_errors "$1/page-server.log")"
-  [ -f "$1/pagemap-$WL_PID.img" ] || fail "criu page-server wrote no pagemap into $1: $(ls "$1")"
-}
-
 run() {
   local j
   workload_start --size 8M --threads 1
