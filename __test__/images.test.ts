@@ -31,6 +31,7 @@ import {
   encodePagemapHead,
   encodeStats,
   ImageError,
+  imageFile,
   PE_LAZY,
   PE_PARENT,
   PE_PRESENT,
@@ -38,6 +39,7 @@ import {
   pagemapFileName,
   pagesFileName,
   readPreDumpDir,
+  shmemPagemapFileName,
   writePreDumpImages,
   type DumpStats,
   type PagemapEntry,
@@ -219,6 +221,29 @@ for (const mode of MODES) {
     }
   });
 }
+
+test('image file names are recognised by one function, and the names it makes round-trip', (t) => {
+  t.deepEqual(imageFile(pagemapFileName(30583)), { kind: 'pagemap', pid: 30583 });
+  t.deepEqual(imageFile(pagesFileName(7)), { kind: 'pages', pagesId: 7 });
+  t.deepEqual(imageFile(shmemPagemapFileName(1234)), { kind: 'shmem-pagemap', shmid: 1234 });
+  t.deepEqual(imageFile('inventory.img'), { kind: 'inventory' });
+  t.deepEqual(imageFile('stats-dump'), { kind: 'stats' });
+  t.deepEqual(imageFile('parent'), { kind: 'parent' });
+  t.deepEqual(imageFile('predump-track.json'), { kind: 'track' });
+  t.deepEqual(imageFile('.pages-1.img.123-abcd.tmp'), { kind: 'temp' });
+  for (const other of [
+    'pagemap-.img',
+    'pagemap-shmem-.img',
+    'pagemap-x1.img',
+    'pages-1.img.bak',
+    'pagemap-1.img~',
+    'core-1.img',
+    'parent2',
+    'inventory.img.tmp',
+  ]) {
+    t.is(imageFile(other), undefined, other);
+  }
+});
 
 test('crit 3.17 sees 0 pages in CRIU 4.2 pagemaps (why we also write field 2)', async (t) => {
   const old = await readJson(join(REF, 'decoded', `read-pagemap-${REF_PID}.img.crit317.json`));

@@ -6,10 +6,13 @@ import { constants } from 'node:fs';
 import { access, mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { PredumpError } from './errors.js';
+import { imageFile } from './images/names.js';
 
-/** Names of CRIU image files a pre-dump writes. */
-const IMAGE_NAME =
-  /^(inventory\.img|stats-dump|pagemap-(shmem-)?\d+\.img|pages-\d+\.img|parent|predump-track\.json)$/;
+/** A file a pre-dump writes (an image temporarily being written left out). */
+function isImage(name: string): boolean {
+  const f = imageFile(name);
+  return f !== undefined && f.kind !== 'temp';
+}
 
 export interface ImagesDir {
   path: string;
@@ -57,7 +60,7 @@ export async function openImagesDir(dir: string): Promise<ImagesDir> {
   } catch {
     throw new PredumpError('EDIR', `images directory ${dir} is not writable`);
   }
-  const images = (await readdir(abs)).filter((n) => IMAGE_NAME.test(n));
+  const images = (await readdir(abs)).filter(isImage);
   if (images.length > 0) {
     throw new PredumpError(
       'EDIREXISTS',
@@ -74,7 +77,7 @@ export async function discardImages(dir: ImagesDir): Promise<void> {
   for (const name of names) {
     // The directory held no images before us: every image file is ours, and so
     // are the image writer's temporary files.
-    if (IMAGE_NAME.test(name) || /^\..+\.tmp$/.test(name)) {
+    if (imageFile(name) !== undefined) {
       await rm(path.join(dir.path, name), { force: true });
     }
   }

@@ -50,6 +50,7 @@ export {
   type PreDumpInventory,
   type PreDumpMode,
 } from './predump-dir.js';
+export { imageFile, type ImageFile } from './names.js';
 export {
   shmemPagemapFileName,
   writeTreeImages,

@@ -14,6 +14,15 @@
 import { lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomHex } from '../random.js';
+import {
+  imageFile,
+  INVENTORY_FILE,
+  pagemapFileName,
+  pagesFileName,
+  PARENT_LINK,
+  STATS_FILE,
+  tempFileName,
+} from './names.js';
 
 import {
   decodeImage,
@@ -36,12 +45,16 @@ import {
   type DumpStatsEntry,
 } from './proto.js';
 
+export {
+  INVENTORY_FILE,
+  pagemapFileName,
+  pagesFileName,
+  PARENT_LINK,
+  STATS_FILE,
+  TRACK_FILE,
+} from './names.js';
+
 export const PAGE_SIZE = 4096;
-export const INVENTORY_FILE = 'inventory.img';
-export const STATS_FILE = 'stats-dump';
-export const PARENT_LINK = 'parent';
-/** predump's own record in an images directory: which tracking run made it. */
-export const TRACK_FILE = 'predump-track.json';
 /** CRIU's pre-dump leaves inventory_entry.img_version unset: 0 (a full dump writes 2). */
 export const PRE_DUMP_IMG_VERSION = 0;
 
@@ -117,16 +130,6 @@ export interface PageSizeOption {
   pageSize?: number;
 }
 
-export function pagesFileName(pagesId: number): string {
-  return `pages-${pagesId}.img`;
-}
-
-export function pagemapFileName(pid: number): string {
-  return `pagemap-${pid}.img`;
-}
-
-const PAGEMAP_RE = /^pagemap-(\d+)\.img$/;
-
 /** Number of pages the entries put in the pages file (those with PE_PRESENT). */
 export function presentPages(entries: readonly PagemapEntry[]): number {
   return entries.reduce((n, e) => ((e.flags & PE_PRESENT) !== 0 ? n + e.nrPages : n), 0);
@@ -191,7 +194,7 @@ export function statsToEntry(s: DumpStats): DumpStatsEntry {
 
 /** Writes `data` to dir/name through a temporary name: mode 0600, fsync'ed, then renamed. */
 export async function writeFileAtomic(dir: string, name: string, data: Uint8Array): Promise<void> {
-  const tmp = join(dir, `.${name}.${process.pid}-${randomHex(4)}.tmp`);
+  const tmp = join(dir, tempFileName(name, `${process.pid}-${randomHex(4)}`));
   const fh = await open(tmp, 'wx', 0o600);
   try {
     try {
@@ -381,7 +384,7 @@ export async function readPreDumpDir(
   }
 
   const pagemaps = names
-    .filter((n) => PAGEMAP_RE.test(n))
+    .filter((n) => imageFile(n)?.kind === 'pagemap')
     .filter((n) => options.pid === undefined || n === pagemapFileName(options.pid))
     .sort();
   if (pagemaps.length > 1) {
@@ -402,7 +405,8 @@ export async function readPreDumpDir(
     const file = join(dir, pagemapName);
     const recs = await readImage(file, 'PAGEMAP');
     if (recs.length === 0) throw new ImageError(file, 'no pagemap_head record');
-    result.pid = Number(PAGEMAP_RE.exec(pagemapName)![1]);
+    const named = imageFile(pagemapName);
+    if (named?.kind === 'pagemap') result.pid = named.pid;
     result.pagesId = record(file, 0, () => decodePagemapHead(recs[0]!)).pagesId;
     result.entries = recs
       .slice(1)

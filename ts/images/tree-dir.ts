@@ -13,6 +13,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeImage, encodeImage, ImageError, PE_PARENT, PE_PRESENT } from './format.js';
+import { imageFile, shmemPagemapFileName } from './names.js';
 import {
   INVENTORY_FILE,
   PAGE_SIZE,
@@ -42,9 +43,7 @@ import {
   encodeStats,
 } from './proto.js';
 
-export function shmemPagemapFileName(shmid: number): string {
-  return `pagemap-shmem-${shmid}.img`;
-}
+export { shmemPagemapFileName };
 
 /** One pagemap of a tree's images: a process's (by pid) or a shared object's (by shmid). */
 export interface TreePagemap {
@@ -134,18 +133,17 @@ export async function writeTreeImages(dir: string, images: TreeImages): Promise<
 // ---------------------------------------------------------------------------------------------
 // Reading
 
-const PROCESS_PAGEMAP = /^pagemap-(\d+)\.img$/;
-const SHMEM_PAGEMAP = /^pagemap-shmem-(\d+)\.img$/;
-
 /** The pids and shmids of the pagemaps in a directory's file names. */
 export function pagemapIds(names: readonly string[]): { pids: number[]; shmids: number[] } {
-  const ids = (re: RegExp): number[] =>
-    names
-      .map((n) => re.exec(n)?.[1])
-      .filter((x): x is string => x !== undefined)
-      .map(Number)
-      .sort((a, b) => a - b);
-  return { pids: ids(PROCESS_PAGEMAP), shmids: ids(SHMEM_PAGEMAP) };
+  const pids: number[] = [];
+  const shmids: number[] = [];
+  for (const name of names) {
+    const f = imageFile(name);
+    if (f?.kind === 'pagemap') pids.push(f.pid);
+    else if (f?.kind === 'shmem-pagemap') shmids.push(f.shmid);
+  }
+  const ascending = (a: number, b: number): number => a - b;
+  return { pids: pids.sort(ascending), shmids: shmids.sort(ascending) };
 }
 
 /** Whether a directory's files are those of a tree: several processes, or shared memory. */
