@@ -52,7 +52,12 @@ const KINDS: Kind[] = (
   ] as const
 ).filter((k) => supported.has(k.track));
 
-/** A chain of pre-dumps of one target, of one kind, closed by `dump --leave-stopped`. */
+/**
+ * A chain of pre-dumps of one target, of one kind, closed by `dump --leave-stopped`. Its
+ * methods assert (the tests' titles say what): `preDumpTrusted` that each pre-dump used the
+ * kind asked for and trusted its parent, `dumpAndCompare` that the final dump left pages to
+ * the chain and that the chain equals the stopped target's memory.
+ */
 class Chain {
   readonly dirs: string[] = [];
   readonly results: PreDumpResult[] = [];
@@ -73,7 +78,7 @@ class Chain {
     });
   }
 
-  async preDump(): Promise<PreDumpResult> {
+  async preDumpTrusted(): Promise<PreDumpResult> {
     const dir = path.join(this.tmp, `pre-${this.dirs.length}`);
     const r = await preDump({
       pid: this.target.pid,
@@ -94,7 +99,7 @@ class Chain {
   }
 
   /** The final dump, then the chain against the stopped target's memory. */
-  async close(): Promise<void> {
+  async dumpAndCompare(): Promise<void> {
     const { t, target } = this;
     const final = path.join(this.tmp, 'final');
     const r = await runCli([
@@ -155,7 +160,7 @@ async function setup(
 for (const kind of KINDS) {
   const mode = kind.name;
   test.serial(
-    `${mode}: 10 pre-dumps of a target writing all the time, then dump: the chain is the memory`,
+    `${mode}: 10 pre-dumps of a target writing all the time, each trusting its parent, then dump: the chain is the memory`,
     async (t) => {
       const { w, chain } = await setup(t, kind, {
         sizeBytes: 16 * MiB,
@@ -164,7 +169,7 @@ for (const kind of KINDS) {
       });
       const before = await w.progress();
       for (let i = 0; i < 10; i++) {
-        await chain.preDump();
+        await chain.preDumpTrusted();
         await w.dirty(20 + i * 5, 300 + i);
       }
       const after = await w.progress();
@@ -172,87 +177,102 @@ for (const kind of KINDS) {
       // Incremental pre-dumps copy what changed, not everything again.
       const first = chain.results[0]!.pagesWritten;
       for (const r of chain.results.slice(1)) t.true(r.pagesWritten < first);
-      await chain.close();
+      await chain.dumpAndCompare();
     },
   );
 
-  test.serial(`${mode}: new and removed mappings, an address reused`, async (t) => {
-    const { w, chain } = await setup(t, kind);
-    const a = await w.map(64, 1);
-    await chain.preDump();
-    const b = await w.map(32, 2);
-    await w.unmap(a.start + 16 * PAGE, 16);
-    await chain.preDump();
-    // A new mapping in the hole: same addresses as pages the parent holds.
-    await w.write(a.start, 4, 3);
-    const c = await w.map(16, 4);
-    await w.write(b.start + PAGE, 2, 5);
-    await chain.preDump();
-    t.true(c.start > 0);
-    await chain.close();
-  });
+  test.serial(
+    `${mode}: new and removed mappings, an address reused; pre-dumps trust their parents, the dumped chain equals the memory`,
+    async (t) => {
+      const { w, chain } = await setup(t, kind);
+      const a = await w.map(64, 1);
+      await chain.preDumpTrusted();
+      const b = await w.map(32, 2);
+      await w.unmap(a.start + 16 * PAGE, 16);
+      await chain.preDumpTrusted();
+      // A new mapping in the hole: same addresses as pages the parent holds.
+      await w.write(a.start, 4, 3);
+      const c = await w.map(16, 4);
+      await w.write(b.start + PAGE, 2, 5);
+      await chain.preDumpTrusted();
+      t.true(c.start > 0);
+      await chain.dumpAndCompare();
+    },
+  );
 
-  test.serial(`${mode}: mprotect changes between pre-dumps`, async (t) => {
-    const { w, chain } = await setup(t, kind);
-    const a = await w.map(64, 1);
-    await chain.preDump();
-    await w.protect(a.start, 16, 'none');
-    await w.protect(a.start + 16 * PAGE, 16, 'r');
-    await chain.preDump();
-    await w.protect(a.start, 16, 'rw');
-    await w.write(a.start + 4 * PAGE, 2, 6);
-    await w.write(a.start + 40 * PAGE, 2, 7);
-    await chain.preDump();
-    await w.protect(a.start + 16 * PAGE, 16, 'rw');
-    await w.write(a.start + 20 * PAGE, 1, 8);
-    await chain.close();
-  });
+  test.serial(
+    `${mode}: mprotect changes between pre-dumps; pre-dumps trust their parents, the dumped chain equals the memory`,
+    async (t) => {
+      const { w, chain } = await setup(t, kind);
+      const a = await w.map(64, 1);
+      await chain.preDumpTrusted();
+      await w.protect(a.start, 16, 'none');
+      await w.protect(a.start + 16 * PAGE, 16, 'r');
+      await chain.preDumpTrusted();
+      await w.protect(a.start, 16, 'rw');
+      await w.write(a.start + 4 * PAGE, 2, 6);
+      await w.write(a.start + 40 * PAGE, 2, 7);
+      await chain.preDumpTrusted();
+      await w.protect(a.start + 16 * PAGE, 16, 'rw');
+      await w.write(a.start + 20 * PAGE, 1, 8);
+      await chain.dumpAndCompare();
+    },
+  );
 
-  test.serial(`${mode}: pages zapped with MADV_DONTNEED, some written again`, async (t) => {
-    const { w, chain } = await setup(t, kind);
-    const a = await w.map(64, 1);
-    await chain.preDump();
-    await w.dontneed(a.start, 32);
-    await chain.preDump();
-    await w.write(a.start + 8 * PAGE, 4, 9);
-    await w.dontneed(a.start + 48 * PAGE, 8);
-    await chain.preDump();
-    await w.dontneed(a.start + 8 * PAGE, 2);
-    await chain.close();
-  });
+  test.serial(
+    `${mode}: pages zapped with MADV_DONTNEED, some written again; pre-dumps trust their parents, the dumped chain equals the memory`,
+    async (t) => {
+      const { w, chain } = await setup(t, kind);
+      const a = await w.map(64, 1);
+      await chain.preDumpTrusted();
+      await w.dontneed(a.start, 32);
+      await chain.preDumpTrusted();
+      await w.write(a.start + 8 * PAGE, 4, 9);
+      await w.dontneed(a.start + 48 * PAGE, 8);
+      await chain.preDumpTrusted();
+      await w.dontneed(a.start + 8 * PAGE, 2);
+      await chain.dumpAndCompare();
+    },
+  );
 
-  test.serial(`${mode}: threads created between pre-dumps`, async (t) => {
-    const { w, chain } = await setup(t, kind);
-    await chain.preDump();
-    const one = await w.thread(32, 1);
-    await chain.preDump();
-    const two = await w.thread(16, 2);
-    await w.write(one.area.start, 8, 3);
-    const r = await chain.preDump();
-    t.true(r.threads >= 3, `${r.threads} threads`);
-    t.not(one.tid, two.tid);
-    await chain.close();
-  });
+  test.serial(
+    `${mode}: threads created between pre-dumps; pre-dumps trust their parents, the dumped chain equals the memory`,
+    async (t) => {
+      const { w, chain } = await setup(t, kind);
+      await chain.preDumpTrusted();
+      const one = await w.thread(32, 1);
+      await chain.preDumpTrusted();
+      const two = await w.thread(16, 2);
+      await w.write(one.area.start, 8, 3);
+      const r = await chain.preDumpTrusted();
+      t.true(r.threads >= 3, `${r.threads} threads`);
+      t.not(one.tid, two.tid);
+      await chain.dumpAndCompare();
+    },
+  );
 
-  test.serial(`${mode}: a fork between pre-dumps`, async (t) => {
-    const { w, chain } = await setup(t, kind);
-    const a = await w.map(64, 1);
-    await chain.preDump();
-    // The child rewrites its copies; the parent then writes some of its own.
-    const child = await w.fork(a.start, 32, 2);
-    t.teardown(() => {
-      try {
-        process.kill(child, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    });
-    await w.write(a.start + 16 * PAGE, 16, 3);
-    await chain.preDump();
-    await w.write(a.start, 4, 4);
-    await chain.preDump();
-    await chain.close();
-  });
+  test.serial(
+    `${mode}: a fork between pre-dumps; pre-dumps trust their parents, the dumped chain equals the memory`,
+    async (t) => {
+      const { w, chain } = await setup(t, kind);
+      const a = await w.map(64, 1);
+      await chain.preDumpTrusted();
+      // The child rewrites its copies; the parent then writes some of its own.
+      const child = await w.fork(a.start, 32, 2);
+      t.teardown(() => {
+        try {
+          process.kill(child, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      });
+      await w.write(a.start + 16 * PAGE, 16, 3);
+      await chain.preDumpTrusted();
+      await w.write(a.start, 4, 4);
+      await chain.preDumpTrusted();
+      await chain.dumpAndCompare();
+    },
+  );
 }
 
 test.serial('a target killed between pre-dumps: a clear error, nothing written', async (t) => {
