@@ -166,6 +166,28 @@ test('a tree chain (2 pre-dumps, then a dump) streamed to predump page-server ve
     `${two.j.pagesWritten} pages sent again of ${one.j.pagesWritten}`,
   );
   t.is(await readlink(path.join(base, 'ps2', 'parent')), '../ps1');
+  // The local half: show says where the pages went and what was sent; verify points there.
+  const shown = await runCli(['show', path.join(base, 'local2'), '--json']);
+  t.is(shown.code, 0, shown.stderr);
+  t.like(parseJson(t, shown), {
+    kind: 'pre-dump',
+    pid: w.pid,
+    pageServer: { address: '127.0.0.1' },
+    pagesPresent: two.j.pagesWritten - two.j.sharedMemory!.reduce((n, s) => n + s.pagesWritten, 0),
+    pagesInParent: two.j.pagesSkippedParent,
+  });
+  const human = await runCli(['show', path.join(base, 'local2'), '--no-entries']);
+  t.regex(human.stdout, /pages sent to {2}the page server at 127\.0\.0\.1:\d+: the pagemaps/);
+  t.regex(human.stdout, new RegExp(`pid ${w.pid} +on the server`));
+  assertCliError(
+    t,
+    await runCli(['verify', '-t', String(w.pid), '-D', path.join(base, 'local2'), '--json']),
+    {
+      exit: 1,
+      code: 'EIMAGE',
+      message: /holds the local half of a pre-dump sent to the page server at 127\.0\.0\.1:\d+/,
+    },
+  );
 
   // A local pre-dump of the same stopped tree, for comparison.
   const local = await runCli([

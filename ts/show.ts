@@ -51,6 +51,12 @@ export interface ImagesSummary {
    */
   processes?: PagemapSummary[];
   sharedMemory?: PagemapSummary[];
+  /**
+   * The pages and pagemaps went to this page server: the directory holds what CRIU's client
+   * keeps locally, and the entries and counts are those predump's record says were sent
+   * (`pagesId` 0: the server numbers its own pages images).
+   */
+  pageServer?: { address: string; port: number };
 }
 
 /** One pagemap of a tree's images: a process's (pid) or a shared object's (shmid). */
@@ -88,6 +94,10 @@ export async function describeImages(dir: string): Promise<ImagesSummary> {
     );
   }
   if (isTreeDir(names)) return describeTree(dir);
+  const record = await readRecord(dir);
+  if (record?.pageServer && !names.some((n) => n.startsWith('pagemap-'))) {
+    return describeSent(dir, record.pageServer);
+  }
   let d;
   try {
     d = await readPreDumpDir(dir);
@@ -136,10 +146,23 @@ async function summarize(dir: string, d: PreDumpDir): Promise<ImagesSummary> {
 /** The trackings predump's record (TRACK_FILE, written by preDump(), read by parent.ts) names. */
 const TRACKINGS = ['uffd-wp', 'soft-dirty', 'none'] as const;
 
+/** What predump's record says was sent to a page server (parent.ts's TrackRecord). */
+interface SentRecord {
+  address: string;
+  port: number;
+  /** The root's pagemap (one process: its only one), as flat [vaddr, nrPages, flags]. */
+  entries: number[];
+  /** A tree's: every process's. */
+  processes?: { pid: number; entries: number[] }[];
+}
+
 /** What `show` reads of predump's record; undefined without one (or an unreadable one). */
 async function readRecord(
   dir: string,
-): Promise<{ trackMem?: string; final?: boolean; mode?: string } | undefined> {
+): Promise<
+  | { trackMem?: string; final?: boolean; mode?: string; pid?: number; pageServer?: SentRecord }
+  | undefined
+> {
   const text = await readFile(path.join(dir, TRACK_FILE), 'utf8').catch(() => undefined);
   if (text === undefined) return undefined;
   try {
@@ -185,5 +208,54 @@ async function describeTree(dir: string): Promise<ImagesSummary> {
       pagesPresent: p.pagesPresent,
       pagesInParent: p.pagesInParent,
     })),
+  };
+}
+
+/**
+ * The local half of a pre-dump or dump sent to a page server: inventory, stats and parent
+ * link from the directory, the pagemaps as predump's record says they were sent.
+ */
+async function describeSent(dir: string, sent: SentRecord): Promise<ImagesSummary> {
+  let d;
+  try {
+    d = await readPreDumpDir(dir, { pagesElsewhere: true });
+  } catch (err) {
+    throw new PredumpError('EIMAGE', (err as Error).message, { cause: err });
+  }
+  const record = await readRecord(dir);
+  const entries = (flat: number[]) => {
+    const out: ImagesSummary['entries'] = [];
+    for (let i = 0; i + 2 < flat.length; i += 3) {
+      const [vaddr, nrPages, flags] = [flat[i]!, flat[i + 1]!, flat[i + 2]!];
+      out.push({ vaddr, nrPages, flags, flagNames: flagNames(flags) });
+    }
+    return out;
+  };
+  const count = (es: ImagesSummary['entries'], bit: number): number =>
+    es.filter((e) => e.flags & bit).reduce((n, e) => n + e.nrPages, 0);
+  const root = entries(sent.entries);
+  const processes = (sent.processes ?? []).map((p) => {
+    const es = entries(p.entries);
+    return {
+      pid: p.pid,
+      pagesId: 0,
+      entries: es.length,
+      pagesPresent: count(es, PE_PRESENT),
+      pagesInParent: count(es, PE_PARENT),
+    };
+  });
+  const s = await summarize(dir, { ...d, pid: record?.pid, entries: [] });
+  return {
+    ...s,
+    entries: root,
+    pagesPresent: processes.length
+      ? processes.reduce((n, p) => n + p.pagesPresent, 0)
+      : count(root, PE_PRESENT),
+    pagesInParent: processes.length
+      ? processes.reduce((n, p) => n + p.pagesInParent, 0)
+      : count(root, PE_PARENT),
+    pagesFileBytes: undefined,
+    ...(processes.length > 1 ? { processes } : {}),
+    pageServer: { address: sent.address, port: sent.port },
   };
 }

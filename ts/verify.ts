@@ -1,7 +1,7 @@
 /**
  * Verifying an image chain against a live process.
  */
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fromNative, PredumpError } from './errors.js';
 import {
@@ -10,6 +10,7 @@ import {
   PE_PRESENT,
   pagesFileName,
   readPreDumpDir,
+  TRACK_FILE,
   type PreDumpDir,
 } from './images/index.js';
 import { native } from './native.js';
@@ -49,6 +50,18 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
     if (err.code === 'ENOTDIR') throw new PredumpError('EDIR', `${dir} is not a directory`);
     return [] as string[];
   });
+  const sent = await readFile(path.join(dir, TRACK_FILE), 'utf8').then(
+    (t) => (JSON.parse(t) as { pageServer?: { address: string; port: number } }).pageServer,
+    () => undefined,
+  );
+  if (sent && !names.some((n) => n.startsWith('pagemap-'))) {
+    throw new PredumpError(
+      'EIMAGE',
+      `${dir} holds the local half of a pre-dump sent to the page server at ` +
+        `${sent.address}:${sent.port}: its pagemaps and pages are there. Verify the server's ` +
+        'directory, with this inventory.img copied beside it',
+    );
+  }
   const which = isTreeDir(names) ? { pid } : {};
   const newest = await readPreDumpDir(dir, which).catch((err: Error) => {
     throw new PredumpError('EIMAGE', `cannot read ${dir}: ${err.message}`);

@@ -57,13 +57,19 @@ function render(s: ImagesSummary, withEntries: boolean): string {
     `${s.dir}: ${s.complete ? 'complete' : 'INCOMPLETE (no inventory.img)'} ${s.kind ?? ''}`.trimEnd(),
   ];
   if (s.complete) lines.push(`  made by        ${madeBy(s)}`);
+  if (s.pageServer) {
+    lines.push(
+      `  pages sent to  the page server at ${s.pageServer.address}:${s.pageServer.port}: ` +
+        'the pagemaps and pages are there; below, what was sent (predump-track.json)',
+    );
+  }
   if (s.processes) {
     lines.push(
       `  processes      ${s.processes.length} (a process tree; root ${s.pid ?? '?'}, the first below)`,
     );
     for (const p of s.processes) {
       lines.push(
-        `    pid ${String(p.pid).padEnd(10)} pages-${p.pagesId}.img  ${p.entries} entries, ${p.pagesPresent} pages present` +
+        `    pid ${String(p.pid).padEnd(10)} ${p.pagesId ? `pages-${p.pagesId}.img` : 'on the server'}  ${p.entries} entries, ${p.pagesPresent} pages present` +
           (p.pagesInParent > 0 ? `, ${p.pagesInParent} in the parent` : ''),
       );
     }

@@ -357,6 +357,11 @@ export async function readPreDumpDir(
      * its pagemap-PID.img alone is read (a complete directory without it is an EIMAGE).
      */
     pid?: number;
+    /**
+     * The pagemaps went to a page server (predump's record says so): a complete directory
+     * without one is what CRIU's client keeps locally, not an error.
+     */
+    pagesElsewhere?: boolean;
   } = {},
 ): Promise<PreDumpDir> {
   const pageSize = options.pageSize ?? PAGE_SIZE;
@@ -395,7 +400,7 @@ export async function readPreDumpDir(
   }
   const pagemapName = pagemaps[0];
   if (pagemapName === undefined) {
-    if (complete) {
+    if (complete && !options.pagesElsewhere) {
       throw new ImageError(
         dir,
         `has ${INVENTORY_FILE} but no ${options.pid === undefined ? 'pagemap-PID.img' : pagemapFileName(options.pid)}`,
