@@ -316,3 +316,46 @@ test('the page server going away in the middle of a tree: exit 1, every process 
   const kept = (await readdir(path.join(base, 'ps'))).filter((f) => !f.startsWith('.'));
   t.deepEqual(kept, [], 'the killed server left nothing that looks complete');
 });
+
+test('a page server without the parent images: every process of the tree is sent whole, and the note says why', async (t) => {
+  const base = await tempDir(t);
+  const { w, pids } = await startTree(t);
+  const first = await startServer(t, path.join(base, 'ps1'));
+  let r = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, 'local1'),
+    ...client(first.port),
+  ]);
+  t.is(r.code, 0, r.stderr);
+  await first.result();
+  // The second server was not given --prev-images-dir: it holds no parent.
+  const second = await startServer(t, path.join(base, 'ps2'));
+  r = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, 'local2'),
+    '--prev-images-dir',
+    '../local1',
+    ...client(second.port),
+  ]);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  const res = await second.result();
+  assertStoredAsSent(t, j, res.pagemaps);
+  t.is(j.pagesSkippedParent, 0);
+  t.like(j.pageServer, { hasParent: false });
+  t.true(res.pagemaps.every((p) => !p.hasParent && p.pagesParent === 0));
+  t.regex(
+    j.trackNote ?? '',
+    new RegExp(
+      `the page server at 127\\.0\\.0\\.1:${second.port} holds no parent images \\(its --prev-images-dir\\) ` +
+        `of processes ${[...pids].sort((a, b) => a - b).join(', ')}: every page of them is copied`,
+    ),
+  );
+  for (const pid of pids) await assertRunningUntraced(t, pid);
+});

@@ -15,32 +15,6 @@
 # with --tls on both ends, certificates made by certtool as a CRIU user makes
 # them (one CA, one certificate for both ends naming 127.0.0.1), names checked.
 
-# ps_start DIR ARGS…: starts predump page-server on a free loopback port in
-# the background; sets PS_PID and PS_PORT once it listens (--status-fd says
-# when; its first stdout line is the listening JSON).
-ps_start() {
-  local dir=$1
-  shift
-  mkfifo "$dir.ready"
-  predump page-server -D "$dir" --address 127.0.0.1 --port 0 --json --status-fd 3 "$@" \
-    >"$dir.json" 2>"$dir.log" 3>"$dir.ready" &
-  PS_PID=$!
-  _vm_pids+=("$PS_PID")
-  timeout 300 head -c1 "$dir.ready" >/dev/null || fail "predump page-server did not start: $(cat "$dir.log")"
-  PS_PORT=$(head -n1 "$dir.json" | jq -r .listening.port)
-  echo "predump page-server for $dir listening on port $PS_PORT"
-}
-
-# ps_wait DIR: the server must end well; prints its result line.
-ps_wait() {
-  wait "$PS_PID" || fail "predump page-server for $1 failed: $(cat "$1.log")"
-  tail -n1 "$1.json" >"$1.result.json"
-  cat "$1.log"
-  json "$1.result.json" .ok | grep -qx true || fail "no result from the server of $1"
-  expect_eq "$(json "$1.result.json" .format)" criu-4.1 "the header layout criu 3.17 sent to $1"
-  [ -f "$1/pagemap-$WL_PID.img" ] && [ -f "$1/pages-65537.img" ] || fail "$1 lacks its images: $(ls "$1")"
-}
-
 # pki: a CA and one certificate naming 127.0.0.1, usable by both ends.
 pki() {
   mkdir pki
