@@ -702,6 +702,79 @@ test('incremental pre-dumps of a tree with uffd-wp tracking: each process copies
   for (const p of procs) await assertRunningUntraced(t, p.pid);
 });
 
+test("a tree's dump on a uffd-wp tracked chain: copies only what each process wrote, verifies, ends the tracking", async (t) => {
+  const { w, procs } = await startTree(t);
+  const pids = procs.map((p) => p.pid);
+  t.teardown(() => signalAll(pids, 'SIGCONT'));
+  const base = await tempDir(t);
+  const before = await Promise.all(pids.map((pid) => snapshot(pid)));
+  const first = await runCli([
+    'pre-dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, '1'),
+    '--track-mem',
+    'uffd-wp',
+    '--json',
+  ]);
+  if (first.code !== 0 && /userfaultfd|uffd/.test(first.stderr)) {
+    t.log(`uffd-wp tracking is not possible here: ${first.stderr}`);
+    t.pass();
+    return;
+  }
+  t.is(first.code, 0, first.stderr);
+  const j1 = parseJson<PreDumpResult>(t, first);
+  const dirtied = 100; // per mille of process 3's 1,024 data pages
+  await w.command(`proc 3 dirty ${dirtied} 12`);
+  signalAll(pids, 'SIGSTOP'); // nothing changes after this: verify is exact
+  const r = await runCli([
+    'dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, '2'),
+    '--prev-images-dir',
+    '../1',
+    '--leave-stopped',
+    '--json',
+  ]);
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult & { copiedWhileFrozen: boolean }>(t, r);
+  t.true(j.copiedWhileFrozen);
+  t.is(j.trackBackend, 'uffd-wp', "the chain's tracking was read");
+  const written = (x: PreDumpResult, pid: number) =>
+    x.processes.find((p) => p.pid === pid)!.pagesWritten;
+  const wrote = written(j, procs[3]!.pid);
+  t.true(wrote >= (1024 * dirtied) / 1000, `process 3 wrote ${wrote} pages`);
+  for (const p of procs) {
+    const [a, b] = [written(j1, p.pid), written(j, p.pid)];
+    t.log(`process ${p.pid}: ${a} pages pre-dumped, then ${b} dumped`);
+    t.true(b < a / 3, `process ${p.pid}: ${b} pages dumped again of ${a}`);
+  }
+  t.true(j.pagesSkippedParent > 0);
+  const pm = await readPagemap(path.join(base, '2', `pagemap-${procs[3]!.pid}.img`));
+  t.true(
+    pm.entries.some((e) => e.flags === 1),
+    'PE_PARENT entries name the pages left to the parent',
+  );
+  const v = await runCli(['verify', '-t', String(w.pid), '-D', path.join(base, '2'), '--json']);
+  t.is(v.code, 0, v.stderr);
+  t.like(parseJson<{ ok: boolean; mismatches: number; missing: number }>(t, v), {
+    ok: true,
+    mismatches: 0,
+    missing: 0,
+  });
+  // Nothing of predump is left in any process: no userfaultfd, no marker, no mapping.
+  signalAll(pids, 'SIGCONT');
+  for (const [i, pid] of pids.entries()) {
+    await assertRunningUntraced(t, pid);
+    const [diff] = leftoverDiff(before[i]!, await snapshot(pid));
+    t.deepEqual(diff, [], `process ${pid}: nothing of predump left`);
+  }
+  t.true((await w.selfCheck()).ok);
+});
+
 test("a tree's parent images of another process: EPARENT, nothing written", async (t) => {
   const { w } = await startTree(t);
   const other = await startTree(t);
@@ -892,7 +965,10 @@ test('dump --leave-stopped of a tree: copied while all frozen, all left stopped,
   t.true(st['memdump_time']! + 2 >= Math.round((j.scanMs + j.copyMs) * 1000), 'scan and copy');
   t.true(st['memwrite_time']! <= st['memdump_time']!, 'memwrite is a part of memdump');
   t.deepEqual(j.processes.map((p) => p.pid).sort(), [...pids].sort());
-  t.deepEqual(j.trackedAlone, tracked ? [leaf] : []);
+  // The leaf's tracking, made alone, is read by the dump (whose auto tracking is uffd-wp
+  // here) and ended: none is left that the dump neither used nor ended.
+  t.deepEqual(j.trackedAlone, []);
+  t.is(j.trackBackend, tracked ? 'uffd-wp' : 'none');
   for (const pid of pids) {
     // The job stop lands as each process is let go: look again (bounded) until it shows.
     let s = await procState(pid);
@@ -936,6 +1012,13 @@ test('dump --leave-stopped of a tree: copied while all frozen, all left stopped,
     human.stderr,
     new RegExp(
       `the 4 processes of the tree of ${w.pid} are left stopped: 'kill -CONT ${j.processes.map((p) => p.pid).join(' ')}'`,
+    ),
+  );
+  // `after` (auto) tracked the tree where the kernel can: this dump read that, and ended it.
+  t.regex(
+    human.stderr,
+    new RegExp(
+      `tracking ${tracked ? 'uffd-wp, read' : 'none'}, then ended: nothing of predump is left in the tree`,
     ),
   );
   signalAll(pids, 'SIGCONT');

@@ -257,7 +257,7 @@ export function summary(r: PreDumpResult, final = false): string {
     ...(tree ? treeLines(r) : skippedLines(r)),
     copyLine(r),
     final
-      ? '  tracking ended: nothing of predump is left in the process'
+      ? `  tracking ${r.trackBackend === 'none' ? 'none' : `${r.trackBackend}, read`}, then ended: nothing of predump is left in the ${tree ? 'tree' : 'process'}`
       : `  tracking ${r.trackBackend}` +
         (r.trackBackend === 'uffd-wp'
           ? ` (a userfaultfd and a marker fd stay in the process until 'predump dump' or 'predump untrack -t ${r.pid}')`

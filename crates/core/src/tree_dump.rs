@@ -184,11 +184,11 @@ pub enum TreeDest<'a> {
 /// no pages images): `pages-<id>.img` for every process and shared object; the
 /// caller writes the pagemaps from the report. Read mode, no tracking.
 ///
-/// With `tracking` (pre-dumps only: a final dump ends the tracking), each
-/// process's dirty pages are taken and re-armed while the tree is frozen and
-/// only those (and pages its parent images lack) are copied. A run that
-/// started the tracking of some processes and then fails ends it in them
-/// again.
+/// With `tracking`, each process's dirty pages are taken and re-armed while
+/// the tree is frozen and only those (and pages its parent images lack) are
+/// copied. A run that started the tracking of some processes and then fails
+/// ends it in them again. A final dump (`tracking.final_dump` agrees with
+/// `final_dump`) takes the tracking and ends it, never starts it.
 pub fn pre_dump_tree(
     root: i32,
     dir: &Path,
@@ -216,7 +216,7 @@ pub fn pre_dump_tree_to(
     tracking: Option<&TreeTracking>,
     progress: Option<&Progress>,
 ) -> Result<TreeReport> {
-    let tracking = tracking.filter(|_| final_dump.is_none());
+    debug_assert!(tracking.is_none_or(|t| t.final_dump == final_dump.is_some()));
     let mut created = Vec::new();
     let r = pre_dump_tree_inner(
         root,
@@ -538,18 +538,24 @@ fn track_all(
     t: &TreeTracking,
     created: &mut Vec<i32>,
 ) -> Result<()> {
-    // Those already tracked were done by the scan threads.
-    for f in found.iter_mut().filter(|f| f.chosen.is_none()) {
+    for f in found.iter_mut() {
         let p = frozen
             .get(f.member.pid)
             .expect("a scanned process is one of the frozen tree's");
-        let (keep, _) = scan::select(&f.vmas, &f.vm_flags, true);
-        let mut chosen = tree_track::choose(p, f.member.start_time, &keep, &f.scan.ranges, t)?;
-        if chosen.created {
-            created.push(f.member.pid);
+        // Those already tracked were done by the scan threads.
+        if f.chosen.is_none() {
+            let (keep, _) = scan::select(&f.vmas, &f.vm_flags, true);
+            let mut chosen = tree_track::choose(p, f.member.start_time, &keep, &f.scan.ranges, t)?;
+            if chosen.created {
+                created.push(f.member.pid);
+            }
+            f.scan.ranges = std::mem::take(&mut chosen.dump);
+            f.chosen = Some(chosen);
         }
-        f.scan.ranges = std::mem::take(&mut chosen.dump);
-        f.chosen = Some(chosen);
+        if t.final_dump {
+            let chosen = f.chosen.as_mut().expect("chosen above");
+            tree_track::force_rseq(p, &mut f.scan.ranges, chosen)?;
+        }
     }
     Ok(())
 }

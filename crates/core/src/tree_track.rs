@@ -4,6 +4,11 @@
 //! `predump::choose_pages`), so that a pre-dump of the tree on its parent
 //! copies only what each process wrote since.
 //!
+//! A final dump of the tree reads the tracking too, as `criu dump --track-mem`
+//! does, so that it copies (inside its frozen window) only what each process
+//! wrote since the last pre-dump; it never starts tracking a process, and
+//! ends it in every process after taking it (the caller).
+//!
 //! Anonymous shared memory is not tracked yet: every pre-dump copies each
 //! shared object whole (the caller says so).
 
@@ -29,6 +34,9 @@ pub struct TreeTracking {
     /// (clock ticks after boot): only a process that is the one the parent
     /// images were made of has one.
     pub parents: HashMap<(i32, u64), ParentChain>,
+    /// For a final dump: take what the chain's tracking recorded, never start
+    /// it (a process that holds none is copied whole).
+    pub final_dump: bool,
 }
 
 /// What tracking decided for one process.
@@ -56,8 +64,41 @@ pub fn choose(
     present: &[PageRange],
     t: &TreeTracking,
 ) -> Result<Chosen> {
+    if t.final_dump && t.backend == Backend::UffdWp {
+        // Only processes without predump's uffd-wp come here (`choose_tracked`
+        // took the others): starting it now would inject calls inside the
+        // frozen window only to end it again, with nothing to read.
+        let parent = t.parents.contains_key(&(frozen.pid(), start_time));
+        return Ok(Chosen {
+            dump: present.to_vec(),
+            note: parent.then(|| {
+                "the process holds no uffd-wp tracking (no pre-dump of the chain tracked \
+                 it, or it was ended since): what was written since the parent is not \
+                 known, so every page is copied"
+                    .to_string()
+            }),
+            ..Chosen::default()
+        });
+    }
     let taken = predump::take_dirty(frozen, t.backend, keep, &t.generation);
     decide(frozen.pid(), start_time, present, t, taken)
+}
+
+/// A final dump copies each thread's rseq area whatever the tracking says: the
+/// kernel rewrites it (cpu_id) without a write the tracking records (as for
+/// one process, `predump::plan`). `dump` and `chosen.to_parent` are updated.
+/// On the tracer thread (PTRACE_GET_RSEQ_CONFIGURATION).
+pub fn force_rseq(frozen: &Frozen, dump: &mut Vec<PageRange>, chosen: &mut Chosen) -> Result<()> {
+    let mut rseq = Vec::new();
+    for tid in frozen.tids() {
+        rseq.extend(crate::inject::rseq_pages(tid)?);
+    }
+    let forced = crate::intersect(&crate::merged(rseq), &chosen.to_parent);
+    if !forced.is_empty() {
+        *dump = crate::merged(dump.drain(..).chain(forced.iter().copied()).collect());
+        chosen.to_parent = crate::subtract(&chosen.to_parent, &forced);
+    }
+    Ok(())
 }
 
 /// `choose` for a process that already holds predump's uffd-wp tracking

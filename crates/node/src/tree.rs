@@ -323,6 +323,7 @@ fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
         (None, None) => None,
     };
     let tracking = choice.backend.map(|backend| TreeTracking {
+        final_dump: final_dump.is_some(),
         backend,
         generation: options.generation.clone().unwrap_or_default(),
         auto: choice.auto_track,
