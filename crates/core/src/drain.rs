@@ -358,7 +358,7 @@ impl Writer<'_> {
                 self.discard(len);
             } else {
                 let start = Instant::now();
-                let res = self.out.from_pipe(self.pipe.as_fd(), &regions, len);
+                let res = self.out.write_from_pipe(self.pipe.as_fd(), &regions, len);
                 self.time += start.elapsed();
                 match res {
                     Ok(()) => {

@@ -22,7 +22,7 @@ use crate::{Error, PageRange, Result};
 
 /// An output of drained pages.
 pub trait PagesOut: Send {
-    /// Whether the pipes handed to [`PagesOut::from_pipe`] must own their pages
+    /// Whether the pipes handed to [`PagesOut::write_from_pipe`] must own their pages
     /// (filled by a copy, not by vmsplice of a buffer that is reused): true for
     /// a socket, which keeps referencing spliced pages until the peer has them.
     fn needs_owned_pipe(&self) -> bool {
@@ -38,7 +38,7 @@ pub trait PagesOut: Send {
     /// Moves `regions` (sorted, back to back: `len` bytes in all) out of `pipe`.
     /// On error, also the number of this call's bytes still in the pipe (so
     /// that a writer can drop them and let the pipe's filler finish).
-    fn from_pipe(
+    fn write_from_pipe(
         &mut self,
         pipe: BorrowedFd<'_>,
         regions: &[PageRange],
@@ -91,7 +91,7 @@ impl PagesFile {
 }
 
 impl PagesOut for PagesFile {
-    fn from_pipe(
+    fn write_from_pipe(
         &mut self,
         pipe: BorrowedFd<'_>,
         _regions: &[PageRange],

@@ -589,7 +589,7 @@ pub fn drain_pipes(
     let mut regions: Vec<PageRange> = Vec::new();
     for (pipe, held) in pinned.pipes {
         let len: usize = held.iter().map(|r| r.len() as usize).sum();
-        out.from_pipe(pipe.as_fd(), &held, len)
+        out.write_from_pipe(pipe.as_fd(), &held, len)
             .map_err(|(e, _)| e)?;
         if let Some(p) = progress {
             p.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);

@@ -522,7 +522,7 @@ fn server_pages_interleave_the_parents_holes_with_the_ranges_sent() {
     let half = sent.len() / 2;
     for part in [&sent[..half], &sent[half..]] {
         let len = part.iter().map(|r| r.len() as usize).sum();
-        sp.from_pipe(reader.as_fd(), part, len)
+        sp.write_from_pipe(reader.as_fd(), part, len)
             .map_err(|(e, _)| e)
             .unwrap();
     }
@@ -619,7 +619,7 @@ fn a_tree_session_sends_every_pagemap_under_its_own_id_over_one_connection() {
         std::fs::File::from(writer)
             .write_all(&pages[..first_len])
             .unwrap();
-        pm.from_pipe(reader.as_fd(), &present[..1], first_len)
+        pm.write_from_pipe(reader.as_fd(), &present[..1], first_len)
             .map_err(|(e, _)| e)
             .unwrap();
         pm.finish().unwrap();
@@ -639,7 +639,7 @@ fn a_tree_session_sends_every_pagemap_under_its_own_id_over_one_connection() {
         std::fs::File::from(writer)
             .write_all(&pages[..first_len])
             .unwrap();
-        pm.from_pipe(reader.as_fd(), &present[..1], first_len)
+        pm.write_from_pipe(reader.as_fd(), &present[..1], first_len)
             .map_err(|(e, _)| e)
             .unwrap();
         pm.finish().unwrap();

@@ -14,7 +14,9 @@ use napi_derive::napi;
 
 use predump_core::drain::DrainConfig;
 
-mod pageserver;
+// Public, as `tree`: its items are the addon's interface (registered by napi, which
+// a test build leaves out; private, they would count as dead code there).
+pub mod pageserver;
 pub mod tree;
 use predump_core::predump::{self as core_predump, PreDumpReport as CoreReport};
 

@@ -187,7 +187,7 @@ impl PagesOut for ServerPages {
         self.tx.parent_ranges(ranges, &self.server)
     }
 
-    fn from_pipe(
+    fn write_from_pipe(
         &mut self,
         pipe: BorrowedFd<'_>,
         regions: &[PageRange],
@@ -401,7 +401,7 @@ impl PagesOut for TreePagemap<'_> {
         self.tx.parent_ranges(ranges, self.server)
     }
 
-    fn from_pipe(
+    fn write_from_pipe(
         &mut self,
         pipe: BorrowedFd<'_>,
         regions: &[PageRange],
