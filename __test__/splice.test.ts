@@ -865,7 +865,7 @@ test.serial(
 );
 
 // The moment a random kill hits about once in a few hundred, hit on purpose with the core's
-// injection gate (PREDUMP_TEST_INJECT_GATE, inject::leftovers::test_gate): a splice pre-dump
+// injection gate (PREDUMP_TEST_INJECT_GATE, test_hooks::inject_gate): a splice pre-dump
 // killed once its target has received a group of pipes, then the untrack that removes them
 // killed right after its journal names them in its own scratch mapping (where they were once
 // named by nothing: the scratch mmap's undo was still armed, docs/INJECTION-SAFETY.md). The

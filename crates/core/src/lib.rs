@@ -23,6 +23,7 @@ pub mod scan;
 pub mod shmem;
 pub mod splice;
 pub mod sys;
+mod test_hooks;
 pub mod track;
 pub mod tree;
 pub mod tree_dump;

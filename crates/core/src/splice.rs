@@ -219,7 +219,7 @@ fn reference_groups(
         }
         let writes: Vec<i32> = taken.iter().map(|(_, w)| w.as_raw_fd()).collect();
         let target_fds = channel.pass(inj, at.scratch, &writes, &mut pinned.injected_calls)?;
-        crate::inject::leftovers::test_gate("splice-pipes-received")?;
+        crate::test_hooks::inject_gate("splice-pipes-received")?;
         // The target may take fewer than sent (its fd limit): use what arrived.
         let used = target_fds.len();
         let outcome = fill_group(inj, at, &group[..used], &target_fds, pinned);

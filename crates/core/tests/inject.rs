@@ -1348,7 +1348,7 @@ fn a_cleaning_run_killed_right_after_its_journal_leaves_every_leftover_named() {
         return;
     }
     // The root cause of issue 13's "known gap", reproduced at its exact moment
-    // (the injection gate, leftovers::test_gate). A run that removes a dead
+    // (the injection gate, test_hooks::inject_gate). A run that removes a dead
     // run's leftovers makes its own scratch mapping, journals there the fds it
     // is about to close, and drops the dead run's entries in the same journal
     // write; its thread still waits at the scratch mmap's exit stop. Before,

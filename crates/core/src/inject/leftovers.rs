@@ -534,7 +534,7 @@ pub fn remove(frozen: &Frozen, found: &mut Found) -> Result<()> {
         entries.push(Leftover::Mapping { addr, len });
     }
     inj.set_journal(entries)?;
-    test_gate("leftovers-journaled")?;
+    crate::test_hooks::inject_gate("leftovers-journaled")?;
     for (_, fds) in &lists {
         for &fd in fds {
             inj.close(fd)?;
@@ -547,33 +547,6 @@ pub fn remove(frozen: &Frozen, found: &mut Found) -> Result<()> {
         inj.forget(&Leftover::Mapping { addr, len })?;
     }
     inj.restore()
-}
-
-/// A test hook, as `PREDUMP_TEST_DRAIN_GATE` is for the drain: when
-/// `PREDUMP_TEST_INJECT_GATE` is `POINT:FIFO` and this is `POINT`, the run
-/// opens the FIFO and waits for a byte from it. A test that opens the FIFO for
-/// writing knows the run is exactly there (the open returns only then), and
-/// kills it, or writes the byte to let it go on. The points: `leftovers-journaled`
-/// (`remove`, after the journal that names what it is about to close and unmap
-/// was written, before the first close), `splice-pipes-received` (splice mode,
-/// after the target received a group of pipes, before their vmsplices).
-pub(crate) fn test_gate(point: &str) -> Result<()> {
-    let Some(spec) = std::env::var_os("PREDUMP_TEST_INJECT_GATE") else {
-        return Ok(());
-    };
-    let spec = spec.to_string_lossy();
-    let Some((at, fifo)) = spec.split_once(':') else {
-        return Ok(());
-    };
-    if at != point {
-        return Ok(());
-    }
-    let mut byte = [0u8; 1];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open(fifo).map_err(|e| Error::sys("opening the injection gate", e))?,
-        &mut byte,
-    )
-    .map_err(|e| Error::sys("waiting at the injection gate", e))
 }
 
 /// `find`, and `remove` if anything was found: for a caller holding `frozen`.
