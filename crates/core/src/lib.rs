@@ -3,7 +3,6 @@
 
 pub mod access;
 pub mod anon;
-pub mod bench;
 pub mod check;
 pub mod drain;
 pub mod error;
@@ -15,7 +14,6 @@ pub mod mem_times;
 pub mod mode;
 pub mod pages_out;
 pub mod pageserver;
-pub mod pattern;
 pub mod predump;
 pub mod probe;
 pub mod proc;

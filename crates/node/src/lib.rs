@@ -384,7 +384,7 @@ pub fn check_pattern<'env>(
                 .any(|&(s, e)| addr >= s && addr < e)
                 .then_some(0)
         };
-        let r = predump_core::pattern::check_pages_file(
+        let r = predump_bench::pattern::check_pages_file(
             std::io::BufReader::new(file),
             &regions,
             expected,
@@ -413,7 +413,7 @@ pub struct MemcpyReference {
 #[napi(ts_return_type = "Promise<MemcpyReference>")]
 pub fn memcpy_reference<'env>(env: &'env Env, bytes: f64) -> Result<Object<'env>> {
     on_own_thread(env, move || {
-        let t = predump_core::bench::memcpy(bytes as usize)?;
+        let t = predump_bench::reference::memcpy(bytes as usize)?;
         Ok(MemcpyReference {
             fresh_ms: t.fresh.as_secs_f64() * 1e3,
             warm_ms: t.warm.as_secs_f64() * 1e3,
@@ -431,7 +431,7 @@ pub struct ReadvReference {
 #[napi(ts_return_type = "Promise<ReadvReference>")]
 pub fn readv_reference<'env>(env: &'env Env, pid: i32) -> Result<Object<'env>> {
     on_own_thread(env, move || {
-        let (t, bytes) = predump_core::bench::readv_reference(pid)?;
+        let (t, bytes) = predump_bench::reference::readv_reference(pid)?;
         Ok(ReadvReference {
             ms: t.as_secs_f64() * 1e3,
             bytes: bytes as f64,
@@ -525,7 +525,8 @@ pub fn check_kernel<'env>(env: &'env Env) -> Result<Object<'env>> {
 #[napi(ts_return_type = "Promise<number>")]
 pub fn write_reference<'env>(env: &'env Env, dir: String, bytes: f64) -> Result<Object<'env>> {
     on_own_thread(env, move || {
-        let t = predump_core::bench::write_reference(std::path::Path::new(&dir), bytes as usize)?;
+        let t =
+            predump_bench::reference::write_reference(std::path::Path::new(&dir), bytes as usize)?;
         Ok(t.as_secs_f64() * 1e3)
     })
 }
@@ -535,7 +536,7 @@ pub fn write_reference<'env>(env: &'env Env, dir: String, bytes: f64) -> Result<
 #[napi(ts_return_type = "Promise<number>")]
 pub fn tcp_reference<'env>(env: &'env Env, bytes: f64) -> Result<Object<'env>> {
     on_own_thread(env, move || {
-        let t = predump_core::bench::tcp_reference(bytes as usize)?;
+        let t = predump_bench::reference::tcp_reference(bytes as usize)?;
         Ok(t.as_secs_f64() * 1e3)
     })
 }

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use predump_core::pattern::{fill_page, page_matches};
+use predump_bench::pattern::{fill_page, page_matches};
 use predump_core::PAGE_SIZE;
 
 use crate::mem::{die, map_anon};

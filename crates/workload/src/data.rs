@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use predump_core::pattern::{fill_page, page_matches};
+use predump_bench::pattern::{fill_page, page_matches};
 use predump_core::PAGE_SIZE;
 
 const P: usize = PAGE_SIZE as usize;

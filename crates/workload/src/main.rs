@@ -1,6 +1,6 @@
 //! predump-workload: a target process for predump's tests, benchmarks and demo.
 //!
-//! It fills a data region with a verifiable pattern (see `predump_core::pattern`),
+//! It fills a data region with a verifiable pattern (see `predump_bench::pattern`),
 //! runs compute threads that check their own work, optionally churns its address
 //! space, prints one JSON "ready" line, then answers one-line commands on stdin with
 //! one JSON line each. EOF on stdin exits, so it never outlives whoever started it.

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::anon::AnonMap;
-use crate::drain::{self, MAX_IOVS};
-use crate::{Error, PageRange, Result};
+use predump_core::anon::AnonMap;
+use predump_core::drain::{self, MAX_IOVS};
+use predump_core::{Error, PageRange, Result};
 
 /// memcpy of `bytes` from a warm source into a fresh destination (which pays for
 /// its page faults, as a new image file does) and again into the same, now warm,
@@ -39,12 +39,12 @@ pub fn memcpy(bytes: usize) -> Result<MemcpyTimes> {
 /// into one reused 4 MiB buffer: the floor of read mode's drain, nothing written.
 /// Returns the time and the bytes read.
 pub fn readv_reference(pid: i32) -> Result<(Duration, u64)> {
-    let text = crate::proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
-    let vmas = crate::maps::parse_maps(&text)?;
-    let (keep, _) = crate::scan::select(&vmas, &Default::default(), true);
-    let found = crate::scan::Scanner::open(pid)?.present(&keep)?;
+    let text = predump_core::proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+    let vmas = predump_core::maps::parse_maps(&text)?;
+    let (keep, _) = predump_core::scan::select(&vmas, &Default::default(), true);
+    let found = predump_core::scan::Scanner::open(pid)?.present(&keep)?;
     let t = readv_only(pid, &found.ranges)?;
-    Ok((t, found.pages_present * crate::PAGE_SIZE))
+    Ok((t, found.pages_present * predump_core::PAGE_SIZE))
 }
 
 fn readv_only(pid: i32, ranges: &[PageRange]) -> Result<Duration> {

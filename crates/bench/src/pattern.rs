@@ -9,7 +9,7 @@
 
 use std::io::{self, Read};
 
-use crate::{PageRange, PAGE_SIZE};
+use predump_core::{PageRange, PAGE_SIZE};
 
 /// Odd constant that spreads epochs over the key space (the 64-bit golden ratio).
 const EPOCH_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
