@@ -10,6 +10,7 @@ import {
 } from './page-server-client.js';
 import { checkTree, exitStatusHelp, imagesDirOption, STATUS, treeOption } from './options.js';
 import { EXIT } from '../errors.js';
+import { pagesFileName } from '../images/names.js';
 import type { PreDumpResult } from '../predump.js';
 import {
   formatBytes,
@@ -280,7 +281,7 @@ export function treeLines(r: PreDumpResult): string[] {
     ...r.processes.map(
       (p) =>
         `  process  ${p.pid}${p.comm ? ` (${p.comm})` : ''}, parent ${p.ppid ?? '?'}: ` +
-        `${p.pagesWritten} pages written of ${p.pagesScanned} scanned, pages-${p.pagesId}.img` +
+        `${p.pagesWritten} pages written of ${p.pagesScanned} scanned, ${pagesFileName(p.pagesId)}` +
         (p.inParent === 'new' ? '; new since the parent images' : '') +
         (p.inParent === 'pid-reused'
           ? '; its pid was another process in the parent images (not matched to them)'
@@ -290,7 +291,7 @@ export function treeLines(r: PreDumpResult): string[] {
     ...(r.sharedMemory ?? []).map(
       (s) =>
         `  shmem    ${s.shmid}: ${formatBytes(s.sizeBytes)}, ${s.pagesWritten} pages written once, ` +
-        `pages-${s.pagesId}.img; mapped by ${s.pids.length === 1 ? 'process' : 'processes'} ${s.pids.join(', ')}`,
+        `${pagesFileName(s.pagesId)}; mapped by ${s.pids.length === 1 ? 'process' : 'processes'} ${s.pids.join(', ')}`,
     ),
     ...skippedLines(r),
     ...r.droppedFromParent.map(
