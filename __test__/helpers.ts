@@ -31,7 +31,7 @@ import {
   readPreDumpDir,
   type PreDumpDir,
 } from '../ts/images/index.js';
-import { Workload, type WorkloadOptions } from '../ts/workload.js';
+import { Workload, type TreeProcess, type WorkloadOptions } from '../ts/workload.js';
 
 export const execFileP = promisify(execFile);
 
@@ -257,6 +257,27 @@ export async function startWorkload(t: T, options: WorkloadOptions): Promise<Tar
     }
   }
   return target;
+}
+
+/** A tree of 4 workload processes (root, 2 children, a grandchild) sharing 2 objects. */
+export async function startTree(
+  t: T,
+): Promise<{ w: Workload; procs: TreeProcess[]; pids: number[] }> {
+  const { w } = await startWorkload(t, {
+    sizeBytes: 4 * MiB,
+    threads: 1,
+    tree: 4,
+    sharedBytes: 1 * MiB,
+    devzeroBytes: 512 * 1024,
+  });
+  const procs = await w.tree();
+  t.is(procs.length, 4);
+  return { w, procs, pids: procs.map((p) => p.pid) };
+}
+
+/** SIGSTOP (or SIGCONT) every process of a tree this test started. */
+export function signalAll(pids: number[], sig: NodeJS.Signals): void {
+  for (const pid of pids) process.kill(pid, sig);
 }
 
 /**

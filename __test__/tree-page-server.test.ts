@@ -19,14 +19,14 @@ import {
   CRIT,
   crit,
   firstLine,
-  MiB,
   mkfifo,
   parseJson,
   reachGate,
   runCli,
   snapshot,
   startCli,
-  startWorkload,
+  signalAll,
+  startTree,
   tempDir,
   type RunningCli,
 } from './helpers.js';
@@ -70,25 +70,6 @@ const client = (port: number): string[] => [
   String(port),
   '--json',
 ];
-
-/** A tree of 4 workload processes (root, 2 children, a grandchild) sharing 2 objects. */
-async function startTree(t: T) {
-  const { w } = await startWorkload(t, {
-    sizeBytes: 4 * MiB,
-    threads: 1,
-    tree: 4,
-    sharedBytes: 1 * MiB,
-    devzeroBytes: 512 * 1024,
-  });
-  const procs = await w.tree();
-  t.is(procs.length, 4);
-  const pids = procs.map((p) => p.pid);
-  return { w, pids };
-}
-
-function signalAll(pids: number[], sig: NodeJS.Signals): void {
-  for (const pid of pids) process.kill(pid, sig);
-}
 
 /** What the server stored matches what the client says it sent, pagemap by pagemap. */
 function assertStoredAsSent(t: T, j: PreDumpResult, stored: ReceivedPagemap[]): void {

@@ -15,7 +15,6 @@ import { decodeImage, decodePagemapEntry, decodePagemapHead } from '../ts/images
 import { native } from '../ts/native.js';
 import type { PredumpError } from '../ts/errors.js';
 import { preDump, type PreDumpResult } from '../ts/predump.js';
-import type { TreeProcess, Workload } from '../ts/workload.js';
 import {
   assertCliError,
   assertRunningUntraced,
@@ -33,6 +32,8 @@ import {
   runCli,
   snapshot,
   startCli,
+  signalAll,
+  startTree,
   startWorkload,
   tempDir,
 } from './helpers.js';
@@ -53,20 +54,6 @@ async function readPagemap(file: string): Promise<Pagemap> {
       return { vaddr: e.vaddr, nrPages: e.nrPages ?? e.compatNrPages, flags: e.flags ?? 0 };
     }),
   };
-}
-
-/** A tree of 4 workload processes (root, 2 children, a grandchild) sharing 2 objects. */
-async function startTree(t: T): Promise<{ w: Workload; procs: TreeProcess[] }> {
-  const { w } = await startWorkload(t, {
-    sizeBytes: 4 * MiB,
-    threads: 1,
-    tree: 4,
-    sharedBytes: 1 * MiB,
-    devzeroBytes: 512 * 1024,
-  });
-  const procs = await w.tree();
-  t.is(procs.length, 4);
-  return { w, procs };
 }
 
 /**
@@ -427,11 +414,6 @@ test('shared memory: each anonymous object once by offset; file, memfd and SysV 
     new RegExp(`\\n  shmem    ${tree.anon.inode}: 64\\.0 KiB, 16 pages written once`),
   );
 });
-
-/** SIGSTOP (or SIGCONT) every process of a tree this test started. */
-function signalAll(pids: number[], sig: NodeJS.Signals): void {
-  for (const pid of pids) process.kill(pid, sig);
-}
 
 test("a single process's anonymous shared memory: listed as skipped with its size and reason, not silently", async (t) => {
   const { w } = await startWorkload(t, {

@@ -16,6 +16,7 @@ import {
 } from './images/index.js';
 import { native } from './native.js';
 import type {
+  PageServerClient,
   PageServerSent as NativeSent,
   NotDumpedMapping,
   PreDumpReport as NativeReport,
@@ -106,6 +107,20 @@ export interface PageServerTarget {
   tls?: TlsOptions;
   /** How long a connect or any wait for the server may take (default 30 s). */
   timeoutMs?: number;
+}
+
+/** The page server's header layout when a target names none: CRIU 4.2's. */
+export const DEFAULT_SERVER_FORMAT = 'criu-4.2';
+
+/** A page server target with its defaults, as the addon takes it (one process or a tree). */
+export function serverClient(ps: PageServerTarget): PageServerClient {
+  return {
+    address: ps.address,
+    port: ps.port,
+    format: ps.format ?? DEFAULT_SERVER_FORMAT,
+    tls: ps.tls,
+    timeoutMs: ps.timeoutMs ?? 30_000,
+  };
 }
 
 /** What went to the page server. */
@@ -376,20 +391,10 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       bufferBytes: options.bufferBytes,
     };
     const ps = options.pageServer;
-    const format = ps?.format ?? 'criu-4.2';
+    const format = ps?.format ?? DEFAULT_SERVER_FORMAT;
     const { report, sent } = await abortable<{ report: NativeReport; sent?: NativeSent }>(
       ps
-        ? native.preDumpToServer(
-            nativeOptions,
-            {
-              address: ps.address,
-              port: ps.port,
-              format,
-              tls: ps.tls,
-              timeoutMs: ps.timeoutMs ?? 30_000,
-            },
-            progress,
-          )
+        ? native.preDumpToServer(nativeOptions, serverClient(ps), progress)
         : native.preDump(nativeOptions, progress).then((report) => ({ report, sent: undefined })),
       options.signal,
       progress,

@@ -32,7 +32,9 @@ import {
   abortable,
   copyTimes,
   notPreDumped as toNotPreDumped,
+  DEFAULT_SERVER_FORMAT,
   pagemapEntries,
+  serverClient,
   type LeftOutResult,
   type PageServerSent,
   type PreDumpOptions,
@@ -258,20 +260,10 @@ export async function preDumpTree(
       parentMadeUs: parent?.madeUs,
       parents,
     };
-    const format = ps?.format ?? 'criu-4.2';
+    const format = ps?.format ?? DEFAULT_SERVER_FORMAT;
     const { report, sent } = await abortable<{ report: TreePreDumpReport; sent?: TreeSent }>(
       ps
-        ? native.preDumpTreeToServer(
-            nativeOptions,
-            {
-              address: ps.address,
-              port: ps.port,
-              format,
-              tls: ps.tls,
-              timeoutMs: ps.timeoutMs ?? 30_000,
-            },
-            progress,
-          )
+        ? native.preDumpTreeToServer(nativeOptions, serverClient(ps), progress)
         : native.preDumpTree(nativeOptions, progress).then((report) => ({ report })),
       options.signal,
       progress,

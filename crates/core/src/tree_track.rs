@@ -71,34 +71,12 @@ pub fn choose(
         let parent = t.parents.contains_key(&(frozen.pid(), start_time));
         return Ok(Chosen {
             dump: present.to_vec(),
-            note: parent.then(|| {
-                "the process holds no uffd-wp tracking (no pre-dump of the chain tracked \
-                 it, or it was ended since): what was written since the parent is not \
-                 known, so every page is copied"
-                    .to_string()
-            }),
+            note: parent.then(|| predump::NOT_TRACKED_AT_DUMP.to_string()),
             ..Chosen::default()
         });
     }
     let taken = predump::take_dirty(frozen, t.backend, keep, &t.generation);
     decide(frozen.pid(), start_time, present, t, taken)
-}
-
-/// A final dump copies each thread's rseq area whatever the tracking says: the
-/// kernel rewrites it (cpu_id) without a write the tracking records (as for
-/// one process, `predump::plan`). `dump` and `chosen.to_parent` are updated.
-/// On the tracer thread (PTRACE_GET_RSEQ_CONFIGURATION).
-pub fn force_rseq(frozen: &Frozen, dump: &mut Vec<PageRange>, chosen: &mut Chosen) -> Result<()> {
-    let mut rseq = Vec::new();
-    for tid in frozen.tids() {
-        rseq.extend(crate::inject::rseq_pages(tid)?);
-    }
-    let forced = crate::intersect(&crate::merged(rseq), &chosen.to_parent);
-    if !forced.is_empty() {
-        *dump = crate::merged(dump.drain(..).chain(forced.iter().copied()).collect());
-        chosen.to_parent = crate::subtract(&chosen.to_parent, &forced);
-    }
-    Ok(())
 }
 
 /// `choose` for a process that already holds predump's uffd-wp tracking

@@ -41,7 +41,7 @@ use crate::scan::{ScanMethod, Scanner};
 use crate::{maps, proc, shmem, track, Error, PageRange, Result};
 
 pub(crate) use gate::drain_gated;
-pub(crate) use plan::{arm, choose_pages, take_dirty, Dirty};
+pub(crate) use plan::{arm, choose_pages, force_rseq, take_dirty, Dirty, NOT_TRACKED_AT_DUMP};
 
 /// How far a pre-dump has come, for a progress bar: readable from any thread.
 #[derive(Debug, Default)]

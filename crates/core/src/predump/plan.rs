@@ -66,14 +66,7 @@ pub(crate) fn plan_frozen(
     // since it was made, or that it does not hold; the rest become PE_PARENT.
     let (mut dump, mut to_parent, note) = choose_pages(&found.ranges, dirty, tracking);
     if tracking.final_dump.is_some() {
-        // Rewritten by the kernel after the dirty pages are taken (see `hold`).
-        let mut rseq = Vec::new();
-        for tid in frozen.tids() {
-            rseq.extend(crate::inject::rseq_pages(tid)?);
-        }
-        let forced = crate::intersect(&crate::merged(rseq), &to_parent);
-        dump = crate::merged(dump.into_iter().chain(forced.iter().copied()).collect());
-        to_parent = crate::subtract(&to_parent, &forced);
+        force_rseq(frozen, &mut dump, &mut to_parent)?;
     }
     found.ranges = dump;
     Ok(Plan {
@@ -115,12 +108,7 @@ fn scan_frozen(
             if tracking.final_dump.is_some() && track::find_ours(pid)?.is_none() =>
         {
             if tracking.parent.is_some() {
-                given_up = Some(
-                    "the process holds no uffd-wp tracking (no pre-dump of the chain \
-                     tracked it, or it was ended since): what was written since the \
-                     parent is not known, so every page is copied"
-                        .to_string(),
-                );
+                given_up = Some(NOT_TRACKED_AT_DUMP.to_string());
             }
             None
         }
@@ -143,6 +131,34 @@ fn scan_frozen(
         given_up,
         not_dumped,
     })
+}
+
+/// Why a final dump copies every page of a process with a parent: it holds
+/// no uffd-wp tracking of predump's to read (a dump never starts it).
+pub(crate) const NOT_TRACKED_AT_DUMP: &str =
+    "the process holds no uffd-wp tracking (no pre-dump of the chain tracked it, or it was \
+     ended since): what was written since the parent is not known, so every page is copied";
+
+/// A final dump copies each thread's rseq area whatever the tracking says: the
+/// kernel rewrites it (cpu_id) as the injected calls that end the tracking
+/// return to user mode, after the dirty pages were taken (see `hold`). Moves
+/// those pages from `to_parent` into `dump`. On the tracer thread
+/// (PTRACE_GET_RSEQ_CONFIGURATION).
+pub(crate) fn force_rseq(
+    frozen: &Frozen,
+    dump: &mut Vec<PageRange>,
+    to_parent: &mut Vec<PageRange>,
+) -> Result<()> {
+    let mut rseq = Vec::new();
+    for tid in frozen.tids() {
+        rseq.extend(crate::inject::rseq_pages(tid)?);
+    }
+    let forced = crate::intersect(&crate::merged(rseq), to_parent);
+    if !forced.is_empty() {
+        *dump = crate::merged(dump.drain(..).chain(forced.iter().copied()).collect());
+        *to_parent = crate::subtract(to_parent, &forced);
+    }
+    Ok(())
 }
 
 /// The plan of a running process holding uffd-wp tracking (the freeze-free

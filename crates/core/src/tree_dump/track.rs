@@ -35,7 +35,7 @@ pub(super) fn track_all(
         }
         if t.final_dump {
             let chosen = f.chosen.as_mut().expect("chosen above");
-            tree_track::force_rseq(p, &mut f.scan.ranges, chosen)?;
+            crate::predump::force_rseq(p, &mut f.scan.ranges, &mut chosen.to_parent)?;
         }
     }
     Ok(())
