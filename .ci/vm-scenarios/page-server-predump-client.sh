@@ -1,4 +1,4 @@
-# A migration rehearsal onto criu's page server: predump pre-dumps (read, then splice) stream their pages to `criu page-server` (CRIU 3.17: --page-server-format criu-4.1), criu dump continues the chain onto it, criu restore brings the process back from the server's directories.
+# A migration rehearsal onto criu's page server: predump pre-dumps (read, then splice) stream their pages to `criu page-server` (Debian's CRIU 3.17, or PREDUMP_VM_CRIU's: --page-server-format $CRIU_FORMAT), criu dump continues the chain onto it, criu restore brings the process back from the server's directories.
 # needs: soft-dirty criu pagemap-scan
 #   (6.12 only: what it proves does not depend on the kernel, and CI's time is counted)
 # timeout: 600
@@ -17,7 +17,7 @@ run() {
   step "predump pre-dump (read) → criu page-server"
   cps_start ps1
   predump pre-dump -t "$WL_PID" -D local1 --pre-dump-mode read --track-mem soft-dirty --json \
-    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format criu-4.1 >p1.json ||
+    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format "$CRIU_FORMAT" >p1.json ||
     fail "predump pre-dump to criu page-server failed"
   cps_wait ps1
   expect_eq "$(json p1.json .trackBackend)" soft-dirty "predump's tracking (criu dump reads it)"
@@ -29,7 +29,7 @@ run() {
   cps_start ps2 --prev-images-dir ../ps1
   predump pre-dump -t "$WL_PID" -D local2 --prev-images-dir ../local1 --pre-dump-mode splice \
     --track-mem soft-dirty --json \
-    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format criu-4.1 >p2.json ||
+    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format "$CRIU_FORMAT" >p2.json ||
     fail "the second predump pre-dump to criu page-server failed"
   cps_wait ps2
   j=p2.json

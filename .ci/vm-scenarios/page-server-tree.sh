@@ -1,4 +1,4 @@
-# A process tree migrated through criu's page server: two predump tree pre-dumps stream every process's pages and the shared memory objects to `criu page-server` (CRIU 3.17, criu-4.1 headers), criu dump continues the chain onto it, criu restore brings the whole tree back from the server's directory.
+# A process tree migrated through criu's page server: two predump tree pre-dumps stream every process's pages and the shared memory objects to `criu page-server` (Debian's CRIU 3.17, or PREDUMP_VM_CRIU's, with its header layout), criu dump continues the chain onto it, criu restore brings the whole tree back from the server's directory.
 # needs: soft-dirty criu pagemap-scan
 #   (6.12 only: what it proves does not depend on the kernel, and CI's time is counted)
 # timeout: 600
@@ -24,7 +24,7 @@ run() {
   step "predump tree pre-dump 1 → criu page-server"
   cps_start ps1
   predump pre-dump -t "$WL_PID" -D local1 --track-mem soft-dirty --json \
-    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format criu-4.1 >1.json ||
+    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format "$CRIU_FORMAT" >1.json ||
     fail "predump's tree pre-dump to criu page-server failed"
   cps_wait ps1
   expect_eq "$(jq -r '[.processes[].pid] | sort | join(" ")' 1.json)" "$pids" "processes pre-dumped"
@@ -42,7 +42,7 @@ run() {
   step "predump tree pre-dump 2 → criu page-server, on top of the first"
   cps_start ps2 --prev-images-dir ../ps1
   predump pre-dump -t "$WL_PID" -D local2 --prev-images-dir ../local1 --track-mem soft-dirty --json \
-    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format criu-4.1 >2.json ||
+    --page-server --address 127.0.0.1 --port "$CPS_PORT" --page-server-format "$CRIU_FORMAT" >2.json ||
     fail "predump's second tree pre-dump to criu page-server failed"
   cps_wait ps2
   expect_eq "$(json 2.json .pageServer.hasParent)" true "criu's server says its parent holds the root's pagemap"
