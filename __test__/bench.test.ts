@@ -427,7 +427,8 @@ test.serial(
     }
     t.true(row.pagesWritten.min >= (16 * MiB) / 4096, 'the private and shared data');
     // The tracked chain (where this kernel has uffd-wp): no written page lost, the rest of
-    // each process's pages left to the parent, the shared object copied whole (not tracked).
+    // each process's pages left to the parent, of the shared object only the pages dirtied
+    // (compared with the chain's copy: each one dirtied differs from it).
     const inc = row.incremental;
     t.deepEqual(
       j.goals.map((g) => [g.id, g.met === null]),
@@ -448,7 +449,12 @@ test.serial(
         inc.privateWritten.max <= inc.privateDirtied.max + 100 * row.processes,
         `private pages written ${inc.privateWritten.max} for ${inc.privateDirtied.max} dirtied`,
       );
-      t.is(inc.sharedWritten.median, row.sharedPages);
+      t.true(inc.sharedWritten.min >= inc.sharedDirtied.min, 'every dirtied shared page copied');
+      t.true(
+        inc.sharedWritten.max <= inc.sharedDirtied.max,
+        `shared pages written ${inc.sharedWritten.max} for ${inc.sharedDirtied.max} dirtied`,
+      );
+      t.true(inc.sharedSkippedParent.min > 0, 'shared pages left to the parent');
       t.true(inc.skippedParent.min > 0, 'pages left to the parent');
       t.regex(j.goals[3]!.detail, /pages written for \d+ dirtied/);
     }

@@ -51,6 +51,13 @@ export interface TrackRecord {
      */
     processes?: { pid: number; entries: number[] }[];
   };
+  /**
+   * A tree's anonymous shared memory objects written here, each with its identity (its file
+   * handle: inode number and generation): a pre-dump on these images compares an object with
+   * its pages here only if it is the object recorded under its shmid (see the core's
+   * shmem_chain).
+   */
+  shmem?: { shmid: number; identity: string }[];
 }
 
 export interface Parent {

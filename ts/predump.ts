@@ -172,6 +172,14 @@ export interface PreDumpResult {
   pagesUnreadable: number;
   /** Present pages left to the parent images (PE_PARENT entries). */
   pagesSkippedParent: number;
+  /**
+   * A tree's anonymous shared memory: the pages written (a part of `pagesWritten`), and those
+   * left to the parent (PE_PARENT: equal to the chain's copy; not in `pagesSkippedParent`,
+   * which counts the processes' pages, as CRIU's stats-dump keeps the two apart). 0 for a
+   * single process.
+   */
+  sharedPagesWritten: number;
+  sharedPagesSkippedParent: number;
   /** The tracking asked for, and the one used ('auto' resolved). */
   trackMem: TrackMem;
   trackBackend: 'uffd-wp' | 'soft-dirty' | 'none';
@@ -276,6 +284,18 @@ export interface SharedMemoryResult {
   sizeBytes: number;
   pagesId: number;
   pagesWritten: number;
+  /** Its present pages left to the parent (PE_PARENT): equal to the chain's copy. */
+  pagesSkippedParent: number;
+  /** Its pages compared with the chain's copy (those the chain holds). */
+  pagesCompared: number;
+  /**
+   * With parent images: compared with the chain's copy page by page ('yes'), or copied whole
+   * because the parent holds no object of this shmid ('new'), recorded another object under it
+   * ('other-object': its inode number was reused), does not record which object it was
+   * ('unrecorded': made by CRIU or an older predump), cannot be used ('unusable'), or is on a
+   * page server ('page-server'). null without parent images.
+   */
+  inParent: 'yes' | 'new' | 'other-object' | 'unrecorded' | 'unusable' | 'page-server' | null;
   /** The processes mapping it. */
   pids: number[];
   mappings: number;
@@ -549,6 +569,8 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
         },
       ],
       sharedMemory: null,
+      sharedPagesWritten: 0,
+      sharedPagesSkippedParent: 0,
       notPreDumped: report.notDumped.map(notPreDumped),
       leftOut: [],
       droppedFromParent: [],

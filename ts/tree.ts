@@ -4,8 +4,10 @@
  * tree's anonymous shared memory while frozen, thaws it and writes one pages image per process
  * and per shared object; this side writes the pagemaps, stats and inventory around them.
  *
- * Dirty tracking works as for one process, per process of the tree (anonymous shared memory
- * is copied whole every time). With a page server the pages go over one connection, each
+ * Dirty tracking works as for one process, per process of the tree. Anonymous shared memory is
+ * compared with the chain instead: on parent images that hold the same object (its identity
+ * recorded in predump-track.json), a page is copied only if it differs from the chain's copy
+ * (the core's shmem_chain); with a page server it is copied whole. With a page server the pages go over one connection, each
  * process's and each shared object's pagemap under its own id, as `criu pre-dump -t ROOT
  * --page-server` sends them; this directory then keeps what CRIU's client keeps (inventory,
  * stats, the parent link) and predump's record of what was sent. What a tree does not support
@@ -44,7 +46,6 @@ import {
 } from './predump.js';
 
 const PAGE = 4096;
-const NO_REGIONS = new Float64Array(0);
 
 /** The tree of `root` as it is now (unfrozen: it may change at once). */
 export async function listTree(root: number): Promise<TreeListing> {
@@ -82,6 +83,8 @@ interface TreeParent {
   generation?: string;
   /** Its pages went to a page server: only a pre-dump to a page server can build on it. */
   pageServer: boolean;
+  /** The shared objects it recorded, shmid and identity (none: made by CRIU or older). */
+  shmem: { shmid: number; identity: string }[];
 }
 
 /**
@@ -150,8 +153,13 @@ async function openTreeParent(
     madeUs,
     pids,
     pages,
-    generation: record?.pid === root && !record.final ? record.generation : undefined,
+    // A record written for shared memory alone (--track-mem none) names no arming.
+    generation:
+      record?.pid === root && !record.final && record.trackMem !== 'none'
+        ? record.generation
+        : undefined,
     pageServer: false,
+    shmem: record?.pid === root ? (record.shmem ?? []) : [],
   };
 }
 
@@ -200,6 +208,7 @@ async function sentTreeParent(
     pages,
     generation: record.pid === root && !record.final ? record.generation : undefined,
     pageServer: true,
+    shmem: [],
   };
 }
 
@@ -259,6 +268,15 @@ export async function preDumpTree(
       parentGeneration: parent?.generation,
       parentMadeUs: parent?.madeUs,
       parents,
+      // Each shared object the parent holds is compared with the chain's copy (locally only:
+      // with a page server the chain is on the server, and each object is copied whole).
+      shmemParent:
+        parent && !parent.pageServer
+          ? {
+              dir: parent.dir,
+              objects: parent.shmem.map((o) => ({ shmid: o.shmid, identity: o.identity })),
+            }
+          : undefined,
     };
     const format = ps?.format ?? DEFAULT_SERVER_FORMAT;
     const { report, sent } = await abortable<{ report: TreePreDumpReport; sent?: TreeSent }>(
@@ -277,7 +295,7 @@ export async function preDumpTree(
       entries: pagemapEntries(p.regions, p.parentRegions),
     }));
     const tracking = report.processes.find((p) => p.tracking !== 'none')?.tracking ?? 'none';
-    let trackNote = treeTrackNote(report, parent !== undefined, tracking);
+    let trackNote = treeTrackNote(report, parent !== undefined, tracking, ps !== undefined);
     if (sent && ps && sent.notInServerParent.length > 0) {
       const pids = sent.notInServerParent;
       const none = `the page server at ${ps.address}:${ps.port} holds no parent images (its --prev-images-dir) of process${pids.length === 1 ? '' : 'es'} ${pids.join(', ')}: every page of ${pids.length === 1 ? 'it' : 'them'} is copied`;
@@ -292,17 +310,22 @@ export async function preDumpTree(
     const shmem = report.shmem.map((s) => ({
       shmid: s.shmid,
       pagesId: s.pagesId,
-      entries: pagemapEntries(s.regions, NO_REGIONS),
+      entries: pagemapEntries(s.regions, s.parentRegions),
     }));
     const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
     const privateWritten = sum(report.processes.map((p) => p.pagesWritten));
     const sharedWritten = sum(report.shmem.map((s) => pagesOf(s.regions)));
+    const sharedSkippedParent = sum(report.shmem.map((s) => pagesOf(s.parentRegions)));
     const pagesScanned = sum(report.processes.map((p) => p.pagesScanned));
     const pagesSkippedParent = sum(report.processes.map((p) => pagesOf(p.parentRegions)));
     if (parent) {
       await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
     }
-    if (options.finalDump || tracking !== 'none' || sent) {
+    // Each shared object written here, with its identity, for the next pre-dump's check.
+    const shmemRecord = sent
+      ? []
+      : report.shmem.flatMap((s) => (s.identity ? [{ shmid: s.shmid, identity: s.identity }] : []));
+    if (options.finalDump || tracking !== 'none' || sent || shmemRecord.length > 0) {
       // The arming the next pre-dump on this one must find (and what `show` reads to call
       // it a dump), as for one process; with a page server, what was sent.
       const record: TrackRecord = {
@@ -326,6 +349,7 @@ export async function preDumpTree(
               },
             }
           : {}),
+        ...(shmemRecord.length > 0 ? { shmem: shmemRecord } : {}),
       };
       await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
         mode: 0o600,
@@ -347,7 +371,7 @@ export async function preDumpTree(
         pagePipes: 1,
         pagePipeBufs: sum(processes.map((p) => p.entries.length)),
         shpagesScanned: sum(report.shmem.map((s) => s.size / PAGE)),
-        shpagesSkippedParent: 0,
+        shpagesSkippedParent: sharedSkippedParent,
         shpagesWritten: sharedWritten,
       },
       inventory: { dumpUptime: BigInt(report.dumpUptimeUs), preDumpMode: PRE_DUMP_MODE.read },
@@ -389,6 +413,13 @@ export async function preDumpTree(
       sizeBytes: s.size,
       pagesId: s.pagesId,
       pagesWritten: pagesOf(s.regions),
+      pagesSkippedParent: pagesOf(s.parentRegions),
+      pagesCompared: s.pagesCompared,
+      inParent: !parent
+        ? null
+        : ps
+          ? 'page-server'
+          : (s.inParent as Exclude<SharedMemoryResult['inParent'], 'page-server' | null>),
       pids: s.pids,
       mappings: s.mappings,
     }));
@@ -423,6 +454,8 @@ export async function preDumpTree(
       pagesGone: sum(report.processes.map((p) => p.pagesGone)),
       pagesUnreadable: sum(report.processes.map((p) => p.unreadablePages)),
       pagesSkippedParent,
+      sharedPagesWritten: sharedWritten,
+      sharedPagesSkippedParent: sharedSkippedParent,
       trackMem: options.trackMem ?? 'auto',
       trackBackend: tracking as PreDumpResult['trackBackend'],
       parent: parent?.dir ?? null,
@@ -461,12 +494,14 @@ export async function preDumpTree(
 
 /**
  * What the summary says of a tree's tracking: why processes were copied whole despite a
- * parent (each reason once, with its processes), and that shared memory is copied whole.
+ * parent (each reason once, with its processes), and why shared objects were (their
+ * comparison with the chain not possible: see the core's shmem_chain).
  */
 function treeTrackNote(
   report: TreePreDumpReport,
   hasParent: boolean,
   tracking: string,
+  pageServer: boolean,
 ): string | null {
   const byNote = new Map<string, number[]>();
   for (const p of report.processes) {
@@ -478,11 +513,19 @@ function treeTrackNote(
       ? note
       : `${note} (process${pids.length === 1 ? '' : 'es'} ${pids.join(', ')})`,
   );
-  if (tracking !== 'none' && report.shmem.length > 0) {
-    notes.push('anonymous shared memory is not tracked yet: each shared object is copied whole');
+  if (hasParent && pageServer && report.shmem.length > 0) {
+    notes.push(
+      "anonymous shared memory is copied whole to a page server: the chain's copy is on the " +
+        'server, where this side cannot compare it',
+    );
   }
-  if (tracking === 'none' && hasParent && notes.length === 0) {
-    notes.push('no dirty tracking: every page is copied again');
+  for (const s of report.shmem) if (s.note) notes.push(s.note);
+  if (tracking === 'none' && hasParent && byNote.size === 0) {
+    notes.push(
+      report.shmem.length > 0
+        ? "no dirty tracking: every process's pages are copied again (shared memory is compared with the parent's)"
+        : 'no dirty tracking: every page is copied again',
+    );
   }
   return notes.length > 0 ? notes.join('; ') : null;
 }

@@ -84,8 +84,13 @@ export interface TreeIncremental {
   /** Pages the pre-dump wrote of the processes, and of the shared region. */
   privateWritten: Stat;
   sharedWritten: Stat;
-  /** Pages skipped because the parent holds them (PE_PARENT). */
+  /** Pages of the processes skipped because the parent holds them (PE_PARENT). */
   skippedParent: Stat;
+  /**
+   * Pages of the shared region left to the parent: equal to the chain's copy (each object is
+   * compared with the chain, page by page).
+   */
+  sharedSkippedParent: Stat;
 }
 
 export interface TreeGoal {
@@ -116,7 +121,7 @@ interface TreeJson {
   pagesSkippedParent?: number;
   trackBackend?: string;
   processes?: unknown[];
-  sharedMemory?: { sizeBytes: number; pagesWritten: number }[];
+  sharedMemory?: { sizeBytes: number; pagesWritten: number; pagesSkippedParent?: number }[];
 }
 
 type TreeWorkload = Awaited<ReturnType<typeof import('../workload.js').Workload.start>>;
@@ -152,6 +157,7 @@ async function measureIncremental(
     privateWritten: [] as number[],
     sharedWritten: [] as number[],
     skipped: [] as number[],
+    sharedSkipped: [] as number[],
   };
   const sharedOf = (j: TreeJson): number =>
     (j.sharedMemory ?? [])
@@ -188,6 +194,11 @@ async function measureIncremental(
     s.privateWritten.push(j.pagesWritten - shared);
     s.sharedWritten.push(shared);
     s.skipped.push(j.pagesSkippedParent ?? 0);
+    s.sharedSkipped.push(
+      (j.sharedMemory ?? [])
+        .filter((o) => o.sizeBytes === sharedBytes)
+        .reduce((n, o) => n + (o.pagesSkippedParent ?? 0), 0),
+    );
   }
   return {
     firstStoppedMs: rounded(stat([first.stoppedWindowMs]), 3).median,
@@ -197,6 +208,7 @@ async function measureIncremental(
     privateWritten: stat(s.privateWritten),
     sharedWritten: stat(s.sharedWritten),
     skippedParent: stat(s.skipped),
+    sharedSkippedParent: stat(s.sharedSkipped),
   };
 }
 
@@ -379,8 +391,8 @@ function judge(rows: TreeRow[]): TreeGoal[] {
       detail:
         `${written} pages written for ${dirtied} dirtied (medians, uffd-wp): private ` +
         `${i.privateWritten.median} for ${i.privateDirtied.median} (${pct(i.privateWritten.median, i.privateDirtied.median)}), ` +
-        `shared ${i.sharedWritten.median} for ${i.sharedDirtied.median} (anonymous shared memory is not tracked yet: ` +
-        `each object is copied whole); stopped ${i.stoppedMs.median.toFixed(1)} ms, the first tracked pre-dump ` +
+        `shared ${i.sharedWritten.median} for ${i.sharedDirtied.median} (compared with the chain's copy; ` +
+        `${i.sharedSkippedParent.median} left to the parent); stopped ${i.stoppedMs.median.toFixed(1)} ms, the first tracked pre-dump ` +
         `(every process's tracking made) ${i.firstStoppedMs.toFixed(1)} ms`,
     });
   }

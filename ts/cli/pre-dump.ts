@@ -254,7 +254,10 @@ export function summary(r: PreDumpResult, final = false): string {
       ? [`  pipes    ${r.pipes}, ${formatBytes(r.pinnedBytes)} pinned until written`]
       : []),
     `  pages    ${r.pagesWritten} written of ${r.pagesScanned} scanned (${formatBytes(r.bytesWritten)})${gone}` +
-      (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : ''),
+      (r.parent ? `, ${r.pagesSkippedParent} left to the parent` : '') +
+      (r.parent && (r.sharedMemory ?? []).length > 0
+        ? `; shared memory ${r.sharedPagesWritten} written, ${r.sharedPagesSkippedParent} left to the parent (equal to the chain's copy)`
+        : ''),
     ...(tree ? treeLines(r) : skippedLines(r)),
     copyLine(r),
     final
@@ -291,7 +294,14 @@ export function treeLines(r: PreDumpResult): string[] {
     ...(r.sharedMemory ?? []).map(
       (s) =>
         `  shmem    ${s.shmid}: ${formatBytes(s.sizeBytes)}, ${s.pagesWritten} pages written once, ` +
-        `${pagesFileName(s.pagesId)}; mapped by ${s.pids.length === 1 ? 'process' : 'processes'} ${s.pids.join(', ')}`,
+        `${pagesFileName(s.pagesId)}; mapped by ${s.pids.length === 1 ? 'process' : 'processes'} ${s.pids.join(', ')}` +
+        (s.inParent === 'yes'
+          ? `; ${s.pagesSkippedParent} left to the parent (equal to the chain's copy of ${s.pagesCompared} compared)`
+          : s.inParent === 'new'
+            ? '; new since the parent images'
+            : s.inParent === null
+              ? ''
+              : `; copied whole (${s.inParent})`),
     ),
     ...skippedLines(r),
     ...r.droppedFromParent.map(

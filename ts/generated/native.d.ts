@@ -455,6 +455,12 @@ export interface TreePreDumpOptions {
    */
   finalDump?: boolean
   leaveStopped?: boolean
+  /**
+   * The parent images, for the shared objects: each one the parent holds
+   * (and recorded as this very object) is compared with the chain's copy
+   * and only its differing pages copied. Not used with a page server.
+   */
+  shmemParent?: TreeShmemParent
 }
 
 /** What a tree pre-dump did. Times in microseconds. */
@@ -551,6 +557,20 @@ export interface TreeSentPagemap {
   entries: Float64Array
 }
 
+/** Which object a shmid was in parent images (see predump_core::shmem_chain). */
+export interface TreeShmemIdentity {
+  shmid: number
+  identity: string
+}
+
+/** The parent images of a tree pre-dump, for its shared objects. */
+export interface TreeShmemParent {
+  /** The parent images directory. */
+  dir: string
+  /** The objects the parent recorded: shmid and identity. */
+  objects: Array<TreeShmemIdentity>
+}
+
 /** One anonymous shared memory object, pre-dumped once for the tree. */
 export interface TreeShmemReport {
   shmid: number
@@ -558,6 +578,24 @@ export interface TreeShmemReport {
   pagesId: number
   /** [offset, nrPages] pairs, in pages-image order. */
   regions: Float64Array
+  /** Its present pages equal to the chain's copy (PE_PARENT): [offset, nrPages] pairs. */
+  parentRegions: Float64Array
+  /**
+   * What was made of the parent images for it: "none" (no parent), "yes"
+   * (compared with the chain's copy), "new", "other-object", "unrecorded"
+   * or "unusable" (copied whole; `note` says why).
+   */
+  inParent: string
+  /** Why it was copied whole despite parent images. */
+  note?: string
+  /** Pages compared with the chain's copy. */
+  pagesCompared: number
+  /**
+   * Its identity, for the next pre-dump's check (absent: it cannot be had
+   * here, `identityError` says why).
+   */
+  identity?: string
+  identityError?: string
   pids: Array<number>
   mappings: number
 }

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod proc;
 pub mod scan;
 pub mod shmem;
+pub mod shmem_chain;
 pub mod splice;
 pub mod sys;
 mod test_hooks;

@@ -28,20 +28,16 @@
 //! with its file), shared mappings of regular files (their pages are the
 //! file's) and hugetlb.
 //!
-//! # Dirty tracking
+//! # Dirty tracking: not through the processes
 //!
 //! A write to a shared page shows only in the page tables of the process that
-//! wrote it, so each process's mappings are tracked by that process's own
-//! tracking (track.rs: soft-dirty, or uffd-wp, which needs
-//! `UFFD_FEATURE_WP_HUGETLBFS_SHMEM` on shmem), and a page of the object is
-//! dirty if it was written through any mapping (`Dirty`). Two things make the
-//! whole object dirty: a mapping of the previous pre-dump that is gone (its
-//! writes were never seen: a process that exited or unmapped it), and, for a
-//! mapping whose process's tracking is not relative to the parent, its whole
-//! range. soft-dirty also forgets a page whose page-table entries were all
-//! dropped (reclaim): such a page, present in the object but mapped by no
-//! process, counts as dirty (CRIU's rule). Writers outside the tree are not
-//! seen, as by CRIU.
+//! wrote it, and that record is lost when the entry goes while the page stays
+//! in the object (reclaim, MADV_DONTNEED, a writer that exited or unmapped).
+//! `Dirty` below gathers such a union of the mappings' tracking (with
+//! soft-dirty's rule for unmapped pages) but no pre-dump uses it: a tree's
+//! pre-dump on parent images compares each object with the chain's copy
+//! instead, which needs no record (`shmem_chain`). Writers outside the tree
+//! are not seen, as by CRIU.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -332,6 +328,10 @@ pub struct Handle {
 impl Handle {
     pub fn shmid(&self) -> u64 {
         self.shmid
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// The pages the object holds (resident or swapped), as offsets, sorted:

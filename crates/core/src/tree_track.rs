@@ -9,8 +9,8 @@
 //! wrote since the last pre-dump; it never starts tracking a process, and
 //! ends it in every process after taking it (the caller).
 //!
-//! Anonymous shared memory is not tracked yet: every pre-dump copies each
-//! shared object whole (the caller says so).
+//! Anonymous shared memory is not tracked through the processes: each shared
+//! object is compared with its chain's copy instead (`shmem_chain`).
 
 use std::collections::HashMap;
 

@@ -13,6 +13,7 @@ use predump_core::pageserver::link::Abort;
 use predump_core::pageserver::sender::TreeSession;
 use predump_core::pageserver::wire::{Dst, DstKind};
 use predump_core::predump::{ParentChain, ParentOrigin};
+use predump_core::shmem_chain::ShmemParent;
 use predump_core::tree::{self, Left, Member};
 use predump_core::tree_dump::{self, TreeDest, TreeReport};
 use predump_core::tree_track::TreeTracking;
@@ -109,6 +110,26 @@ pub struct TreePreDumpOptions {
     /// tracking in it, and leave it running or (leaveStopped) job-stopped.
     pub final_dump: Option<bool>,
     pub leave_stopped: Option<bool>,
+    /// The parent images, for the shared objects: each one the parent holds
+    /// (and recorded as this very object) is compared with the chain's copy
+    /// and only its differing pages copied. Not used with a page server.
+    pub shmem_parent: Option<TreeShmemParent>,
+}
+
+/// The parent images of a tree pre-dump, for its shared objects.
+#[napi(object)]
+pub struct TreeShmemParent {
+    /// The parent images directory.
+    pub dir: String,
+    /// The objects the parent recorded: shmid and identity.
+    pub objects: Vec<TreeShmemIdentity>,
+}
+
+/// Which object a shmid was in parent images (see predump_core::shmem_chain).
+#[napi(object)]
+pub struct TreeShmemIdentity {
+    pub shmid: f64,
+    pub identity: String,
 }
 
 /// The pages one process's parent images hold (its chain).
@@ -163,6 +184,20 @@ pub struct TreeShmemReport {
     pub pages_id: u32,
     /// [offset, nrPages] pairs, in pages-image order.
     pub regions: Float64Array,
+    /// Its present pages equal to the chain's copy (PE_PARENT): [offset, nrPages] pairs.
+    pub parent_regions: Float64Array,
+    /// What was made of the parent images for it: "none" (no parent), "yes"
+    /// (compared with the chain's copy), "new", "other-object", "unrecorded"
+    /// or "unusable" (copied whole; `note` says why).
+    pub in_parent: String,
+    /// Why it was copied whole despite parent images.
+    pub note: Option<String>,
+    /// Pages compared with the chain's copy.
+    pub pages_compared: f64,
+    /// Its identity, for the next pre-dump's check (absent: it cannot be had
+    /// here, `identityError` says why).
+    pub identity: Option<String>,
+    pub identity_error: Option<String>,
     pub pids: Vec<i32>,
     pub mappings: u32,
 }
@@ -272,6 +307,12 @@ fn report_of(r: TreeReport) -> TreePreDumpReport {
                 size: s.size as f64,
                 pages_id: s.pages_id,
                 regions: flat(&s.regions),
+                parent_regions: flat(&s.parent_regions),
+                in_parent: s.in_parent.name().to_string(),
+                note: s.in_parent.note(s.shmid),
+                pages_compared: s.compared as f64,
+                identity: s.identity.as_ref().ok().cloned(),
+                identity_error: s.identity.as_ref().err().cloned(),
                 pids: s.pids.clone(),
                 mappings: s.mappings as u32,
             })
@@ -297,6 +338,7 @@ struct TreePlan {
     config: DrainConfig,
     final_dump: Option<predump_core::predump::FinalDump>,
     tracking: Option<TreeTracking>,
+    shmem_parent: Option<ShmemParent>,
 }
 
 fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
@@ -345,11 +387,20 @@ fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
             None => HashMap::new(),
         },
     });
+    let shmem_parent = options.shmem_parent.map(|p| ShmemParent {
+        dir: PathBuf::from(p.dir),
+        identities: p
+            .objects
+            .into_iter()
+            .map(|o| (o.shmid as u64, o.identity))
+            .collect(),
+    });
     Ok(TreePlan {
         root: options.root,
         config,
         final_dump,
         tracking,
+        shmem_parent,
     })
 }
 
@@ -368,6 +419,7 @@ pub fn pre_dump_tree<'env>(
         config,
         final_dump,
         tracking,
+        shmem_parent,
     } = plan(options)?;
     on_own_thread(env, move || {
         tree_dump::pre_dump_tree(
@@ -376,6 +428,7 @@ pub fn pre_dump_tree<'env>(
             &config,
             final_dump,
             tracking.as_ref(),
+            shmem_parent.as_ref(),
             progress.as_deref(),
         )
         .map(report_of)
@@ -430,11 +483,13 @@ pub fn pre_dump_tree_to_server<'env>(
 ) -> Result<Object<'env>> {
     let client = crate::pageserver::client_options(server)?;
     let progress = progress.map(|p| p.inner.clone());
+    // The chain's shared memory is on the server: each object is copied whole.
     let TreePlan {
         root,
         config,
         final_dump,
         mut tracking,
+        shmem_parent: _,
     } = plan(options)?;
     on_own_thread(env, move || {
         let started = std::time::Instant::now();
@@ -457,6 +512,7 @@ pub fn pre_dump_tree_to_server<'env>(
             &config,
             final_dump,
             tracking.as_ref(),
+            None,
             progress.as_deref(),
         )?;
         let stats = session.stats();

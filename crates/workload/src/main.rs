@@ -59,7 +59,8 @@ usage: predump-workload [--size BYTES] [--threads N] [--churn] [--churn-slots N]
 Prints one JSON ready line, then answers commands on stdin, one JSON line each:
   dirty PERMILLE SEED | dirty-range OFFSET_PAGES COUNT | check | epochs | progress | exit
 and, outside the data region (no pattern: compare images with the live memory):
-  map PAGES SEED | write ADDR PAGES SEED | unmap ADDR PAGES | protect ADDR PAGES none|r|rw
+  map PAGES SEED | map-shared PAGES SEED (a new anonymous shared object)
+  | write ADDR PAGES SEED | unmap ADDR PAGES | protect ADDR PAGES none|r|rw
   | dontneed ADDR PAGES | thread PAGES SEED | fork ADDR PAGES SEED
 and for the shared regions (NAME shared or devzero; pattern by offset in the object):
   shared-dirty NAME PERMILLE SEED | shared-dirty-range NAME OFFSET_PAGES COUNT
@@ -436,6 +437,17 @@ impl Workload {
                     format!("{{\"addr\":{},\"pages\":{pages}}}", hex(addr as u64))
                 }
                 _ => error("usage: map PAGES SEED (PAGES > 0)"),
+            },
+            ["map-shared", pages, seed] => match (pages.parse::<usize>(), seed.parse::<u64>()) {
+                (Ok(pages), Ok(seed)) if pages > 0 => {
+                    let addr = vmops::map_shared(pages, seed);
+                    format!(
+                        "{{\"addr\":{},\"pages\":{pages},\"inode\":{}}}",
+                        hex(addr as u64),
+                        inode_of(addr as u64)
+                    )
+                }
+                _ => error("usage: map-shared PAGES SEED (PAGES > 0)"),
             },
             ["write" | "unmap" | "protect" | "dontneed" | "fork", addr, pages, rest @ ..] => {
                 let (Some(addr), Ok(pages)) = (vmops::parse_addr(addr), pages.parse::<usize>())

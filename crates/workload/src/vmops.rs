@@ -47,6 +47,15 @@ pub fn map(pages: usize, seed: u64) -> usize {
     addr
 }
 
+/// `map-shared PAGES SEED`: a new anonymous shared object (MAP_SHARED|
+/// MAP_ANONYMOUS) of this process alone, every page written.
+pub fn map_shared(pages: usize, seed: u64) -> usize {
+    let addr = crate::mem::map_shared(pages * P, libc::PROT_READ | libc::PROT_WRITE) as usize;
+    // SAFETY: just mapped, read-write; no other process maps it yet.
+    unsafe { fill(addr, pages, seed) };
+    addr
+}
+
 /// Checks a range the test names: page-aligned, non-empty.
 pub fn range(addr: usize, pages: usize) -> Result<(usize, usize), String> {
     if !addr.is_multiple_of(P) || pages == 0 {

@@ -9,6 +9,7 @@ use crate::drain::{DrainConfig, DrainEnd, DrainStats};
 use crate::pages_out::{PagesFile, PagesOut};
 use crate::pageserver::wire::Dst;
 use crate::predump::Progress;
+use crate::shmem_chain::{self, InParent, ShmemParent};
 use crate::Result;
 
 use super::scan::{Found, FoundObject};
@@ -34,12 +35,15 @@ pub(super) struct Copied {
 /// a pre-dump after the thaw, as the contents of every page are read (without
 /// dirty tracking nothing needs the set as it was at the freeze, and walking
 /// a 256 MiB object's pages took 2.5 to 5 ms of a tree's stop), in a dump
-/// while the tree is still frozen.
+/// while the tree is still frozen. So is its comparison with the chain's copy
+/// (`shmem_parent`): a page left to the parent in a dump is the object's page
+/// at the dump.
 pub(super) fn copy_all(
     found: &[Found],
     objects: &[FoundObject],
     dest: &mut TreeDest<'_>,
     config: &DrainConfig,
+    shmem_parent: Option<&ShmemParent>,
     progress: Option<&Progress>,
 ) -> Result<Copied> {
     let started = Instant::now();
@@ -56,6 +60,23 @@ pub(super) fn copy_all(
     let mut shmem_out = Vec::with_capacity(objects.len());
     for (obj, handle) in objects {
         let present = handle.present()?;
+        let identity = handle.identity().map_err(|e| e.to_string());
+        let compare_started = Instant::now();
+        let against = match shmem_parent {
+            Some(p) => Some(shmem_chain::against(
+                p,
+                obj.shmid,
+                identity.as_deref().map_err(String::as_str),
+                handle,
+                &present,
+            )?),
+            None => None,
+        };
+        copy.read_time += compare_started.elapsed();
+        let (regions, parent_regions, in_parent, compared) = match against {
+            Some(a) => (a.copy, a.to_parent, a.in_parent, a.compared),
+            None => (present, Vec::new(), InParent::NoParent, 0),
+        };
         let mut pids: Vec<i32> = Vec::new();
         for m in &obj.mappings {
             if !pids.contains(&m.pid) {
@@ -67,7 +88,11 @@ pub(super) fn copy_all(
                 shmid: obj.shmid,
                 size: obj.size,
                 pages_id: next_id,
-                regions: present,
+                regions,
+                parent_regions,
+                in_parent,
+                compared,
+                identity,
                 pids,
                 mappings: obj.mappings.len(),
             },

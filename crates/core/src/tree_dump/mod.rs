@@ -52,6 +52,7 @@ use crate::pageserver::sender::TreeSession;
 use crate::predump::{FinalDump, Progress};
 use crate::scan::ScanMethod;
 use crate::shmem::NotDumped;
+use crate::shmem_chain::{InParent, ShmemParent};
 use crate::track::{Backend, TrackLock};
 use crate::tree::{self, FrozenTree, Left, Member, TreeFreezeTimes};
 use crate::tree_track::{self, TreeTracking};
@@ -110,6 +111,16 @@ pub struct ShmemDump {
     pub pages_id: u32,
     /// The pages in its pages image, as offsets in the object, in file order.
     pub regions: Vec<PageRange>,
+    /// Its present pages equal to the chain's copy (PE_PARENT), as offsets.
+    pub parent_regions: Vec<PageRange>,
+    /// What was made of the parent images for it (`shmem_chain`).
+    pub in_parent: InParent,
+    /// Pages compared with the chain's copy.
+    pub compared: u64,
+    /// Its identity (`shmem::Handle::identity`), for the next pre-dump to
+    /// check that its parent's object of this shmid is this one; or why it
+    /// cannot be had.
+    pub identity: std::result::Result<String, String>,
     /// The processes mapping it, in tree order, each once.
     pub pids: Vec<i32>,
     pub mappings: usize,
@@ -165,6 +176,11 @@ pub enum TreeDest<'a> {
 /// no pages images): `pages-<id>.img` for every process and shared object; the
 /// caller writes the pagemaps from the report. Read mode, no tracking.
 ///
+/// With `shmem_parent` (the parent images, into a directory only), each shared
+/// object the parent holds is compared with the chain's copy page by page and
+/// only the pages that differ (or that the chain lacks) are copied: see
+/// `shmem_chain`. In a dump the comparison happens while the tree is frozen.
+///
 /// With `tracking`, each process's dirty pages are taken and re-armed while
 /// the tree is frozen and only those (and pages its parent images lack) are
 /// copied. A run that started the tracking of some processes and then fails
@@ -176,6 +192,7 @@ pub fn pre_dump_tree(
     config: &DrainConfig,
     final_dump: Option<FinalDump>,
     tracking: Option<&TreeTracking>,
+    shmem_parent: Option<&ShmemParent>,
     progress: Option<&Progress>,
 ) -> Result<TreeReport> {
     pre_dump_tree_to(
@@ -184,30 +201,35 @@ pub fn pre_dump_tree(
         config,
         final_dump,
         tracking,
+        shmem_parent,
         progress,
     )
 }
 
-/// [`pre_dump_tree`] into a directory or to a page server.
+/// [`pre_dump_tree`] into a directory or to a page server. To a page server
+/// `shmem_parent` is not used: the chain's pages are on the server, so each
+/// shared object is copied whole.
 pub fn pre_dump_tree_to(
     root: i32,
     dest: &mut TreeDest<'_>,
     config: &DrainConfig,
     final_dump: Option<FinalDump>,
     tracking: Option<&TreeTracking>,
+    shmem_parent: Option<&ShmemParent>,
     progress: Option<&Progress>,
 ) -> Result<TreeReport> {
     debug_assert!(tracking.is_none_or(|t| t.final_dump == final_dump.is_some()));
+    let shmem_parent = match dest {
+        TreeDest::Dir(_) => shmem_parent,
+        TreeDest::Server(_) => None,
+    };
     let mut created = Vec::new();
-    let r = pre_dump_tree_inner(
-        root,
-        dest,
-        config,
+    let asked = Asked {
         final_dump,
         tracking,
-        progress,
-        &mut created,
-    );
+        shmem_parent,
+    };
+    let r = pre_dump_tree_inner(root, dest, config, asked, progress, &mut created);
     if r.is_err() && !created.is_empty() {
         // Undoing it freezes and injects again: until that is over the caller
         // must not exit (see `Progress::thawed`).
@@ -222,15 +244,26 @@ pub fn pre_dump_tree_to(
     r
 }
 
+/// What a tree pre-dump was asked for besides its pages' destination.
+struct Asked<'a> {
+    final_dump: Option<FinalDump>,
+    tracking: Option<&'a TreeTracking>,
+    shmem_parent: Option<&'a ShmemParent>,
+}
+
 fn pre_dump_tree_inner(
     root: i32,
     dest: &mut TreeDest<'_>,
     config: &DrainConfig,
-    final_dump: Option<FinalDump>,
-    tracking: Option<&TreeTracking>,
+    asked: Asked<'_>,
     progress: Option<&Progress>,
     created: &mut Vec<i32>,
 ) -> Result<TreeReport> {
+    let Asked {
+        final_dump,
+        tracking,
+        shmem_parent,
+    } = asked;
     tree::check_root(root)?;
     // Everything that can be done before freezing is: a process that appears
     // while the tree freezes is prepared while frozen instead.
@@ -277,7 +310,8 @@ fn pre_dump_tree_inner(
     let frozen_copy_started = Instant::now();
     let copied = match (&found, final_dump) {
         (Ok((found, objects, _)), Some(_)) => Some(
-            end_tracking(&frozen).and_then(|()| copy_all(found, objects, dest, config, progress)),
+            end_tracking(&frozen)
+                .and_then(|()| copy_all(found, objects, dest, config, shmem_parent, progress)),
         ),
         _ => None,
     };
@@ -297,7 +331,7 @@ fn pre_dump_tree_inner(
     let copied_frozen = copied.is_some();
     let all = match copied {
         Some(c) => c?,
-        None => copy_all(&found, &objects, dest, config, progress)?,
+        None => copy_all(&found, &objects, dest, config, shmem_parent, progress)?,
     };
     let drain_time = drain_started.elapsed();
     let Copied {
