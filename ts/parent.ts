@@ -102,8 +102,8 @@ export async function openParent(
     () => undefined,
   );
   if (record?.pageServer) return sentParent(abs, record, refuse, pid, startTicks);
-  const d = await readDir(abs, refuse, given === abs ? '' : ` (${abs})`);
-  if (d.pid !== pid) throw refuse(`were made for process ${d.pid ?? '?'}, not ${pid}`);
+  const d = await readDir(abs, refuse, given === abs ? '' : ` (${abs})`, pid);
+  if (d.pid !== pid) throw refuse(`were made for ${whose(d)}, not ${pid}`);
 
   // The boot, then the process: dump_uptime counts from the boot.
   const madeUs = Number(d.inventory?.dumpUptime ?? 0);
@@ -165,7 +165,15 @@ async function sentParent(
   if (!(await stat(path.join(abs, INVENTORY_FILE)).catch(() => undefined))) {
     throw refuse('are incomplete (no inventory.img)');
   }
-  if (record.pid !== pid) throw refuse(`were made for process ${record.pid}, not ${pid}`);
+  // A tree's pre-dump sent every process's pagemap: this process's, if it was one of them.
+  const mine =
+    record.pid === pid ? sent.entries : sent.processes?.find((p) => p.pid === pid)?.entries;
+  if (mine === undefined) {
+    const pids = sent.processes?.map((p) => p.pid) ?? [record.pid];
+    throw refuse(
+      `were made for process${pids.length > 1 ? 'es' : ''} ${pids.join(', ')}, not ${pid}`,
+    );
+  }
   const boot = await bootId();
   if (record.bootId !== undefined && record.bootId !== boot) {
     throw refuse(`were made before the last reboot (boot ${record.bootId}; this one is ${boot})`);
@@ -180,9 +188,9 @@ async function sentParent(
   }
   const pages: number[] = [];
   let pageCount = 0;
-  for (let i = 0; i + 2 < sent.entries.length; i += 3) {
-    pages.push(sent.entries[i]!, sent.entries[i + 1]!);
-    pageCount += sent.entries[i + 1]!;
+  for (let i = 0; i + 2 < mine.length; i += 3) {
+    pages.push(mine[i]!, mine[i + 1]!);
+    pageCount += mine[i + 1]!;
   }
   return {
     dir: abs,
@@ -196,9 +204,14 @@ async function sentParent(
 
 const secs = (us: number): string => (us / 1e6).toFixed(2);
 
+/** The process, or the processes of a tree, a directory holds images of. */
+const whose = (d: PreDumpDir): string =>
+  d.pids ? `processes ${d.pids.join(', ')}` : `process ${d.pid ?? '?'}`;
+
 /**
- * A complete images directory, or the reason it is not one; `pid`: the process to read in
- * a directory of a process tree.
+ * A complete images directory, or the reason it is not one; `pid`: the process to read if
+ * it is a process tree's (a chain may go from one process to its tree and back, as children
+ * come and go).
  */
 async function readDir(
   dir: string,
@@ -220,7 +233,7 @@ async function readDir(
   if (!st.isDirectory()) throw refuse(`are not a directory${where}`);
   let d: PreDumpDir;
   try {
-    d = await readPreDumpDir(dir, pid === undefined ? {} : { pid });
+    d = await readPreDumpDir(dir, pid === undefined ? {} : { inTree: pid });
   } catch (err) {
     throw refuse(`are corrupt${where}: ${(err as Error).message}`);
   }
@@ -232,15 +245,13 @@ async function readDir(
  * Every link of the chain that holds pages for the one below it: present,
  * complete, of the same process, and holding every page the link below leaves to
  * it (what CRIU checks when it writes a hole, check_pagehole_in_parent, and what
- * restoring needs). `tree`: the directories are a process tree's, `pid` one of its
- * processes.
+ * restoring needs). Each link may be one process's or its tree's (`pid`'s pagemap read).
  */
 export async function checkChain(
   top: string,
   topDir: PreDumpDir,
   pid: number,
   given: string,
-  tree = false,
 ): Promise<void> {
   const seen = new Set([top]);
   let [dir, d] = [top, topDir];
@@ -260,8 +271,8 @@ export async function checkChain(
     if (seen.has(next)) throw broken(`its 'parent' links loop at ${next}`);
     seen.add(next);
     const link = `the images ${next} (the parent of ${name})`;
-    const nd = await readDir(next, (why) => broken(`${link} ${why}`), '', tree ? pid : undefined);
-    if (nd.pid !== pid) throw broken(`${link} were made for process ${nd.pid ?? '?'}, not ${pid}`);
+    const nd = await readDir(next, (why) => broken(`${link} ${why}`), '', pid);
+    if (nd.pid !== pid) throw broken(`${link} were made for ${whose(nd)}, not ${pid}`);
     const missing = uncovered(holes, nd.entries);
     if (missing !== undefined) {
       throw broken(

@@ -140,7 +140,7 @@ async function openTreeParent(
     const d = await readPreDumpDir(abs, { pid: p.pid }).catch((err: Error) => {
       throw refuse(`cannot be read: ${err.message}`);
     });
-    await checkChain(abs, d, p.pid, given, true);
+    await checkChain(abs, d, p.pid, given);
   }
   const pages = new Map(
     t.processes.map((p) => [

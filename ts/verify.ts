@@ -5,7 +5,6 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fromNative, PredumpError } from './errors.js';
 import {
-  isTreeDir,
   PE_PARENT,
   PE_PRESENT,
   pagesFileName,
@@ -62,13 +61,18 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
         'directory, with this inventory.img copied beside it',
     );
   }
-  const which = isTreeDir(names) ? { pid } : {};
+  // Any link may be a tree's: the chain of one process may have been a tree's for a while
+  // (a child that came and went).
+  const which = { inTree: pid };
   const newest = await readPreDumpDir(dir, which).catch((err: Error) => {
     throw new PredumpError('EIMAGE', `cannot read ${dir}: ${err.message}`);
   });
   if (!newest.complete) throw new PredumpError('EIMAGE', `${dir} is incomplete (no inventory.img)`);
   if (newest.pid !== pid) {
-    throw new PredumpError('EINVAL', `${dir} holds process ${newest.pid ?? '?'}, not ${pid}`);
+    const whose = newest.pids
+      ? `processes ${newest.pids.join(', ')}`
+      : `process ${newest.pid ?? '?'}`;
+    throw new PredumpError('EINVAL', `${dir} holds ${whose}, not ${pid}`);
   }
   let at: string | undefined = path.resolve(dir);
   const seen = new Set<string>();

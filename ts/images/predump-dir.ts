@@ -123,6 +123,8 @@ export interface PreDumpDir {
   pagesFileBytes?: number;
   /** Target of the `parent` symlink, as stored (usually relative to the directory). */
   parent?: string;
+  /** A process tree's directory (several pagemaps): the processes it holds. */
+  pids?: number[];
 }
 
 export interface PageSizeOption {
@@ -358,6 +360,14 @@ export async function readPreDumpDir(
      */
     pid?: number;
     /**
+     * The process to read if the directory is a process tree's (several pagemaps): its
+     * pagemap alone is read, and a tree without it reads as holding no pagemap, `pids`
+     * saying whose it holds. A directory of one process is read whatever its pid (the
+     * caller compares `pid`). For a chain that went from one process to its tree (a child
+     * appeared) and back (it exited).
+     */
+    inTree?: number;
+    /**
      * The pagemaps went to a page server (predump's record says so): a complete directory
      * without one is what CRIU's client keeps locally, not an error.
      */
@@ -388,10 +398,16 @@ export async function readPreDumpDir(
     result.inventory = out;
   }
 
-  const pagemaps = names
-    .filter((n) => imageFile(n)?.kind === 'pagemap')
-    .filter((n) => options.pid === undefined || n === pagemapFileName(options.pid))
-    .sort();
+  const all = names.filter((n) => imageFile(n)?.kind === 'pagemap').sort();
+  const only =
+    options.pid ?? (options.inTree !== undefined && all.length > 1 ? options.inTree : undefined);
+  const pagemaps = all.filter((n) => only === undefined || n === pagemapFileName(only));
+  if (all.length > 1) {
+    result.pids = all.flatMap((n) => {
+      const f = imageFile(n);
+      return f?.kind === 'pagemap' ? [f.pid] : [];
+    });
+  }
   if (pagemaps.length > 1) {
     throw new ImageError(
       dir,
@@ -400,7 +416,9 @@ export async function readPreDumpDir(
   }
   const pagemapName = pagemaps[0];
   if (pagemapName === undefined) {
-    if (complete && !options.pagesElsewhere) {
+    // inTree: a tree's directory without that process; the caller says whose it holds.
+    const notInTree = options.pid === undefined && result.pids !== undefined;
+    if (complete && !options.pagesElsewhere && !notInTree) {
       throw new ImageError(
         dir,
         `has ${INVENTORY_FILE} but no ${options.pid === undefined ? 'pagemap-PID.img' : pagemapFileName(options.pid)}`,
