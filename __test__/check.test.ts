@@ -18,6 +18,7 @@ interface CheckJson {
   trackMemAuto: string;
   modes: { read: boolean; splice: boolean; freezeFree: boolean };
   defaultMode: string;
+  defaultTreeMode: string;
   criu: { continuesChains: boolean; note: string };
 }
 
@@ -68,6 +69,7 @@ test('check --json reports every capability, as found on this machine', async (t
   );
   t.true(j.modes.freezeFree);
   t.is(j.defaultMode, 'freeze-free');
+  t.is(j.defaultTreeMode, 'read');
   // No soft-dirty: CRIU cannot continue a chain here, and the handover is said.
   t.false(j.criu.continuesChains);
   t.regex(j.criu.note, /criu dump cannot continue any chain here .*'predump untrack -t PID'/);
@@ -92,7 +94,7 @@ test('check prints a table with every capability and the summary', async (t) => 
   t.regex(r.stdout, /^soft-dirty +no +.*bit 55/m);
   t.regex(r.stdout, /^track-mem auto +uffd-wp$/m);
   t.regex(r.stdout, /^pre-dump modes +read yes, splice (yes|no), freeze-free yes$/m);
-  t.regex(r.stdout, /^default mode +freeze-free$/m);
+  t.regex(r.stdout, /^default mode +freeze-free \(one process\); read \(a tree\)$/m);
   t.regex(r.stdout, /^criu +no soft-dirty: criu dump cannot continue any chain here/m);
   t.regex(r.stdout, /^pipe-max-size /m);
   t.regex(r.stdout, /^ptrace_scope /m);

@@ -248,10 +248,6 @@ test('what a tree does not support yet is refused by name, before anything is to
   const base = await tempDir(t);
   const cases: [string[], RegExp][] = [
     [['--pre-dump-mode', 'splice'], /the splice mode is not supported on a tree of 4 processes/],
-    [
-      ['--pre-dump-mode', 'freeze-free'],
-      /the freeze-free mode is not supported on a tree of 4 processes/,
-    ],
     // With a page server too: refused before any connection (nothing listens on port 1).
     [
       ['--pre-dump-mode', 'splice', '--page-server', '--address', '127.0.0.1', '--port', '1'],

@@ -10,8 +10,10 @@
  * (the core's shmem_chain); with a page server it is copied whole. With a page server the pages go over one connection, each
  * process's and each shared object's pagemap under its own id, as `criu pre-dump -t ROOT
  * --page-server` sends them; this directory then keeps what CRIU's client keeps (inventory,
- * stats, the parent link) and predump's record of what was sent. What a tree does not support
- * yet is refused up front, naming it: splice and freeze-free modes.
+ * stats, the parent link) and predump's record of what was sent. In freeze-free mode the tree
+ * is never frozen as a whole: each process is pre-dumped as one process's freeze-free pre-dump
+ * is, while it runs. What a tree does not support yet is refused up front, naming it: splice
+ * mode, and freeze-free to a page server.
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
@@ -59,16 +61,28 @@ export function isTree(listing: TreeListing): boolean {
   return listing.members.length > 1 || listing.left.length > 0;
 }
 
-/** Refuses what a tree pre-dump cannot do yet. */
-function refuseUnsupported(options: PreDumpOptions, processes: number): void {
+/**
+ * The mode of a tree pre-dump: read, or freeze-free when asked for (a tree's auto is read:
+ * docs/TREES.md, "Freeze-free pre-dumps of a tree", says why). Refuses what a tree cannot do
+ * yet: splice mode, and freeze-free to a page server.
+ */
+function treeMode(options: PreDumpOptions, processes: number): 'read' | 'freeze-free' {
   const n = `a tree of ${processes} processes`;
   const mode = options.mode ?? 'auto';
+  if (mode === 'freeze-free' && options.pageServer) {
+    throw new PredumpError(
+      'EINVAL',
+      `the freeze-free mode is not supported on ${n} sent to a page server yet: use --pre-dump-mode read (or auto)`,
+    );
+  }
+  if (mode === 'freeze-free') return mode;
   if (mode !== 'auto' && mode !== 'read') {
     throw new PredumpError(
       'EINVAL',
-      `the ${mode} mode is not supported on ${n} yet: use --pre-dump-mode read (or auto)`,
+      `the ${mode} mode is not supported on ${n} yet: use --pre-dump-mode read, freeze-free or auto`,
     );
   }
+  return 'read';
 }
 
 /** The parent images of a tree pre-dump. */
@@ -222,7 +236,7 @@ export async function preDumpTree(
   listing: TreeListing,
   started: number,
 ): Promise<PreDumpResult> {
-  refuseUnsupported(options, listing.members.length);
+  const mode = treeMode(options, listing.members.length);
   const root = options.pid;
   const parent =
     options.prevImagesDir === undefined
@@ -259,6 +273,7 @@ export async function preDumpTree(
   try {
     const nativeOptions = {
       root,
+      mode,
       dir: dir.path,
       bufferBytes: options.bufferBytes,
       finalDump: options.finalDump,
@@ -334,7 +349,7 @@ export async function preDumpTree(
         trackMem: tracking,
         final: options.finalDump === true,
         bootId: await bootId(),
-        mode: 'read',
+        mode: report.mode as 'read' | 'freeze-free',
         ...(sent && ps
           ? {
               pageServer: {
@@ -437,7 +452,7 @@ export async function preDumpTree(
     return {
       pid: root,
       imagesDir: dir.path,
-      mode: 'read',
+      mode: report.mode as 'read' | 'freeze-free',
       requestedMode: options.mode ?? 'auto',
       fallback: null,
       pipes: 0,

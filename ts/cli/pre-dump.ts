@@ -191,10 +191,14 @@ export function modeLine(r: PreDumpResult): string {
         ? ''
         : r.mode === 'freeze-free'
           ? ' (auto: uffd-wp tracking is in use)'
-          : ' (auto)';
+          : isTreeResult(r)
+            ? " (auto: a tree's default)"
+            : ' (auto)';
   const what =
     r.mode === 'freeze-free'
-      ? 'the target ran throughout'
+      ? isTreeResult(r)
+        ? 'the tree ran throughout, each process pre-dumped in turn while it ran'
+        : 'the target ran throughout'
       : r.mode === 'splice'
         ? 'pages referenced into pipes while frozen, written after the thaw'
         : 'pages found while frozen, copied after the thaw';
@@ -203,6 +207,12 @@ export function modeLine(r: PreDumpResult): string {
 
 /** When the target was stopped, and what happened meanwhile. */
 export function frozenLine(r: PreDumpResult): string {
+  if (r.mode === 'freeze-free' && isTreeResult(r)) {
+    return (
+      `  frozen   ${r.stoppedWindowMs > 0 ? `${formatMs(r.stoppedWindowMs)} at most (processes without tracking, each once and alone, to set it up)` : 'never'}; ` +
+      `scan ${formatMs(r.scanMs)} with ${r.scanMethod}, while the processes ran`
+    );
+  }
   if (r.mode === 'freeze-free') {
     return (
       `  frozen   ${r.stoppedWindowMs > 0 ? `${formatMs(r.stoppedWindowMs)} (once, to set up the tracking)` : 'never'}; ` +
@@ -234,9 +244,14 @@ export function copyLine(r: PreDumpResult): string {
   return `  copy     ${copy}, ${when}; fsync ${formatMs(r.syncMs)}; total ${formatMs(r.totalMs)}`;
 }
 
+/** A tree's result (more than one process, or some left out), not one process's. */
+function isTreeResult(r: PreDumpResult): boolean {
+  return r.processes.length > 1 || r.leftOut.length > 0;
+}
+
 export function summary(r: PreDumpResult, final = false): string {
   const gone = r.pagesGone > 0 ? `, ${r.pagesGone} pages gone before they were copied` : '';
-  const tree = r.processes.length > 1 || r.leftOut.length > 0;
+  const tree = isTreeResult(r);
   const plural = (n: number, one: string, many = `${one}s`): string =>
     `${n} ${n === 1 ? one : many}`;
   return [

@@ -336,7 +336,7 @@ export interface PreDumpSentReport {
 export declare function preDumpToServer(options: PreDumpOptions, server: PageServerClient, progress?: Progress | undefined | null): Promise<PreDumpSentReport>
 
 /**
- * Pre-dumps a whole tree (read mode), writing its pages images
+ * Pre-dumps a whole tree (read or freeze-free mode), writing its pages images
  * into `dir`. Rejects with an Error whose `code` is one of predump-core's.
  */
 export declare function preDumpTree(options: TreePreDumpOptions, progress?: Progress | undefined | null): Promise<TreePreDumpReport>
@@ -425,9 +425,11 @@ export interface TreeParentPages {
   pages: Float64Array
 }
 
-/** Options of a tree pre-dump (read mode). */
+/** Options of a tree pre-dump. */
 export interface TreePreDumpOptions {
   root: number
+  /** "read" or "freeze-free" (absent, or "auto": read, a tree's default). */
+  mode?: string
   /** The images directory (it exists; the pages images are created in it). */
   dir: string
   bufferBytes?: number
@@ -466,6 +468,8 @@ export interface TreePreDumpOptions {
 /** What a tree pre-dump did. Times in microseconds. */
 export interface TreePreDumpReport {
   root: number
+  /** "read" or "freeze-free". */
+  mode: string
   dumpUptimeUs: number
   processes: Array<TreeProcessReport>
   shmem: Array<TreeShmemReport>

@@ -12,7 +12,7 @@ use predump_core::drain::DrainConfig;
 use predump_core::pageserver::link::Abort;
 use predump_core::pageserver::sender::TreeSession;
 use predump_core::pageserver::wire::{Dst, DstKind};
-use predump_core::predump::{ParentChain, ParentOrigin};
+use predump_core::predump::{Mode, ParentChain, ParentOrigin};
 use predump_core::shmem_chain::ShmemParent;
 use predump_core::tree::{self, Left, Member};
 use predump_core::tree_dump::{self, TreeDest, TreeReport};
@@ -87,10 +87,12 @@ pub fn list_tree<'env>(env: &'env Env, root: i32) -> Result<Object<'env>> {
     })
 }
 
-/// Options of a tree pre-dump (read mode).
+/// Options of a tree pre-dump.
 #[napi(object)]
 pub struct TreePreDumpOptions {
     pub root: i32,
+    /// "read" or "freeze-free" (absent, or "auto": read, a tree's default).
+    pub mode: Option<String>,
     /// The images directory (it exists; the pages images are created in it).
     pub dir: String,
     pub buffer_bytes: Option<u32>,
@@ -232,6 +234,8 @@ pub(crate) fn not_dumped(n: &[predump_core::shmem::NotDumped]) -> Vec<NotDumpedM
 #[napi(object)]
 pub struct TreePreDumpReport {
     pub root: i32,
+    /// "read" or "freeze-free".
+    pub mode: String,
     pub dump_uptime_us: f64,
     pub processes: Vec<TreeProcessReport>,
     pub shmem: Vec<TreeShmemReport>,
@@ -263,10 +267,11 @@ fn flat(v: &[predump_core::PageRange]) -> Float64Array {
     )
 }
 
-fn report_of(r: TreeReport) -> TreePreDumpReport {
+fn report_of(r: TreeReport, mode: Mode) -> TreePreDumpReport {
     let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
     TreePreDumpReport {
         root: r.root,
+        mode: mode.name().to_string(),
         dump_uptime_us: r.dump_uptime_us as f64,
         threads: r.freeze.threads as u32,
         processes: r
@@ -335,6 +340,7 @@ fn report_of(r: TreeReport) -> TreePreDumpReport {
 /// What a tree pre-dump's options come to in the core.
 struct TreePlan {
     root: i32,
+    mode: Mode,
     config: DrainConfig,
     final_dump: Option<predump_core::predump::FinalDump>,
     tracking: Option<TreeTracking>,
@@ -353,8 +359,20 @@ fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
             .then_some(predump_core::predump::FinalDump {
                 leave_stopped: options.leave_stopped.unwrap_or(false),
             });
+    // A tree's `auto` is read mode (docs/TREES.md, "Freeze-free pre-dumps of a
+    // tree", says why); freeze-free is taken only when asked for.
+    let mode = match options.mode.as_deref() {
+        None | Some("auto") | Some("read") => "read",
+        Some("freeze-free") => "freeze-free",
+        Some(other) => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("the {other} mode is not supported on a tree"),
+            ))
+        }
+    };
     let choice = predump_core::mode::resolve(
-        Some("read"),
+        Some(mode),
         options.track_mem.as_deref(),
         final_dump.is_some(),
     )
@@ -397,6 +415,7 @@ fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
     });
     Ok(TreePlan {
         root: options.root,
+        mode: choice.mode,
         config,
         final_dump,
         tracking,
@@ -404,7 +423,7 @@ fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
     })
 }
 
-/// Pre-dumps a whole tree (read mode), writing its pages images
+/// Pre-dumps a whole tree (read or freeze-free mode), writing its pages images
 /// into `dir`. Rejects with an Error whose `code` is one of predump-core's.
 #[napi(ts_return_type = "Promise<TreePreDumpReport>")]
 pub fn pre_dump_tree<'env>(
@@ -416,22 +435,33 @@ pub fn pre_dump_tree<'env>(
     let progress = progress.map(|p| p.inner.clone());
     let TreePlan {
         root,
+        mode,
         config,
         final_dump,
         tracking,
         shmem_parent,
     } = plan(options)?;
     on_own_thread(env, move || {
-        tree_dump::pre_dump_tree(
-            root,
-            &dir,
-            &config,
-            final_dump,
-            tracking.as_ref(),
-            shmem_parent.as_ref(),
-            progress.as_deref(),
-        )
-        .map(report_of)
+        match mode {
+            Mode::FreezeFree => tree_dump::pre_dump_tree_freeze_free(
+                root,
+                &dir,
+                &config,
+                tracking.as_ref(),
+                shmem_parent.as_ref(),
+                progress.as_deref(),
+            ),
+            _ => tree_dump::pre_dump_tree(
+                root,
+                &dir,
+                &config,
+                final_dump,
+                tracking.as_ref(),
+                shmem_parent.as_ref(),
+                progress.as_deref(),
+            ),
+        }
+        .map(|r| report_of(r, mode))
     })
 }
 
@@ -486,11 +516,22 @@ pub fn pre_dump_tree_to_server<'env>(
     // The chain's shared memory is on the server: each object is copied whole.
     let TreePlan {
         root,
+        mode,
         config,
         final_dump,
         mut tracking,
         shmem_parent: _,
     } = plan(options)?;
+    if mode != Mode::Read {
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!(
+                "the {} mode is not supported on a tree sent to a page server yet: use \
+                 --pre-dump-mode read",
+                mode.name()
+            ),
+        ));
+    }
     on_own_thread(env, move || {
         let started = std::time::Instant::now();
         let abort = Abort::new()?;
@@ -517,7 +558,7 @@ pub fn pre_dump_tree_to_server<'env>(
         )?;
         let stats = session.stats();
         Ok(TreePreDumpSentReport {
-            report: report_of(report),
+            report: report_of(report, mode),
             sent: TreeSent {
                 pagemaps: session
                     .sent()

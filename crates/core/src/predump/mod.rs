@@ -456,18 +456,29 @@ fn pre_dump_freeze_free(
     // userfaultfd() (and the marker's memfd_create). Registering, scanning and
     // copying are done from here, with the target running.
     // A dead run's leftovers need a freeze to go (injected closes): only then.
+    // The caller must not exit while the target is frozen (see
+    // `Progress::thawed`): a tree runs this once per process, each frozen
+    // alone, so the flag goes down around each of those freezes.
+    let held = |frozen: bool| {
+        if let Some(p) = progress {
+            p.thawed.store(!frozen, Ordering::SeqCst);
+        }
+    };
     let mut leftovers_removed = None;
     if !crate::inject::leftovers::find(pid)?.is_empty() {
-        let frozen = Frozen::freeze(pid)?;
+        held(true);
+        let frozen = Frozen::freeze(pid).inspect_err(|_| held(false))?;
         let removed = crate::inject::leftovers::clean(&frozen);
         frozen.thaw();
+        held(false);
         leftovers_removed = Some(removed?.describe());
     }
-    let (tracker, freeze) = match open_tracker(pid) {
+    let (tracker, freeze) = match open_tracker(pid, &held) {
         Ok(opened) => opened,
         // Chosen for the caller and impossible here: a plain read-mode pre-dump.
         Err(e) if tracking.auto && tracking_refused(&e) => {
             drop(prepared);
+            held(true);
             let untracked = TrackOptions {
                 backend: None,
                 ..tracking.clone()
@@ -517,11 +528,12 @@ fn pre_dump_freeze_free(
 
 /// The target's uffd-wp tracking, found, or made in a freeze of its own (with
 /// that freeze's times).
-fn open_tracker(pid: i32) -> Result<(track::Tracker, FreezeTimes)> {
+fn open_tracker(pid: i32, held: &dyn Fn(bool)) -> Result<(track::Tracker, FreezeTimes)> {
     if let Some(tracker) = track::Tracker::open_running(pid)? {
         return Ok((tracker, FreezeTimes::default()));
     }
-    let frozen = Frozen::freeze(pid)?;
+    held(true);
+    let frozen = Frozen::freeze(pid).inspect_err(|_| held(false))?;
     let made = (|| {
         let mut inj = Injector::any(&frozen)?;
         let tracker = track::Tracker::attach_with(track::Backend::UffdWp, &frozen, &mut inj, &[])?;
@@ -529,5 +541,6 @@ fn open_tracker(pid: i32) -> Result<(track::Tracker, FreezeTimes)> {
         Ok::<_, Error>(tracker)
     })();
     let freeze = frozen.thaw();
+    held(false);
     Ok((made?, freeze))
 }

@@ -25,21 +25,23 @@
 //! PS_IOV_PARENT before the tree is frozen, and gives a chain only to the
 //! processes whose pagemap the server's parent holds.
 //!
-//! # What this mode does not do yet
+//! # Modes
 //!
-//! Read mode only: the caller refuses splice and freeze-free for a tree of
-//! more than one process. A final dump (`predump dump`) copies everything
-//! while the whole tree stays frozen, after ending the uffd-wp tracking that
-//! pre-dumps of single processes may have left.
+//! Read mode, and the freeze-free mode (`pre_dump_tree_freeze_free`, in
+//! `freeze_free`: the tree is never frozen as a whole, each process is
+//! pre-dumped as one process's freeze-free pre-dump is); the caller refuses
+//! splice for a tree of more than one process. A final dump (`predump dump`)
+//! freezes the whole tree, reads each process's tracking and ends it, and
+//! copies while the tree stays frozen.
 //!
 //! # The files
 //!
-//! Four files, so that none runs to 800 lines (issue 11). This one holds the
+//! Five files, so that none runs to 800 lines (issue 11). This one holds the
 //! entry points and the phases in order (prepare, freeze,
 //! scan, track, thaw, copy); `scan` what is read while the tree is frozen, on
 //! the scan threads; `copy` the pages images written, the shared objects' and
 //! the processes'; `track` the dirty-page tracking taken and ended on the
-//! tracer thread.
+//! tracer thread; `freeze_free` the freeze-free mode.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,10 +61,12 @@ use crate::tree_track::{self, TreeTracking};
 use crate::{proc, Error, PageRange, Result};
 
 mod copy;
+mod freeze_free;
 mod scan;
 mod track;
 
 use copy::{copy_all, Copied};
+pub use freeze_free::refused as freeze_free_refused;
 use scan::{prepare, scan_frozen, Prepared};
 use track::{end_tracking, track_all};
 
@@ -230,18 +234,52 @@ pub fn pre_dump_tree_to(
         shmem_parent,
     };
     let r = pre_dump_tree_inner(root, dest, config, asked, progress, &mut created);
+    undo_on_error(&r, &created, progress);
+    r
+}
+
+/// A freeze-free pre-dump of the tree of `root` into `dir` (uffd-wp): the
+/// tree is never frozen as a whole, each process is pre-dumped as one
+/// process's freeze-free pre-dump is, one after another (see `freeze_free`).
+/// A process that holds no tracking yet is stopped alone, once, to make it.
+/// With `shmem_parent`, the shared objects are compared with the chain's
+/// copy, as in read mode. A run that started the tracking of some processes
+/// and then fails ends it in them again.
+pub fn pre_dump_tree_freeze_free(
+    root: i32,
+    dir: &Path,
+    config: &DrainConfig,
+    tracking: Option<&TreeTracking>,
+    shmem_parent: Option<&ShmemParent>,
+    progress: Option<&Progress>,
+) -> Result<TreeReport> {
+    let mut created = Vec::new();
+    let r = freeze_free::pre_dump_tree_freeze_free(
+        root,
+        dir,
+        config,
+        tracking,
+        shmem_parent,
+        progress,
+        &mut created,
+    );
+    undo_on_error(&r, &created, progress);
+    r
+}
+
+/// After a failed run, ends the tracking it started in `created`.
+fn undo_on_error<T>(r: &Result<T>, created: &[i32], progress: Option<&Progress>) {
     if r.is_err() && !created.is_empty() {
         // Undoing it freezes and injects again: until that is over the caller
         // must not exit (see `Progress::thawed`).
         if let Some(p) = progress {
             p.thawed.store(false, Ordering::SeqCst);
         }
-        tree_track::undo_created(&created);
+        tree_track::undo_created(created);
         if let Some(p) = progress {
             p.thawed.store(true, Ordering::SeqCst);
         }
     }
-    r
 }
 
 /// What a tree pre-dump was asked for besides its pages' destination.

@@ -247,7 +247,7 @@ fn scan_one(mut job: Job<'_>) -> Result<Scanned<'_>> {
 /// `shmid % 32` ascending, and within a bucket the object added last first
 /// (hlist_add_head). `seen`: the shmids in the order CRIU adds them, i.e. the
 /// processes in tree order and each one's mappings in address order.
-fn criu_shmem_order(seen: &[u64]) -> Vec<u64> {
+pub(super) fn criu_shmem_order(seen: &[u64]) -> Vec<u64> {
     let mut order: Vec<(usize, u64)> = Vec::new();
     for &id in seen {
         if !order.iter().any(|&(_, o)| o == id) {
