@@ -435,11 +435,23 @@ test.serial(
       [
         ['tree-stopped-16M', false],
         ['tree-shared-once-16M', false],
-        ['tree-freeze-free', true],
+        ['tree-freeze-free-16M', inc === null],
         ['tree-incremental-16M', inc === null],
       ],
     );
     t.true(j.goals[1]!.met === true);
+    // The freeze-free chain (where the tracked one was measured): no process stopped after
+    // the first, which stopped them to make their tracking; read-mode runs in turns stopped.
+    const ff = row.freezeFree;
+    t.is(ff === null || ff === undefined, inc === null);
+    if (ff) {
+      t.is(ff.stoppedMs.max, 0, 'freeze-free: never stopped after the first');
+      t.true(ff.firstStoppedMs > 0, 'the first made every tracking');
+      t.true(ff.readStoppedMs.min > 0, 'the read-mode runs of the chain froze the tree');
+      t.true(ff.privateWritten.min >= ff.privateDirtied.min, 'every written page copied');
+      t.is(j.goals[2]!.met, true);
+      t.regex(j.goals[2]!.detail, /^0\.0 ms at most in 1 runs/);
+    }
     if (inc === null) {
       t.log(`the tracked chain was not measured: ${row.untracked}`);
     } else {

@@ -8,8 +8,12 @@
  * read mode stopped ≤ 15 ms, every process frozen together; shared pages counted once;
  * pages written by an incremental pre-dump within 3% of those dirtied. After the rounds, a
  * tracked chain of the same tree: a first uffd-wp pre-dump, then `runs` times writes in every
- * process and in the shared region and a pre-dump on the one before. Freeze-free mode does
- * not exist for trees yet: that goal is reported as not measured.
+ * process and in the shared region and a pre-dump on the one before. Then the freeze-free
+ * chain: the tracking ended (`untrack -t`), a first freeze-free pre-dump (each process stopped
+ * once, alone, to make its tracking), then 2 × `runs` rounds of the same writes and a pre-dump
+ * on the one before, freeze-free and tracked read mode in turns on the one chain: the
+ * freeze-free stops (the goal: 0 after the first) beside the read mode's, measured in the
+ * same rounds.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -70,6 +74,27 @@ export interface TreeRow {
   /** The tracked chain; null where uffd-wp tracking is not possible (`untracked` says why). */
   incremental: TreeIncremental | null;
   untracked?: string;
+  /** The freeze-free chain; null where uffd-wp tracking is not possible. */
+  freezeFree?: TreeFreezeFree | null;
+}
+
+/**
+ * A chain of the tree's pre-dumps mixing the modes: a first freeze-free one (every process's
+ * tracking made, each process stopped alone), then freeze-free and tracked read-mode ones in
+ * turns, each on the one before, after the same writes.
+ */
+export interface TreeFreezeFree {
+  /** The first: the longest any process was stopped (to make its tracking). */
+  firstStoppedMs: number;
+  /** The freeze-free pre-dumps after the first: the longest any process was stopped. */
+  stoppedMs: Stat;
+  totalMs: Stat;
+  /** The tracked read-mode pre-dumps of the same chain, in turns with them. */
+  readStoppedMs: Stat;
+  readTotalMs: Stat;
+  /** Per freeze-free pre-dump: pages dirtied in the processes' data, and written of them. */
+  privateDirtied: Stat;
+  privateWritten: Stat;
 }
 
 /** A tracked chain of the tree: its first pre-dump, then `runs` incremental ones. */
@@ -212,11 +237,97 @@ async function measureIncremental(
   };
 }
 
-/** A whole `predump pre-dump` (read mode; no tracking unless `extra` asks) of `pid` into `dir`: its JSON. */
+/**
+ * The freeze-free chain (see `TreeFreezeFree`), on the tree the tracked chain leaves
+ * tracked: its tracking ended first, so that the first freeze-free pre-dump makes it.
+ */
+async function measureFreezeFree(
+  plan: TreePlan,
+  size: Size,
+  tree: TreeWorkload,
+  sharedBytes: number,
+  scratch: string,
+  events: TreeEvents,
+): Promise<TreeFreezeFree> {
+  const untrack = await runToEnd([process.execPath, bin(), 'untrack', '-t', String(tree.pid)]);
+  if (untrack.status !== 0) {
+    throw new PredumpError('EBENCH', `untrack -t ${tree.pid} failed: ${untrack.stderr.trim()}`);
+  }
+  const chain = await mkdtemp(path.join(scratch, 'freeze-free-'));
+  const mode = (m: 'read' | 'freeze-free'): string[] => [
+    '--track-mem',
+    'uffd-wp',
+    '--pre-dump-mode',
+    m,
+  ];
+  const first = await preDump(tree.pid, path.join(chain, '0'), mode('freeze-free'));
+  const s = {
+    stopped: [] as number[],
+    total: [] as number[],
+    readStopped: [] as number[],
+    readTotal: [] as number[],
+    dirtied: [] as number[],
+    written: [] as number[],
+  };
+  const sharedOf = (j: TreeJson): number =>
+    (j.sharedMemory ?? []).reduce((n, o) => n + o.pagesWritten, 0);
+  for (let round = 1; round <= 2 * plan.runs; round++) {
+    const m = round % 2 === 1 ? 'freeze-free' : 'read';
+    events.step(
+      `${size.label} tree of ${plan.processes}: mixed chain, pre-dump ${round} of ${2 * plan.runs} (${m})`,
+    );
+    let dirtied = 0;
+    for (let k = 0; k < plan.processes; k++) {
+      const a = await tree.command<{ dirtied: number }>(
+        `proc ${k} dirty ${TREE_DIRTY_PERMILLE} ${50_000 + round * 1000 + k}`,
+      );
+      dirtied += a.dirtied;
+    }
+    if (sharedBytes > 0) {
+      await tree.command(`shared-dirty shared ${TREE_DIRTY_PERMILLE} ${50_000 + round}`);
+    }
+    const j = await preDump(tree.pid, path.join(chain, String(round)), [
+      ...mode(m),
+      '--prev-images-dir',
+      `../${round - 1}`,
+    ]);
+    if ((j.processes?.length ?? 1) !== plan.processes) {
+      throw new PredumpError(
+        'EBENCH',
+        `the ${m} pre-dump held ${j.processes?.length ?? 1} processes, not ${plan.processes}`,
+      );
+    }
+    if (m === 'freeze-free') {
+      s.stopped.push(j.stoppedWindowMs);
+      s.total.push(j.totalMs);
+      s.dirtied.push(dirtied);
+      s.written.push(j.pagesWritten - sharedOf(j));
+    } else {
+      s.readStopped.push(j.stoppedWindowMs);
+      s.readTotal.push(j.totalMs);
+    }
+  }
+  const r3 = (xs: number[]): Stat => rounded(stat(xs), 3);
+  return {
+    firstStoppedMs: r3([first.stoppedWindowMs]).median,
+    stoppedMs: r3(s.stopped),
+    totalMs: r3(s.total),
+    readStoppedMs: r3(s.readStopped),
+    readTotalMs: r3(s.readTotal),
+    privateDirtied: stat(s.dirtied),
+    privateWritten: stat(s.written),
+  };
+}
+
+/**
+ * A whole `predump pre-dump` (read mode unless `extra` names a mode; no tracking unless it
+ * asks) of `pid` into `dir`: its JSON.
+ */
 async function preDump(pid: number, dir: string, extra: string[] = []): Promise<TreeJson> {
   const argv = [process.execPath, bin(), 'pre-dump', '-t', String(pid), '-D', dir];
   const tracking = extra.includes('--track-mem') ? [] : ['--track-mem', 'none'];
-  argv.push('--pre-dump-mode', 'read', ...tracking, '--json', ...extra);
+  const mode = extra.includes('--pre-dump-mode') ? [] : ['--pre-dump-mode', 'read'];
+  argv.push(...mode, ...tracking, '--json', ...extra);
   const r = await runToEnd(argv);
   if (r.status !== 0) {
     throw new PredumpError(
@@ -259,6 +370,7 @@ async function measure(
   };
   let shared = { written: 0, pages: sharedBytes / page };
   let incremental: TreeIncremental | string = 'not measured';
+  let freezeFree: TreeFreezeFree | null = null;
   try {
     single = await Workload.start({ sizeBytes: size.bytes, threads: plan.threads });
     const steps = ['tree', 'single', 'memcpy'] as const;
@@ -311,6 +423,9 @@ async function measure(
       }
     }
     incremental = await measureIncremental(plan, size, tree, sharedBytes, scratch, events);
+    if (typeof incremental !== 'string') {
+      freezeFree = await measureFreezeFree(plan, size, tree, sharedBytes, scratch, events);
+    }
     for (const w of [tree, single]) {
       const self = await w.selfCheck();
       if (!self.ok) throw new PredumpError('EBENCH', `a ${size.label} workload failed its check`);
@@ -338,6 +453,7 @@ async function measure(
     memcpyMs: r3(s.memcpy),
     incremental: typeof incremental === 'string' ? null : incremental,
     ...(typeof incremental === 'string' ? { untracked: incremental } : {}),
+    freezeFree,
   };
 }
 
@@ -362,12 +478,30 @@ function judge(rows: TreeRow[]): TreeGoal[] {
       });
     }
   }
-  goals.push({
-    id: 'tree-freeze-free',
-    goal: 'freeze-free pre-dumps of a tree stopped 0 ms after the first',
-    met: null,
-    detail: 'not measured: trees have no freeze-free mode yet',
-  });
+  for (const r of rows) {
+    const f = r.freezeFree;
+    const goal = `${r.label}, ${r.processes} processes: freeze-free pre-dumps stopped 0 ms after the first`;
+    goals.push(
+      f
+        ? {
+            id: `tree-freeze-free-${r.label}`,
+            goal,
+            met: f.stoppedMs.max === 0,
+            detail:
+              `${f.stoppedMs.max.toFixed(1)} ms at most in ${r.runs} runs (the first, which makes each ` +
+              `process's tracking, each process stopped alone: ${f.firstStoppedMs.toFixed(1)} ms at most); ` +
+              `tracked read-mode pre-dumps of the same chain, in turns: stopped ${f.readStoppedMs.median.toFixed(1)} ms, ` +
+              `total ${f.readTotalMs.median.toFixed(0)} ms against ${f.totalMs.median.toFixed(0)} (medians); private pages ` +
+              `${f.privateWritten.median} written for ${f.privateDirtied.median} dirtied`,
+          }
+        : {
+            id: `tree-freeze-free-${r.label}`,
+            goal,
+            met: null,
+            detail: r.untracked ?? 'not measured',
+          },
+    );
+  }
   for (const r of rows) {
     const i = r.incremental;
     const goal = `${r.label}, ${r.processes} processes: incremental pre-dumps within 3% of the pages dirtied`;
