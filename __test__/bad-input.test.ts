@@ -490,14 +490,21 @@ test.serial('disk full while writing the pagemap and stats: ENOSPC, nothing left
   const first = await runCli(['pre-dump', '-t', String(target.pid), '-D', ref, '--json']);
   t.is(first.code, 0, first.stderr);
   const bytes = (await stat(path.join(ref, 'pages-1.img'))).size;
-  // ...so that a file system with room for it and one more block (the pagemap) fills up
-  // while the control plane writes stats-dump.
-  const mnt = path.join(tmp, 'tight');
-  await mkdir(mnt);
-  await mountTmpfs(t, mnt, `size=${bytes + PAGE}`);
-  const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', mnt, '--json']);
-  assertCliError(t, r, { exit: 1, code: 'ENOSPC', message: /no space left while writing/ });
-  t.deepEqual(await readdir(mnt), [], 'the pages file and the pagemap were removed');
+  // ...so that a file system with room for it alone fills up while the core writes the
+  // pagemap (once the pages are synced), and one with room for one more block (the pagemap)
+  // while the control plane writes its own files (the tracking record, stats-dump).
+  for (const [name, size] of [
+    ['exact', bytes],
+    ['tight', bytes + PAGE],
+  ] as const) {
+    const mnt = path.join(tmp, name);
+    await mkdir(mnt);
+    await mountTmpfs(t, mnt, `size=${size}`);
+    const r = await runCli(['pre-dump', '-t', String(target.pid), '-D', mnt, '--json']);
+    assertCliError(t, r, { exit: 1, code: 'ENOSPC', message: /no space left while writing/ });
+    t.log(name, r.stderr.trim());
+    t.deepEqual(await readdir(mnt), [], `${name}: the pages file and the pagemap were removed`);
+  }
   await assertUnharmed(t, target);
 });
 

@@ -1,19 +1,12 @@
 /**
  * A pre-dump, from the caller's options to a complete image directory:
- * the Rust core freezes, scans, thaws and drains the pages into pages-1.img;
- * this side lays out the CRIU images around it (pagemap, stats, inventory last).
+ * the Rust core freezes, scans, thaws and drains the pages into pages-1.img and
+ * writes its pagemap (it owns the pair); this side writes the images around them
+ * (stats, inventory last).
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
-import {
-  PARENT_LINK,
-  PE_PARENT,
-  PE_PRESENT,
-  PRE_DUMP_MODE,
-  pagesFileName,
-  writePreDumpImages,
-  type PagemapEntry,
-} from './images/index.js';
+import { PARENT_LINK, PRE_DUMP_MODE, writeStatsAndInventory } from './images/index.js';
 import { native } from './native.js';
 import type {
   PageServerClient,
@@ -341,19 +334,24 @@ export interface LeftOutResult {
 const PAGE = 4096;
 
 /**
- * A pagemap's entries from the core's report: the pages written (PE_PRESENT, in the pages
- * image's order) and those left to the parent (PE_PARENT), as [vaddr, nrPages] pairs; sorted
- * by address, as a pagemap lists them.
+ * A write into the images directory that found its file system full: ENOSPC, as the core says
+ * it of the pages images and pagemaps (the failed run's files are then removed).
  */
-export function pagemapEntries(regions: Float64Array, parentRegions: Float64Array): PagemapEntry[] {
-  const entries: PagemapEntry[] = [];
-  for (let i = 0; i < regions.length; i += 2) {
-    entries.push({ vaddr: regions[i]!, nrPages: regions[i + 1]!, flags: PE_PRESENT });
-  }
-  for (let i = 0; i < parentRegions.length; i += 2) {
-    entries.push({ vaddr: parentRegions[i]!, nrPages: parentRegions[i + 1]!, flags: PE_PARENT });
-  }
-  return entries.sort((a, b) => a.vaddr - b.vaddr);
+export function noSpace(dir: string): (err: unknown) => never {
+  return (err) => {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+      throw new PredumpError('ENOSPC', `no space left while writing images into ${dir}`);
+    }
+    throw err;
+  };
+}
+
+/** The pages of [vaddr, nrPages] pairs. */
+export function pagesOf(regions: Float64Array): number {
+  let n = 0;
+  for (let i = 1; i < regions.length; i += 2) n += regions[i]!;
+  return n;
 }
 
 /** Pre-dumps a live process into a new CRIU image directory. */
@@ -388,7 +386,6 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   }
   const generation = randomHex(8);
   const dir = await openImagesDir(options.imagesDir);
-  const pagesId = 1;
   const progress = new native.Progress();
   const ticker = options.onProgress
     ? setInterval(() => options.onProgress?.(progress.done, progress.total), 100)
@@ -407,7 +404,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       parentMadeUs: parent?.madeUs,
       finalDump: options.finalDump,
       leaveStopped: options.leaveStopped,
-      pagesPath: path.join(dir.path, pagesFileName(pagesId)),
+      imagesDir: dir.path,
       bufferBytes: options.bufferBytes,
     };
     const ps = options.pageServer;
@@ -422,23 +419,12 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       throw fromNative(err);
     });
     createdTracking = report.createdTracking;
-    const entries = pagemapEntries(report.regions, report.parentRegions);
-    const pagesSkippedParent = entries
-      .filter((e) => e.flags === PE_PARENT)
-      .reduce((n, e) => n + e.nrPages, 0);
-    if (sent) {
-      // What the server stored is what was sent: the chain's pages for a next pre-dump.
-      entries.length = 0;
-      for (let i = 0; i < sent.entries.length; i += 3) {
-        entries.push({
-          vaddr: sent.entries[i],
-          nrPages: sent.entries[i + 1],
-          flags: sent.entries[i + 2],
-        });
-      }
-    }
+    const pagesSkippedParent = pagesOf(report.parentRegions);
     if (parent)
-      await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
+      await symlink(
+        path.relative(dir.path, parent.dir) || '.',
+        path.join(dir.path, PARENT_LINK),
+      ).catch(noSpace(dir.path));
     const trackBackend = report.trackBackend as PreDumpResult['trackBackend'];
     if (trackBackend !== 'none' || options.finalDump || sent) {
       const record: TrackRecord = {
@@ -454,21 +440,19 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
                 address: ps.address,
                 port: ps.port,
                 dumpUptimeUs: report.dumpUptimeUs,
-                entries: entries.flatMap((e) => [e.vaddr, e.nrPages, e.flags]),
+                // What the server stored is what was sent: the chain's pages for a next pre-dump.
+                entries: Array.from(sent.entries),
               },
             }
           : {}),
       };
       await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
         mode: 0o600,
-      });
+      }).catch(noSpace(dir.path));
     }
     const us = (x: number): number => Math.round(x);
-    await writePreDumpImages(dir.path, {
-      pid,
-      pagesId,
-      entries,
-      pagesElsewhere: sent !== undefined,
+    // The core wrote pages-ID.img and pagemap-PID.img (or sent them to the page server).
+    await writeStatsAndInventory(dir.path, {
       stats: {
         freezingTime: us(report.freezingUs),
         frozenTime: us(report.frozenUs),
@@ -479,7 +463,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
         pagesWritten: report.pagesWritten,
         pagesLazy: 0,
         pagePipes: Math.max(1, report.pipes),
-        pagePipeBufs: entries.length,
+        pagePipeBufs: report.pagemapEntries,
       },
       inventory: {
         dumpUptime: BigInt(report.dumpUptimeUs),
@@ -491,13 +475,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
             ? PRE_DUMP_MODE.splice
             : PRE_DUMP_MODE.read,
       },
-    }).catch((err: unknown) => {
-      const e = err as NodeJS.ErrnoException;
-      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
-        throw new PredumpError('ENOSPC', `no space left while writing images into ${dir.path}`);
-      }
-      throw err;
-    });
+    }).catch(noSpace(dir.path));
     const ms = (x: number): number => x / 1000;
     const bytesWritten = report.pagesWritten * PAGE;
     return {
@@ -513,7 +491,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
       partial: report.partial,
       threads: report.threads,
       scanMethod: report.scanMethod,
-      pagemapEntries: entries.length,
+      pagemapEntries: report.pagemapEntries,
       pagesScanned: report.pagesScanned,
       pagesPresent: report.pagesPresent,
       pagesWritten: report.pagesWritten,
@@ -558,7 +536,7 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
           pid,
           ppid: null,
           comm: null,
-          pagesId,
+          pagesId: report.pagesId,
           threads: report.threads,
           pagesScanned: report.pagesScanned,
           pagesPresent: report.pagesPresent,

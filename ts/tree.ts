@@ -2,7 +2,7 @@
  * A pre-dump of a process tree (`-t ROOT` where ROOT has descendants), as `criu pre-dump -t`
  * makes it: the core freezes the whole tree together, finds every process's pages and the
  * tree's anonymous shared memory while frozen, thaws it and writes one pages image per process
- * and per shared object; this side writes the pagemaps, stats and inventory around them.
+ * and per shared object, each with its pagemap; this side writes stats and inventory around them.
  *
  * Dirty tracking works as for one process, per process of the tree. Anonymous shared memory is
  * compared with the chain instead: on parent images that hold the same object (its identity
@@ -26,7 +26,7 @@ import {
   PRE_DUMP_MODE,
   readPreDumpDir,
   readTreeDir,
-  writeTreeImages,
+  writeStatsAndInventory,
 } from './images/index.js';
 import { native } from './native.js';
 import { bootId, checkChain, TRACK_FILE, type TrackRecord } from './parent.js';
@@ -37,7 +37,8 @@ import {
   copyTimes,
   notPreDumped as toNotPreDumped,
   DEFAULT_SERVER_FORMAT,
-  pagemapEntries,
+  noSpace,
+  pagesOf,
   serverClient,
   type LeftOutResult,
   type PageServerSent,
@@ -304,11 +305,6 @@ export async function preDumpTree(
       throw fromNative(err);
     });
     createdTracking = report.processes.filter((p) => p.createdTracking).map((p) => p.pid);
-    const processes = report.processes.map((p) => ({
-      pid: p.pid,
-      pagesId: p.pagesId,
-      entries: pagemapEntries(p.regions, p.parentRegions),
-    }));
     const tracking = report.processes.find((p) => p.tracking !== 'none')?.tracking ?? 'none';
     let trackNote = treeTrackNote(report, parent !== undefined, tracking, ps !== undefined);
     if (sent && ps && sent.notInServerParent.length > 0) {
@@ -322,11 +318,6 @@ export async function preDumpTree(
         .filter((p) => p.kind === 'process')
         .map((p) => [p.id, Array.from(p.entries)]),
     );
-    const shmem = report.shmem.map((s) => ({
-      shmid: s.shmid,
-      pagesId: s.pagesId,
-      entries: pagemapEntries(s.regions, s.parentRegions),
-    }));
     const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
     const privateWritten = sum(report.processes.map((p) => p.pagesWritten));
     const sharedWritten = sum(report.shmem.map((s) => pagesOf(s.regions)));
@@ -334,7 +325,10 @@ export async function preDumpTree(
     const pagesScanned = sum(report.processes.map((p) => p.pagesScanned));
     const pagesSkippedParent = sum(report.processes.map((p) => pagesOf(p.parentRegions)));
     if (parent) {
-      await symlink(path.relative(dir.path, parent.dir) || '.', path.join(dir.path, PARENT_LINK));
+      await symlink(
+        path.relative(dir.path, parent.dir) || '.',
+        path.join(dir.path, PARENT_LINK),
+      ).catch(noSpace(dir.path));
     }
     // Each shared object written here, with its identity, for the next pre-dump's check.
     const shmemRecord = sent
@@ -368,12 +362,12 @@ export async function preDumpTree(
       };
       await writeFile(path.join(dir.path, TRACK_FILE), JSON.stringify(record) + '\n', {
         mode: 0o600,
-      });
+      }).catch(noSpace(dir.path));
     }
     const us = (x: number): number => Math.round(x);
-    await writeTreeImages(dir.path, {
-      processes,
-      shmem,
+    // The core wrote every pages image with its pagemap (or sent them to the page server).
+    const processEntries = sum(report.processes.map((p) => p.pagemapEntries));
+    await writeStatsAndInventory(dir.path, {
       stats: {
         freezingTime: us(report.freezingUs),
         frozenTime: us(report.frozenUs),
@@ -384,20 +378,13 @@ export async function preDumpTree(
         pagesWritten: privateWritten,
         pagesLazy: 0,
         pagePipes: 1,
-        pagePipeBufs: sum(processes.map((p) => p.entries.length)),
+        pagePipeBufs: processEntries,
         shpagesScanned: sum(report.shmem.map((s) => s.size / PAGE)),
         shpagesSkippedParent: sharedSkippedParent,
         shpagesWritten: sharedWritten,
       },
       inventory: { dumpUptime: BigInt(report.dumpUptimeUs), preDumpMode: PRE_DUMP_MODE.read },
-      pagesElsewhere: sent !== undefined,
-    }).catch((err: unknown) => {
-      const e = err as NodeJS.ErrnoException;
-      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
-        throw new PredumpError('ENOSPC', `no space left while writing images into ${dir.path}`);
-      }
-      throw err;
-    });
+    }).catch(noSpace(dir.path));
     const ms = (x: number): number => x / 1000;
     const pagesWritten = privateWritten + sharedWritten;
     const bytesWritten = pagesWritten * PAGE;
@@ -462,7 +449,7 @@ export async function preDumpTree(
       partial: report.processes.some((p) => p.partial),
       threads: report.threads,
       scanMethod: report.processes[0]?.scanMethod ?? 'none',
-      pagemapEntries: sum([...processes, ...shmem].map((p) => p.entries.length)),
+      pagemapEntries: processEntries + sum(report.shmem.map((s) => s.pagemapEntries)),
       pagesScanned,
       pagesPresent: sum(report.processes.map((p) => p.pagesPresent)),
       pagesWritten,
@@ -564,12 +551,6 @@ function treeSent(
     bytesSent: sent.bytesSent,
     sessionMs: sent.sessionUs / 1000,
   };
-}
-
-function pagesOf(regions: Float64Array): number {
-  let n = 0;
-  for (let i = 1; i < regions.length; i += 2) n += regions[i]!;
-  return n;
 }
 
 /** What `untrack` did to one process. */

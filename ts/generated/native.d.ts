@@ -203,7 +203,7 @@ export interface PatternCheck {
 }
 
 /**
- * Pre-dumps a process, writing its pages image. Rejects with an Error whose
+ * Pre-dumps a process, writing its pages image and pagemap. Rejects with an Error whose
  * `code` is one of predump-core's stable codes.
  */
 export declare function preDump(options: PreDumpOptions, progress?: Progress | undefined | null): Promise<PreDumpReport>
@@ -244,10 +244,11 @@ export interface PreDumpOptions {
   finalDump?: boolean
   leaveStopped?: boolean
   /**
-   * Path of the pages image to create (it must not exist); ignored when the
-   * pages go to a page server.
+   * The images directory (it must exist), where the core writes the pages
+   * image (`pages-1.img`, which must not exist) and its pagemap
+   * (`pagemap-PID.img`); not used when the pages go to a page server.
    */
-  pagesPath: string
+  imagesDir: string
   /** Size of each drain buffer; the real size is the pipe's (a power of two). */
   bufferBytes?: number
 }
@@ -273,6 +274,10 @@ export interface PreDumpReport {
   dumpUptimeUs: number
   /** The dumped regions as [vaddr, nrPages] pairs, flat, in pages-image order. */
   regions: Float64Array
+  /** Its pages image is `pages-<pagesId>.img`. */
+  pagesId: number
+  /** The entries of the pagemap the core wrote (or sent to the page server). */
+  pagemapEntries: number
   /** Present pages left to the parent (PE_PARENT), as [vaddr, nrPages] pairs. */
   parentRegions: Float64Array
   /** Why a pre-dump with a parent still copied every page. */
@@ -328,7 +333,7 @@ export interface PreDumpSentReport {
 }
 
 /**
- * A pre-dump whose pages go to a page server (`pagesPath` is not used): the
+ * A pre-dump whose pages go to a page server (`imagesDir` is not used): the
  * connection and PS_IOV_PARENT come before the target is touched, so that a
  * server that cannot be reached leaves it alone. A server without parent
  * images makes the pre-dump copy every page.
@@ -520,6 +525,8 @@ export interface TreeProcessReport {
   bufferBytes: number
   /** The dumped regions as [vaddr, nrPages] pairs, in pages-image order. */
   regions: Float64Array
+  /** The entries of its pagemap, written by the core (or sent). */
+  pagemapEntries: number
   partial: boolean
   leftoversRemoved?: string
   /** It held predump's uffd-wp tracking before this run. */
@@ -584,6 +591,8 @@ export interface TreeShmemReport {
   regions: Float64Array
   /** Its present pages equal to the chain's copy (PE_PARENT): [offset, nrPages] pairs. */
   parentRegions: Float64Array
+  /** The entries of its pagemap, written by the core (or sent). */
+  pagemapEntries: number
   /**
    * What was made of the parent images for it: "none" (no parent), "yes"
    * (compared with the chain's copy), "new", "other-object", "unrecorded"

@@ -42,6 +42,7 @@ export {
   readPreDumpDir,
   validateEntries,
   writePreDumpImages,
+  writeStatsAndInventory,
   type DumpStats,
   type PageSizeOption,
   type PagemapEntry,
@@ -53,11 +54,6 @@ export {
 export { imageFile, type ImageFile } from './names.js';
 export {
   shmemPagemapFileName,
-  writeTreeImages,
-  type TreeImages,
-  type TreePagemap,
-} from './tree-dir.js';
-export {
   isTreeDir,
   pagemapIds,
   readTreeDir,

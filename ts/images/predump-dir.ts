@@ -1,8 +1,9 @@
 /**
  * The image set of one pre-dump directory, as CRIU 4.2's `criu pre-dump` leaves it:
  *
- *   pages-ID.img      raw pages of the PE_PRESENT entries, in pagemap order (written by Rust)
+ *   pages-ID.img      raw pages of the PE_PRESENT entries, in pagemap order
  *   pagemap-PID.img   pagemap_head{pages_id}, then one pagemap_entry per run of pages
+ *                     (a pre-dump has the Rust core write both: the owner of the pair)
  *   stats-dump        stats_entry{dump}
  *   inventory.img     inventory_entry{img_version 0, dump_uptime, pre_dump_mode, plugins {}}
  *   parent            optional relative symlink to the previous pre-dump directory
@@ -91,11 +92,6 @@ export interface PreDumpImages {
   pid: number;
   pagesId: number;
   entries: PagemapEntry[];
-  /**
-   * The pages and their pagemap went to a page server: only the stats and the
-   * inventory are written here, as CRIU's client writes them.
-   */
-  pagesElsewhere?: boolean;
   stats: DumpStats;
   inventory: {
     /** µs since boot, as CRIU (it reads /proc/uptime: 10 ms resolution). */
@@ -231,24 +227,12 @@ export async function sizeIfExists(path: string): Promise<number | undefined> {
   }
 }
 
-/**
- * Writes pagemap-PID.img and stats-dump, then inventory.img, into `dir` (which must exist).
- * Refuses a directory that already has an inventory.img (code 'EEXIST'). If pages-ID.img is
- * already there, its size must match the present pages (else EIMAGE, and nothing is written).
- */
-export async function writePreDumpImages(
-  dir: string,
-  images: PreDumpImages,
-  options: PageSizeOption = {},
-): Promise<void> {
-  const pageSize = options.pageSize ?? PAGE_SIZE;
-  const { pid, pagesId, entries, stats, inventory } = images;
-  if (!Number.isInteger(pid) || pid <= 0 || pid > 0xffff_ffff) {
-    throw new RangeError(`pid must be a positive integer, got ${pid}`);
-  }
-  if (!Number.isInteger(pagesId) || pagesId < 0 || pagesId > 0xffff_ffff) {
-    throw new RangeError(`pagesId must be a uint32, got ${pagesId}`);
-  }
+/** stats-dump and inventory.img of a pre-dump, encoded: a bad value throws before any write. */
+function encodeStatsAndInventory(images: Pick<PreDumpImages, 'stats' | 'inventory'>): {
+  statsDump: Uint8Array;
+  inventoryImg: Uint8Array;
+} {
+  const { stats, inventory } = images;
   if (
     inventory.preDumpMode !== PRE_DUMP_MODE.splice &&
     inventory.preDumpMode !== PRE_DUMP_MODE.read
@@ -256,6 +240,68 @@ export async function writePreDumpImages(
     throw new RangeError(
       `preDumpMode must be 1 (splice) or 2 (read), got ${inventory.preDumpMode}`,
     );
+  }
+  return {
+    statsDump: encodeImage('STATS', [encodeStats({ dump: statsToEntry(stats) })]),
+    inventoryImg: encodeImage('INVENTORY', [
+      encodeInventory({
+        imgVersion: PRE_DUMP_IMG_VERSION,
+        dumpUptime: toSafeNumber('dumpUptime', inventory.dumpUptime),
+        preDumpMode: inventory.preDumpMode,
+        plugins: [],
+      }),
+    ]),
+  };
+}
+
+async function refuseComplete(dir: string): Promise<void> {
+  if ((await sizeIfExists(join(dir, INVENTORY_FILE))) !== undefined) {
+    const err: NodeJS.ErrnoException = new Error(
+      `${join(dir, INVENTORY_FILE)} already exists: write a pre-dump into a fresh directory`,
+    );
+    err.code = 'EEXIST';
+    throw err;
+  }
+}
+
+/**
+ * Writes stats-dump, then inventory.img, which marks the directory complete: what a pre-dump
+ * writes here once the core has written the pages images and their pagemaps (it owns each pair),
+ * or once they went to a page server (what CRIU's client keeps locally). The directory is synced
+ * before inventory.img appears, so the renames of every image before it are durable by then.
+ * Refuses a directory that already has an inventory.img (code 'EEXIST').
+ */
+export async function writeStatsAndInventory(
+  dir: string,
+  images: Pick<PreDumpImages, 'stats' | 'inventory'>,
+): Promise<void> {
+  const { statsDump, inventoryImg } = encodeStatsAndInventory(images);
+  await refuseComplete(dir);
+  await writeFileAtomic(dir, STATS_FILE, statsDump);
+  await fsyncDir(dir); // the renames so far are durable before inventory.img can appear
+  await writeFileAtomic(dir, INVENTORY_FILE, inventoryImg);
+  await fsyncDir(dir);
+}
+
+/**
+ * Writes pagemap-PID.img and stats-dump, then inventory.img, into `dir` (which must exist): a
+ * whole pre-dump's images from a pagemap given here (a pre-dump of a process has the core write
+ * its pagemap, and uses `writeStatsAndInventory`). Refuses a directory that already has an
+ * inventory.img (code 'EEXIST'). If pages-ID.img is already there, its size must match the
+ * present pages (else EIMAGE, and nothing is written).
+ */
+export async function writePreDumpImages(
+  dir: string,
+  images: PreDumpImages,
+  options: PageSizeOption = {},
+): Promise<void> {
+  const pageSize = options.pageSize ?? PAGE_SIZE;
+  const { pid, pagesId, entries } = images;
+  if (!Number.isInteger(pid) || pid <= 0 || pid > 0xffff_ffff) {
+    throw new RangeError(`pid must be a positive integer, got ${pid}`);
+  }
+  if (!Number.isInteger(pagesId) || pagesId < 0 || pagesId > 0xffff_ffff) {
+    throw new RangeError(`pagesId must be a uint32, got ${pagesId}`);
   }
   validateEntries(entries, pageSize);
   for (const e of entries) {
@@ -279,25 +325,11 @@ export async function writePreDumpImages(
       }),
     ),
   ]);
-  const statsDump = encodeImage('STATS', [encodeStats({ dump: statsToEntry(stats) })]);
-  const inventoryImg = encodeImage('INVENTORY', [
-    encodeInventory({
-      imgVersion: PRE_DUMP_IMG_VERSION,
-      dumpUptime: toSafeNumber('dumpUptime', inventory.dumpUptime),
-      preDumpMode: inventory.preDumpMode,
-      plugins: [],
-    }),
-  ]);
+  encodeStatsAndInventory(images);
 
-  if ((await sizeIfExists(join(dir, INVENTORY_FILE))) !== undefined) {
-    const err: NodeJS.ErrnoException = new Error(
-      `${join(dir, INVENTORY_FILE)} already exists: write a pre-dump into a fresh directory`,
-    );
-    err.code = 'EEXIST';
-    throw err;
-  }
+  await refuseComplete(dir);
   const pagesName = pagesFileName(pagesId);
-  const pagesBytes = images.pagesElsewhere ? undefined : await sizeIfExists(join(dir, pagesName));
+  const pagesBytes = await sizeIfExists(join(dir, pagesName));
   const expected = presentPages(entries) * pageSize;
   if (pagesBytes !== undefined && pagesBytes !== expected) {
     throw new ImageError(
@@ -305,17 +337,8 @@ export async function writePreDumpImages(
       `holds ${pagesBytes} bytes, but the pagemap lists ${presentPages(entries)} present pages (${expected} bytes)`,
     );
   }
-
-  // The two are independent: written side by side (each a chain of file system calls),
-  // both settled before an error is thrown, so that a caller cleaning up finds neither busy.
-  const written = await Promise.allSettled([
-    images.pagesElsewhere ? undefined : writeFileAtomic(dir, pagemapFileName(pid), pagemap),
-    writeFileAtomic(dir, STATS_FILE, statsDump),
-  ]);
-  for (const w of written) if (w.status === 'rejected') throw w.reason;
-  await fsyncDir(dir); // the renames above are durable before inventory.img can appear
-  await writeFileAtomic(dir, INVENTORY_FILE, inventoryImg);
-  await fsyncDir(dir);
+  await writeFileAtomic(dir, pagemapFileName(pid), pagemap);
+  await writeStatsAndInventory(dir, images);
 }
 
 // ---------------------------------------------------------------------------------------------

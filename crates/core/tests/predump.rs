@@ -1,14 +1,16 @@
 //! Whole pre-dump chains through `pre_dump`, with every tracking backend this
 //! kernel has (uffd-wp here, soft-dirty in the kernel matrix's Linux 6.1):
 //! pre-dumps while the target writes between them, then the final dump; the
-//! pages the chain gives (each run's pages image, plus its PE_PARENT pages
-//! looked up in the run before) must equal the stopped target's memory.
+//! pages the chain gives (each run's pages image read as the pagemap the run
+//! wrote says, plus its PE_PARENT pages looked up in the run before) must equal
+//! the stopped target's memory.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use predump_core::drain::DrainConfig;
+use predump_core::image::pagemap::{pagemap_file_name, pages_file_name, Pagemap};
 use predump_core::predump::{pre_dump, FinalDump, Mode, ParentChain, ParentOrigin, TrackOptions};
 use predump_core::track::Backend;
 use predump_core::{PageRange, PAGE_SIZE};
@@ -25,8 +27,24 @@ fn ranges_pages(ranges: &[PageRange]) -> impl Iterator<Item = u64> + '_ {
         .flat_map(|r| (0..r.pages).map(move |i| r.start + i * PAGE_SIZE))
 }
 
-/// Applies one run's report to the chain: its pages image in order, its
-/// PE_PARENT pages from the chain before (which must hold them).
+/// The pagemap a run wrote into `dir`, as its (PE_PRESENT, PE_PARENT) ranges.
+fn read_pagemap(dir: &Path, pid: i32) -> (Pagemap, Vec<PageRange>, Vec<PageRange>) {
+    let file = dir.join(pagemap_file_name(pid));
+    let m = Pagemap::decode(&std::fs::read(&file).unwrap(), "pagemap").unwrap();
+    let (mut present, mut parent) = (Vec::new(), Vec::new());
+    for e in &m.entries {
+        let to = if e.is_present() {
+            &mut present
+        } else {
+            &mut parent
+        };
+        to.push(PageRange::new(e.vaddr, e.nr_pages));
+    }
+    (m, present, parent)
+}
+
+/// Applies one run's images to the chain: its pages image in its pagemap's
+/// order, its PE_PARENT pages from the chain before (which must hold them).
 fn apply(chain: &Chain, pages_path: &Path, regions: &[PageRange], parent: &[PageRange]) -> Chain {
     let mut next = Chain::new();
     for p in ranges_pages(parent) {
@@ -36,6 +54,12 @@ fn apply(chain: &Chain, pages_path: &Path, regions: &[PageRange], parent: &[Page
         next.insert(p, old.clone());
     }
     let file = std::fs::File::open(pages_path).unwrap();
+    let pages = file.metadata().unwrap().len() / PAGE_SIZE;
+    assert_eq!(
+        pages,
+        regions.iter().map(|r| r.pages).sum::<u64>(),
+        "the pages image holds the pagemap's present pages"
+    );
     for (i, p) in ranges_pages(regions).enumerate() {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         file.read_exact_at(&mut buf, i as u64 * PAGE_SIZE).unwrap();
@@ -81,10 +105,18 @@ fn run_chain(backend: Backend, mode: Mode) {
             }),
             auto: false,
         };
-        let path = dir.join(format!("pages-{i}.img"));
+        let run_dir = dir.join(format!("{i}"));
+        std::fs::create_dir(&run_dir).unwrap();
         let run_mode = if last { Mode::Read } else { mode };
-        let r = pre_dump(t.pid, &path, run_mode, &DrainConfig::default(), &opts, None)
-            .unwrap_or_else(|e| panic!("run {i}: {e}"));
+        let r = pre_dump(
+            t.pid,
+            &run_dir,
+            run_mode,
+            &DrainConfig::default(),
+            &opts,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("run {i}: {e}"));
         assert_eq!(r.track_note, None, "run {i}");
         if i > 0 {
             assert!(
@@ -92,7 +124,16 @@ fn run_chain(backend: Backend, mode: Mode) {
                 "run {i} left nothing to its parent"
             );
         }
-        chain = apply(&chain, &path, &r.regions, &r.parent_regions);
+        // The pagemap the run wrote is the report's pages, in the pages image's order.
+        let (m, present, parent) = read_pagemap(&run_dir, t.pid);
+        assert_eq!(
+            (&present, &parent),
+            (&r.regions, &r.parent_regions),
+            "run {i}"
+        );
+        assert_eq!(m.entries.len(), r.pagemap_entries, "run {i}");
+        let path = run_dir.join(pages_file_name(m.pages_id));
+        chain = apply(&chain, &path, &present, &parent);
         generation = Some(opts.generation.clone());
         if !last {
             // New contents in both regions, a new region, pages never touched before.

@@ -43,9 +43,10 @@ pub struct PreDumpOptions {
     /// target running or (leaveStopped) job-stopped.
     pub final_dump: Option<bool>,
     pub leave_stopped: Option<bool>,
-    /// Path of the pages image to create (it must not exist); ignored when the
-    /// pages go to a page server.
-    pub pages_path: String,
+    /// The images directory (it must exist), where the core writes the pages
+    /// image (`pages-1.img`, which must not exist) and its pagemap
+    /// (`pagemap-PID.img`); not used when the pages go to a page server.
+    pub images_dir: String,
     /// Size of each drain buffer; the real size is the pipe's (a power of two).
     pub buffer_bytes: Option<u32>,
 }
@@ -70,6 +71,10 @@ pub struct PreDumpReport {
     pub dump_uptime_us: f64,
     /// The dumped regions as [vaddr, nrPages] pairs, flat, in pages-image order.
     pub regions: Float64Array,
+    /// Its pages image is `pages-<pagesId>.img`.
+    pub pages_id: u32,
+    /// The entries of the pagemap the core wrote (or sent to the page server).
+    pub pagemap_entries: u32,
     /// Present pages left to the parent (PE_PARENT), as [vaddr, nrPages] pairs.
     pub parent_regions: Float64Array,
     /// Why a pre-dump with a parent still copied every page.
@@ -147,7 +152,7 @@ impl Progress {
     }
 }
 
-/// Pre-dumps a process, writing its pages image. Rejects with an Error whose
+/// Pre-dumps a process, writing its pages image and pagemap. Rejects with an Error whose
 /// `code` is one of predump-core's stable codes.
 #[napi(ts_return_type = "Promise<PreDumpReport>")]
 pub fn pre_dump<'env>(
@@ -155,7 +160,7 @@ pub fn pre_dump<'env>(
     options: PreDumpOptions,
     progress: Option<&Progress>,
 ) -> Result<Object<'env>> {
-    let path = PathBuf::from(&options.pages_path);
+    let dir = PathBuf::from(&options.images_dir);
     let Planned {
         pid,
         mode,
@@ -164,8 +169,7 @@ pub fn pre_dump<'env>(
     } = plan(options)?;
     let progress = progress.map(|p| p.inner.clone());
     on_own_thread(env, move || {
-        core_predump::pre_dump(pid, &path, mode, &config, &tracking, progress.as_deref())
-            .map(report)
+        core_predump::pre_dump(pid, &dir, mode, &config, &tracking, progress.as_deref()).map(report)
     })
 }
 
@@ -266,6 +270,8 @@ pub(crate) fn report(r: CoreReport) -> PreDumpReport {
         start_time: r.start_time as f64,
         dump_uptime_us: r.dump_uptime_us as f64,
         regions: Float64Array::new(regions),
+        pages_id: core_predump::PAGES_ID,
+        pagemap_entries: r.pagemap_entries as u32,
         parent_regions: Float64Array::new(parent_regions),
         track_note: r.track_note.clone(),
         leftovers_removed: r.leftovers_removed.clone(),

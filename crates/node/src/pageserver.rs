@@ -261,7 +261,7 @@ pub struct PreDumpSentReport {
     pub sent: PageServerSent,
 }
 
-/// A pre-dump whose pages go to a page server (`pagesPath` is not used): the
+/// A pre-dump whose pages go to a page server (`imagesDir` is not used): the
 /// connection and PS_IOV_PARENT come before the target is touched, so that a
 /// server that cannot be reached leaves it alone. A server without parent
 /// images makes the pre-dump copy every page.

@@ -165,6 +165,8 @@ pub struct TreeProcessReport {
     pub buffer_bytes: f64,
     /// The dumped regions as [vaddr, nrPages] pairs, in pages-image order.
     pub regions: Float64Array,
+    /// The entries of its pagemap, written by the core (or sent).
+    pub pagemap_entries: u32,
     pub partial: bool,
     pub leftovers_removed: Option<String>,
     /// It held predump's uffd-wp tracking before this run.
@@ -188,6 +190,8 @@ pub struct TreeShmemReport {
     pub regions: Float64Array,
     /// Its present pages equal to the chain's copy (PE_PARENT): [offset, nrPages] pairs.
     pub parent_regions: Float64Array,
+    /// The entries of its pagemap, written by the core (or sent).
+    pub pagemap_entries: u32,
     /// What was made of the parent images for it: "none" (no parent), "yes"
     /// (compared with the chain's copy), "new", "other-object", "unrecorded"
     /// or "unusable" (copied whole; `note` says why).
@@ -295,6 +299,7 @@ fn report_of(r: TreeReport, mode: Mode) -> TreePreDumpReport {
                 readv_calls: p.drain.readv_calls as f64,
                 buffer_bytes: p.drain.buffer_bytes as f64,
                 regions: flat(&p.regions),
+                pagemap_entries: p.pagemap_entries as u32,
                 partial: p.partial,
                 leftovers_removed: p.leftovers_removed.clone(),
                 tracked: p.tracked,
@@ -313,6 +318,7 @@ fn report_of(r: TreeReport, mode: Mode) -> TreePreDumpReport {
                 pages_id: s.pages_id,
                 regions: flat(&s.regions),
                 parent_regions: flat(&s.parent_regions),
+                pagemap_entries: s.pagemap_entries as u32,
                 in_parent: s.in_parent.name().to_string(),
                 note: s.in_parent.note(s.shmid),
                 pages_compared: s.compared as f64,

@@ -13,7 +13,7 @@
 //! field 2. predump writes both.
 
 use crate::image::{self, Kind};
-use crate::{Error, Result, PAGE_SIZE};
+use crate::{Error, PageRange, Result, PAGE_SIZE};
 
 /// pagemap_entry.flags (criu/include/pagemap.h).
 pub const PE_PARENT: u32 = 1 << 0;
@@ -222,6 +222,125 @@ impl Pagemap {
     }
 }
 
+/// The pagemap of a pages image as it is written, built from the writer's own
+/// calls: first the pages left to the parent images (PE_PARENT), then each run
+/// of pages in the order its bytes go into the pages image (PE_PRESENT). The
+/// image's bytes are the PE_PRESENT entries back to back in entry order, and
+/// entries are in address order, so runs must be written in address order:
+/// [`PagemapBuilder::written`] refuses one that is not, or that overlaps a run
+/// left to the parent. Pure (no I/O): `pages_out::PagesFile`, the owner of the
+/// pair, feeds it and writes the result.
+#[derive(Debug, Clone)]
+pub struct PagemapBuilder {
+    map: Pagemap,
+    parent: Vec<PageRange>,
+    /// The first of `parent` not yet in `map`.
+    next_parent: usize,
+}
+
+impl PagemapBuilder {
+    pub fn new(pages_id: u32) -> PagemapBuilder {
+        PagemapBuilder {
+            map: Pagemap::new(pages_id),
+            parent: Vec::new(),
+            next_parent: 0,
+        }
+    }
+
+    /// The pages the parent images hold (sorted, disjoint, page-aligned): told
+    /// before any page is written.
+    pub fn parent(&mut self, ranges: &[PageRange]) -> Result<()> {
+        if !self.map.entries.is_empty() {
+            return Err(bad(
+                "the pages left to the parent are told after pages were written",
+            ));
+        }
+        for (i, r) in ranges.iter().enumerate() {
+            if !r.start.is_multiple_of(PAGE_SIZE) || (i > 0 && ranges[i - 1].end() > r.start) {
+                return Err(bad(format!(
+                    "the pages left to the parent are not page-aligned, sorted and disjoint (at {:#x})",
+                    r.start
+                )));
+            }
+        }
+        self.parent = ranges.to_vec();
+        self.next_parent = 0;
+        Ok(())
+    }
+
+    /// `pages` pages at `start` were appended to the pages image.
+    pub fn written(&mut self, start: u64, pages: u64) -> Result<()> {
+        if pages == 0 {
+            return Ok(());
+        }
+        let end = start + pages * PAGE_SIZE;
+        if !start.is_multiple_of(PAGE_SIZE) {
+            return Err(bad(format!(
+                "pages written at {start:#x}: not page-aligned"
+            )));
+        }
+        // Before the parent runs below it go in: the last entry is the last run written.
+        if let Some(last) = self.map.entries.last() {
+            if start < last.end() {
+                return Err(bad(format!(
+                    "pages written at {start:#x} after pages up to {:#x}: the pages image \
+                     would not be in address order",
+                    last.end()
+                )));
+            }
+        }
+        while let Some(h) = self.parent.get(self.next_parent).copied() {
+            if h.start >= end {
+                break;
+            }
+            if h.end() > start {
+                return Err(bad(format!(
+                    "pages written at {start:#x} ({pages} pages) overlap pages left to the parent at {:#x}",
+                    h.start
+                )));
+            }
+            self.map.push(h.start, h.pages, PE_PARENT);
+            self.next_parent += 1;
+        }
+        self.map.push(start, pages, PE_PRESENT);
+        Ok(())
+    }
+
+    /// Pages written so far: the pages image's size / 4096.
+    pub fn present_pages(&self) -> u64 {
+        self.map.present_pages()
+    }
+
+    /// The pagemap: every entry, the runs left to the parent after the last
+    /// written one included.
+    pub fn finish(mut self) -> Result<Pagemap> {
+        for h in &self.parent[self.next_parent..] {
+            self.map.push(h.start, h.pages, PE_PARENT);
+        }
+        self.map.validate().map_err(bad)?;
+        Ok(self.map)
+    }
+}
+
+fn bad(detail: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("pagemap: {detail}"))
+}
+
+/// The pagemap of a pages image holding the runs of `written`, in that order,
+/// with `parent` left to the parent images (see [`PagemapBuilder`]).
+pub fn pagemap_of_written(
+    pages_id: u32,
+    written: &[PageRange],
+    parent: &[PageRange],
+) -> Result<Pagemap> {
+    let mut b = PagemapBuilder::new(pages_id);
+    b.parent(parent)?;
+    for r in written {
+        b.written(r.start, r.pages)?;
+    }
+    b.finish()
+}
+
 pub fn pages_file_name(pages_id: u32) -> String {
     format!("pages-{pages_id}.img")
 }
@@ -376,6 +495,82 @@ mod tests {
             assert_eq!(e.code(), "EINVAL");
             assert!(e.to_string().contains(want), "{e} lacks {want:?}");
         }
+    }
+
+    fn pr(page: u64, pages: u64) -> PageRange {
+        PageRange::new(page * PAGE_SIZE, pages)
+    }
+
+    fn entry(page: u64, nr_pages: u64, flags: u32) -> Entry {
+        Entry {
+            vaddr: page * PAGE_SIZE,
+            nr_pages,
+            flags,
+        }
+    }
+
+    #[test]
+    fn written_runs_and_parent_runs_interleave_in_address_order() {
+        // Written in three calls, the second continuing the first; parent runs
+        // before, between and after them.
+        let written = [pr(2, 2), pr(4, 1), pr(10, 3)];
+        let parent = [pr(0, 2), pr(5, 3), pr(20, 1)];
+        let m = pagemap_of_written(7, &written, &parent).unwrap();
+        assert_eq!(m.pages_id, 7);
+        assert_eq!(
+            m.entries,
+            vec![
+                entry(0, 2, PE_PARENT),
+                entry(2, 3, PE_PRESENT),
+                entry(5, 3, PE_PARENT),
+                entry(10, 3, PE_PRESENT),
+                entry(20, 1, PE_PARENT),
+            ]
+        );
+        // The pages image holds the PE_PRESENT entries back to back, in order.
+        assert_eq!(m.present_pages(), 6);
+        assert!(m.encode().is_ok());
+    }
+
+    #[test]
+    fn nothing_written_is_a_pagemap_of_parent_runs_or_of_nothing() {
+        let m = pagemap_of_written(1, &[], &[pr(3, 1)]).unwrap();
+        assert_eq!(m.entries, vec![entry(3, 1, PE_PARENT)]);
+        let m = pagemap_of_written(1, &[], &[]).unwrap();
+        assert!(m.entries.is_empty());
+        assert_eq!(Pagemap::decode(&m.encode().unwrap(), "t").unwrap(), m);
+    }
+
+    #[test]
+    fn runs_out_of_address_order_or_over_parent_runs_are_refused() {
+        let cases: [(Vec<PageRange>, Vec<PageRange>, &str); 5] = [
+            (
+                vec![pr(10, 1), pr(2, 1)],
+                vec![],
+                "pages written at 0x2000 after pages up to 0xb000",
+            ),
+            (vec![pr(2, 2), pr(3, 1)], vec![], "after pages up to 0x4000"),
+            (
+                vec![pr(2, 4)],
+                vec![pr(5, 1)],
+                "overlap pages left to the parent at 0x5000",
+            ),
+            (vec![pr(2, 1)], vec![pr(1, 2)], "overlap"),
+            (
+                vec![],
+                vec![pr(4, 1), pr(2, 1)],
+                "not page-aligned, sorted and disjoint (at 0x2000)",
+            ),
+        ];
+        for (written, parent, want) in cases {
+            let e = pagemap_of_written(1, &written, &parent).unwrap_err();
+            assert_eq!(e.code(), "EINVAL");
+            assert!(e.to_string().contains(want), "{e} lacks {want:?}");
+        }
+        let mut b = PagemapBuilder::new(1);
+        b.written(0x1000, 1).unwrap();
+        assert!(b.parent(&[pr(5, 1)]).is_err(), "parent runs come first");
+        assert!(b.written(0x2001, 1).is_err(), "page-aligned");
     }
 
     /// The reference images CRIU 4.2 wrote (see shared/criu-reference).

@@ -215,6 +215,10 @@ impl PagesOut for ServerPages {
         Ok(())
     }
 
+    fn pagemap_entries(&self) -> usize {
+        self.tx.sent.len()
+    }
+
     fn describe(&self) -> String {
         format!("the page server at {}", self.server)
     }
@@ -412,6 +416,10 @@ impl PagesOut for TreePagemap<'_> {
 
     fn finish(&mut self) -> Result<()> {
         self.end_pagemap()
+    }
+
+    fn pagemap_entries(&self) -> usize {
+        self.sent.last().map_or(0, |p| p.entries.len())
     }
 
     fn describe(&self) -> String {

@@ -1,7 +1,8 @@
 //! The finish phase of a pre-dump, after the thaw: the pages drained (from
 //! splice mode's pipes, or copied with process_vm_readv unless a final dump
-//! copied them while frozen), the pages image synced, and the report, written
-//! here once for every mode.
+//! copied them while frozen), the pages image synced and its pagemap written
+//! (by the output, which owns the pair), and the report, written here once for
+//! every mode.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::{splice, PageRange, Result};
 /// The pages written and synced.
 pub(crate) struct Drained {
     pub(crate) regions: Vec<PageRange>,
+    pub(crate) pagemap_entries: usize,
     pub(crate) drain: DrainStats,
     /// The target exited during the copy.
     pub(crate) partial: bool,
@@ -35,7 +37,7 @@ pub(crate) struct Drained {
 }
 
 /// Drains what `held` holds, or copies the plan's pages, into `out`, then
-/// syncs it. A reference or a final copy that failed while frozen fails here.
+/// finishes it (the pages synced, their pagemap written). A reference or a final copy that failed while frozen fails here.
 pub(crate) fn drain(
     pid: i32,
     plan: &Plan,
@@ -108,6 +110,7 @@ pub(crate) fn drain(
     };
     Ok(Drained {
         regions,
+        pagemap_entries: out.pagemap_entries(),
         drain,
         partial,
         splice,
@@ -149,6 +152,7 @@ pub(crate) fn report(run: Run, plan: Plan, drained: Drained) -> PreDumpReport {
         start_time: run.start_time,
         dump_uptime_us: run.dump_uptime_us,
         regions: drained.regions,
+        pagemap_entries: drained.pagemap_entries,
         parent_regions: plan.to_parent,
         track_note: plan.track_note,
         tracking: plan.tracking,

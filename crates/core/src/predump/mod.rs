@@ -103,6 +103,8 @@ pub struct PreDumpReport {
     pub dump_uptime_us: u64,
     /// The pages in the pages image, in file order.
     pub regions: Vec<PageRange>,
+    /// The entries of the pagemap written (or sent to the page server).
+    pub pagemap_entries: usize,
     /// Present pages left to the parent images (PE_PARENT entries).
     pub parent_regions: Vec<PageRange>,
     /// Why a pre-dump with a parent still copied every page, if it did (or
@@ -137,7 +139,8 @@ pub struct PreDumpReport {
     /// left out: after the thaw in a pre-dump, inside the frozen window in a
     /// dump (`copied_frozen`).
     pub copy_time: Duration,
-    /// The pages image synced (fsync and close, or the page server's answer).
+    /// The pages image synced and its pagemap written (fsync, then the
+    /// pagemap's file written, synced and renamed), or the page server's answer.
     pub sync_time: Duration,
     /// The copy was made inside the frozen window (a dump).
     pub copied_frozen: bool,
@@ -216,8 +219,10 @@ pub enum ParentOrigin {
     Snapshot { at_us: u64 },
 }
 
-/// Pre-dumps `pid` into a new pages image at `pages_path` (created 0600; it must
-/// not exist).
+/// Pre-dumps `pid` into the images directory `dir` (which must exist): its
+/// pages image `pages-1.img` (created 0600; it must not exist) and the pagemap
+/// of it, `pagemap-PID.img`, written once the pages image is synced (see
+/// [`PAGES_ID`]). The caller writes the images around them (stats, inventory).
 ///
 /// A run that starts the target's dirty tracking (uffd-wp: the first one) and
 /// then fails ends it again, so that a failure leaves nothing in the target;
@@ -225,7 +230,7 @@ pub enum ParentOrigin {
 /// no images directory holds (the next run then copies every page).
 pub fn pre_dump(
     pid: i32,
-    pages_path: &Path,
+    dir: &Path,
     mode: Mode,
     config: &DrainConfig,
     tracking: &TrackOptions,
@@ -233,7 +238,10 @@ pub fn pre_dump(
 ) -> Result<PreDumpReport> {
     pre_dump_to(
         pid,
-        &mut PagesDest::File(pages_path),
+        &mut PagesDest::Dir {
+            dir,
+            pages_id: PAGES_ID,
+        },
         mode,
         config,
         tracking,
@@ -241,10 +249,14 @@ pub fn pre_dump(
     )
 }
 
+/// The id of one process's pages image (`pages-1.img`), as CRIU numbers it.
+pub const PAGES_ID: u32 = 1;
+
 /// Where a pre-dump's pages go.
 pub enum PagesDest<'a> {
-    /// A new pages image (created 0600; it must not exist).
-    File(&'a Path),
+    /// An images directory: a new pages image `pages-<pages_id>.img` (created
+    /// 0600; it must not exist) and its pagemap `pagemap-PID.img`.
+    Dir { dir: &'a Path, pages_id: u32 },
     /// A page server, connected, its parent asked (see `ServerPages::connect`):
     /// the pagemap is opened before the freeze and closed after the drain.
     Server(&'a mut ServerPages),
@@ -257,9 +269,13 @@ enum Opened<'a> {
 }
 
 impl PagesDest<'_> {
-    fn open(&mut self) -> Result<Opened<'_>> {
+    fn open(&mut self, pid: i32) -> Result<Opened<'_>> {
         Ok(match self {
-            PagesDest::File(path) => Opened::File(PagesFile::create(path)?),
+            PagesDest::Dir { dir, pages_id } => Opened::File(PagesFile::create(
+                dir,
+                *pages_id,
+                crate::image::pagemap::pagemap_file_name(pid),
+            )?),
             PagesDest::Server(s) => {
                 s.open()?;
                 Opened::Server(s)
@@ -348,7 +364,7 @@ fn pre_dump_frozen(
     // Prepare.
     let locks = tracking.backend.is_some() || tracking.final_dump.is_some();
     let mut prepared = Prepared::new(pid, locks)?;
-    let mut opened = dest.open()?;
+    let mut opened = dest.open(pid)?;
     let out = opened.out();
     let mut pipes = match mode {
         Mode::Splice => Some(hold::SplicePipes::prepare(pid)?),
@@ -492,7 +508,7 @@ fn pre_dump_freeze_free(
         Err(e) => return Err(e),
     };
     created.set(tracker.created());
-    let mut opened = dest.open()?;
+    let mut opened = dest.open(pid)?;
     let out = opened.out();
     if let Some(p) = progress {
         p.thawed.store(true, Ordering::SeqCst);

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::drain::{DrainConfig, DrainEnd, DrainStats};
+use crate::image::pagemap::{pagemap_file_name, pages_file_name, shmem_pagemap_file_name};
 use crate::pages_out::{PagesFile, PagesOut};
 use crate::pageserver::wire::Dst;
 use crate::predump::Progress;
@@ -28,8 +29,8 @@ pub(super) struct Copied {
     pub(super) sync_time: Duration,
 }
 
-/// Writes the pages images: the shared objects first, then the processes, ids
-/// as CRIU gives them.
+/// Writes the pages images and their pagemaps (each by its [`PagesFile`]): the
+/// shared objects first, then the processes, ids as CRIU gives them.
 ///
 /// A shared object's pages are found here, right before they are copied: in
 /// a pre-dump after the thaw, as the contents of every page are read (without
@@ -49,11 +50,12 @@ pub(super) fn copy_all(
     let started = Instant::now();
     let mut copy = DrainStats::default();
     let mut sync_time = Duration::ZERO;
-    let mut sync = |mut file: PagesFile| -> Result<()> {
+    // The pages synced and their pagemap written: its entries.
+    let mut sync = |mut file: PagesFile| -> Result<usize> {
         let sync_started = Instant::now();
         file.finish()?;
         sync_time += sync_started.elapsed();
-        Ok(())
+        Ok(file.pagemap_entries())
     };
     // Ids as CRIU gives them: the shared objects first, then the processes.
     let mut next_id = 1u32;
@@ -90,6 +92,7 @@ pub(super) fn copy_all(
                 pages_id: next_id,
                 regions,
                 parent_regions,
+                pagemap_entries: 0,
                 in_parent,
                 compared,
                 identity,
@@ -115,17 +118,20 @@ pub(super) fn copy_all(
     }
 
     let mut shmem = Vec::with_capacity(shmem_out.len());
-    for (dump, handle) in shmem_out {
+    for (mut dump, handle) in shmem_out {
         let copy_started = Instant::now();
         let bytes = match dest {
             TreeDest::Dir(dir) => {
-                let path = dir.join(format!("pages-{}.img", dump.pages_id));
-                let file = PagesFile::create(&path)?;
+                let mut file =
+                    PagesFile::create(dir, dump.pages_id, shmem_pagemap_file_name(dump.shmid))?;
+                file.parent_ranges(&dump.parent_regions)?;
+                let path = dir.join(pages_file_name(dump.pages_id));
                 let bytes = handle.copy_to(&dump.regions, file.file(), &path)?;
+                file.appended(&dump.regions)?;
                 let took = copy_started.elapsed();
                 copy.read_time += took;
                 copy.write_time += took;
-                sync(file)?;
+                dump.pagemap_entries = sync(file)?;
                 bytes
             }
             TreeDest::Server(s) => {
@@ -135,6 +141,7 @@ pub(super) fn copy_all(
                 let took = copy_started.elapsed();
                 copy.read_time += took;
                 copy.write_time += took;
+                dump.pagemap_entries = s.sent().last().map_or(0, |p| p.entries.len());
                 bytes
             }
         };
@@ -148,10 +155,10 @@ pub(super) fn copy_all(
         let pages_id = next_id;
         next_id += 1;
         let to_parent = f.chosen.as_ref().map_or(&[][..], |c| &c.to_parent[..]);
-        let outcome = match dest {
+        let (outcome, pagemap_entries) = match dest {
             TreeDest::Dir(dir) => {
-                let path = dir.join(format!("pages-{pages_id}.img"));
-                let mut file = PagesFile::create(&path)?;
+                let mut file = PagesFile::create(dir, pages_id, pagemap_file_name(f.member.pid))?;
+                file.parent_ranges(to_parent)?;
                 let outcome = crate::predump::drain_gated(
                     f.member.pid,
                     &f.scan.ranges,
@@ -159,8 +166,7 @@ pub(super) fn copy_all(
                     config,
                     progress.map(|p| &p.done),
                 )?;
-                sync(file)?;
-                outcome
+                (outcome, sync(file)?)
             }
             TreeDest::Server(s) => {
                 let mut pm = s.open(Dst::process(f.member.pid as u64))?;
@@ -173,7 +179,7 @@ pub(super) fn copy_all(
                     progress.map(|p| &p.done),
                 )?;
                 pm.finish()?;
-                outcome
+                (outcome, pm.pagemap_entries())
             }
         };
         copy.read_time += outcome.stats.read_time;
@@ -188,6 +194,7 @@ pub(super) fn copy_all(
             pages_present: f.scan.pages_present,
             unreadable_pages: f.scan.unreadable_pages,
             regions: outcome.regions,
+            pagemap_entries,
             drain: outcome.stats,
             partial: outcome.end == DrainEnd::TargetExited,
             leftovers_removed: f.leftovers_removed.clone(),

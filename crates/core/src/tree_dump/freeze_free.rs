@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::drain::DrainConfig;
+use crate::image::pagemap::{pagemap_file_name, pages_file_name};
 use crate::mem_times::MemTimes;
 use crate::predump::{self, Mode, PagesDest, PreDumpReport, Progress, TrackOptions};
 use crate::shmem::{self, NotDumped, SharedKind};
@@ -140,7 +141,6 @@ pub(super) fn pre_dump_tree_freeze_free(
     // pre-dump.
     for (m, _) in members {
         let pid = m.pid;
-        let path = dir.join(format!("pages-{next_id}.img"));
         let options = TrackOptions {
             backend: Some(Backend::UffdWp),
             generation: t.generation.clone(),
@@ -156,7 +156,10 @@ pub(super) fn pre_dump_tree_freeze_free(
         let r = same_process(&m).and_then(|()| {
             predump::pre_dump_to(
                 pid,
-                &mut PagesDest::File(&path),
+                &mut PagesDest::Dir {
+                    dir,
+                    pages_id: next_id,
+                },
                 Mode::FreezeFree,
                 config,
                 &options,
@@ -180,7 +183,8 @@ pub(super) fn pre_dump_tree_freeze_free(
                 | Error::TargetExited { .. }
                 | Error::Zombie { .. }),
             ) if pid != root => {
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(dir.join(pages_file_name(next_id)));
+                let _ = std::fs::remove_file(dir.join(pagemap_file_name(pid)));
                 left.push(match e {
                     Error::Zombie { .. } => Left::Zombie(m),
                     _ => Left::Exited { pid, ppid: m.ppid },
@@ -246,6 +250,7 @@ fn process_dump(member: Member, pages_id: u32, r: PreDumpReport) -> ProcessDump 
         pages_present: r.pages_present,
         unreadable_pages: r.unreadable_pages,
         regions: r.regions,
+        pagemap_entries: r.pagemap_entries,
         drain: r.drain,
         partial: r.partial,
         parent_regions: r.parent_regions,

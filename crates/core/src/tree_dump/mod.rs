@@ -87,6 +87,8 @@ pub struct ProcessDump {
     pub unreadable_pages: u64,
     /// The pages in its pages image, in file order.
     pub regions: Vec<PageRange>,
+    /// The entries of its pagemap, written (or sent to the page server).
+    pub pagemap_entries: usize,
     pub drain: DrainStats,
     /// It exited during the copy: its image holds what was read before.
     pub partial: bool,
@@ -117,6 +119,8 @@ pub struct ShmemDump {
     pub regions: Vec<PageRange>,
     /// Its present pages equal to the chain's copy (PE_PARENT), as offsets.
     pub parent_regions: Vec<PageRange>,
+    /// The entries of its pagemap, written (or sent to the page server).
+    pub pagemap_entries: usize,
     /// What was made of the parent images for it (`shmem_chain`).
     pub in_parent: InParent,
     /// Pages compared with the chain's copy.
@@ -177,8 +181,9 @@ pub enum TreeDest<'a> {
 }
 
 /// Pre-dumps `root` and its descendants into `dir` (which must exist and hold
-/// no pages images): `pages-<id>.img` for every process and shared object; the
-/// caller writes the pagemaps from the report. Read mode, no tracking.
+/// no pages images): `pages-<id>.img` for every process and shared object, each
+/// with its pagemap (`pagemap-PID.img`, `pagemap-shmem-SHMID.img`); the caller
+/// writes the images around them (stats, inventory). Read mode, no tracking.
 ///
 /// With `shmem_parent` (the parent images, into a directory only), each shared
 /// object the parent holds is compared with the chain's copy page by page and
