@@ -2,7 +2,9 @@
  * Verifying a process tree's images against the live tree (`predump verify -t ROOT -D DIR`
  * on a tree's directory): each process's chain as `verifyChain` does it (that process
  * frozen meanwhile), and each anonymous shared memory object's chain against the object,
- * read by offset through one live mapping. An object is written by every process mapping it:
+ * read by offset through one live mapping; the object's chain resolved as CRIU's restore
+ * resolves it (a PE_PARENT entry leads to the parent directory's pagemap of the object, and a
+ * page no entry there covers is not in the chain). An object is written by every process mapping it:
  * the comparison is exact only while the whole tree is stopped.
  */
 import { readFile } from 'node:fs/promises';
@@ -115,16 +117,21 @@ export async function verifyTree(root: number, dir: string): Promise<TreeVerifyR
       goneSharedMemory.push(o.shmid);
       continue;
     }
-    const chain = dirs.flatMap(({ dir: d, tree }) => {
+    // As CRIU's restore reads it: the object's pagemap in each directory down the parent links,
+    // up to the first directory without one (a PE_PARENT entry above it leads nowhere).
+    const chain: { dir: string; pagesId: number; entries: TreeDir['shmem'][number]['entries'] }[] =
+      [];
+    for (const { dir: d, tree } of dirs) {
       const s = tree.shmem.find((x) => x.shmid === o.shmid);
-      return s ? [{ dir: d, pagesId: s.pagesId, entries: s.entries }] : [];
-    });
+      if (!s) break;
+      chain.push({ dir: d, pagesId: s.pagesId, entries: s.entries });
+    }
     const r = await native
       .verifyShmem(
         { shmid: o.shmid, size: obj.size, pid: obj.pid, start: obj.start, end: obj.end },
         chain.map((c) => ({
           pagesPath: path.join(c.dir, pagesFileName(c.pagesId)),
-          present: flat(c.entries.filter((e) => e.flags & PE_PRESENT)),
+          entries: new Float64Array(c.entries.flatMap((e) => [e.vaddr, e.nrPages, e.flags])),
         })),
         flat(o.entries.filter((e) => e.flags & (PE_PRESENT | PE_PARENT))),
       )

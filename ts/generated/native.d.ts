@@ -379,6 +379,16 @@ export interface ReceivedPagemap {
 }
 
 /**
+ * One directory's pagemap of a shared memory object, in a chain (newest
+ * first, each the parent of the one before).
+ */
+export interface ShmemChainLevel {
+  pagesPath: string
+  /** Its entries as [offset, nrPages, flags] triples, in order. */
+  entries: Float64Array
+}
+
+/**
  * Time of a plain TCP send of `bytes` over loopback (to a reader that throws
  * them away), in ms: the reference of the page-server benchmark.
  */
@@ -645,10 +655,11 @@ export interface VerifyResult {
 }
 
 /**
- * Compares a shared memory object's image chain (offsets) with the live
- * object (see predump_core::tree_verify; nothing is frozen).
+ * Compares a shared memory object's image chain (offsets, resolved as CRIU's
+ * restore resolves it) with the live object (see
+ * predump_core::tree_verify; nothing is frozen).
  */
-export declare function verifyShmem(live: LiveShmem, chain: Array<ChainLayer>, wanted: Float64Array): Promise<VerifyResult>
+export declare function verifyShmem(live: LiveShmem, chain: Array<ShmemChainLevel>, wanted: Float64Array): Promise<VerifyResult>
 
 /** Time to write `bytes` into a new file in `dir` (removed afterwards), in ms. */
 export declare function writeReference(dir: string, bytes: number): Promise<number>

@@ -1,8 +1,11 @@
 //! Verifying a tree's anonymous shared memory images (`pagemap-shmem-<shmid>.img`)
 //! against the live object: every page the chain holds is compared with the
 //! object's page at the same offset, read through the object's file (opened
-//! by the map_files link of one live mapping). The processes' own images are
-//! verified one by one by `verify::verify`.
+//! by the map_files link of one live mapping). The chain is resolved as CRIU's
+//! restore resolves it (`shmem_chain::held`: a PE_PARENT entry leads to the
+//! next directory's pagemap, and a page no entry there covers is not in the
+//! chain), so a page counted as compared is one the restore would find. The
+//! processes' own images are verified one by one by `verify::verify`.
 //!
 //! Nothing is frozen here: an object is written by every process that maps it,
 //! so a comparison is exact only while all of them are stopped (after
@@ -11,9 +14,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use crate::image::pagemap::Entry;
 use crate::shmem::{Mapping, Object};
-use crate::verify::{Layer, VerifyReport};
-use crate::{intersect, subtract, Error, PageRange, Result, PAGE_SIZE};
+use crate::shmem_chain::{self, Level};
+use crate::verify::VerifyReport;
+use crate::{subtract, Error, PageRange, Result, PAGE_SIZE};
 
 const CHUNK_PAGES: u64 = 256;
 
@@ -28,11 +33,12 @@ pub struct LiveObject {
 }
 
 /// Compares `wanted` (the newest shmem pagemap's pages, as offsets) rebuilt
-/// from `chain` (newest first, offsets) with the live object. `missing`: pages
-/// the object holds that the chain does not.
+/// from `chain` (its pagemap in each directory, the newest first, each the
+/// parent of the one before) with the live object. `missing`: pages the
+/// object holds that the chain does not.
 pub fn verify_shmem(
     live: LiveObject,
-    chain: &[Layer],
+    chain: &[Level],
     wanted: &[PageRange],
 ) -> Result<VerifyReport> {
     let obj = Object {
@@ -53,72 +59,129 @@ pub fn verify_shmem(
             .sum(),
         ..Default::default()
     };
+    let entries: Vec<&[Entry]> = chain.iter().map(|l| &l.entries[..]).collect();
+    let (not_held, within) = shmem_chain::split(wanted, &shmem_chain::held(&entries));
+    report.not_in_chain = not_held.iter().map(|r| r.pages).sum();
     let page = PAGE_SIZE as usize;
     let mut image = vec![0u8; CHUNK_PAGES as usize * page];
     let mut now = vec![0u8; CHUNK_PAGES as usize * page];
-    let mut remaining = wanted.to_vec();
-    for layer in chain {
-        let file = File::open(&layer.pages_path)
-            .map_err(|e| Error::sys(format!("open {}", layer.pages_path.display()), e))?;
-        for r in intersect(&remaining, &layer.present) {
-            let mut at = r.start;
-            while at < r.end() {
-                let n = ((r.end() - at) / PAGE_SIZE).min(CHUNK_PAGES) as usize;
-                let offset = file_offset(&layer.present, at).ok_or_else(|| {
-                    Error::InvalidArgument(format!("offset {at:#x} is not in its layer"))
-                })?;
-                file.read_exact_at(&mut image[..n * page], offset)
-                    .map_err(|e| {
-                        Error::sys(format!("reading {}", layer.pages_path.display()), e)
-                    })?;
-                let got = handle.read_at(&mut now[..n * page], at)?;
-                for i in 0..n {
-                    if (i + 1) * page > got {
-                        // Beyond the object's end now: it was truncated.
-                        report.unreadable += 1;
-                        continue;
-                    }
-                    report.pages_compared += 1;
-                    if image[i * page..(i + 1) * page] != now[i * page..(i + 1) * page] {
-                        report.mismatches += 1;
-                        if report.first_mismatches.len() < 8 {
-                            report.first_mismatches.push(at + (i * page) as u64);
-                        }
+    let mut files: Vec<Option<File>> = chain.iter().map(|_| None).collect();
+    for h in within {
+        let level = &chain[h.level];
+        let file = match &mut files[h.level] {
+            Some(f) => f,
+            slot => slot.insert(
+                File::open(&level.pages_path)
+                    .map_err(|e| Error::sys(format!("open {}", level.pages_path.display()), e))?,
+            ),
+        };
+        let mut done = 0;
+        while done < h.pages {
+            let n = (h.pages - done).min(CHUNK_PAGES) as usize;
+            let at = h.start + done * PAGE_SIZE;
+            file.read_exact_at(&mut image[..n * page], h.file_offset + done * PAGE_SIZE)
+                .map_err(|e| Error::sys(format!("reading {}", level.pages_path.display()), e))?;
+            let got = handle.read_at(&mut now[..n * page], at)?;
+            for i in 0..n {
+                if (i + 1) * page > got {
+                    // Beyond the object's end now: it was truncated.
+                    report.unreadable += 1;
+                    continue;
+                }
+                report.pages_compared += 1;
+                if image[i * page..(i + 1) * page] != now[i * page..(i + 1) * page] {
+                    report.mismatches += 1;
+                    if report.first_mismatches.len() < 8 {
+                        report.first_mismatches.push(at + (i * page) as u64);
                     }
                 }
-                at += (n * page) as u64;
             }
+            done += n as u64;
         }
-        remaining = subtract(&remaining, &layer.present);
     }
-    report.not_in_chain = remaining.iter().map(|r| r.pages).sum();
     Ok(report)
-}
-
-/// Where the page at `addr` (held by `present`, in file order) is in the file.
-fn file_offset(present: &[PageRange], addr: u64) -> Option<u64> {
-    let mut before = 0;
-    for r in present {
-        if addr >= r.start && addr < r.end() {
-            return Some(before + (addr - r.start));
-        }
-        before += r.len();
-    }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::pagemap::{PE_PARENT, PE_PRESENT};
 
+    /// Our own shared memory against a chain of three levels: a PE_PARENT
+    /// page is found only through the levels in between, as CRIU finds it.
     #[test]
-    fn file_offsets_follow_the_present_pages() {
+    fn the_chain_is_resolved_as_criu_s_restore_resolves_it() {
         let p = PAGE_SIZE;
-        let present = [PageRange::new(0, 2), PageRange::new(10 * p, 3)];
-        assert_eq!(file_offset(&present, 0), Some(0));
-        assert_eq!(file_offset(&present, p), Some(p));
-        assert_eq!(file_offset(&present, 10 * p), Some(2 * p));
-        assert_eq!(file_offset(&present, 12 * p), Some(4 * p));
-        assert_eq!(file_offset(&present, 2 * p), None);
+        let len = 4 * p as usize;
+        // SAFETY: a fresh shared anonymous mapping, unmapped at the end.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        for i in 0..4u64 {
+            // SAFETY: page i (< 4) is inside the mapping.
+            unsafe {
+                std::ptr::write_bytes((base as u64 + i * p) as *mut u8, i as u8 + 1, p as usize)
+            };
+        }
+        let me = std::process::id() as i32;
+        let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let vmas = crate::maps::parse_maps(&text).unwrap();
+        let shmid = crate::shmem::objects([(me, &vmas[..])])
+            .into_iter()
+            .find(|o| o.mappings.iter().any(|m| m.start == base as u64))
+            .unwrap()
+            .shmid;
+        let dir = std::env::temp_dir().join(format!("predump-tree-verify-{me}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let level = |name: &str, bytes: &[u8], entries: Vec<Entry>| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Level {
+                pages_path: path,
+                entries,
+            }
+        };
+        let e = |page: u64, pages: u64, flags: u32| Entry {
+            vaddr: page * p,
+            nr_pages: pages,
+            flags,
+        };
+        let page = |v: u8| vec![v; p as usize];
+        // Newest: page 0 present, 1-3 in its parent. Middle: 1 present (wrong
+        // bytes), 2 in its parent, nothing for 3. Oldest: 1-3 present.
+        let newest = level("n", &page(1), vec![e(0, 1, PE_PRESENT), e(1, 3, PE_PARENT)]);
+        let middle = level("m", &page(9), vec![e(1, 1, PE_PRESENT), e(2, 1, PE_PARENT)]);
+        let oldest = level(
+            "o",
+            &[page(2), page(3), page(4)].concat(),
+            vec![e(1, 3, PE_PRESENT)],
+        );
+        let live = LiveObject {
+            shmid,
+            size: len as u64,
+            pid: me,
+            start: base as u64,
+            end: base as u64 + len as u64,
+        };
+        let wanted = [PageRange::new(0, 4)];
+        let r = verify_shmem(live, &[newest, middle, oldest], &wanted).unwrap();
+        // Page 3 is in the oldest level, but the middle one does not lead
+        // there: not in the chain (a loose lookup would compare it, equal).
+        assert_eq!(
+            (r.pages_compared, r.mismatches, r.not_in_chain, r.missing),
+            (3, 1, 1, 0)
+        );
+        assert_eq!(r.first_mismatches, vec![p]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // SAFETY: our mapping, nothing points into it any more.
+        unsafe { libc::munmap(base, len) };
     }
 }

@@ -606,20 +606,38 @@ pub struct LiveShmem {
     pub end: f64,
 }
 
-/// Compares a shared memory object's image chain (offsets) with the live
-/// object (see predump_core::tree_verify; nothing is frozen).
+/// One directory's pagemap of a shared memory object, in a chain (newest
+/// first, each the parent of the one before).
+#[napi(object)]
+pub struct ShmemChainLevel {
+    pub pages_path: String,
+    /// Its entries as [offset, nrPages, flags] triples, in order.
+    pub entries: Float64Array,
+}
+
+/// Compares a shared memory object's image chain (offsets, resolved as CRIU's
+/// restore resolves it) with the live object (see
+/// predump_core::tree_verify; nothing is frozen).
 #[napi(ts_return_type = "Promise<VerifyResult>")]
 pub fn verify_shmem<'env>(
     env: &'env Env,
     live: LiveShmem,
-    chain: Vec<crate::ChainLayer>,
+    chain: Vec<ShmemChainLevel>,
     wanted: Float64Array,
 ) -> Result<Object<'env>> {
-    let layers: Vec<predump_core::verify::Layer> = chain
+    let levels: Vec<predump_core::shmem_chain::Level> = chain
         .iter()
-        .map(|l| predump_core::verify::Layer {
+        .map(|l| predump_core::shmem_chain::Level {
             pages_path: PathBuf::from(&l.pages_path),
-            present: crate::pairs(&l.present),
+            entries: l
+                .entries
+                .chunks_exact(3)
+                .map(|t| predump_core::image::pagemap::Entry {
+                    vaddr: t[0] as u64,
+                    nr_pages: t[1] as u64,
+                    flags: t[2] as u32,
+                })
+                .collect(),
         })
         .collect();
     let wanted = crate::pairs(&wanted);
@@ -631,7 +649,7 @@ pub fn verify_shmem<'env>(
         end: live.end as u64,
     };
     on_own_thread(env, move || {
-        let r = predump_core::tree_verify::verify_shmem(live, &layers, &wanted)?;
+        let r = predump_core::tree_verify::verify_shmem(live, &levels, &wanted)?;
         Ok(crate::VerifyResult {
             pages_compared: r.pages_compared as f64,
             mismatches: r.mismatches as f64,
