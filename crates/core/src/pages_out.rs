@@ -7,8 +7,9 @@
 //! `page_xfer` owns `write_pagemap` and `write_pages`: the entries come from
 //! the same calls that move the bytes (the pages left to the parent, then each
 //! run as it is written), so they are in the order of the bytes by
-//! construction. The file writes `pagemap-*.img` itself when it is finished;
-//! the page server is sent the entries with the pages.
+//! construction, by one piece of code for a file and a socket
+//! (`image::pagemap::PagemapBuilder`). The file writes `pagemap-*.img` itself
+//! when it is finished; the page server is sent the entries with the pages.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -126,7 +127,7 @@ impl PagesFile {
         match &mut self.pagemap {
             Some(pm) => regions
                 .iter()
-                .try_for_each(|r| pm.builder.written(r.start, r.pages)),
+                .try_for_each(|r| pm.builder.written(r.start, r.pages).map(|_| ())),
             None => Ok(()),
         }
     }

@@ -268,10 +268,13 @@ impl PagemapBuilder {
         Ok(())
     }
 
-    /// `pages` pages at `start` were appended to the pages image.
-    pub fn written(&mut self, start: u64, pages: u64) -> Result<()> {
+    /// `pages` pages at `start` were appended to the pages image (or are
+    /// sent). Returns the runs left to the parent that went into the map just
+    /// before them (a page server sends them first).
+    pub fn written(&mut self, start: u64, pages: u64) -> Result<&[PageRange]> {
+        let first = self.next_parent;
         if pages == 0 {
-            return Ok(());
+            return Ok(&[]);
         }
         let end = start + pages * PAGE_SIZE;
         if !start.is_multiple_of(PAGE_SIZE) {
@@ -303,7 +306,13 @@ impl PagemapBuilder {
             self.next_parent += 1;
         }
         self.map.push(start, pages, PE_PRESENT);
-        Ok(())
+        Ok(&self.parent[first..self.next_parent])
+    }
+
+    /// The runs left to the parent above every run written so far, which
+    /// [`PagemapBuilder::finish`] appends.
+    pub fn parent_left(&self) -> &[PageRange] {
+        &self.parent[self.next_parent..]
     }
 
     /// Pages written so far: the pages image's size / 4096.
@@ -530,6 +539,16 @@ mod tests {
         // The pages image holds the PE_PRESENT entries back to back, in order.
         assert_eq!(m.present_pages(), 6);
         assert!(m.encode().is_ok());
+
+        // Each run says which parent runs went in before it (what a page
+        // server sends first), and the rest is left for the end.
+        let mut b = PagemapBuilder::new(7);
+        b.parent(&parent).unwrap();
+        assert_eq!(b.written(0x2000, 2).unwrap(), [pr(0, 2)]);
+        assert_eq!(b.written(0x4000, 1).unwrap(), []);
+        assert_eq!(b.written(0xa000, 3).unwrap(), [pr(5, 3)]);
+        assert_eq!(b.parent_left(), [pr(20, 1)]);
+        assert_eq!(b.finish().unwrap(), m);
     }
 
     #[test]

@@ -20,20 +20,22 @@ use std::os::fd::BorrowedFd;
 use super::client::{Client, ClientOptions, ClientStats};
 use super::link::Abort;
 use super::wire::{Dst, DstKind, PE_PARENT, PE_PRESENT};
+use crate::image::pagemap::PagemapBuilder;
 use crate::pages_out::PagesOut;
-use crate::{Error, PageRange, Result, PAGE_SIZE};
+use crate::{Error, PageRange, Result};
 
 /// One pagemap entry as sent: (vaddr, nr_pages, flags).
 pub type SentEntry = (u64, u64, u32);
 
-/// One pagemap on its way: the holes still to send between the present
-/// ranges, and the entries sent so far.
+/// One pagemap on its way, built as the pages file builds its own
+/// ([`PagemapBuilder`]): from the calls that send it, each present run after
+/// the runs left to the parent below it, those above the last at the end.
 struct PagemapTx {
     dst: Dst,
     has_parent: bool,
-    holes: Vec<PageRange>,
-    next_hole: usize,
-    /// The pagemap as sent, in order (present ranges merged).
+    /// None once the pagemap is ended.
+    map: Option<PagemapBuilder>,
+    /// The pagemap as sent, in order (runs merged), once ended.
     sent: Vec<SentEntry>,
 }
 
@@ -42,20 +44,16 @@ impl PagemapTx {
         PagemapTx {
             dst,
             has_parent,
-            holes: Vec::new(),
-            next_hole: 0,
+            // The server names the pages image: no pages id here.
+            map: Some(PagemapBuilder::new(0)),
             sent: Vec::new(),
         }
     }
 
-    fn record(&mut self, vaddr: u64, pages: u64, flags: u32) {
-        if let Some(last) = self.sent.last_mut() {
-            if last.2 == flags && last.0 + last.1 * PAGE_SIZE == vaddr {
-                last.1 += pages;
-                return;
-            }
-        }
-        self.sent.push((vaddr, pages, flags));
+    fn map(&mut self) -> Result<&mut PagemapBuilder> {
+        self.map.as_mut().ok_or_else(|| Error::Protocol {
+            detail: format!("the pagemap of {} is already ended", self.dst),
+        })
     }
 
     fn parent_ranges(&mut self, ranges: &[PageRange], server: &str) -> Result<()> {
@@ -65,21 +63,40 @@ impl PagemapTx {
                 self.dst
             )));
         }
-        self.holes = ranges.to_vec();
-        self.next_hole = 0;
-        Ok(())
+        self.map()?.parent(ranges)
     }
 
-    /// Sends the holes that lie below `vaddr`.
-    fn holes_below(&mut self, client: &mut Client, vaddr: u64) -> Result<()> {
-        while let Some(h) = self.holes.get(self.next_hole).copied() {
-            if h.start >= vaddr {
-                break;
-            }
-            client.entry(self.dst, h.start, h.pages, PE_PARENT)?;
-            self.record(h.start, h.pages, PE_PARENT);
-            self.next_hole += 1;
+    /// Sends a run of `pages` present pages at `vaddr` with `send`, after
+    /// the runs left to the parent below it.
+    fn send_run(
+        &mut self,
+        client: &mut Client,
+        vaddr: u64,
+        pages: u64,
+        send: impl FnOnce(&mut Client) -> Result<()>,
+    ) -> Result<()> {
+        let dst = self.dst;
+        for h in self.map()?.written(vaddr, pages)? {
+            client.entry(dst, h.start, h.pages, PE_PARENT)?;
         }
+        send(client)
+    }
+
+    /// Sends the runs left to the parent above the last present one: the
+    /// pagemap is complete (idempotent).
+    fn end(&mut self, client: &mut Client) -> Result<()> {
+        let Some(map) = &self.map else {
+            return Ok(());
+        };
+        for h in map.parent_left() {
+            client.entry(self.dst, h.start, h.pages, PE_PARENT)?;
+        }
+        let map = self.map.take().ok_or_else(closed)?.finish()?;
+        self.sent = map
+            .entries
+            .iter()
+            .map(|e| (e.vaddr, e.nr_pages, e.flags))
+            .collect();
         Ok(())
     }
 
@@ -95,14 +112,14 @@ impl PagemapTx {
     ) -> std::result::Result<(), (Error, usize)> {
         let before = client.pipe_taken();
         let left = |c: &Client| len - (c.pipe_taken() - before) as usize;
+        let dst = self.dst;
         for r in regions {
-            let sent = self.holes_below(client, r.start).and_then(|()| {
-                client.pages_from_pipe(self.dst, r.start, r.pages, PE_PRESENT, pipe)
+            let sent = self.send_run(client, r.start, r.pages, |c| {
+                c.pages_from_pipe(dst, r.start, r.pages, PE_PRESENT, pipe)
             });
             if let Err(e) = sent {
                 return Err((e, left(client)));
             }
-            self.record(r.start, r.pages, PE_PRESENT);
         }
         Ok(())
     }
@@ -209,7 +226,7 @@ impl PagesOut for ServerPages {
     /// everything, and hangs up.
     fn finish(&mut self) -> Result<()> {
         let client = self.client.as_mut().ok_or_else(closed)?;
-        self.tx.holes_below(client, u64::MAX)?;
+        self.tx.end(client)?;
         let client = self.client.take().ok_or_else(closed)?;
         self.stats = client.close()?;
         Ok(())
@@ -317,13 +334,9 @@ impl TreeSession {
         let r = (|| {
             let mut pm = self.open(dst)?;
             for r in ranges {
-                pm.client.pages_with(
-                    dst,
-                    r.start,
-                    r.pages,
-                    PE_PRESENT,
-                    &mut buf,
-                    |piece, off| {
+                let TreePagemap { client, tx, .. } = &mut pm;
+                tx.send_run(client, r.start, r.pages, |c| {
+                    c.pages_with(dst, r.start, r.pages, PE_PRESENT, &mut buf, |piece, off| {
                         let at = r.start + off;
                         let n = read_at(piece, at)?;
                         if n < piece.len() {
@@ -333,10 +346,9 @@ impl TreeSession {
                             )));
                         }
                         Ok(())
-                    },
-                )?;
+                    })
+                })?;
                 bytes += r.len();
-                pm.tx.record(r.start, r.pages, PE_PRESENT);
             }
             pm.end_pagemap()
         })();
@@ -385,7 +397,7 @@ impl TreePagemap<'_> {
         if self.done {
             return Ok(());
         }
-        self.tx.holes_below(self.client, u64::MAX)?;
+        self.tx.end(self.client)?;
         self.done = true;
         self.sent.push(SentPagemap {
             dst: self.tx.dst,
