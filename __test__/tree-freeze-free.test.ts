@@ -11,7 +11,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { constants } from 'node:fs';
-import { open, readdir, stat } from 'node:fs/promises';
+import { open, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { PreDumpResult } from '../ts/predump.js';
@@ -246,3 +246,74 @@ test('freeze-free on a tree: what it cannot do is refused by name, before anythi
     t.deepEqual(diff, [], `process ${pid}: nothing of predump in it`);
   }
 });
+
+test('freeze-free on a tree: a process forked since is new (copied whole), one that exited is dropped; dump -t on the chain verifies and leaves nothing, inherited fds included', async (t) => {
+  const { w, procs, pids } = await startTree(t);
+  const base = await tempDir(t);
+  const before = new Map(
+    await Promise.all(pids.map(async (pid) => [pid, await snapshot(pid)] as const)),
+  );
+  const first = await preDumpFreeFree(w.pid, path.join(base, '1'));
+  t.is(first.code, 0, first.stderr);
+  // Process 1 forks a child while it holds its tracking (the child inherits its uffd and
+  // marker fds by fork); process 2, a leaf, exits.
+  const leaf = procs[2]!;
+  await w.command('proc 2 exit');
+  const born = await w.command<{ index: number; pid: number }>('spawn 1');
+  const all = [...pids.filter((p) => p !== leaf.pid), born.pid];
+  t.teardown(() => signalAll(all, 'SIGCONT'));
+  t.true(
+    (await uffdFds(born.pid)).some((l) => l.includes(`pid=${procs[1]!.pid} `)),
+    "the child holds copies of its parent's uffd and marker",
+  );
+  const second = await preDumpFreeFree(w.pid, path.join(base, '2'), '../1');
+  t.is(second.code, 0, second.stderr);
+  const j = parseJson<PreDumpResult>(t, second);
+  t.deepEqual(j.droppedFromParent, [leaf.pid]);
+  const child = j.processes.find((p) => p.pid === born.pid)!;
+  t.is(child.inParent, 'new');
+  t.true(child.pagesWritten >= 1024, `the new process copied whole (${child.pagesWritten} pages)`);
+  t.true(j.stoppedWindowMs > 0, 'the new process was stopped once, alone, to make its tracking');
+  signalAll(all, 'SIGSTOP');
+  const d = await runCli([
+    'dump',
+    '-t',
+    String(w.pid),
+    '-D',
+    path.join(base, '3'),
+    '--prev-images-dir',
+    '../2',
+    '--leave-stopped',
+    '--json',
+  ]);
+  t.is(d.code, 0, d.stderr);
+  const v = await runCli(['verify', '-t', String(w.pid), '-D', path.join(base, '3'), '--json']);
+  t.is(v.code, 0, v.stderr);
+  t.like(parseJson<{ ok: boolean; mismatches: number; missing: number }>(t, v), {
+    ok: true,
+    mismatches: 0,
+    missing: 0,
+  });
+  signalAll(all, 'SIGCONT');
+  for (const pid of all) {
+    await assertRunningUntraced(t, pid);
+    t.deepEqual(await uffdFds(pid), [], `process ${pid}: no uffd or marker of predump left`);
+    // Besides: nothing of predump's mapped or open (the workload's own pipes to the
+    // processes that came and went changed meanwhile).
+    const was = before.get(pid);
+    if (was) {
+      const diff = leftoverDiff(was, await snapshot(pid))[0].filter((l) => !/pipe:\[/.test(l));
+      t.deepEqual(diff, [], `process ${pid}`);
+    }
+  }
+});
+
+/** The userfaultfds and predump markers process `pid` holds, as fd: link. */
+async function uffdFds(pid: number): Promise<string[]> {
+  const out: string[] = [];
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    const link = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    if (/userfaultfd|predump-uffd/.test(link)) out.push(`${fd}: ${link}`);
+  }
+  return out;
+}

@@ -9,11 +9,36 @@
 # tree is frozen each process's soft-dirty pages are taken and only those (and what
 # its parent lacks) copied, the rest left to the parent (PE_PARENT); verify compares
 # the whole chain with the stopped tree's memory; the tree resumes and checks itself.
+#
+# First, the freeze-free mode on the tree: refused where the kernel has no uffd-wp (6.1:
+# message, exit status, nothing written); where it has (6.12), two freeze-free pre-dumps of
+# the tree, the second stopping no process, then `untrack -t` before the soft-dirty chain.
 
 run() {
   workload_start --size 4M --threads 1 --tree 4 --shared 1M --devzero 512K
   local pids
   pids=$(wl tree | jq -r '[.processes[].pid] | join(" ")')
+  if [ "$(predump check --json | jq -r .modes.freezeFree)" = true ]; then
+    step "predump pre-dump --pre-dump-mode freeze-free of the tree, twice"
+    predump pre-dump -t "$WL_PID" -D ff1 --pre-dump-mode freeze-free --json >ff1.json ||
+      fail "freeze-free pre-dump 1 of the tree failed"
+    wl proc 1 dirty 100 9 >/dev/null
+    predump pre-dump -t "$WL_PID" -D ff2 --prev-images-dir ../ff1 --pre-dump-mode freeze-free \
+      --json >ff2.json || fail "freeze-free pre-dump 2 of the tree failed"
+    expect_eq "$(json ff2.json .mode)" freeze-free "the second pre-dump's mode"
+    expect_eq "$(json ff2.json .stoppedWindowMs)" 0 "stopped (ms) in the second freeze-free pre-dump"
+    note "freeze-free: first stopped $(json ff1.json .stoppedWindowMs) ms at most per process, second 0; $(json ff2.json .pagesWritten) pages written, $(json ff2.json .pagesSkippedParent) left to the parent"
+    predump untrack -t "$WL_PID" >/dev/null || fail "untrack -t after the freeze-free pre-dumps failed"
+  else
+    step "predump pre-dump --pre-dump-mode freeze-free of the tree: refused (no uffd-wp here)"
+    local rc=0
+    predump pre-dump -t "$WL_PID" -D ff1 --pre-dump-mode freeze-free >ff.out 2>ff.err || rc=$?
+    expect_eq "$rc" 1 "the refused freeze-free pre-dump's exit status"
+    grep -q "the freeze-free mode needs uffd-wp dirty tracking" ff.err ||
+      fail "the refusal does not say why: $(cat ff.err)"
+    [ ! -e ff1 ] || fail "the refused freeze-free pre-dump left ff1 behind"
+    note "refused: $(cat ff.err)"
+  fi
   step "predump pre-dump 1 of the tree (soft-dirty)"
   predump pre-dump -t "$WL_PID" -D 1 --track-mem soft-dirty --pre-dump-mode read --json >1.json ||
     fail "predump pre-dump 1 of the tree failed"

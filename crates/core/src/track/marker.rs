@@ -118,6 +118,52 @@ pub(super) fn scan_fds(pid: i32) -> Result<(Option<Ours>, Vec<i32>, i32)> {
     Ok((found, stale, max_fd))
 }
 
+/// The fds of other processes' tracking that `pid` inherited by fork (a child
+/// forked while its parent held predump's tracking gets copies of the parent's
+/// uffd and marker, close-on-exec but kept until it execs): each uffd named
+/// by such a marker that `pid` holds, then the markers. They are no tracking of
+/// `pid`'s own (the parent holds its own fds), but they keep the parent's uffd
+/// open, and with it the registrations its release should drop: a run that
+/// ends the tracking of a tree closes them too.
+pub fn inherited(pid: i32) -> Result<Vec<i32>> {
+    let dir = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&dir).map_err(|e| proc_error(pid, &dir, e))?;
+    let mut uffds = Vec::new();
+    let mut markers = Vec::new();
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        let Some((marker_pid, uffd_fd, ino)) = link
+            .strip_prefix("/memfd:")
+            .map(|n| n.strip_suffix(" (deleted)").unwrap_or(n))
+            .and_then(parse_marker)
+        else {
+            continue;
+        };
+        if marker_pid == pid {
+            continue;
+        }
+        markers.push(fd);
+        if is_uffd_with_ino(pid, uffd_fd, ino) && !uffds.contains(&uffd_fd) {
+            uffds.push(uffd_fd);
+        }
+    }
+    // The uffds first: a run killed in between leaves a marker alone, which the
+    // next run closes (it names a uffd no longer there, but it is still a copy).
+    uffds.extend(markers);
+    Ok(uffds)
+}
+
 /// The marker's name for uffd fd `fd` with inode `ino` of process `pid`.
 pub(super) fn marker_name(pid: i32, fd: i32, ino: u64) -> String {
     format!("{MARKER_PREFIX} pid={pid} fd={fd} ino={ino}")

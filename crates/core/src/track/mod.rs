@@ -49,7 +49,9 @@
 //! every range and clears the protections; the target is as before tracking.
 //! A child forked by the target meanwhile inherits the two fds (until it execs:
 //! close-on-exec) but none of the registrations (no UFFD_FEATURE_EVENT_FORK); as
-//! long as it holds its copy, the uffd stays open after `release`.
+//! long as it holds its copy, the uffd stays open after `release`. `untrack`
+//! and a tree's dump close such copies (`inherited`) in the processes they
+//! end the tracking of.
 //!
 //! Dropping a `Tracker` (or `keep`) closes only predump's own copy of the uffd:
 //! the target keeps tracking, for the next run to find.
@@ -66,7 +68,7 @@ mod record;
 mod untrack;
 
 pub use lock::TrackLock;
-pub use marker::find_ours;
+pub use marker::{find_ours, inherited};
 pub use record::{Armed, SoftDirtyRecord};
 pub use untrack::{untrack, Untracked};
 

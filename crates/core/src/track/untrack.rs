@@ -1,6 +1,6 @@
 //! `predump untrack`: ends predump's dirty tracking of a process.
 
-use super::marker::scan_fds;
+use super::marker::{inherited, scan_fds};
 use super::{Backend, TrackLock, Tracker};
 use crate::freeze::Frozen;
 use crate::inject::Injector;
@@ -17,12 +17,17 @@ pub struct Untracked {
 
 /// Ends predump's dirty tracking of `pid`: closes the uffd and its marker in the
 /// target (briefly frozen for the injected closes), which unregisters every
-/// range. Also removes what a predump that died while injecting left in it.
+/// range. Also removes what a predump that died while injecting left in it,
+/// and the copies of its parent's tracking it inherited by fork (`inherited`).
 pub fn untrack(pid: i32) -> Result<Untracked> {
     let st = crate::proc::check_target(pid)?;
     let _lock = TrackLock::acquire(pid, st.start_time)?;
     let (ours, stale, _) = scan_fds(pid)?;
-    if ours.is_none() && stale.is_empty() && crate::inject::leftovers::find(pid)?.is_empty() {
+    if ours.is_none()
+        && stale.is_empty()
+        && inherited(pid)?.is_empty()
+        && crate::inject::leftovers::find(pid)?.is_empty()
+    {
         return Ok(Untracked::default());
     }
     let frozen = Frozen::freeze(pid)?;
@@ -34,7 +39,8 @@ pub fn untrack(pid: i32) -> Result<Untracked> {
     // One injector for both: our uffd and its marker, or markers whose uffd is gone (a
     // run killed while ending the tracking), which attaching closes as well.
     let (ours, stale, _) = scan_fds(pid)?;
-    if ours.is_some() || !stale.is_empty() {
+    let copies = inherited(pid)?;
+    if ours.is_some() || !stale.is_empty() || !copies.is_empty() {
         let mut inj = Injector::any(&frozen)?;
         if ours.is_some() {
             let tracker = Tracker::attach_with(Backend::UffdWp, &frozen, &mut inj, &[])?;
@@ -43,6 +49,9 @@ pub fn untrack(pid: i32) -> Result<Untracked> {
             for fd in stale {
                 inj.close(fd)?;
             }
+        }
+        for fd in copies {
+            inj.close(fd)?;
         }
         inj.restore()?;
         out.tracking = true;

@@ -42,19 +42,28 @@ pub(super) fn track_all(
 }
 
 /// Ends predump's uffd-wp tracking in every process of the frozen tree that
-/// holds it (left by pre-dumps of it alone): after a final dump nothing of
-/// predump is left in the tree.
+/// holds it, and closes the copies of a parent's tracking a process inherited
+/// by fork (`track::inherited`: they would keep the parent's uffd, and its
+/// registrations, alive): after a final dump nothing of predump is left in
+/// the tree.
 pub(super) fn end_tracking(frozen: &FrozenTree) -> Result<()> {
     for p in frozen.processes() {
-        if crate::track::find_ours(p.member.pid)?.is_some() {
+        let ours = crate::track::find_ours(p.member.pid)?.is_some();
+        let copies = crate::track::inherited(p.member.pid)?;
+        if ours || !copies.is_empty() {
             let mut inj = crate::inject::Injector::any(&p.frozen)?;
-            crate::track::Tracker::attach_with(
-                crate::track::Backend::UffdWp,
-                &p.frozen,
-                &mut inj,
-                &[],
-            )?
-            .release(&mut inj)?;
+            if ours {
+                crate::track::Tracker::attach_with(
+                    crate::track::Backend::UffdWp,
+                    &p.frozen,
+                    &mut inj,
+                    &[],
+                )?
+                .release(&mut inj)?;
+            }
+            for fd in copies {
+                inj.close(fd)?;
+            }
             inj.restore()?;
         }
     }
