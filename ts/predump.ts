@@ -40,7 +40,8 @@ export interface PreDumpOptions {
    * - 'freeze-free' (uffd-wp tracking only) takes and re-arms the written pages
    *   while the target runs, then copies them: the target is never stopped, but
    *   for one short stop on the first run (docs/FREEZE-FREE.md);
-   * - 'auto' (default): freeze-free where uffd-wp tracking is in use, else read.
+   * - 'auto' (default): freeze-free where uffd-wp tracking is in use, else read; read on a
+   *   tree of more than one process (freeze-free there only when asked for).
    */
   mode?: PreDumpMode;
   /**
