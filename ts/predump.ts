@@ -374,6 +374,16 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   // A tree (descendants, or zombies among its children) is pre-dumped whole.
   const listing = await listTree(pid);
   if (isTree(listing)) return preDumpTree(options, listing, started);
+  // So is a process of its own with anonymous shared memory, as a tree of one: only the
+  // tree's path writes that memory (pagemap-shmem images, as CRIU's pre-dump does), in the
+  // mode this process would take; splice mode and a freeze-free pre-dump to a page server,
+  // which that path lacks, stay here and list it as not pre-dumped.
+  if (listing.aloneWithSharedMemory) {
+    const resolved = native.resolvePreDumpMode(mode, trackMem, options.finalDump ?? false);
+    if (resolved === 'read' || (resolved === 'freeze-free' && !options.pageServer)) {
+      return preDumpTree(options, listing, started, resolved);
+    }
+  }
   const parent =
     options.prevImagesDir === undefined
       ? undefined

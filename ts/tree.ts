@@ -236,8 +236,10 @@ export async function preDumpTree(
   options: PreDumpOptions,
   listing: TreeListing,
   started: number,
+  /** The mode a process of its own resolved `auto` to (it then runs in that mode). */
+  aloneMode?: 'read' | 'freeze-free',
 ): Promise<PreDumpResult> {
-  const mode = treeMode(options, listing.members.length);
+  const mode = aloneMode ?? treeMode(options, listing.members.length);
   const root = options.pid;
   const parent =
     options.prevImagesDir === undefined

@@ -379,6 +379,12 @@ export interface ReceivedPagemap {
 }
 
 /**
+ * The mode a pre-dump of one process takes for these names (auto resolved as
+ * the core resolves it, probing the kernel): "read", "splice" or "freeze-free".
+ */
+export declare function resolvePreDumpMode(mode?: string | undefined | null, trackMem?: string | undefined | null, finalDump?: boolean | undefined | null): string
+
+/**
  * One directory's pagemap of a shared memory object, in a chain (newest
  * first, each the parent of the one before).
  */
@@ -420,6 +426,11 @@ export interface TreeListing {
   /** The root first, each process after its parent (CRIU's order). */
   members: Array<TreeMember>
   left: Array<TreeLeft>
+  /**
+   * A process of its own (no descendants) that maps anonymous shared memory:
+   * the tree's path writes that memory, the single process's does not.
+   */
+  aloneWithSharedMemory: boolean
 }
 
 /** A process of a tree. */

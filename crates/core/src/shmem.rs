@@ -111,10 +111,21 @@ impl NotDumped {
     }
 }
 
-/// Why a single-process pre-dump leaves anonymous shared memory out: only a
-/// tree pre-dump writes pagemap-shmem images so far.
+/// Why a single-process pre-dump leaves anonymous shared memory out: only the
+/// tree's path writes pagemap-shmem images, and a process of its own that maps
+/// such memory takes that path (see `maps_anonymous`) unless the mode is one
+/// that path lacks.
 pub const ANONYMOUS_OF_ONE_PROCESS: &str =
-    "anonymous shared memory: only tree pre-dumps (read mode) write it yet";
+    "anonymous shared memory: not written in splice mode, nor by a freeze-free pre-dump to a page server, yet (read mode writes it)";
+
+/// Whether process `pid` maps anonymous shared memory (a pre-dump of it then
+/// writes pagemap-shmem images, as a tree's does).
+pub fn maps_anonymous(pid: i32) -> Result<bool> {
+    let text = crate::proc::read_proc(pid, &format!("/proc/{pid}/maps"))?;
+    Ok(crate::maps::parse_maps(&text)?
+        .iter()
+        .any(|v| v.shared && kind(v) == SharedKind::Anonymous))
+}
 
 /// The shared mappings of process `pid` left out of its pre-dump, each with
 /// its reason: those CRIU's pre-dump leaves out (`SharedKind::reason`), and

@@ -201,6 +201,23 @@ pub fn pre_dump_choice_refused(
     }
 }
 
+/// The mode a pre-dump of one process takes for these names (auto resolved as
+/// the core resolves it, probing the kernel): "read", "splice" or "freeze-free".
+#[napi]
+pub fn resolve_pre_dump_mode(
+    mode: Option<String>,
+    track_mem: Option<String>,
+    final_dump: Option<bool>,
+) -> Result<String> {
+    let choice = predump_core::mode::resolve(
+        mode.as_deref(),
+        track_mem.as_deref(),
+        final_dump == Some(true),
+    )
+    .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+    Ok(choice.mode.name().to_string())
+}
+
 pub(crate) fn plan(options: PreDumpOptions) -> Result<Planned> {
     let choice = predump_core::mode::resolve(
         options.mode.as_deref(),

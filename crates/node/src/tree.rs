@@ -73,6 +73,9 @@ pub struct TreeListing {
     /// The root first, each process after its parent (CRIU's order).
     pub members: Vec<TreeMember>,
     pub left: Vec<TreeLeft>,
+    /// A process of its own (no descendants) that maps anonymous shared memory:
+    /// the tree's path writes that memory, the single process's does not.
+    pub alone_with_shared_memory: bool,
 }
 
 /// Lists `root` and its descendants (without freezing them).
@@ -80,7 +83,9 @@ pub struct TreeListing {
 pub fn list_tree<'env>(env: &'env Env, root: i32) -> Result<Object<'env>> {
     on_own_thread(env, move || {
         let (members, gone) = tree::list(root)?;
+        let alone = members.len() == 1 && gone.is_empty();
         Ok(TreeListing {
+            alone_with_shared_memory: alone && predump_core::shmem::maps_anonymous(root)?,
             members: members.iter().map(member).collect(),
             left: gone.iter().map(left).collect(),
         })
