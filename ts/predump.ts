@@ -231,8 +231,10 @@ export interface PreDumpResult {
   processes: ProcessResult[];
   /**
    * The anonymous shared memory objects pre-dumped, each once for the tree
-   * (pagemap-shmem-SHMID.img). null for a single process: only a tree pre-dump writes
-   * them yet, and its anonymous shared mappings are listed in notPreDumped.
+   * (pagemap-shmem-SHMID.img). null for a single process without such memory, or one
+   * pre-dumped in splice mode (or freeze-free to a page server), whose anonymous shared
+   * mappings are then listed in notPreDumped; a process that maps such memory is otherwise
+   * pre-dumped as a tree of one, and they are here.
    */
   sharedMemory: SharedMemoryResult[] | null;
   /** Shared mappings left out, with their size and why. */
