@@ -448,7 +448,7 @@ test("a single process's anonymous shared memory is pre-dumped as a tree of one'
   }
   // auto: the mode one process takes (freeze-free where uffd-wp works), shared memory written.
   const two = await preDump(2);
-  t.is<string>(two.mode, native.resolvePreDumpMode('auto', 'auto', false));
+  t.is(two.mode as string, native.resolvePreDumpMode('auto', 'auto', false));
   t.is(two.requestedMode, 'auto');
   t.is(two.sharedMemory!.length, shmids.length);
   // Splice mode: not on that path yet; the memory is listed with its size and reason.
