@@ -9,15 +9,17 @@
  * exit code. (A kernel without uffd-wp: .ci/vm-scenarios/tree-dump-soft-dirty.sh on 6.1.)
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { constants } from 'node:fs';
 import { open, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 import { createInterface } from 'node:readline';
 import type { PreDumpResult } from '../ts/predump.js';
 import {
   assertCliError,
   assertRunningUntraced,
+  type CliResult,
   computing,
   leftoverDiff,
   MiB,
@@ -34,18 +36,26 @@ import {
 
 type T = ExecutionContext<unknown>;
 
-/** A freeze-free pre-dump of the tree of `root` into `dir` (on `prev`), as the CLI runs it. */
-function preDumpFreeFree(root: number, dir: string, prev?: string, env?: NodeJS.ProcessEnv) {
+/** The CLI's arguments for a freeze-free pre-dump of the tree of `root` into `dir` (on `prev`). */
+function freeFreeArgs(root: number, dir: string, prev?: string): string[] {
   const args = ['pre-dump', '-t', String(root), '-D', dir, '--pre-dump-mode', 'freeze-free'];
   if (prev) args.push('--prev-images-dir', prev);
-  return env ? startCli([...args, '--json'], env) : runCli([...args, '--json']);
+  return [...args, '--json'];
+}
+
+/** A freeze-free pre-dump of the tree of `root` into `dir` (on `prev`), run to its end. */
+function preDumpFreeFree(root: number, dir: string, prev?: string): Promise<CliResult> {
+  return runCli(freeFreeArgs(root, dir, prev));
 }
 
 /**
  * Another tracer holding every process of `pids` (PTRACE_SEIZE: none is stopped), as a
  * debugger would: while it does, the kernel refuses predump's own attach to any of them.
  */
-async function holdAll(t: T, pids: number[]): Promise<ChildProcessWithoutNullStreams> {
+async function holdAll(
+  t: T,
+  pids: number[],
+): Promise<ChildProcessByStdio<Writable, Readable, null>> {
   const holder = spawn(
     'python3',
     [
@@ -67,7 +77,7 @@ async function holdAll(t: T, pids: number[]): Promise<ChildProcessWithoutNullStr
   return holder;
 }
 
-async function release(holder: ChildProcessWithoutNullStreams): Promise<void> {
+async function release(holder: ChildProcessByStdio<Writable, Readable, null>): Promise<void> {
   holder.stdin.end();
   await new Promise((resolve) => holder.once('close', resolve));
 }
@@ -184,7 +194,7 @@ test('freeze-free on a tree: a process that exits during its copy makes a partia
   );
   const gate = path.join(tmp, 'gate');
   await mkfifo(gate);
-  const cli = preDumpFreeFree(w.pid, path.join(tmp, '2'), undefined, {
+  const cli = startCli(freeFreeArgs(w.pid, path.join(tmp, '2')), {
     PREDUMP_TEST_DRAIN_GATE: gate,
   });
   const fh = await reachGate(gate, cli);
