@@ -327,3 +327,20 @@ async function uffdFds(pid: number): Promise<string[]> {
   }
   return out;
 }
+
+test('freeze-free on a tree: a zombie in the tree is left out and named, the others pre-dumped', async (t) => {
+  const { w } = await startTree(t);
+  const { zombie } = await w.command<{ zombie: number }>('proc 3 zombie');
+  const dir = path.join(await tempDir(t), 'img');
+  const r = await preDumpFreeFree(w.pid, dir);
+  t.is(r.code, 0, r.stderr);
+  t.teardown(() => runCli(['untrack', '-t', String(w.pid)]));
+  const j = parseJson<PreDumpResult>(t, r);
+  t.is(j.mode, 'freeze-free');
+  t.is(j.processes.length, 4);
+  t.deepEqual(
+    j.leftOut.map((l) => [l.pid, l.reason]),
+    [[zombie, 'zombie']],
+  );
+  t.false((await readdir(dir)).includes(`pagemap-${zombie}.img`));
+});
