@@ -46,7 +46,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -386,52 +386,20 @@ pub fn against(
     })
 }
 
-/// `struct file_handle` with room for any handle (MAX_HANDLE_SZ is 128).
-#[repr(C)]
-struct FileHandle {
-    handle_bytes: u32,
-    handle_type: i32,
-    f_handle: [u8; 128],
-}
-
 impl Handle {
     /// The object's identity: its file handle (`name_to_handle_at` on the
     /// open object), `TYPE:HEX`. For shmem the handle is the generation (a
     /// random number drawn when the inode was made) and the inode number, so
     /// two objects that had the same inode number one after the other differ.
     pub fn identity(&self) -> Result<String> {
-        let mut fh = FileHandle {
-            handle_bytes: 128,
-            handle_type: 0,
-            f_handle: [0; 128],
-        };
-        let mut mount_id: libc::c_int = 0;
-        // SAFETY: name_to_handle_at on an fd we own with an empty path
-        // (AT_EMPTY_PATH: the fd itself); `fh` is a file_handle with 128
-        // bytes of room, as handle_bytes says, and `mount_id` an int, both
-        // alive for the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_name_to_handle_at,
-                self.file().as_raw_fd(),
-                c"".as_ptr(),
-                &mut fh as *mut FileHandle,
-                &mut mount_id as *mut libc::c_int,
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        if r < 0 {
-            return Err(Error::sys(
+        let (handle_type, bytes) = crate::sys::handle::of_fd(self.file().as_fd()).map_err(|e| {
+            Error::sys(
                 format!("name_to_handle_at of shared memory {}", self.shmid()),
-                io::Error::last_os_error(),
-            ));
-        }
-        let n = (fh.handle_bytes as usize).min(fh.f_handle.len());
-        let hex: String = fh.f_handle[..n]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(format!("{}:{hex}", fh.handle_type))
+                e,
+            )
+        })?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("{handle_type}:{hex}"))
     }
 }
 
