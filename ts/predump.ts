@@ -382,8 +382,8 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   // which that path lacks, stay here and list it as not pre-dumped.
   if (listing.aloneWithSharedMemory) {
     const resolved = native.resolvePreDumpMode(mode, trackMem, options.finalDump ?? false);
-    if (resolved === 'read' || (resolved === 'freeze-free' && !options.pageServer)) {
-      return preDumpTree(options, listing, started, resolved);
+    if (native.treeRunsMode(resolved, Boolean(options.pageServer))) {
+      return preDumpTree(options, listing, started, resolved as 'read' | 'freeze-free');
     }
   }
   const parent =

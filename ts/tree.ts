@@ -63,27 +63,21 @@ export function isTree(listing: TreeListing): boolean {
 }
 
 /**
- * The mode of a tree pre-dump: read, or freeze-free when asked for (a tree's auto is read:
- * docs/TREES.md, "Freeze-free pre-dumps of a tree", says why). Refuses what a tree cannot do
- * yet: splice mode, and freeze-free to a page server.
+ * The mode of a tree pre-dump of `processes` processes, as the core decides it (a tree's auto
+ * is read); the core's refusal (splice mode, freeze-free to a page server) as an EINVAL.
  */
 function treeMode(options: PreDumpOptions, processes: number): 'read' | 'freeze-free' {
-  const n = `a tree of ${processes} processes`;
-  const mode = options.mode ?? 'auto';
-  if (mode === 'freeze-free' && options.pageServer) {
-    throw new PredumpError(
-      'EINVAL',
-      `the freeze-free mode is not supported on ${n} sent to a page server yet: use --pre-dump-mode read (or auto)`,
-    );
+  try {
+    return native.resolveTreeMode(
+      options.mode ?? 'auto',
+      options.trackMem ?? 'auto',
+      options.finalDump ?? false,
+      Boolean(options.pageServer),
+      processes,
+    ) as 'read' | 'freeze-free';
+  } catch (err) {
+    throw fromNative(err);
   }
-  if (mode === 'freeze-free') return mode;
-  if (mode !== 'auto' && mode !== 'read') {
-    throw new PredumpError(
-      'EINVAL',
-      `the ${mode} mode is not supported on ${n} yet: use --pre-dump-mode read, freeze-free or auto`,
-    );
-  }
-  return 'read';
 }
 
 /** The parent images of a tree pre-dump. */

@@ -87,8 +87,8 @@ export function toJson(r: KernelCheck) {
     trackMemAuto: r.trackMemAuto,
     modes: { read: r.readMode, splice: r.spliceMode, freezeFree: r.freezeFreeMode },
     defaultMode: r.defaultMode,
-    // A tree's auto is read mode (docs/TREES.md, "Freeze-free pre-dumps of a tree").
-    defaultTreeMode: 'read' as const,
+    // A tree's auto (the core's; read: docs/TREES.md, "Freeze-free pre-dumps of a tree").
+    defaultTreeMode: r.defaultTreeMode,
     criu: criu(r),
   };
 }
@@ -207,7 +207,7 @@ function render(r: KernelCheck): string {
     ...pipeLines(r),
     `track-mem auto     ${r.trackMemAuto}`,
     `pre-dump modes     read ${yesNo(r.readMode)}, splice ${yesNo(r.spliceMode)}, freeze-free ${yesNo(r.freezeFreeMode)}`,
-    `default mode       ${r.defaultMode === 'read' ? 'read' : `${r.defaultMode} (one process); read (a tree)`}`,
+    `default mode       ${r.defaultMode === r.defaultTreeMode ? r.defaultMode : `${r.defaultMode} (one process); ${r.defaultTreeMode} (a tree)`}`,
     `criu               ${criu(r).note}`,
   ];
   if (!r.root && !r.capSysPtrace) {

@@ -94,6 +94,8 @@ export interface KernelCheck {
   freezeFreeMode: boolean
   /** What `--pre-dump-mode auto` takes here: "freeze-free" or "read". */
   defaultMode: string
+  /** What `--pre-dump-mode auto` takes on a tree: "read". */
+  defaultTreeMode: string
 }
 
 /** Lists `root` and its descendants (without freezing them). */
@@ -385,6 +387,15 @@ export interface ReceivedPagemap {
 export declare function resolvePreDumpMode(mode?: string | undefined | null, trackMem?: string | undefined | null, finalDump?: boolean | undefined | null): string
 
 /**
+ * The mode a tree pre-dump of `processes` processes takes for these names
+ * (absent mode: "auto", which is read on a tree; absent tracking: "none"):
+ * "read" or "freeze-free". Throws an Error with code EINVAL, the core's
+ * message, for a mode a tree cannot run (`toPageServer`: its pages go to a
+ * page server). Probes nothing.
+ */
+export declare function resolveTreeMode(mode: string | undefined | null, trackMem: string | undefined | null, finalDump: boolean, toPageServer: boolean, processes: number): string
+
+/**
  * One directory's pagemap of a shared memory object, in a chain (newest
  * first, each the parent of the one before).
  */
@@ -560,6 +571,12 @@ export interface TreeProcessReport {
   tracking: string
   createdTracking: boolean
 }
+
+/**
+ * Whether a tree pre-dump runs in `mode` ("read", "splice" or
+ * "freeze-free"; `toPageServer`: its pages go to a page server).
+ */
+export declare function treeRunsMode(mode: string, toPageServer: boolean): boolean
 
 /** What a tree pre-dump sent, besides its own report. */
 export interface TreeSent {

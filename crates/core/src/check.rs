@@ -58,6 +58,9 @@ pub struct Report {
     /// What `--pre-dump-mode auto` takes here ([`crate::mode::default_mode`]
     /// with the tracking `auto` takes, where the freeze-free mode works).
     pub default_mode: Mode,
+    /// What `--pre-dump-mode auto` takes on a tree
+    /// ([`crate::mode::DEFAULT_TREE_MODE`]).
+    pub default_tree_mode: Mode,
 }
 
 impl Report {
@@ -107,6 +110,7 @@ pub fn check() -> Result<Report> {
         splice_mode: false,
         freeze_free_mode: false,
         default_mode: Mode::Read,
+        default_tree_mode: crate::mode::DEFAULT_TREE_MODE,
     };
     // uffd-wp tracking makes its userfaultfd inside the target: injection.
     report.track_mem_auto = Backend::auto(

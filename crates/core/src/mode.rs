@@ -4,6 +4,8 @@
 //! decides: the binding converts its options with [`resolve`], the CLI passes
 //! the names through (and has them checked by [`check_names`] before it
 //! touches anything), and `predump check` prints [`default_mode`]'s answer.
+//! A tree's mode is decided here too: [`check_tree`] and [`resolve_tree`]
+//! (its `auto`, [`DEFAULT_TREE_MODE`]; what it can run, [`tree_runs`]).
 
 use crate::predump::Mode;
 use crate::track::Backend;
@@ -152,6 +154,86 @@ pub fn default_mode(backend: Backend, final_dump: bool) -> Mode {
     }
 }
 
+/// What `--pre-dump-mode auto` takes on a tree: read mode (docs/TREES.md,
+/// "Freeze-free pre-dumps of a tree", says why); freeze-free is taken only
+/// when asked for.
+pub const DEFAULT_TREE_MODE: Mode = Mode::Read;
+
+/// Whether a tree pre-dump can run in `mode`: read, and freeze-free except to
+/// a page server (splice mode, and freeze-free to a page server, are not
+/// written for trees yet).
+pub fn tree_runs(mode: Mode, to_page_server: bool) -> bool {
+    match mode {
+        Mode::Read => true,
+        Mode::FreezeFree => !to_page_server,
+        Mode::Splice => false,
+    }
+}
+
+/// The mode a tree pre-dump takes for `mode` (auto: [`DEFAULT_TREE_MODE`]),
+/// or why it cannot run it (code EINVAL). `processes`, where known, is named
+/// in the message ("a tree of 4 processes").
+pub fn tree_mode(
+    mode: ModeRequest,
+    to_page_server: bool,
+    processes: Option<usize>,
+) -> Result<Mode> {
+    let mode = match mode {
+        ModeRequest::Auto => DEFAULT_TREE_MODE,
+        ModeRequest::Mode(m) => m,
+    };
+    if tree_runs(mode, to_page_server) {
+        return Ok(mode);
+    }
+    let tree = match processes {
+        Some(n) => format!("a tree of {n} processes"),
+        None => "a tree".to_string(),
+    };
+    Err(Error::InvalidArgument(match mode {
+        Mode::FreezeFree => format!(
+            "the freeze-free mode is not supported on {tree} sent to a page server yet: \
+             use --pre-dump-mode read (or auto)"
+        ),
+        m => format!(
+            "the {} mode is not supported on {tree} yet: use --pre-dump-mode read, \
+             freeze-free or auto",
+            m.name()
+        ),
+    }))
+}
+
+/// [`check_names`] and [`tree_mode`], probing nothing: a tree's mode and the
+/// tracking asked for.
+pub fn check_tree(
+    mode: Option<&str>,
+    track_mem: Option<&str>,
+    final_dump: bool,
+    to_page_server: bool,
+    processes: Option<usize>,
+) -> Result<(Mode, TrackRequest)> {
+    let (mode, track) = check_names(mode, track_mem, final_dump)?;
+    Ok((tree_mode(mode, to_page_server, processes)?, track))
+}
+
+/// A tree pre-dump's mode and tracking: [`check_tree`], then the tracking
+/// resolved as for one process in that mode.
+pub fn resolve_tree(
+    mode: Option<&str>,
+    track_mem: Option<&str>,
+    final_dump: bool,
+    to_page_server: bool,
+    processes: Option<usize>,
+) -> Result<Choice> {
+    let (mode, track) = check_tree(mode, track_mem, final_dump, to_page_server, processes)?;
+    Ok(decide(
+        ModeRequest::Mode(mode),
+        track,
+        final_dump,
+        || Backend::UffdWp.works(),
+        Backend::detect,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +358,62 @@ mod tests {
             || panic!("not asked"),
         );
         assert_eq!((c.mode, c.backend), (Mode::Splice, None));
+    }
+
+    #[test]
+    fn tree_modes() {
+        let tree = |mode, ps| check_tree(mode, Some("auto"), false, ps, Some(4));
+        // auto is read on a tree, whatever one process would take.
+        assert_eq!(DEFAULT_TREE_MODE, Mode::Read);
+        assert_eq!(tree(None, false).unwrap().0, Mode::Read);
+        assert_eq!(tree(Some("auto"), true).unwrap().0, Mode::Read);
+        assert_eq!(tree(Some("read"), true).unwrap().0, Mode::Read);
+        assert_eq!(
+            tree(Some("freeze-free"), false).unwrap().0,
+            Mode::FreezeFree
+        );
+        let refused = |r: Result<(Mode, TrackRequest)>| match r {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected EINVAL, got {other:?}"),
+        };
+        assert_eq!(
+            refused(tree(Some("splice"), false)),
+            "the splice mode is not supported on a tree of 4 processes yet: use \
+             --pre-dump-mode read, freeze-free or auto"
+        );
+        assert_eq!(
+            refused(tree(Some("freeze-free"), true)),
+            "the freeze-free mode is not supported on a tree of 4 processes sent to a page \
+             server yet: use --pre-dump-mode read (or auto)"
+        );
+        assert_eq!(
+            refused(check_tree(Some("splice"), None, false, false, None)),
+            "the splice mode is not supported on a tree yet: use --pre-dump-mode read, \
+             freeze-free or auto"
+        );
+        // The names are checked first, with one process's messages.
+        assert_eq!(
+            refused(check_tree(Some("splice"), None, true, false, Some(4))),
+            "a final dump copies while frozen throughout: it has no splice mode"
+        );
+        assert_eq!(
+            refused(check_tree(
+                Some("freeze-free"),
+                Some("none"),
+                false,
+                false,
+                Some(4)
+            )),
+            "the freeze-free mode needs uffd-wp dirty tracking, not 'none'"
+        );
+        assert_eq!(
+            check_tree(None, Some("soft-dirty"), false, false, None).unwrap(),
+            (Mode::Read, TrackRequest::Backend(Backend::SoftDirty))
+        );
+        // What runs on a tree: the route a process alone with shared memory takes.
+        assert!(tree_runs(Mode::Read, true));
+        assert!(tree_runs(Mode::FreezeFree, false));
+        assert!(!tree_runs(Mode::FreezeFree, true));
+        assert!(!tree_runs(Mode::Splice, false));
     }
 }

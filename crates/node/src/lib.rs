@@ -510,6 +510,8 @@ pub struct KernelCheck {
     pub freeze_free_mode: bool,
     /// What `--pre-dump-mode auto` takes here: "freeze-free" or "read".
     pub default_mode: String,
+    /// What `--pre-dump-mode auto` takes on a tree: "read".
+    pub default_tree_mode: String,
 }
 
 /// Probes the kernel features predump needs, on memory of this process and of a
@@ -540,6 +542,7 @@ pub fn check_kernel<'env>(env: &'env Env) -> Result<Object<'env>> {
             splice_mode: r.splice_mode,
             freeze_free_mode: r.freeze_free_mode,
             default_mode: r.default_mode.name().to_string(),
+            default_tree_mode: r.default_tree_mode.name().to_string(),
         })
     })
 }

@@ -348,6 +348,38 @@ fn report_of(r: TreeReport, mode: Mode) -> TreePreDumpReport {
     }
 }
 
+/// The mode a tree pre-dump of `processes` processes takes for these names
+/// (absent mode: "auto", which is read on a tree; absent tracking: "none"):
+/// "read" or "freeze-free". Throws an Error with code EINVAL, the core's
+/// message, for a mode a tree cannot run (`toPageServer`: its pages go to a
+/// page server). Probes nothing.
+#[napi]
+pub fn resolve_tree_mode(
+    env: Env,
+    mode: Option<String>,
+    track_mem: Option<String>,
+    final_dump: bool,
+    to_page_server: bool,
+    processes: u32,
+) -> Result<String> {
+    predump_core::mode::check_tree(
+        mode.as_deref(),
+        track_mem.as_deref(),
+        final_dump,
+        to_page_server,
+        Some(processes as usize),
+    )
+    .map(|(mode, _)| mode.name().to_string())
+    .map_err(|e| crate::js_error(&env, &e))
+}
+
+/// Whether a tree pre-dump runs in `mode` ("read", "splice" or
+/// "freeze-free"; `toPageServer`: its pages go to a page server).
+#[napi]
+pub fn tree_runs_mode(mode: String, to_page_server: bool) -> bool {
+    Mode::parse(&mode).is_some_and(|m| predump_core::mode::tree_runs(m, to_page_server))
+}
+
 /// What a tree pre-dump's options come to in the core.
 struct TreePlan {
     root: i32,
@@ -358,7 +390,7 @@ struct TreePlan {
     shmem_parent: Option<ShmemParent>,
 }
 
-fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
+fn plan(options: TreePreDumpOptions, to_page_server: bool) -> Result<TreePlan> {
     let mut config = DrainConfig::default();
     if let Some(bytes) = options.buffer_bytes {
         config.buffer_bytes = bytes as usize;
@@ -370,22 +402,14 @@ fn plan(options: TreePreDumpOptions) -> Result<TreePlan> {
             .then_some(predump_core::predump::FinalDump {
                 leave_stopped: options.leave_stopped.unwrap_or(false),
             });
-    // A tree's `auto` is read mode (docs/TREES.md, "Freeze-free pre-dumps of a
-    // tree", says why); freeze-free is taken only when asked for.
-    let mode = match options.mode.as_deref() {
-        None | Some("auto") | Some("read") => "read",
-        Some("freeze-free") => "freeze-free",
-        Some(other) => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("the {other} mode is not supported on a tree"),
-            ))
-        }
-    };
-    let choice = predump_core::mode::resolve(
-        Some(mode),
+    // The core decides the tree's mode (its `auto` is read) and refuses what a
+    // tree cannot run.
+    let choice = predump_core::mode::resolve_tree(
+        options.mode.as_deref(),
         options.track_mem.as_deref(),
         final_dump.is_some(),
+        to_page_server,
+        None,
     )
     .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
     let origin = match (options.parent_generation, options.parent_made_us) {
@@ -451,7 +475,7 @@ pub fn pre_dump_tree<'env>(
         final_dump,
         tracking,
         shmem_parent,
-    } = plan(options)?;
+    } = plan(options, false)?;
     on_own_thread(env, move || {
         match mode {
             Mode::FreezeFree => tree_dump::pre_dump_tree_freeze_free(
@@ -532,17 +556,7 @@ pub fn pre_dump_tree_to_server<'env>(
         final_dump,
         mut tracking,
         shmem_parent: _,
-    } = plan(options)?;
-    if mode != Mode::Read {
-        return Err(Error::new(
-            Status::InvalidArg,
-            format!(
-                "the {} mode is not supported on a tree sent to a page server yet: use \
-                 --pre-dump-mode read",
-                mode.name()
-            ),
-        ));
-    }
+    } = plan(options, true)?;
     on_own_thread(env, move || {
         let started = std::time::Instant::now();
         let abort = Abort::new()?;
