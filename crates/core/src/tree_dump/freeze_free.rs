@@ -8,9 +8,10 @@
 //! own parent images, and copied with process_vm_readv while it runs. A
 //! process that holds no tracking yet is stopped once, alone, for the
 //! injected calls that make it (the others run on). The anonymous shared
-//! memory objects are found from the maps read while running and copied
-//! whole, as the read mode copies them. docs/TREES.md, "Freeze-free
-//! pre-dumps of a tree", says why the chain stays correct.
+//! memory objects are found from the maps read while running and copied as
+//! the read mode copies them (whole, or compared with the chain's copy on
+//! parent images). docs/TREES.md, "Freeze-free pre-dumps of a tree", says why
+//! the chain stays correct.
 
 use std::cell::Cell;
 use std::path::Path;
