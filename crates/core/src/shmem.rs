@@ -33,11 +33,9 @@
 //! A write to a shared page shows only in the page tables of the process that
 //! wrote it, and that record is lost when the entry goes while the page stays
 //! in the object (reclaim, MADV_DONTNEED, a writer that exited or unmapped).
-//! `Dirty` below gathers such a union of the mappings' tracking (with
-//! soft-dirty's rule for unmapped pages) but no pre-dump uses it: a tree's
-//! pre-dump on parent images compares each object with the chain's copy
-//! instead, which needs no record (`shmem_chain`). Writers outside the tree
-//! are not seen, as by CRIU.
+//! So no union of the mappings' tracking is trusted here (one was written and
+//! removed, unused): a tree's pre-dump on parent images compares each object
+//! with the chain's copy instead, which needs no record (`shmem_chain`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -453,73 +451,6 @@ impl Handle {
     }
 }
 
-/// The written pages of one object, gathered from its mappings' tracking.
-#[derive(Debug, Clone, Default)]
-pub struct Dirty {
-    /// Offsets written through some mapping (or not trackable): merged.
-    written: Vec<PageRange>,
-    /// Offsets present in some mapping's page table (soft-dirty's rule).
-    mapped: Vec<PageRange>,
-    /// The whole object is dirty.
-    all: bool,
-}
-
-impl Dirty {
-    /// Pages written through `m`: addresses of its process, sorted (as the
-    /// process's tracking reports them; pages outside `m` are ignored).
-    pub fn add_written(&mut self, m: &Mapping, written: &[PageRange]) {
-        let mut v = std::mem::take(&mut self.written);
-        v.extend(m.to_offsets(written));
-        self.written = crate::merged(v);
-    }
-
-    /// All of `m`'s part of the object is dirty (its process's tracking is new
-    /// or not relative to the parent, or the mapping is new).
-    pub fn add_whole(&mut self, m: &Mapping) {
-        let mut v = std::mem::take(&mut self.written);
-        v.push(m.span());
-        self.written = crate::merged(v);
-    }
-
-    /// Pages of `m` present in its process's page table (for soft-dirty).
-    pub fn add_mapped(&mut self, m: &Mapping, present: &[PageRange]) {
-        let mut v = std::mem::take(&mut self.mapped);
-        v.extend(m.to_offsets(present));
-        self.mapped = crate::merged(v);
-    }
-
-    /// The whole object is dirty (a mapping of the parent's time is gone).
-    pub fn set_all(&mut self) {
-        self.all = true;
-    }
-
-    pub fn is_all(&self) -> bool {
-        self.all
-    }
-
-    /// The pages of `present` (the object's data, sorted) to copy again.
-    /// `mapped_rule`: soft-dirty, where a page no page table maps any more
-    /// may have lost its dirty bit.
-    pub fn pages(&self, present: &[PageRange], mapped_rule: bool) -> Vec<PageRange> {
-        if self.all {
-            return present.to_vec();
-        }
-        let mut must = crate::intersect(present, &self.written);
-        if mapped_rule {
-            must.extend(crate::subtract(present, &self.mapped));
-            must = crate::merged(must);
-        }
-        must
-    }
-}
-
-/// Whether the mappings of an object recorded by the previous pre-dump are all
-/// still there: a mapping that is gone may have taken writes nobody saw.
-/// `previous` and `now` are (pid, start time, mapping) triples.
-pub fn mappings_kept(previous: &[(i32, u64, Mapping)], now: &[(i32, u64, Mapping)]) -> bool {
-    previous.iter().all(|p| now.contains(p))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,61 +508,6 @@ mod tests {
         // Addresses of process 11 → offsets in object 7.
         let written = [PageRange::new(0x8f000, 2), PageRange::new(0x91000, 5)];
         assert_eq!(m.to_offsets(&written), vec![PageRange::new(2 * p, 2)]);
-    }
-
-    #[test]
-    fn dirty_union_and_the_soft_dirty_rule() {
-        let p = PAGE_SIZE;
-        let m1 = Mapping {
-            pid: 1,
-            start: 0x10000,
-            end: 0x10000 + 8 * p,
-            offset: 0,
-        };
-        let m2 = Mapping {
-            pid: 2,
-            start: 0x70000,
-            end: 0x70000 + 4 * p,
-            offset: 4 * p,
-        };
-        let present = [PageRange::new(0, 8)];
-        let mut d = Dirty::default();
-        d.add_written(&m1, &[PageRange::new(0x10000 + p, 1)]);
-        d.add_written(&m2, &[PageRange::new(0x70000 + 3 * p, 1)]);
-        assert_eq!(
-            d.pages(&present, false),
-            vec![PageRange::new(p, 1), PageRange::new(7 * p, 1)]
-        );
-        // soft-dirty: pages 0-5 mapped somewhere, 6-7 by nobody.
-        d.add_mapped(&m1, &[PageRange::new(0x10000, 6)]);
-        assert_eq!(
-            d.pages(&present, true),
-            vec![PageRange::new(p, 1), PageRange::new(6 * p, 2)]
-        );
-        d.add_whole(&m2);
-        assert_eq!(
-            d.pages(&present, false),
-            vec![PageRange::new(p, 1), PageRange::new(4 * p, 4)]
-        );
-        d.set_all();
-        assert_eq!(d.pages(&present, false), present.to_vec());
-    }
-
-    #[test]
-    fn a_gone_mapping_is_noticed() {
-        let m = |pid, start| Mapping {
-            pid,
-            start,
-            end: start + PAGE_SIZE,
-            offset: 0,
-        };
-        let before = vec![(1, 100, m(1, 0x1000)), (2, 200, m(2, 0x5000))];
-        let mut now = before.clone();
-        now.push((3, 300, m(3, 0x9000)));
-        assert!(mappings_kept(&before, &now));
-        // Process 2 exited and its pid came back as another process.
-        now[1].1 = 999;
-        assert!(!mappings_kept(&before, &now));
     }
 
     /// Our own shared memory, found, scanned and copied as a tree's would be.
