@@ -42,7 +42,9 @@ run() {
   # (1024 when they straddle two huge pages), plus what the workload's threads and
   # the freeze itself touched; the rest comes from predump's chain.
   expect_between "$written" 512 2048 "pages criu dump wrote"
-  expect_between "$parent" 7000 100000 "pages criu dump left to predump's chain"
+  # The two bounds agree: of the ~8,300 pages, as many as 2,048 written leaves ~6,250 to
+  # the chain (a slow emulated run once let the workload write 1,566: 6,788 left).
+  expect_between "$parent" 6000 100000 "pages criu dump left to predump's chain"
 
   step "criu restore, stopped"
   criu_do restore -D 3 -d --leave-stopped
