@@ -19,6 +19,7 @@ import {
   type PagemapEntry,
   type PreDumpDir,
   TRACK_FILE,
+  whoseImages,
 } from './images/index.js';
 import { native } from './native.js';
 
@@ -103,7 +104,7 @@ export async function openParent(
   );
   if (record?.pageServer) return sentParent(abs, record, refuse, pid, startTicks);
   const d = await readDir(abs, refuse, given === abs ? '' : ` (${abs})`, pid);
-  if (d.pid !== pid) throw refuse(`were made for ${whose(d)}, not ${pid}`);
+  if (d.pid !== pid) throw refuse(`were made for ${whoseImages(d)}, not ${pid}`);
 
   // The boot, then the process: dump_uptime counts from the boot.
   const madeUs = Number(d.inventory?.dumpUptime ?? 0);
@@ -204,10 +205,6 @@ async function sentParent(
 
 const secs = (us: number): string => (us / 1e6).toFixed(2);
 
-/** The process, or the processes of a tree, a directory holds images of. */
-const whose = (d: PreDumpDir): string =>
-  d.pids ? `processes ${d.pids.join(', ')}` : `process ${d.pid ?? '?'}`;
-
 /**
  * A complete images directory, or the reason it is not one; `pid`: the process to read if
  * it is a process tree's (a chain may go from one process to its tree and back, as children
@@ -272,7 +269,7 @@ export async function checkChain(
     seen.add(next);
     const link = `the images ${next} (the parent of ${name})`;
     const nd = await readDir(next, (why) => broken(`${link} ${why}`), '', pid);
-    if (nd.pid !== pid) throw broken(`${link} were made for ${whose(nd)}, not ${pid}`);
+    if (nd.pid !== pid) throw broken(`${link} were made for ${whoseImages(nd)}, not ${pid}`);
     const missing = uncovered(holes, nd.entries);
     if (missing !== undefined) {
       throw broken(

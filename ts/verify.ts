@@ -11,6 +11,7 @@ import {
   readPreDumpDir,
   TRACK_FILE,
   type PreDumpDir,
+  whoseImages,
 } from './images/index.js';
 import { native } from './native.js';
 
@@ -69,10 +70,7 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
   });
   if (!newest.complete) throw new PredumpError('EIMAGE', `${dir} is incomplete (no inventory.img)`);
   if (newest.pid !== pid) {
-    const whose = newest.pids
-      ? `processes ${newest.pids.join(', ')}`
-      : `process ${newest.pid ?? '?'}`;
-    throw new PredumpError('EINVAL', `${dir} holds ${whose}, not ${pid}`);
+    throw new PredumpError('EINVAL', `${dir} holds ${whoseImages(newest)}, not ${pid}`);
   }
   let at: string | undefined = path.resolve(dir);
   const seen = new Set<string>();

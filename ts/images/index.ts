@@ -39,6 +39,7 @@ export {
   pagemapFileName,
   pagesFileName,
   presentPages,
+  whoseImages,
   readPreDumpDir,
   validateEntries,
   writePreDumpImages,

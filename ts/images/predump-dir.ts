@@ -128,6 +128,11 @@ export interface PageSizeOption {
   pageSize?: number;
 }
 
+/** The process, or the processes of a tree, a directory holds images of (for messages). */
+export function whoseImages(d: PreDumpDir): string {
+  return d.pids ? `processes ${d.pids.join(', ')}` : `process ${d.pid ?? '?'}`;
+}
+
 /** Number of pages the entries put in the pages file (those with PE_PRESENT). */
 export function presentPages(entries: readonly PagemapEntry[]): number {
   return entries.reduce((n, e) => ((e.flags & PE_PRESENT) !== 0 ? n + e.nrPages : n), 0);
