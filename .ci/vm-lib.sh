@@ -23,8 +23,10 @@ SCENARIO=${SCENARIO:?the scenario name, from .ci/vm-guest}
 WORKLOAD_SRC=$VM_REPO/target/release/predump-workload
 _vm_pids=()
 
+# To stderr: a helper whose output a scenario discards (`wl … >/dev/null`) or captures
+# (`x=$(wl …)`) must still say why it failed.
 fail() {
-  echo "FAIL: $*"
+  echo "FAIL: $*" >&2
   exit 1
 }
 skip() {
@@ -80,8 +82,25 @@ workload_start() {
 wl() {
   local answer
   echo "$*" >"$WL/cmd"
-  answer=$(timeout 120 cat "$WL/reply") || fail "the workload did not answer '$*'"
+  answer=$(timeout 120 cat "$WL/reply") || fail "the workload did not answer '$*': $(_wl_state)"
   echo "$answer"
+}
+
+# Why the workload may not have answered: whether its serving process lives, where
+# each of its threads waits, and the end of its output.
+_wl_state() {
+  local t
+  if [ ! -d "/proc/$WL_PID" ]; then
+    echo "process $WL_PID is gone; its output: $(tail -c 400 "$WL/out" 2>/dev/null | tr '\n' ' ')"
+    return
+  fi
+  for t in /proc/"$WL_PID"/task/*; do
+    printf 'thread %s %s in %s [%s]; ' "${t##*/}" "$(cut -d' ' -f3 "$t/stat")" \
+      "$(cat "$t/wchan" 2>/dev/null)" "$(tr '\n' ' ' <"$t/syscall" 2>/dev/null | cut -c1-40)"
+  done
+  echo "kernel stack of $WL_PID: $(head -6 "/proc/$WL_PID/stack" 2>/dev/null | tr '\n' ' ')"
+  echo "status: $(grep -E '^(State|TracerPid|SigPnd|ShdPnd|SigBlk)' "/proc/$WL_PID/status" | tr '\n' ' ')"
+  echo "output: $(tail -c 400 "$WL/out" 2>/dev/null | tr '\n' ' ')"
 }
 
 wl_check() {
