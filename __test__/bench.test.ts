@@ -461,6 +461,14 @@ test.serial(
         inc.privateWritten.max <= inc.privateDirtied.max + 100 * row.processes,
         `private pages written ${inc.privateWritten.max} for ${inc.privateDirtied.max} dirtied`,
       );
+      // The pages changed (compared with the chain's copy, outside the tracking): every
+      // page the bench dirtied changed (each write stores a new epoch), none beyond those
+      // written is counted.
+      t.true(
+        inc.privateChanged.min >= inc.privateDirtied.min,
+        `${inc.privateChanged.min} pages changed for ${inc.privateDirtied.min} dirtied by the bench`,
+      );
+      t.true(inc.privateChanged.max <= inc.privateWritten.max, 'changed pages are written ones');
       t.true(inc.sharedWritten.min >= inc.sharedDirtied.min, 'every dirtied shared page copied');
       t.true(
         inc.sharedWritten.max <= inc.sharedDirtied.max,
