@@ -6,7 +6,7 @@
  * signals a process by name.
  */
 import type { ExecutionContext } from 'ava';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess, type ChildProcessByStdio } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants, existsSync } from 'node:fs';
 import {
@@ -20,7 +20,9 @@ import {
   type FileHandle,
 } from 'node:fs/promises';
 import { setPriority, tmpdir } from 'node:os';
+import { createInterface } from 'node:readline';
 import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
@@ -292,6 +294,42 @@ export async function computing(w: Workload): Promise<boolean> {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   return false;
+}
+
+/**
+ * Another tracer holding every process of `pids` (PTRACE_SEIZE: none is stopped), as a
+ * debugger would: while it does, the kernel refuses predump's own attach to any of them.
+ */
+export async function holdAll(
+  t: T,
+  pids: number[],
+): Promise<ChildProcessByStdio<Writable, Readable, null>> {
+  const holder = spawn(
+    'python3',
+    [
+      '-c',
+      'import ctypes,sys\n' +
+        'libc=ctypes.CDLL(None,use_errno=True)\n' +
+        'bad=[p for p in map(int,sys.argv[1:]) if libc.ptrace(0x4206,p,0,0)!=0]\n' +
+        'print("seized" if not bad else "failed %s %d" % (bad, ctypes.get_errno()),flush=True)\n' +
+        'sys.stdin.read()\n',
+      ...pids.map(String),
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  t.teardown(() => holder.kill('SIGKILL'));
+  const first = await new Promise<string>((resolve) =>
+    createInterface({ input: holder.stdout }).once('line', resolve),
+  );
+  t.is(first, 'seized');
+  return holder;
+}
+
+export async function release(
+  holder: ChildProcessByStdio<Writable, Readable, null>,
+): Promise<void> {
+  holder.stdin.end();
+  await new Promise((resolve) => holder.once('close', resolve));
 }
 
 // ---- /proc -----------------------------------------------------------------------------------

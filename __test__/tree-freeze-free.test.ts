@@ -8,24 +8,23 @@
  * of predump is left. The refusals: what freeze-free on a tree cannot do, with message and
  * exit code. (A kernel without uffd-wp: .ci/vm-scenarios/tree-dump-soft-dirty.sh on 6.1.)
  */
-import test, { type ExecutionContext } from 'ava';
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import test from 'ava';
 import { constants } from 'node:fs';
 import { open, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable, Writable } from 'node:stream';
-import { createInterface } from 'node:readline';
 import type { PreDumpResult } from '../ts/predump.js';
 import {
   assertCliError,
   assertRunningUntraced,
   type CliResult,
   computing,
+  holdAll,
   leftoverDiff,
   MiB,
   mkfifo,
   parseJson,
   reachGate,
+  release,
   runCli,
   signalAll,
   snapshot,
@@ -33,8 +32,6 @@ import {
   startTree,
   tempDir,
 } from './helpers.js';
-
-type T = ExecutionContext<unknown>;
 
 /** The CLI's arguments for a freeze-free pre-dump of the tree of `root` into `dir` (on `prev`). */
 function freeFreeArgs(root: number, dir: string, prev?: string): string[] {
@@ -46,40 +43,6 @@ function freeFreeArgs(root: number, dir: string, prev?: string): string[] {
 /** A freeze-free pre-dump of the tree of `root` into `dir` (on `prev`), run to its end. */
 function preDumpFreeFree(root: number, dir: string, prev?: string): Promise<CliResult> {
   return runCli(freeFreeArgs(root, dir, prev));
-}
-
-/**
- * Another tracer holding every process of `pids` (PTRACE_SEIZE: none is stopped), as a
- * debugger would: while it does, the kernel refuses predump's own attach to any of them.
- */
-async function holdAll(
-  t: T,
-  pids: number[],
-): Promise<ChildProcessByStdio<Writable, Readable, null>> {
-  const holder = spawn(
-    'python3',
-    [
-      '-c',
-      'import ctypes,sys\n' +
-        'libc=ctypes.CDLL(None,use_errno=True)\n' +
-        'bad=[p for p in map(int,sys.argv[1:]) if libc.ptrace(0x4206,p,0,0)!=0]\n' +
-        'print("seized" if not bad else "failed %s %d" % (bad, ctypes.get_errno()),flush=True)\n' +
-        'sys.stdin.read()\n',
-      ...pids.map(String),
-    ],
-    { stdio: ['pipe', 'pipe', 'inherit'] },
-  );
-  t.teardown(() => holder.kill('SIGKILL'));
-  const first = await new Promise<string>((resolve) =>
-    createInterface({ input: holder.stdout }).once('line', resolve),
-  );
-  t.is(first, 'seized');
-  return holder;
-}
-
-async function release(holder: ChildProcessByStdio<Writable, Readable, null>): Promise<void> {
-  holder.stdin.end();
-  await new Promise((resolve) => holder.once('close', resolve));
 }
 
 test('freeze-free on a tree: after the first run no process is stopped (another tracer holds them all), dump -t closes the chain, verify 0, nothing left', async (t) => {
@@ -237,11 +200,6 @@ test('freeze-free on a tree: what it cannot do is refused by name, before anythi
     [
       [...ff, '--track-mem', 'none'],
       /the freeze-free mode needs uffd-wp dirty tracking, not 'none'/,
-    ],
-    // Refused before any connection (nothing listens on port 1).
-    [
-      [...ff, '--page-server', '--address', '127.0.0.1', '--port', '1'],
-      /the freeze-free mode is not supported on a tree of 4 processes sent to a page server yet/,
     ],
   ];
   for (const [i, [extra, message]] of cases.entries()) {

@@ -232,7 +232,7 @@ export interface PreDumpResult {
   /**
    * The anonymous shared memory objects pre-dumped, each once for the tree
    * (pagemap-shmem-SHMID.img). null for a single process without such memory, or one
-   * pre-dumped in splice mode (or freeze-free to a page server), whose anonymous shared
+   * pre-dumped in splice mode, whose anonymous shared
    * mappings are then listed in notPreDumped; a process that maps such memory is otherwise
    * pre-dumped as a tree of one, and they are here.
    */
@@ -378,8 +378,8 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   if (isTree(listing)) return preDumpTree(options, listing, started);
   // So is a process of its own with anonymous shared memory, as a tree of one: only the
   // tree's path writes that memory (pagemap-shmem images, as CRIU's pre-dump does), in the
-  // mode this process would take; splice mode and a freeze-free pre-dump to a page server,
-  // which that path lacks, stay here and list it as not pre-dumped.
+  // mode this process would take (read or freeze-free, into files or to a page server);
+  // splice mode, which that path lacks, stays here and lists it as not pre-dumped.
   if (listing.aloneWithSharedMemory) {
     const resolved = native.resolvePreDumpMode(mode, trackMem, options.finalDump ?? false);
     if (native.treeRunsMode(resolved, Boolean(options.pageServer))) {

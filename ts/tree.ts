@@ -12,8 +12,8 @@
  * --page-server` sends them; this directory then keeps what CRIU's client keeps (inventory,
  * stats, the parent link) and predump's record of what was sent. In freeze-free mode the tree
  * is never frozen as a whole: each process is pre-dumped as one process's freeze-free pre-dump
- * is, while it runs. What a tree does not support yet is refused up front, naming it: splice
- * mode, and freeze-free to a page server.
+ * is, while it runs, to files or over the tree's one page-server connection. What a tree does
+ * not support yet is refused up front, naming it: splice mode.
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
@@ -64,7 +64,7 @@ export function isTree(listing: TreeListing): boolean {
 
 /**
  * The mode of a tree pre-dump of `processes` processes, as the core decides it (a tree's auto
- * is read); the core's refusal (splice mode, freeze-free to a page server) as an EINVAL.
+ * is read); the core's refusal (splice mode) as an EINVAL.
  */
 function treeMode(options: PreDumpOptions, processes: number): 'read' | 'freeze-free' {
   try {

@@ -349,8 +349,8 @@ export declare function preDumpToServer(options: PreDumpOptions, server: PageSer
 export declare function preDumpTree(options: TreePreDumpOptions, progress?: Progress | undefined | null): Promise<TreePreDumpReport>
 
 /**
- * A tree pre-dump (or dump) whose pages go to a page server over one
- * connection (`dir` is not used): the connection and PS_IOV_PARENT for each
+ * A tree pre-dump (read or freeze-free mode, or a dump) whose pages go to a
+ * page server over one connection (`dir` is not used): the connection and PS_IOV_PARENT for each
  * process given a chain come before the tree is touched, so that a server
  * that cannot be reached leaves it alone; a process whose pagemap the
  * server's parent does not hold is copied whole.

@@ -159,13 +159,11 @@ pub fn default_mode(backend: Backend, final_dump: bool) -> Mode {
 /// when asked for.
 pub const DEFAULT_TREE_MODE: Mode = Mode::Read;
 
-/// Whether a tree pre-dump can run in `mode`: read, and freeze-free except to
-/// a page server (splice mode, and freeze-free to a page server, are not
-/// written for trees yet).
-pub fn tree_runs(mode: Mode, to_page_server: bool) -> bool {
+/// Whether a tree pre-dump can run in `mode`, into a directory or to a page
+/// server: read and freeze-free (splice mode is not written for trees yet).
+pub fn tree_runs(mode: Mode, _to_page_server: bool) -> bool {
     match mode {
-        Mode::Read => true,
-        Mode::FreezeFree => !to_page_server,
+        Mode::Read | Mode::FreezeFree => true,
         Mode::Splice => false,
     }
 }
@@ -189,17 +187,11 @@ pub fn tree_mode(
         Some(n) => format!("a tree of {n} processes"),
         None => "a tree".to_string(),
     };
-    Err(Error::InvalidArgument(match mode {
-        Mode::FreezeFree => format!(
-            "the freeze-free mode is not supported on {tree} sent to a page server yet: \
-             use --pre-dump-mode read (or auto)"
-        ),
-        m => format!(
-            "the {} mode is not supported on {tree} yet: use --pre-dump-mode read, \
-             freeze-free or auto",
-            m.name()
-        ),
-    }))
+    Err(Error::InvalidArgument(format!(
+        "the {} mode is not supported on {tree} yet: use --pre-dump-mode read, \
+         freeze-free or auto",
+        mode.name()
+    )))
 }
 
 /// [`check_names`] and [`tree_mode`], probing nothing: a tree's mode and the
@@ -381,11 +373,8 @@ mod tests {
             "the splice mode is not supported on a tree of 4 processes yet: use \
              --pre-dump-mode read, freeze-free or auto"
         );
-        assert_eq!(
-            refused(tree(Some("freeze-free"), true)),
-            "the freeze-free mode is not supported on a tree of 4 processes sent to a page \
-             server yet: use --pre-dump-mode read (or auto)"
-        );
+        // Freeze-free to a page server too (one connection for the tree).
+        assert_eq!(tree(Some("freeze-free"), true).unwrap().0, Mode::FreezeFree);
         assert_eq!(
             refused(check_tree(Some("splice"), None, false, false, None)),
             "the splice mode is not supported on a tree yet: use --pre-dump-mode read, \
@@ -413,7 +402,7 @@ mod tests {
         // What runs on a tree: the route a process alone with shared memory takes.
         assert!(tree_runs(Mode::Read, true));
         assert!(tree_runs(Mode::FreezeFree, false));
-        assert!(!tree_runs(Mode::FreezeFree, true));
+        assert!(tree_runs(Mode::FreezeFree, true));
         assert!(!tree_runs(Mode::Splice, false));
     }
 }

@@ -114,7 +114,7 @@ impl NotDumped {
 /// such memory takes that path (see `maps_anonymous`) unless the mode is one
 /// that path lacks.
 pub const ANONYMOUS_OF_ONE_PROCESS: &str =
-    "anonymous shared memory: not written in splice mode, nor by a freeze-free pre-dump to a page server, yet (read mode writes it)";
+    "anonymous shared memory: not written in splice mode yet (read and freeze-free modes write it)";
 
 /// Whether process `pid` maps anonymous shared memory (a pre-dump of it then
 /// writes pagemap-shmem images, as a tree's does).

@@ -534,8 +534,8 @@ pub struct TreePreDumpSentReport {
     pub sent: TreeSent,
 }
 
-/// A tree pre-dump (or dump) whose pages go to a page server over one
-/// connection (`dir` is not used): the connection and PS_IOV_PARENT for each
+/// A tree pre-dump (read or freeze-free mode, or a dump) whose pages go to a
+/// page server over one connection (`dir` is not used): the connection and PS_IOV_PARENT for each
 /// process given a chain come before the tree is touched, so that a server
 /// that cannot be reached leaves it alone; a process whose pagemap the
 /// server's parent does not hold is copied whole.
@@ -572,15 +572,26 @@ pub fn pre_dump_tree_to_server<'env>(
                 }
             }
         }
-        let report = tree_dump::pre_dump_tree_to(
-            root,
-            &mut TreeDest::Server(&mut session),
-            &config,
-            final_dump,
-            tracking.as_ref(),
-            None,
-            progress.as_deref(),
-        )?;
+        let dest = &mut TreeDest::Server(&mut session);
+        let report = match mode {
+            Mode::FreezeFree => tree_dump::pre_dump_tree_freeze_free_to(
+                root,
+                dest,
+                &config,
+                tracking.as_ref(),
+                None,
+                progress.as_deref(),
+            ),
+            _ => tree_dump::pre_dump_tree_to(
+                root,
+                dest,
+                &config,
+                final_dump,
+                tracking.as_ref(),
+                None,
+                progress.as_deref(),
+            ),
+        }?;
         let stats = session.stats();
         Ok(TreePreDumpSentReport {
             report: report_of(report, mode),

@@ -36,7 +36,8 @@ use crate::inject::Injector;
 use crate::maps::VmFlags;
 use crate::mem_times::MemTimes;
 use crate::pages_out::{PagesFile, PagesOut};
-use crate::pageserver::sender::ServerPages;
+use crate::pageserver::sender::{ServerPages, TreePagemap, TreeSession};
+use crate::pageserver::wire::Dst;
 use crate::scan::{ScanMethod, Scanner};
 use crate::{maps, proc, shmem, track, Error, PageRange, Result};
 
@@ -260,12 +261,18 @@ pub enum PagesDest<'a> {
     /// A page server, connected, its parent asked (see `ServerPages::connect`):
     /// the pagemap is opened before the freeze and closed after the drain.
     Server(&'a mut ServerPages),
+    /// One process of a tree sent over the tree's connection (its parent
+    /// asked by the caller): the process's pagemap is opened (PS_IOV_OPEN2
+    /// under its own dst_id) when the pages destination is, and ended after
+    /// the drain; the session stays open for the tree's next pagemap.
+    Tree(&'a mut TreeSession),
 }
 
 /// A [`PagesDest`] made ready for pages.
 enum Opened<'a> {
     File(PagesFile),
     Server(&'a mut ServerPages),
+    Tree(TreePagemap<'a>),
 }
 
 impl PagesDest<'_> {
@@ -280,6 +287,7 @@ impl PagesDest<'_> {
                 s.open()?;
                 Opened::Server(s)
             }
+            PagesDest::Tree(s) => Opened::Tree(s.open(Dst::process(pid as u64))?),
         })
     }
 }
@@ -289,6 +297,7 @@ impl Opened<'_> {
         match self {
             Opened::File(f) => f,
             Opened::Server(s) => *s,
+            Opened::Tree(t) => t,
         }
     }
 }

@@ -47,6 +47,28 @@ pub(super) fn copy_all(
     shmem_parent: Option<&ShmemParent>,
     progress: Option<&Progress>,
 ) -> Result<Copied> {
+    let mut copied = copy_some(found, objects, dest, config, shmem_parent, progress)?;
+    if let TreeDest::Server(s) = dest {
+        // Everything is stored once the server answers PS_IOV_CLOSE: the
+        // session's "sync".
+        let close_started = Instant::now();
+        s.close()?;
+        copied.sync_time += close_started.elapsed();
+    }
+    Ok(copied)
+}
+
+/// [`copy_all`] without closing a page server's session: the freeze-free
+/// mode sends the shared objects with it, then each process's pagemap, and
+/// closes the session itself.
+pub(super) fn copy_some(
+    found: &[Found],
+    objects: &[FoundObject],
+    dest: &mut TreeDest<'_>,
+    config: &DrainConfig,
+    shmem_parent: Option<&ShmemParent>,
+    progress: Option<&Progress>,
+) -> Result<Copied> {
     let started = Instant::now();
     let mut copy = DrainStats::default();
     let mut sync_time = Duration::ZERO;
@@ -208,13 +230,6 @@ pub(super) fn copy_all(
             created_tracking: f.chosen.as_ref().is_some_and(|c| c.created),
             member: f.member.clone(),
         });
-    }
-    if let TreeDest::Server(s) = dest {
-        // Everything is stored once the server answers PS_IOV_CLOSE: the
-        // session's "sync".
-        let close_started = Instant::now();
-        s.close()?;
-        sync_time += close_started.elapsed();
     }
     let copy_time = started.elapsed().saturating_sub(sync_time);
     Ok(Copied {

@@ -12,11 +12,16 @@
 //! the read mode copies them (whole, or compared with the chain's copy on
 //! parent images). docs/TREES.md, "Freeze-free pre-dumps of a tree", says why
 //! the chain stays correct.
+//!
+//! To a page server ([`TreeDest::Server`]) the same run goes over the tree's
+//! one connection: the shared objects' pagemaps first, then each process's
+//! (`predump::PagesDest::Tree`, PS_IOV_OPEN2 under its own dst_id), in the
+//! order the files would be written, then PS_IOV_CLOSE. The shared objects
+//! are sent whole (the chain's copy is on the server), as in read mode.
 
 use std::cell::Cell;
-use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::drain::DrainConfig;
 use crate::image::pagemap::{pagemap_file_name, pages_file_name};
@@ -29,7 +34,7 @@ use crate::tree::{self, Left, Member, TreeFreezeTimes};
 use crate::tree_track::TreeTracking;
 use crate::{maps, proc, Error, Result};
 
-use super::copy::{copy_all, Copied};
+use super::copy::{copy_some, Copied};
 use super::scan::{criu_shmem_order, FoundObject};
 use super::{ProcessDump, TreeDest, TreeReport};
 
@@ -55,12 +60,13 @@ pub fn refused(tracking: Option<&TreeTracking>) -> Option<Error> {
     }
 }
 
-/// Pre-dumps `root` and its descendants into `dir` without freezing the tree
-/// (see the top of this module). `created`: the processes whose tracking
-/// this run started (the caller ends it again if the run fails).
+/// Pre-dumps `root` and its descendants into a directory or to a page server
+/// without freezing the tree (see the top of this module). `created`: the
+/// processes whose tracking this run started (the caller ends it again if the
+/// run fails).
 pub(super) fn pre_dump_tree_freeze_free(
     root: i32,
-    dir: &Path,
+    dest: &mut TreeDest<'_>,
     config: &DrainConfig,
     tracking: Option<&TreeTracking>,
     shmem_parent: Option<&ShmemParent>,
@@ -120,14 +126,11 @@ pub(super) fn pre_dump_tree_freeze_free(
     // the tree runs: copied whole, or compared with the chain's copy as in
     // read mode (a page left to the parent equals the object's page at the
     // moment it was compared; the final dump compares again, frozen).
-    let shared = copy_all(
-        &[],
-        &found_objects,
-        &mut TreeDest::Dir(dir),
-        config,
-        shmem_parent,
-        progress,
-    )?;
+    let shmem_parent = match dest {
+        TreeDest::Dir(_) => shmem_parent,
+        TreeDest::Server(_) => None,
+    };
+    let shared = copy_some(&[], &found_objects, dest, config, shmem_parent, progress)?;
     let mut next_id = shared.shmem.len() as u32 + 1;
     let mut copy = shared.copy.clone();
     let mut copy_time = shared.copy_time;
@@ -157,9 +160,12 @@ pub(super) fn pre_dump_tree_freeze_free(
         let r = same_process(&m).and_then(|()| {
             predump::pre_dump_to(
                 pid,
-                &mut PagesDest::Dir {
-                    dir,
-                    pages_id: next_id,
+                &mut match dest {
+                    TreeDest::Dir(dir) => PagesDest::Dir {
+                        dir,
+                        pages_id: next_id,
+                    },
+                    TreeDest::Server(s) => PagesDest::Tree(s),
                 },
                 Mode::FreezeFree,
                 config,
@@ -184,8 +190,13 @@ pub(super) fn pre_dump_tree_freeze_free(
                 | Error::TargetExited { .. }
                 | Error::Zombie { .. }),
             ) if pid != root => {
-                let _ = std::fs::remove_file(dir.join(pages_file_name(next_id)));
-                let _ = std::fs::remove_file(dir.join(pagemap_file_name(pid)));
+                // (On a page server, a pagemap opened before it went stays
+                // empty: its process is in no record, and no chain is given
+                // to it.)
+                if let TreeDest::Dir(dir) = dest {
+                    let _ = std::fs::remove_file(dir.join(pages_file_name(next_id)));
+                    let _ = std::fs::remove_file(dir.join(pagemap_file_name(pid)));
+                }
                 left.push(match e {
                     Error::Zombie { .. } => Left::Zombie(m),
                     _ => Left::Exited { pid, ppid: m.ppid },
@@ -209,6 +220,14 @@ pub(super) fn pre_dump_tree_freeze_free(
         freeze.stopped_window = freeze.stopped_window.max(report.freeze.stopped_window);
         freeze.threads += report.threads;
         processes.push(process_dump(m, next_id - 1, report));
+    }
+    if let TreeDest::Server(s) = dest {
+        // Everything is stored once the server answers PS_IOV_CLOSE.
+        let close_started = Instant::now();
+        s.close()?;
+        let closed = close_started.elapsed();
+        sync_time += closed;
+        drain_time += closed;
     }
     let Copied { shmem, .. } = shared;
     Ok(TreeReport {

@@ -29,7 +29,8 @@
 //!
 //! Read mode, and the freeze-free mode (`pre_dump_tree_freeze_free`, in
 //! `freeze_free`: the tree is never frozen as a whole, each process is
-//! pre-dumped as one process's freeze-free pre-dump is); the caller refuses
+//! pre-dumped as one process's freeze-free pre-dump is), both into a
+//! directory or to a page server (`*_to`); the caller refuses
 //! splice for a tree of more than one process. A final dump (`predump dump`)
 //! freezes the whole tree, reads each process's tracking and ends it, and
 //! copies while the tree stays frozen.
@@ -258,10 +259,32 @@ pub fn pre_dump_tree_freeze_free(
     shmem_parent: Option<&ShmemParent>,
     progress: Option<&Progress>,
 ) -> Result<TreeReport> {
+    pre_dump_tree_freeze_free_to(
+        root,
+        &mut TreeDest::Dir(dir),
+        config,
+        tracking,
+        shmem_parent,
+        progress,
+    )
+}
+
+/// [`pre_dump_tree_freeze_free`] into a directory or to a page server (the
+/// session connected and asked PS_IOV_PARENT, as for [`pre_dump_tree_to`];
+/// `shmem_parent` is not used there: each shared object is sent whole). The
+/// session is closed once every pagemap is sent.
+pub fn pre_dump_tree_freeze_free_to(
+    root: i32,
+    dest: &mut TreeDest<'_>,
+    config: &DrainConfig,
+    tracking: Option<&TreeTracking>,
+    shmem_parent: Option<&ShmemParent>,
+    progress: Option<&Progress>,
+) -> Result<TreeReport> {
     let mut created = Vec::new();
     let r = freeze_free::pre_dump_tree_freeze_free(
         root,
-        dir,
+        dest,
         config,
         tracking,
         shmem_parent,
