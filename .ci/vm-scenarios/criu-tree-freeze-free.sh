@@ -17,10 +17,15 @@
 # page; the figures are recorded, not assumed), CRIU's restore. Proof: each restored
 # process's own check (its data and both shared regions, page by page).
 # default: no
-#   (only when named, since 2026-12-05 02:48: in one of its two CI runs the workload's
-#   first command after the first freeze-free pre-dump failed at once, with no answer
-#   and no error of the harness's, after 4 per-process injection stops under TCG; the
-#   cause is not known yet. Run it with: .ci/vm -k 6.12 criu-tree-freeze-free)
+#   (only when named, since 2026-12-05 02:48: in one of its CI runs the workload's first
+#   command after the first freeze-free pre-dump got no answer in 120 s, after 4
+#   per-process injection stops under TCG; the harness then threw the reason away, its
+#   `wl … >/dev/null` swallowing fail's message. Not reproduced since: 8 runs on 6.12
+#   under load 10-16 (5 alone, 3 after the scenarios CI runs before it) and 60 rounds of
+#   its first steps on the host all answered. `fail` now writes to stderr and `wl` says
+#   what the workload was doing (alive or gone, each thread's state and wait, its
+#   kernel stack), so a next failure names its cause. Run it with:
+#   .ci/vm -k 6.12 criu-tree-freeze-free)
 
 # The fds of predump's tracking (the userfaultfd, the marker memfd) in any of PIDS.
 predump_fds() {
