@@ -517,8 +517,6 @@ fn pre_dump_freeze_free(
         Err(e) => return Err(e),
     };
     created.set(tracker.created());
-    let mut opened = dest.open(pid)?;
-    let out = opened.out();
     if let Some(p) = progress {
         p.thawed.store(true, Ordering::SeqCst);
     }
@@ -533,6 +531,11 @@ fn pre_dump_freeze_free(
         &prepared.vm_flags,
         tracking,
     )?;
+    // The destination opened once the plan is made (nothing is frozen to
+    // wait for it): a process of a tree that is gone before then leaves no
+    // pagemap behind, not even on a page server, which cannot take one back.
+    let mut opened = dest.open(pid)?;
+    let out = opened.out();
     out.parent_ranges(&plan.to_parent)?;
 
     // Finish.

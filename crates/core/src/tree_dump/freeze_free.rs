@@ -190,9 +190,8 @@ pub(super) fn pre_dump_tree_freeze_free(
                 | Error::TargetExited { .. }
                 | Error::Zombie { .. }),
             ) if pid != root => {
-                // (On a page server, a pagemap opened before it went stays
-                // empty: its process is in no record, and no chain is given
-                // to it.)
+                // (Its pagemap is opened once its plan is made: none was, on
+                // a page server either.)
                 if let TreeDest::Dir(dir) = dest {
                     let _ = std::fs::remove_file(dir.join(pages_file_name(next_id)));
                     let _ = std::fs::remove_file(dir.join(pagemap_file_name(pid)));
