@@ -509,30 +509,49 @@ fn error(msg: &str) -> String {
 
 /// `--control DIR`: the ready line, then commands, each FIFO opened for one
 /// exchange. Never returns: exits when a FIFO cannot be opened any more.
+///
+/// The command FIFO is read to its end and closed *before* anything is
+/// answered. Answering first (and closing after the next read found the
+/// writer gone) lost commands: the caller, answered, writes its next command
+/// at once, its open succeeds on the reader still open here, its line goes
+/// into that pipe, and the close that follows frees the pipe with the line in
+/// it; the workload then waits for a command that never comes (seen once in 60
+/// commands on 6.12 under TCG, 2026-12-05). Closed first, the next command's
+/// writer can only open once the next open here is waiting for it.
 fn serve_fifos(w: &mut Workload, dir: &std::path::Path, ready: &str) -> ! {
     let (cmd, reply) = (dir.join("cmd"), dir.join("reply"));
+    let gone = |what: &str, e: std::io::Error| -> ! {
+        // The harness reads the output when a command is not answered.
+        eprintln!("predump-workload: {what}: {e}; exiting");
+        std::process::exit(0)
+    };
     let answer = |line: &str| {
         // Blocks until the caller opens the FIFO to read the answer.
         let written = std::fs::OpenOptions::new()
             .write(true)
             .open(&reply)
             .and_then(|mut f| writeln!(f, "{line}"));
-        if written.is_err() {
-            std::process::exit(0);
+        if let Err(e) = written {
+            gone("answering through the reply FIFO", e);
         }
     };
     answer(ready);
     loop {
         // Blocks until the caller opens it to write a command: the wait in
         // which a checkpoint finds the process.
-        let Ok(f) = std::fs::File::open(&cmd) else {
-            std::process::exit(0)
-        };
+        let f = std::fs::File::open(&cmd).unwrap_or_else(|e| gone("opening the command FIFO", e));
+        let mut lines = Vec::new();
         for line in std::io::BufReader::new(f).lines() {
-            let Ok(line) = line else { break };
-            if line.trim().is_empty() {
-                continue;
+            match line {
+                Ok(line) if line.trim().is_empty() => {}
+                Ok(line) => lines.push(line),
+                Err(e) => {
+                    eprintln!("predump-workload: reading the command FIFO: {e}");
+                    break;
+                }
             }
+        }
+        for line in lines {
             answer(&w.command(&line));
         }
     }
