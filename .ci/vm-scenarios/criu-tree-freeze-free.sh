@@ -16,16 +16,10 @@
 # chain (its --track-mem is soft-dirty, which predump never reset: it may write every
 # page; the figures are recorded, not assumed), CRIU's restore. Proof: each restored
 # process's own check (its data and both shared regions, page by page).
-# default: no
-#   (only when named, since 2026-12-05 02:48: in one of its CI runs the workload's first
-#   command after the first freeze-free pre-dump got no answer in 120 s, after 4
-#   per-process injection stops under TCG; the harness then threw the reason away, its
-#   `wl … >/dev/null` swallowing fail's message. Not reproduced since: 8 runs on 6.12
-#   under load 10-16 (5 alone, 3 after the scenarios CI runs before it) and 60 rounds of
-#   its first steps on the host all answered. `fail` now writes to stderr and `wl` says
-#   what the workload was doing (alive or gone, each thread's state and wait, its
-#   kernel stack), so a next failure names its cause. Run it with:
-#   .ci/vm -k 6.12 criu-tree-freeze-free)
+# (Run only when named from 2026-12-05 02:48 until the cause of a CI failure was found:
+#   the workload lost a command now and then, 1 in about 60 on 6.12 under TCG, read by
+#   the harness's new report of a workload that does not answer; fixed in the workload,
+#   then 180 commands in 12 rounds of this scenario's first steps on 6.12 all answered.)
 
 # The fds of predump's tracking (the userfaultfd, the marker memfd) in any of PIDS.
 predump_fds() {

@@ -2,11 +2,6 @@
 # needs: uffd-wp soft-dirty criu pagemap-scan
 #   (6.12 only: 6.1 has no uffd-wp, and freeze-free pre-dumps of a tree need it)
 # timeout: 600
-# default: no
-#   (only when named, as criu-tree-freeze-free, whose flake of 2026-12-05 02:48 (the
-#   workload's first command after the first freeze-free pre-dump of the tree failed at
-#   once under TCG) is not understood yet and could hit this one too. Run it with:
-#   .ci/vm -k 6.12 page-server-tree-freeze-free)
 #
 # Issues 12 and 14 together, in the freeze-free mode: page-server-tree's migration with
 # criu-tree-freeze-free's chain. The workload as a tree of 4 processes (a grandchild
