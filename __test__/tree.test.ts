@@ -243,26 +243,6 @@ test('a zombie in the tree is left out and named', async (t) => {
   );
 });
 
-test('what a tree does not support yet is refused by name, before anything is touched', async (t) => {
-  const { w, procs } = await startTree(t);
-  const base = await tempDir(t);
-  const cases: [string[], RegExp][] = [
-    [['--pre-dump-mode', 'splice'], /the splice mode is not supported on a tree of 4 processes/],
-    // With a page server too: refused before any connection (nothing listens on port 1).
-    [
-      ['--pre-dump-mode', 'splice', '--page-server', '--address', '127.0.0.1', '--port', '1'],
-      /the splice mode is not supported on a tree of 4 processes/,
-    ],
-  ];
-  for (const [i, [extra, message]] of cases.entries()) {
-    const dir = path.join(base, `img-${i}`);
-    const r = await runCli(['pre-dump', '-t', String(w.pid), '-D', dir, '--json', ...extra]);
-    assertCliError(t, r, { exit: 1, code: 'EINVAL', message });
-    t.false((await readdir(base)).includes(`img-${i}`), 'no directory left behind');
-  }
-  for (const p of procs) await assertRunningUntraced(t, p.pid);
-});
-
 test('a process of the tree traced by someone else: ETRACED, none left frozen', async (t) => {
   const { w, procs } = await startTree(t);
   const victim = procs[3]!.pid;
@@ -409,7 +389,7 @@ test('shared memory: each anonymous object once by offset; file, memfd and SysV 
   );
 });
 
-test("a single process's anonymous shared memory is pre-dumped as a tree of one's, in its own mode; splice mode lists it as skipped", async (t) => {
+test("a single process's anonymous shared memory is pre-dumped as a tree of one's, in its own mode, splice too", async (t) => {
   const { w } = await startWorkload(t, {
     sizeBytes: 1 * MiB,
     threads: 1,
@@ -451,18 +431,14 @@ test("a single process's anonymous shared memory is pre-dumped as a tree of one'
   t.is(two.mode as string, native.resolvePreDumpMode('auto', 'auto', false));
   t.is(two.requestedMode, 'auto');
   t.is(two.sharedMemory!.length, shmids.length);
-  // Splice mode: not on that path yet; the memory is listed with its size and reason.
+  // Splice mode: the process's pages through pipes, its shared memory written too.
   const three = await preDump(3, '--pre-dump-mode', 'splice');
   t.is(three.mode, 'splice');
-  t.is(three.sharedMemory, null);
-  for (const area of areas) {
-    const n = three.notPreDumped.find((x) => x.start === area.start);
-    t.truthy(n, `the region at 0x${area.start.toString(16)} is listed`);
-    t.is(n!.kind, 'shmem');
-    t.is(n!.bytes, area.bytes);
-    t.regex(n!.reason, /^anonymous shared memory: not written in splice mode/);
-  }
-  t.false(existsSync(path.join(base, '3', `pagemap-shmem-${w.shared!.inode}.img`)));
+  t.is(three.fallback, null);
+  t.true(three.pipes > 0);
+  t.is(three.sharedMemory!.length, shmids.length);
+  t.false(three.notPreDumped.some((n) => n.kind === 'shmem'));
+  t.true(existsSync(path.join(base, '3', `pagemap-shmem-${w.shared!.inode}.img`)));
   // A dump closes the chain with the shared memory, and verify compares it too.
   process.kill(w.pid, 'SIGSTOP');
   t.teardown(() => signalAll([w.pid], 'SIGCONT'));

@@ -232,9 +232,9 @@ export interface PreDumpResult {
   /**
    * The anonymous shared memory objects pre-dumped, each once for the tree
    * (pagemap-shmem-SHMID.img). null for a single process without such memory, or one
-   * pre-dumped in splice mode, whose anonymous shared
-   * mappings are then listed in notPreDumped; a process that maps such memory is otherwise
-   * pre-dumped as a tree of one, and they are here.
+   * pre-dumped in a mode or to a destination the tree's path lacks (none since splice mode on
+   * trees, 2026-12-05), whose anonymous shared mappings would then be listed in notPreDumped; a
+   * process that maps such memory is otherwise pre-dumped as a tree of one, and they are here.
    */
   sharedMemory: SharedMemoryResult[] | null;
   /** Shared mappings left out, with their size and why. */
@@ -265,6 +265,11 @@ export interface ProcessResult {
   pagesGone: number;
   /** It exited while its pages were copied. */
   partial: boolean;
+  /**
+   * A tree in splice mode: why this process was not spliced (its pages copied after the
+   * thaw, as in read mode); null if it was, and in every other mode.
+   */
+  fallback?: string | null;
   /**
    * With parent images: whether they hold this process ('yes'), not at all ('new': it was
    * pre-dumped whole), or hold another process that had its pid ('pid-reused': never matched
@@ -378,12 +383,12 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   if (isTree(listing)) return preDumpTree(options, listing, started);
   // So is a process of its own with anonymous shared memory, as a tree of one: only the
   // tree's path writes that memory (pagemap-shmem images, as CRIU's pre-dump does), in the
-  // mode this process would take (read or freeze-free, into files or to a page server);
-  // splice mode, which that path lacks, stays here and lists it as not pre-dumped.
+  // mode this process would take (read, splice or freeze-free, into files or to a page
+  // server).
   if (listing.aloneWithSharedMemory) {
     const resolved = native.resolvePreDumpMode(mode, trackMem, options.finalDump ?? false);
     if (native.treeRunsMode(resolved, Boolean(options.pageServer))) {
-      return preDumpTree(options, listing, started, resolved as 'read' | 'freeze-free');
+      return preDumpTree(options, listing, started, resolved as PreDumpModeName);
     }
   }
   const parent =

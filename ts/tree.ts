@@ -12,8 +12,10 @@
  * --page-server` sends them; this directory then keeps what CRIU's client keeps (inventory,
  * stats, the parent link) and predump's record of what was sent. In freeze-free mode the tree
  * is never frozen as a whole: each process is pre-dumped as one process's freeze-free pre-dump
- * is, while it runs, to files or over the tree's one page-server connection. What a tree does
- * not support yet is refused up front, naming it: splice mode.
+ * is, while it runs, to files or over the tree's one page-server connection. In splice mode
+ * (the core's tree_dump::splice) each process's pages are referenced into pipes inside the one
+ * freeze and drained after the thaw; a process that cannot be spliced is copied as in read mode,
+ * and named with the reason.
  */
 import { fromNative, PredumpError } from './errors.js';
 import { discardImages, openImagesDir } from './images-dir.js';
@@ -42,6 +44,7 @@ import {
   serverClient,
   type LeftOutResult,
   type PageServerSent,
+  type PreDumpModeName,
   type PreDumpOptions,
   type PreDumpResult,
   type ProcessResult,
@@ -64,9 +67,9 @@ export function isTree(listing: TreeListing): boolean {
 
 /**
  * The mode of a tree pre-dump of `processes` processes, as the core decides it (a tree's auto
- * is read); the core's refusal (splice mode) as an EINVAL.
+ * is read); a refusal of the core's (none since every mode runs on a tree) as an EINVAL.
  */
-function treeMode(options: PreDumpOptions, processes: number): 'read' | 'freeze-free' {
+function treeMode(options: PreDumpOptions, processes: number): PreDumpModeName {
   try {
     return native.resolveTreeMode(
       options.mode ?? 'auto',
@@ -74,7 +77,7 @@ function treeMode(options: PreDumpOptions, processes: number): 'read' | 'freeze-
       options.finalDump ?? false,
       Boolean(options.pageServer),
       processes,
-    ) as 'read' | 'freeze-free';
+    ) as PreDumpModeName;
   } catch (err) {
     throw fromNative(err);
   }
@@ -231,7 +234,7 @@ export async function preDumpTree(
   listing: TreeListing,
   started: number,
   /** The mode a process of its own resolved `auto` to (it then runs in that mode). */
-  aloneMode?: 'read' | 'freeze-free',
+  aloneMode?: PreDumpModeName,
 ): Promise<PreDumpResult> {
   const mode = aloneMode ?? treeMode(options, listing.members.length);
   const root = options.pid;
@@ -301,6 +304,16 @@ export async function preDumpTree(
       throw fromNative(err);
     });
     createdTracking = report.processes.filter((p) => p.createdTracking).map((p) => p.pid);
+    // Splice mode: the mode used is splice if any process was spliced; read (with the
+    // reasons, as one process's fallback) if none could be.
+    const spliced = report.processes.filter((p) => p.spliced);
+    const fellBack = report.processes.filter((p) => p.fallback);
+    const usedMode: PreDumpModeName =
+      report.mode === 'splice' && spliced.length === 0 && fellBack.length > 0
+        ? 'read'
+        : (report.mode as PreDumpModeName);
+    const fallback = usedMode === 'read' && report.mode === 'splice' ? fallbackOf(report) : null;
+    const unreadable = report.processes.reduce((a, p) => a + p.unreadablePages, 0);
     const tracking = report.processes.find((p) => p.tracking !== 'none')?.tracking ?? 'none';
     let trackNote = treeTrackNote(report, parent !== undefined, tracking, ps !== undefined);
     if (sent && ps && sent.notInServerParent.length > 0) {
@@ -339,7 +352,7 @@ export async function preDumpTree(
         trackMem: tracking,
         final: options.finalDump === true,
         bootId: await bootId(),
-        mode: report.mode as 'read' | 'freeze-free',
+        mode: usedMode,
         ...(sent && ps
           ? {
               pageServer: {
@@ -379,7 +392,14 @@ export async function preDumpTree(
         shpagesSkippedParent: sharedSkippedParent,
         shpagesWritten: sharedWritten,
       },
-      inventory: { dumpUptime: BigInt(report.dumpUptimeUs), preDumpMode: PRE_DUMP_MODE.read },
+      // "splice" as CRIU's splice pre-dump writes it, unless pages of unreadable mappings were
+      // left out (predump leaves them out in every mode, CRIU's splice mode copies them: its
+      // next pre-dump must copy them itself), as for one process.
+      inventory: {
+        dumpUptime: BigInt(report.dumpUptimeUs),
+        preDumpMode:
+          usedMode === 'splice' && unreadable === 0 ? PRE_DUMP_MODE.splice : PRE_DUMP_MODE.read,
+      },
     }).catch(noSpace(dir.path));
     const ms = (x: number): number => x / 1000;
     const pagesWritten = privateWritten + sharedWritten;
@@ -398,6 +418,7 @@ export async function preDumpTree(
       pagesWritten: p.pagesWritten,
       pagesGone: p.pagesGone,
       partial: p.partial,
+      fallback: report.mode === 'splice' ? (p.fallback ?? null) : null,
       inParent: parent
         ? parent.pids.includes(p.pid) && startedUs(p.startTime) <= parent.madeUs
           ? 'yes'
@@ -435,13 +456,13 @@ export async function preDumpTree(
     return {
       pid: root,
       imagesDir: dir.path,
-      mode: report.mode as 'read' | 'freeze-free',
+      mode: usedMode,
       requestedMode: options.mode ?? 'auto',
-      fallback: null,
-      pipes: 0,
-      pinnedBytes: 0,
-      injectedCalls: 0,
-      injectMs: 0,
+      fallback,
+      pipes: sum(report.processes.map((p) => p.pipes)),
+      pinnedBytes: sum(report.processes.map((p) => p.pinnedBytes)),
+      injectedCalls: sum(report.processes.map((p) => p.injectedCalls)),
+      injectMs: sum(report.processes.map((p) => p.injectUs)) / 1000,
       partial: report.processes.some((p) => p.partial),
       threads: report.threads,
       scanMethod: report.processes[0]?.scanMethod ?? 'none',
@@ -526,6 +547,25 @@ function treeTrackNote(
     );
   }
   return notes.length > 0 ? notes.join('; ') : null;
+}
+
+/**
+ * Why a tree's processes were not spliced: each reason once, with its processes unless it
+ * is every process's.
+ */
+function fallbackOf(report: TreePreDumpReport): string | null {
+  const byReason = new Map<string, number[]>();
+  for (const p of report.processes) {
+    if (p.fallback) byReason.set(p.fallback, [...(byReason.get(p.fallback) ?? []), p.pid]);
+  }
+  if (byReason.size === 0) return null;
+  return [...byReason]
+    .map(([why, pids]) =>
+      pids.length === report.processes.length
+        ? why
+        : `${why} (process${pids.length === 1 ? '' : 'es'} ${pids.join(', ')})`,
+    )
+    .join('; ');
 }
 
 /** What went to the page server, as PreDumpResult says it (`hasParent`: the root's). */

@@ -157,6 +157,14 @@ async function run(args: Args): Promise<number> {
       `predump: warning: ${result.requestedMode === 'auto' ? 'freeze-free' : result.requestedMode} mode is not possible here (${result.fallback}): used read mode`,
     );
   }
+  // A tree in splice mode of which some processes could not be spliced (all: the fallback above).
+  const notSpliced = result.fallback ? [] : result.processes.filter((p) => p.fallback);
+  for (const p of notSpliced) {
+    say(
+      `predump: warning: splice mode was not possible for process ${p.pid} (${p.fallback}): ` +
+        'its pages were copied in read mode',
+    );
+  }
   inform(summary(result));
   if (result.partial) {
     const gone = result.processes.filter((p) => p.partial).map((p) => p.pid);
@@ -305,7 +313,8 @@ export function treeLines(r: PreDumpResult): string[] {
         (p.inParent === 'pid-reused'
           ? '; its pid was another process in the parent images (not matched to them)'
           : '') +
-        (p.partial ? '; exited during the copy (partial)' : ''),
+        (p.partial ? '; exited during the copy (partial)' : '') +
+        (p.fallback && r.mode === 'splice' ? '; not spliced: copied in read mode' : ''),
     ),
     ...(r.sharedMemory ?? []).map(
       (s) =>

@@ -343,7 +343,7 @@ export interface PreDumpSentReport {
 export declare function preDumpToServer(options: PreDumpOptions, server: PageServerClient, progress?: Progress | undefined | null): Promise<PreDumpSentReport>
 
 /**
- * Pre-dumps a whole tree (read or freeze-free mode), writing its pages images
+ * Pre-dumps a whole tree (read, splice or freeze-free mode), writing its pages images
  * into `dir`. Rejects with an Error whose `code` is one of predump-core's.
  */
 export declare function preDumpTree(options: TreePreDumpOptions, progress?: Progress | undefined | null): Promise<TreePreDumpReport>
@@ -389,7 +389,7 @@ export declare function resolvePreDumpMode(mode?: string | undefined | null, tra
 /**
  * The mode a tree pre-dump of `processes` processes takes for these names
  * (absent mode: "auto", which is read on a tree; absent tracking: "none"):
- * "read" or "freeze-free". Throws an Error with code EINVAL, the core's
+ * "read", "splice" or "freeze-free". Throws an Error with code EINVAL, the core's
  * message, for a mode a tree cannot run (`toPageServer`: its pages go to a
  * page server). Probes nothing.
  */
@@ -465,7 +465,7 @@ export interface TreeParentPages {
 /** Options of a tree pre-dump. */
 export interface TreePreDumpOptions {
   root: number
-  /** "read" or "freeze-free" (absent, or "auto": read, a tree's default). */
+  /** "read", "splice" or "freeze-free" (absent, or "auto": read, a tree's default). */
   mode?: string
   /** The images directory (it exists; the pages images are created in it). */
   dir: string
@@ -505,7 +505,7 @@ export interface TreePreDumpOptions {
 /** What a tree pre-dump did. Times in microseconds. */
 export interface TreePreDumpReport {
   root: number
-  /** "read" or "freeze-free". */
+  /** "read", "splice" or "freeze-free". */
   mode: string
   dumpUptimeUs: number
   processes: Array<TreeProcessReport>
@@ -517,6 +517,8 @@ export interface TreePreDumpReport {
   frozenUs: number
   stoppedWindowUs: number
   scanUs: number
+  /** Splice mode: every process's pages referenced into pipes, frozen. */
+  referenceUs: number
   /** From the thaw to the pages images synced. */
   drainUs: number
   /**
@@ -570,6 +572,14 @@ export interface TreeProcessReport {
   /** The backend that took its dirty pages: "uffd-wp", "soft-dirty" or "none". */
   tracking: string
   createdTracking: boolean
+  /** Splice mode: its pages went through pipes (false: copied, see `fallback`). */
+  spliced: boolean
+  pipes: number
+  pinnedBytes: number
+  injectedCalls: number
+  injectUs: number
+  /** Splice mode: why it was not spliced (its pages copied as in read mode). */
+  fallback?: string
 }
 
 /**

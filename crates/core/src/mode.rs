@@ -155,16 +155,15 @@ pub fn default_mode(backend: Backend, final_dump: bool) -> Mode {
 }
 
 /// What `--pre-dump-mode auto` takes on a tree: read mode (docs/TREES.md,
-/// "Freeze-free pre-dumps of a tree", says why); freeze-free is taken only
-/// when asked for.
+/// "Freeze-free pre-dumps of a tree" and "Splice mode on a tree", say why);
+/// freeze-free and splice are taken only when asked for.
 pub const DEFAULT_TREE_MODE: Mode = Mode::Read;
 
 /// Whether a tree pre-dump can run in `mode`, into a directory or to a page
-/// server: read and freeze-free (splice mode is not written for trees yet).
+/// server: every mode does (splice since 2026-12-05, see `tree_dump::splice`).
 pub fn tree_runs(mode: Mode, _to_page_server: bool) -> bool {
     match mode {
-        Mode::Read | Mode::FreezeFree => true,
-        Mode::Splice => false,
+        Mode::Read | Mode::FreezeFree | Mode::Splice => true,
     }
 }
 
@@ -368,18 +367,10 @@ mod tests {
             Err(Error::InvalidArgument(m)) => m,
             other => panic!("expected EINVAL, got {other:?}"),
         };
-        assert_eq!(
-            refused(tree(Some("splice"), false)),
-            "the splice mode is not supported on a tree of 4 processes yet: use \
-             --pre-dump-mode read, freeze-free or auto"
-        );
-        // Freeze-free to a page server too (one connection for the tree).
+        // Splice mode runs on a tree, to a page server too; so does freeze-free.
+        assert_eq!(tree(Some("splice"), false).unwrap().0, Mode::Splice);
+        assert_eq!(tree(Some("splice"), true).unwrap().0, Mode::Splice);
         assert_eq!(tree(Some("freeze-free"), true).unwrap().0, Mode::FreezeFree);
-        assert_eq!(
-            refused(check_tree(Some("splice"), None, false, false, None)),
-            "the splice mode is not supported on a tree yet: use --pre-dump-mode read, \
-             freeze-free or auto"
-        );
         // The names are checked first, with one process's messages.
         assert_eq!(
             refused(check_tree(Some("splice"), None, true, false, Some(4))),
@@ -403,6 +394,7 @@ mod tests {
         assert!(tree_runs(Mode::Read, true));
         assert!(tree_runs(Mode::FreezeFree, false));
         assert!(tree_runs(Mode::FreezeFree, true));
-        assert!(!tree_runs(Mode::Splice, false));
+        assert!(tree_runs(Mode::Splice, false));
+        assert!(tree_runs(Mode::Splice, true));
     }
 }

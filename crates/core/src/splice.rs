@@ -76,6 +76,55 @@ impl Pipes {
         Ok(Pipes { free, pipe_bytes })
     }
 
+    /// Pipes for a whole tree, made before its freeze: about `bytes` of pages
+    /// (at least one pipe), never more than `max_pipes`. Unlike [`Pipes::prepare`]
+    /// a pipe that cannot be made (the open-file limit, the user's pipe quota)
+    /// is no error past the first: the pool is smaller, and
+    /// [`Pipes::reserve`] says so when a process needs more.
+    pub fn prepare_pool(bytes: u64, max_pipes: usize) -> Result<Pipes> {
+        let (r, w) = new_pipe()?;
+        let pipe_bytes = grow_pipe(&w)?;
+        let count = (bytes.div_ceil(pipe_bytes as u64) as usize)
+            .max(1)
+            .min(max_pipes.max(1));
+        let mut pool = Pipes {
+            free: vec![(r, w)],
+            pipe_bytes,
+        };
+        let _ = pool.reserve(count);
+        Ok(pool)
+    }
+
+    /// Makes pipes until `count` are free (none taken yet); the error of the
+    /// first that could not be made, the pool keeping those that were.
+    pub fn reserve(&mut self, count: usize) -> Result<()> {
+        let mut made = Vec::new();
+        let r = (|| {
+            while self.free.len() + made.len() < count {
+                let (r, w) = new_pipe()?;
+                fcntl(&w, FcntlArg::F_SETPIPE_SZ(self.pipe_bytes as i32))
+                    .map_err(|e| Error::sys("F_SETPIPE_SZ", e))?;
+                made.push((r, w));
+            }
+            Ok(())
+        })();
+        // Taken with pop(): the new ones after those already waiting.
+        made.reverse();
+        made.append(&mut self.free);
+        self.free = made;
+        r
+    }
+
+    /// Pipes made and not taken yet (each holds two of our fds).
+    pub fn spare(&self) -> usize {
+        self.free.len()
+    }
+
+    /// How many pipes `ranges` take when referenced (see [`reference`]).
+    pub fn needed(&self, ranges: &[PageRange]) -> usize {
+        drain::batches(ranges, MAX_IOVS, self.pipe_bytes as u64).count()
+    }
+
     /// The next pipe; made on the spot if the estimate fell short.
     fn take(&mut self) -> Result<(OwnedFd, OwnedFd)> {
         if let Some(p) = self.free.pop() {
@@ -474,6 +523,18 @@ fn grow_pipe(fd: &OwnedFd) -> Result<usize> {
     }
     let size = fcntl(fd, FcntlArg::F_GETPIPE_SZ).map_err(|e| Error::sys("F_GETPIPE_SZ", e))?;
     Ok(size as usize)
+}
+
+/// Raises our soft open-file limit to the hard one, and returns it: the most
+/// fds a tree's splice mode may hold (see `tree_dump::splice`).
+pub fn raise_nofile_to_hard() -> Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::sys("getrlimit", e))?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| Error::sys("setrlimit", e))?;
+    }
+    Ok(hard)
 }
 
 /// Both ends of every pipe stay open here until used: make sure the soft limit

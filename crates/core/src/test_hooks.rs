@@ -40,6 +40,16 @@ impl DrainGate {
     }
 }
 
+/// The drain gate in a tree's splice mode: each process spliced waits at it
+/// once, before its pipes are drained (its pages are pinned: a test can kill it
+/// there and see its image whole).
+pub(crate) fn splice_drain_gate() -> Result<()> {
+    match DrainGate::find() {
+        Some(gate) => gate.wait(),
+        None => Ok(()),
+    }
+}
+
 /// A gate in injection: when `PREDUMP_TEST_INJECT_GATE` is `POINT:FIFO` and
 /// this is `POINT`, the run waits at the FIFO. The points:
 /// `leftovers-journaled` (`inject::leftovers::remove`, after the journal that

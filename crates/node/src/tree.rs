@@ -96,7 +96,7 @@ pub fn list_tree<'env>(env: &'env Env, root: i32) -> Result<Object<'env>> {
 #[napi(object)]
 pub struct TreePreDumpOptions {
     pub root: i32,
-    /// "read" or "freeze-free" (absent, or "auto": read, a tree's default).
+    /// "read", "splice" or "freeze-free" (absent, or "auto": read, a tree's default).
     pub mode: Option<String>,
     /// The images directory (it exists; the pages images are created in it).
     pub dir: String,
@@ -183,6 +183,14 @@ pub struct TreeProcessReport {
     /// The backend that took its dirty pages: "uffd-wp", "soft-dirty" or "none".
     pub tracking: String,
     pub created_tracking: bool,
+    /// Splice mode: its pages went through pipes (false: copied, see `fallback`).
+    pub spliced: bool,
+    pub pipes: u32,
+    pub pinned_bytes: f64,
+    pub injected_calls: f64,
+    pub inject_us: f64,
+    /// Splice mode: why it was not spliced (its pages copied as in read mode).
+    pub fallback: Option<String>,
 }
 
 /// One anonymous shared memory object, pre-dumped once for the tree.
@@ -243,7 +251,7 @@ pub(crate) fn not_dumped(n: &[predump_core::shmem::NotDumped]) -> Vec<NotDumpedM
 #[napi(object)]
 pub struct TreePreDumpReport {
     pub root: i32,
-    /// "read" or "freeze-free".
+    /// "read", "splice" or "freeze-free".
     pub mode: String,
     pub dump_uptime_us: f64,
     pub processes: Vec<TreeProcessReport>,
@@ -255,6 +263,8 @@ pub struct TreePreDumpReport {
     pub frozen_us: f64,
     pub stopped_window_us: f64,
     pub scan_us: f64,
+    /// Splice mode: every process's pages referenced into pipes, frozen.
+    pub reference_us: f64,
     /// From the thaw to the pages images synced.
     pub drain_us: f64,
     /// The pages read and written, the fsync left out: after the thaw, or
@@ -312,6 +322,12 @@ fn report_of(r: TreeReport, mode: Mode) -> TreePreDumpReport {
                 track_note: p.track_note.clone(),
                 tracking: p.tracking.map_or("none", |b| b.name()).to_string(),
                 created_tracking: p.created_tracking,
+                spliced: p.splice.is_some(),
+                pipes: p.splice.as_ref().map_or(0, |s| s.pipes as u32),
+                pinned_bytes: p.splice.as_ref().map_or(0.0, |s| s.pinned_bytes as f64),
+                injected_calls: p.splice.as_ref().map_or(0.0, |s| s.injected_calls as f64),
+                inject_us: p.splice.as_ref().map_or(0.0, |s| us(s.inject_time)),
+                fallback: p.fallback.clone(),
             })
             .collect(),
         shmem: r
@@ -339,6 +355,7 @@ fn report_of(r: TreeReport, mode: Mode) -> TreePreDumpReport {
         frozen_us: us(r.freeze.frozen),
         stopped_window_us: us(r.freeze.stopped_window),
         scan_us: us(r.scan_time),
+        reference_us: us(r.reference_time),
         drain_us: us(r.drain_time),
         copy_us: us(r.copy_time),
         sync_us: us(r.sync_time),
@@ -350,7 +367,7 @@ fn report_of(r: TreeReport, mode: Mode) -> TreePreDumpReport {
 
 /// The mode a tree pre-dump of `processes` processes takes for these names
 /// (absent mode: "auto", which is read on a tree; absent tracking: "none"):
-/// "read" or "freeze-free". Throws an Error with code EINVAL, the core's
+/// "read", "splice" or "freeze-free". Throws an Error with code EINVAL, the core's
 /// message, for a mode a tree cannot run (`toPageServer`: its pages go to a
 /// page server). Probes nothing.
 #[napi]
@@ -458,7 +475,7 @@ fn plan(options: TreePreDumpOptions, to_page_server: bool) -> Result<TreePlan> {
     })
 }
 
-/// Pre-dumps a whole tree (read or freeze-free mode), writing its pages images
+/// Pre-dumps a whole tree (read, splice or freeze-free mode), writing its pages images
 /// into `dir`. Rejects with an Error whose `code` is one of predump-core's.
 #[napi(ts_return_type = "Promise<TreePreDumpReport>")]
 pub fn pre_dump_tree<'env>(
@@ -489,6 +506,7 @@ pub fn pre_dump_tree<'env>(
             _ => tree_dump::pre_dump_tree(
                 root,
                 &dir,
+                mode,
                 &config,
                 final_dump,
                 tracking.as_ref(),
@@ -585,6 +603,7 @@ pub fn pre_dump_tree_to_server<'env>(
             _ => tree_dump::pre_dump_tree_to(
                 root,
                 dest,
+                mode,
                 &config,
                 final_dump,
                 tracking.as_ref(),

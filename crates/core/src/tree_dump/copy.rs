@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::drain::{DrainConfig, DrainEnd, DrainStats};
+use crate::drain::{DrainConfig, DrainEnd, DrainOutcome, DrainStats};
 use crate::image::pagemap::{pagemap_file_name, pages_file_name, shmem_pagemap_file_name};
 use crate::pages_out::{PagesFile, PagesOut};
 use crate::pageserver::wire::Dst;
@@ -14,6 +14,7 @@ use crate::shmem_chain::{self, InParent, ShmemParent};
 use crate::Result;
 
 use super::scan::{Found, FoundObject};
+use super::splice::{self, Hold};
 use super::{ProcessDump, ShmemDump, TreeDest};
 
 /// The pages images of a tree, and what writing them took.
@@ -39,15 +40,20 @@ pub(super) struct Copied {
 /// while the tree is still frozen. So is its comparison with the chain's copy
 /// (`shmem_parent`): a page left to the parent in a dump is the object's page
 /// at the dump.
+///
+/// In splice mode (`holds`, one for each of `found`) a process's pages are
+/// drained from its pipes, or copied as in read mode where it was not spliced.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn copy_all(
     found: &[Found],
+    holds: Option<Vec<Hold>>,
     objects: &[FoundObject],
     dest: &mut TreeDest<'_>,
     config: &DrainConfig,
     shmem_parent: Option<&ShmemParent>,
     progress: Option<&Progress>,
 ) -> Result<Copied> {
-    let mut copied = copy_some(found, objects, dest, config, shmem_parent, progress)?;
+    let mut copied = copy_some(found, holds, objects, dest, config, shmem_parent, progress)?;
     if let TreeDest::Server(s) = dest {
         // Everything is stored once the server answers PS_IOV_CLOSE: the
         // session's "sync".
@@ -61,8 +67,10 @@ pub(super) fn copy_all(
 /// [`copy_all`] without closing a page server's session: the freeze-free
 /// mode sends the shared objects with it, then each process's pagemap, and
 /// closes the session itself.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn copy_some(
     found: &[Found],
+    holds: Option<Vec<Hold>>,
     objects: &[FoundObject],
     dest: &mut TreeDest<'_>,
     config: &DrainConfig,
@@ -173,33 +181,51 @@ pub(super) fn copy_some(
         shmem.push(dump);
     }
     let mut processes = Vec::with_capacity(found.len());
+    let mut holds = holds.map(Vec::into_iter);
     for f in found {
         let pages_id = next_id;
         next_id += 1;
         let to_parent = f.chosen.as_ref().map_or(&[][..], |c| &c.to_parent[..]);
+        let hold = holds.as_mut().and_then(Iterator::next);
+        let splice_stats = hold.as_ref().and_then(Hold::stats);
+        let fallback = match &hold {
+            Some(Hold::Read(why)) => Some(why.clone()),
+            _ => None,
+        };
+        // The pages into `out`: drained from the pipes, or copied.
+        let done = progress.map(|p| &p.done);
+        let move_pages = |out: &mut dyn PagesOut| -> Result<DrainOutcome> {
+            match hold {
+                Some(Hold::Pinned(pinned)) => {
+                    crate::test_hooks::splice_drain_gate()?;
+                    let (regions, stats) = splice::drain(pinned, f.scan.pages_present, out, done)?;
+                    Ok(DrainOutcome {
+                        regions,
+                        stats,
+                        end: DrainEnd::Complete,
+                    })
+                }
+                Some(Hold::Nothing) => Ok(DrainOutcome {
+                    regions: Vec::new(),
+                    stats: DrainStats::default(),
+                    end: DrainEnd::Complete,
+                }),
+                Some(Hold::Read(_)) | None => {
+                    crate::predump::drain_gated(f.member.pid, &f.scan.ranges, out, config, done)
+                }
+            }
+        };
         let (outcome, pagemap_entries) = match dest {
             TreeDest::Dir(dir) => {
                 let mut file = PagesFile::create(dir, pages_id, pagemap_file_name(f.member.pid))?;
                 file.parent_ranges(to_parent)?;
-                let outcome = crate::predump::drain_gated(
-                    f.member.pid,
-                    &f.scan.ranges,
-                    &mut file,
-                    config,
-                    progress.map(|p| &p.done),
-                )?;
+                let outcome = move_pages(&mut file)?;
                 (outcome, sync(file)?)
             }
             TreeDest::Server(s) => {
                 let mut pm = s.open(Dst::process(f.member.pid as u64))?;
                 pm.parent_ranges(to_parent)?;
-                let outcome = crate::predump::drain_gated(
-                    f.member.pid,
-                    &f.scan.ranges,
-                    &mut pm,
-                    config,
-                    progress.map(|p| &p.done),
-                )?;
+                let outcome = move_pages(&mut pm)?;
                 pm.finish()?;
                 (outcome, pm.pagemap_entries())
             }
@@ -219,6 +245,8 @@ pub(super) fn copy_some(
             pagemap_entries,
             drain: outcome.stats,
             partial: outcome.end == DrainEnd::TargetExited,
+            splice: splice_stats,
+            fallback,
             leftovers_removed: f.leftovers_removed.clone(),
             tracked: f.tracked,
             parent_regions: f

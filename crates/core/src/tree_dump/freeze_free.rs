@@ -130,7 +130,7 @@ pub(super) fn pre_dump_tree_freeze_free(
         TreeDest::Dir(_) => shmem_parent,
         TreeDest::Server(_) => None,
     };
-    let shared = copy_some(&[], &found_objects, dest, config, shmem_parent, progress)?;
+    let shared = copy_some(&[], None, &found_objects, dest, config, shmem_parent, progress)?;
     let mut next_id = shared.shmem.len() as u32 + 1;
     let mut copy = shared.copy.clone();
     let mut copy_time = shared.copy_time;
@@ -238,6 +238,7 @@ pub(super) fn pre_dump_tree_freeze_free(
         left,
         freeze,
         scan_time,
+        reference_time: Duration::ZERO,
         drain_time,
         copy_time,
         sync_time,
@@ -280,5 +281,7 @@ fn process_dump(member: Member, pages_id: u32, r: PreDumpReport) -> ProcessDump 
         created_tracking: r.created_tracking,
         leftovers_removed: r.leftovers_removed,
         tracked,
+        splice: None,
+        fallback: None,
     }
 }

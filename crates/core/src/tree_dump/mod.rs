@@ -27,22 +27,23 @@
 //!
 //! # Modes
 //!
-//! Read mode, and the freeze-free mode (`pre_dump_tree_freeze_free`, in
-//! `freeze_free`: the tree is never frozen as a whole, each process is
-//! pre-dumped as one process's freeze-free pre-dump is), both into a
-//! directory or to a page server (`*_to`); the caller refuses
-//! splice for a tree of more than one process. A final dump (`predump dump`)
-//! freezes the whole tree, reads each process's tracking and ends it, and
-//! copies while the tree stays frozen.
+//! Read mode; splice mode (`splice`: inside the one freeze each process's
+//! pages are referenced into pipes by an injected vmsplice, drained after the
+//! thaw; the shared objects are read through their file as in read mode); and
+//! the freeze-free mode (`pre_dump_tree_freeze_free`, in `freeze_free`: the
+//! tree is never frozen as a whole, each process is pre-dumped as one
+//! process's freeze-free pre-dump is); each into a directory or to a page
+//! server (`*_to`). A final dump (`predump dump`) freezes the whole tree, reads
+//! each process's tracking and ends it, and copies while the tree stays frozen.
 //!
 //! # The files
 //!
-//! Five files, so that none runs to 800 lines (issue 11). This one holds the
+//! Six files, so that none runs to 800 lines (issue 11). This one holds the
 //! entry points and the phases in order (prepare, freeze,
-//! scan, track, thaw, copy); `scan` what is read while the tree is frozen, on
+//! scan, track, hold, thaw, copy); `scan` what is read while the tree is frozen, on
 //! the scan threads; `copy` the pages images written, the shared objects' and
 //! the processes'; `track` the dirty-page tracking taken and ended on the
-//! tracer thread; `freeze_free` the freeze-free mode.
+//! tracer thread; `splice` splice mode's pipes; `freeze_free` the freeze-free mode.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,7 +53,7 @@ use std::time::{Duration, Instant};
 use crate::drain::{DrainConfig, DrainStats};
 use crate::mem_times::MemTimes;
 use crate::pageserver::sender::TreeSession;
-use crate::predump::{FinalDump, Progress};
+use crate::predump::{FinalDump, Mode, Progress, SpliceStats};
 use crate::scan::ScanMethod;
 use crate::shmem::NotDumped;
 use crate::shmem_chain::{InParent, ShmemParent};
@@ -64,6 +65,7 @@ use crate::{proc, Error, PageRange, Result};
 mod copy;
 mod freeze_free;
 mod scan;
+mod splice;
 mod track;
 
 use copy::{copy_all, Copied};
@@ -106,6 +108,11 @@ pub struct ProcessDump {
     /// It holds predump's uffd-wp tracking, left by an earlier pre-dump of it
     /// alone: a tree pre-dump neither uses nor ends it.
     pub tracked: bool,
+    /// Splice mode: what its pages took in pipes (None: copied, in read mode,
+    /// or after a fallback).
+    pub splice: Option<SpliceStats>,
+    /// Splice mode: why it was not spliced (its pages copied as in read mode).
+    pub fallback: Option<String>,
 }
 
 /// One anonymous shared memory object of the tree, pre-dumped once.
@@ -151,6 +158,8 @@ pub struct TreeReport {
     pub freeze: TreeFreezeTimes,
     /// Reading maps, scanning pages and finding the shared objects, frozen.
     pub scan_time: Duration,
+    /// Splice mode: referencing every process's pages into pipes, frozen.
+    pub reference_time: Duration,
     /// From the thaw to the last pages image synced (in a dump, which copied
     /// and synced everything while frozen, next to nothing).
     pub drain_time: Duration,
@@ -184,7 +193,9 @@ pub enum TreeDest<'a> {
 /// Pre-dumps `root` and its descendants into `dir` (which must exist and hold
 /// no pages images): `pages-<id>.img` for every process and shared object, each
 /// with its pagemap (`pagemap-PID.img`, `pagemap-shmem-SHMID.img`); the caller
-/// writes the images around them (stats, inventory). Read mode, no tracking.
+/// writes the images around them (stats, inventory). `mode`: read or splice
+/// (splice: each process's pages referenced into pipes while the tree is
+/// frozen, see `splice`; never in a final dump).
 ///
 /// With `shmem_parent` (the parent images, into a directory only), each shared
 /// object the parent holds is compared with the chain's copy page by page and
@@ -196,9 +207,11 @@ pub enum TreeDest<'a> {
 /// copied. A run that started the tracking of some processes and then fails
 /// ends it in them again. A final dump (`tracking.final_dump` agrees with
 /// `final_dump`) takes the tracking and ends it, never starts it.
+#[allow(clippy::too_many_arguments)]
 pub fn pre_dump_tree(
     root: i32,
     dir: &Path,
+    mode: Mode,
     config: &DrainConfig,
     final_dump: Option<FinalDump>,
     tracking: Option<&TreeTracking>,
@@ -208,6 +221,7 @@ pub fn pre_dump_tree(
     pre_dump_tree_to(
         root,
         &mut TreeDest::Dir(dir),
+        mode,
         config,
         final_dump,
         tracking,
@@ -219,9 +233,11 @@ pub fn pre_dump_tree(
 /// [`pre_dump_tree`] into a directory or to a page server. To a page server
 /// `shmem_parent` is not used: the chain's pages are on the server, so each
 /// shared object is copied whole.
+#[allow(clippy::too_many_arguments)]
 pub fn pre_dump_tree_to(
     root: i32,
     dest: &mut TreeDest<'_>,
+    mode: Mode,
     config: &DrainConfig,
     final_dump: Option<FinalDump>,
     tracking: Option<&TreeTracking>,
@@ -229,12 +245,26 @@ pub fn pre_dump_tree_to(
     progress: Option<&Progress>,
 ) -> Result<TreeReport> {
     debug_assert!(tracking.is_none_or(|t| t.final_dump == final_dump.is_some()));
+    match (mode, final_dump) {
+        (Mode::FreezeFree, _) => {
+            return Err(Error::InvalidArgument(
+                "the freeze-free mode of a tree is pre_dump_tree_freeze_free".to_string(),
+            ))
+        }
+        (Mode::Splice, Some(_)) => {
+            return Err(Error::InvalidArgument(
+                "a final dump copies while frozen throughout: it has no splice mode".to_string(),
+            ))
+        }
+        _ => {}
+    }
     let shmem_parent = match dest {
         TreeDest::Dir(_) => shmem_parent,
         TreeDest::Server(_) => None,
     };
     let mut created = Vec::new();
     let asked = Asked {
+        mode,
         final_dump,
         tracking,
         shmem_parent,
@@ -312,6 +342,7 @@ fn undo_on_error<T>(r: &Result<T>, created: &[i32], progress: Option<&Progress>)
 
 /// What a tree pre-dump was asked for besides its pages' destination.
 struct Asked<'a> {
+    mode: Mode,
     final_dump: Option<FinalDump>,
     tracking: Option<&'a TreeTracking>,
     shmem_parent: Option<&'a ShmemParent>,
@@ -326,17 +357,19 @@ fn pre_dump_tree_inner(
     created: &mut Vec<i32>,
 ) -> Result<TreeReport> {
     let Asked {
+        mode,
         final_dump,
         tracking,
         shmem_parent,
     } = asked;
+    let splice = mode == Mode::Splice;
     tree::check_root(root)?;
     // Everything that can be done before freezing is: a process that appears
     // while the tree freezes is prepared while frozen instead.
     let (listed, _) = tree::list(root)?;
     let mut prepared: HashMap<(i32, u64), Prepared> = HashMap::new();
     for m in &listed {
-        match prepare(m.pid) {
+        match prepare(m.pid, splice) {
             Ok(p) => {
                 prepared.insert((m.pid, m.start_time), p);
             }
@@ -356,6 +389,12 @@ fn pre_dump_tree_inner(
         }
     }
 
+    // Splice mode's pipes, made now rather than while the tree waits.
+    let mut pool = match splice {
+        true => Some(splice::TreePipes::prepare(&listed)?),
+        false => None,
+    };
+
     let frozen = FrozenTree::freeze(root)?;
     let dump_uptime_us = proc::uptime_us();
     let scan_started = Instant::now();
@@ -370,17 +409,27 @@ fn pre_dump_tree_inner(
     };
     let track_time = track_started.elapsed();
     let scan_time = scan_time + track_time;
+    // Splice mode: every process's pages into pipes, still frozen (after the
+    // scan and the tracking, so that the injector's scratch mapping is in
+    // neither). A failure fails the run after the thaw.
+    let (holds, reference_time) = match (&found, pool.as_mut()) {
+        (Ok((found, _, _)), Some(pool)) => match splice::hold_all(&frozen, found, pool) {
+            Ok((holds, took)) => (Some(Ok(holds)), took),
+            Err(e) => (Some(Err(e)), Duration::ZERO),
+        },
+        _ => (None, Duration::ZERO),
+    };
     let left = frozen.left().to_vec();
     // A final dump ends predump's tracking and copies everything while the
     // whole tree stays frozen: the images are one consistent state.
     let frozen_copy_started = Instant::now();
-    let copied = match (&found, final_dump) {
-        (Ok((found, objects, _)), Some(_)) => Some(
-            end_tracking(&frozen)
-                .and_then(|()| copy_all(found, objects, dest, config, shmem_parent, progress)),
-        ),
-        _ => None,
-    };
+    let copied =
+        match (&found, final_dump) {
+            (Ok((found, objects, _)), Some(_)) => Some(end_tracking(&frozen).and_then(|()| {
+                copy_all(found, None, objects, dest, config, shmem_parent, progress)
+            })),
+            _ => None,
+        };
     // Ending the tracking, the copy and the fsyncs: a dump's page work after the scan.
     let frozen_copy_time = frozen_copy_started.elapsed();
     let freeze = match final_dump {
@@ -393,11 +442,20 @@ fn pre_dump_tree_inner(
         p.thawed.store(true, Ordering::SeqCst);
     }
     let (found, objects, not_dumped) = found?;
+    let holds = holds.transpose()?;
     let drain_started = Instant::now();
     let copied_frozen = copied.is_some();
     let all = match copied {
         Some(c) => c?,
-        None => copy_all(&found, &objects, dest, config, shmem_parent, progress)?,
+        None => copy_all(
+            &found,
+            holds,
+            &objects,
+            dest,
+            config,
+            shmem_parent,
+            progress,
+        )?,
     };
     let drain_time = drain_started.elapsed();
     let Copied {
@@ -410,7 +468,9 @@ fn pre_dump_tree_inner(
     let mem = if copied_frozen {
         MemTimes::copied_frozen(scan_time + frozen_copy_time, &copy_stats)
     } else {
-        MemTimes::copied_after_thaw(scan_time, &copy_stats, sync_time)
+        // Splice mode's references are its dump of the pages (CRIU's
+        // memdump_time), the pipes' draining a write like a copy's.
+        MemTimes::copied_after_thaw(scan_time + reference_time, &copy_stats, sync_time)
     };
     Ok(TreeReport {
         root,
@@ -421,6 +481,7 @@ fn pre_dump_tree_inner(
         left,
         freeze,
         scan_time,
+        reference_time,
         drain_time,
         copy_time,
         sync_time,

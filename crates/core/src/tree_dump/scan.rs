@@ -20,14 +20,22 @@ pub(super) struct Prepared {
     vm_flags: HashMap<(u64, u64), VmFlags>,
     scanner: Scanner,
     tracked: bool,
+    /// Splice mode: how many fds it can take (`splice::target_fd_room`).
+    fd_room: Option<usize>,
 }
 
-pub(super) fn prepare(pid: i32) -> Result<Prepared> {
+/// What is read of `pid` before the freeze; in splice mode (`splice`) its
+/// room for our pipes' fds too.
+pub(super) fn prepare(pid: i32, splice: bool) -> Result<Prepared> {
     let smaps = proc::read_proc(pid, &format!("/proc/{pid}/smaps"))?;
     Ok(Prepared {
         vm_flags: maps::parse_smaps_flags(&smaps)?,
         scanner: Scanner::open(pid)?,
         tracked: crate::track::find_ours(pid)?.is_some(),
+        fd_room: match splice {
+            true => Some(crate::splice::target_fd_room(pid)?),
+            false => None,
+        },
     })
 }
 
@@ -43,6 +51,11 @@ pub(super) struct Found {
     pub(super) vmas: Vec<Vma>,
     pub(super) leftovers_removed: Option<String>,
     pub(super) tracked: bool,
+    /// How many fds it can take (None: not read before the freeze).
+    pub(super) fd_room: Option<usize>,
+    /// A thread of it is inside a dead run's injected code: nothing may be
+    /// injected (splice mode falls back to read for it).
+    pub(super) in_stub: bool,
 }
 
 /// A shared object of the tree, opened while it was frozen.
@@ -85,7 +98,9 @@ pub(super) fn scan_frozen(
                 } else {
                     removed.describe()
                 });
-                found.push(scan_one(job)?.found_after_clean());
+                let mut f = scan_one(job)?.found_after_clean();
+                f.in_stub = removed.in_use.is_some();
+                found.push(f);
             }
         }
     }
@@ -211,9 +226,10 @@ fn scan_one(mut job: Job<'_>) -> Result<Scanned<'_>> {
         vm_flags,
         mut scanner,
         tracked,
+        fd_room,
     } = match prepared {
         Some(p) => p,
-        None => prepare(pid)?,
+        None => prepare(pid, false)?,
     };
     let vmas = maps::parse_maps(&text)?;
     let (keep, skipped) = scan::select(&vmas, &vm_flags, true);
@@ -240,6 +256,8 @@ fn scan_one(mut job: Job<'_>) -> Result<Scanned<'_>> {
         vmas,
         leftovers_removed: leftovers_removed.filter(|r| !r.is_empty()),
         tracked,
+        fd_room,
+        in_stub: false,
     }))
 }
 
