@@ -422,9 +422,22 @@ test.serial(
     // The shared object once, every page of it: not once per process.
     t.is(row.sharedPages, 1024);
     t.is(row.sharedPagesWritten, 1024);
-    for (const s of [row.stoppedMs, row.scanMs, row.totalMs, row.singleStoppedMs, row.memcpyMs]) {
+    for (const s of [
+      row.stoppedMs,
+      row.scanMs,
+      row.totalMs,
+      row.spliceStoppedMs,
+      row.spliceInjectMs,
+      row.spliceTotalMs,
+      row.singleStoppedMs,
+      row.memcpyMs,
+    ]) {
       assertMeasured(t, s, 'tree');
     }
+    // The splice runs held the tree's private pages in pipes (the shared object is read).
+    t.true(row.splicePipes.min >= row.processes, `${row.splicePipes.min} pipes`);
+    t.true(row.splicePinnedBytes.min >= 10 * MiB, 'the private data pinned');
+    t.regex(j.goals[0]!.detail, /the tree in splice mode, same rounds: [\d.]+ ms/);
     t.true(row.pagesWritten.min >= (16 * MiB) / 4096, 'the private and shared data');
     // The tracked chain (where this kernel has uffd-wp): no written page lost, the rest of
     // each process's pages left to the parent, of the shared object only the pages dirtied

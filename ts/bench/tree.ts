@@ -1,7 +1,8 @@
 /**
  * `predump bench --tree`: read-mode pre-dumps of a tree of processes sharing anonymous
- * memory (the bundled workload with `--tree`), beside a pre-dump of one process holding
- * as many bytes and a memcpy of them, taking turns round after round. Every pre-dump is
+ * memory (the bundled workload with `--tree`), beside splice-mode pre-dumps of the same tree,
+ * a pre-dump of one process holding as many bytes and a memcpy of them, taking turns round
+ * after round. Every pre-dump is
  * a whole `predump pre-dump` process, as a user runs it.
  *
  * The goals (issue 12): a tree of 100 processes, 1 GiB in all, a quarter of it shared:
@@ -67,6 +68,18 @@ export interface TreeRow {
   /** Pages written of the shared object, and its size in pages: equal when counted once. */
   sharedPagesWritten: number;
   sharedPages: number;
+  /**
+   * The tree's splice-mode pre-dumps in the same rounds (every process's pages referenced into
+   * pipes inside the freeze, drained after the thaw; untracked, as the read-mode ones): the
+   * time any thread was stopped, of which the injected vmsplices (every process's, summed),
+   * and the whole run.
+   */
+  spliceStoppedMs: Stat;
+  spliceInjectMs: Stat;
+  spliceTotalMs: Stat;
+  /** Bytes pinned in pipes until drained, and the pipes (every process's). */
+  splicePinnedBytes: Stat;
+  splicePipes: Stat;
   /** One process holding as many bytes, pre-dumped the same way in the same rounds. */
   singleStoppedMs: Stat;
   singleTotalMs: Stat;
@@ -147,6 +160,11 @@ export interface TreeReport {
 const bin = (): string => path.join(packageRoot, 'bin', 'predump.js');
 
 interface TreeJson {
+  mode?: string;
+  fallback?: string | null;
+  pipes?: number;
+  pinnedBytes?: number;
+  injectMs?: number;
   stoppedWindowMs: number;
   freezingMs: number;
   scanMs: number;
@@ -391,13 +409,18 @@ async function measure(
     singleStopped: [] as number[],
     singleTotal: [] as number[],
     memcpy: [] as number[],
+    spliceStopped: [] as number[],
+    spliceInject: [] as number[],
+    spliceTotal: [] as number[],
+    splicePinned: [] as number[],
+    splicePipes: [] as number[],
   };
   let shared = { written: 0, pages: sharedBytes / page };
   let incremental: TreeIncremental | string = 'not measured';
   let freezeFree: TreeFreezeFree | null = null;
   try {
     single = await Workload.start({ sizeBytes: size.bytes, threads: plan.threads });
-    const steps = ['tree', 'single', 'memcpy'] as const;
+    const steps = ['tree', 'splice', 'single', 'memcpy'] as const;
     for (let round = -1; round < plan.runs; round++) {
       events.step(`${size.label} tree of ${plan.processes}: round ${round + 1} of ${plan.runs}`);
       const count = round >= 0;
@@ -415,6 +438,29 @@ async function measure(
             if (count) {
               s.singleStopped.push(j.stoppedWindowMs);
               s.singleTotal.push(j.totalMs);
+            }
+            continue;
+          }
+          if (step === 'splice') {
+            const j = await preDump(tree.pid, dir, ['--pre-dump-mode', 'splice']);
+            // Every process spliced: a fallback would measure read mode under splice's name.
+            if (
+              j.mode !== 'splice' ||
+              j.fallback ||
+              (j.processes?.length ?? 1) !== plan.processes
+            ) {
+              throw new PredumpError(
+                'EBENCH',
+                `the tree's splice pre-dump ran in ${j.mode} mode over ${j.processes?.length ?? 1} processes` +
+                  (j.fallback ? ` (${j.fallback})` : ''),
+              );
+            }
+            if (count) {
+              s.spliceStopped.push(j.stoppedWindowMs);
+              s.spliceInject.push(j.injectMs ?? 0);
+              s.spliceTotal.push(j.totalMs);
+              s.splicePinned.push(j.pinnedBytes ?? 0);
+              s.splicePipes.push(j.pipes ?? 0);
             }
             continue;
           }
@@ -472,6 +518,11 @@ async function measure(
     pagesWritten: stat(s.pages),
     sharedPagesWritten: shared.written,
     sharedPages: shared.pages,
+    spliceStoppedMs: r3(s.spliceStopped),
+    spliceInjectMs: r3(s.spliceInject),
+    spliceTotalMs: r3(s.spliceTotal),
+    splicePinnedBytes: stat(s.splicePinned),
+    splicePipes: stat(s.splicePipes),
     singleStoppedMs: r3(s.singleStopped),
     singleTotalMs: r3(s.singleTotal),
     memcpyMs: r3(s.memcpy),
@@ -491,7 +542,10 @@ function judge(rows: TreeRow[]): TreeGoal[] {
       detail:
         `${r.stoppedMs.median.toFixed(1)} ms (freezing ${r.freezingMs.median.toFixed(1)}, ` +
         `scan ${r.scanMs.median.toFixed(1)}); one process of the same size: ` +
-        `${r.singleStoppedMs.median.toFixed(1)} ms (medians)`,
+        `${r.singleStoppedMs.median.toFixed(1)} ms; the tree in splice mode, same rounds: ` +
+        `${r.spliceStoppedMs.median.toFixed(1)} ms (of which injected vmsplices ` +
+        `${r.spliceInjectMs.median.toFixed(1)}), total ${r.spliceTotalMs.median.toFixed(0)} ms ` +
+        `against ${r.totalMs.median.toFixed(0)} (medians)`,
     });
     if (r.sharedPages > 0) {
       goals.push({
@@ -596,6 +650,8 @@ export function renderTreeTable(r: TreeReport): string {
       'freezing ms',
       'scan ms',
       'total ms',
+      'splice: stopped ms',
+      'total ms',
       'one process: stopped ms',
       'total ms',
       'memcpy ms',
@@ -607,6 +663,8 @@ export function renderTreeTable(r: TreeReport): string {
       formatStat(x.freezingMs, 1),
       formatStat(x.scanMs, 1),
       formatStat(x.totalMs, 0),
+      formatStat(x.spliceStoppedMs, 1),
+      formatStat(x.spliceTotalMs, 0),
       formatStat(x.singleStoppedMs, 1),
       formatStat(x.singleTotalMs, 0),
       formatStat(x.memcpyMs, 0),

@@ -105,7 +105,7 @@ export function builder(yargs: Argv) {
       type: 'boolean',
       default: false,
       describe:
-        'instead: read-mode pre-dumps of a tree of processes sharing memory, beside one process of the same size ' +
+        'instead: read- and splice-mode pre-dumps of a tree of processes sharing memory, beside one process of the same size ' +
         `[--sizes default: ${TREE_DEFAULTS.sizes} (the whole tree); --threads: ${TREE_DEFAULTS.threads} per process; --runs: ${TREE_DEFAULTS.runs}]`,
     })
     .option('processes', {
@@ -158,7 +158,7 @@ export function builder(yargs: Argv) {
         'With --page-server: per size and mode, pre-dumps sent to a predump page-server on ' +
         '127.0.0.1, a plain TCP send of as many bytes, and a local pre-dump, in turns; ' +
         "throughput, the target's stopped time and the server's peak RSS (docs/PAGE-SERVER.md).\n\n" +
-        'With --tree: read-mode pre-dumps of the workload as a tree of --processes processes ' +
+        'With --tree: read- and splice-mode pre-dumps of the workload as a tree of --processes processes ' +
         '(--shared-percent of --sizes in one shared region, the rest private, split evenly), ' +
         'beside a pre-dump of one process of the same size and a memcpy, in turns (docs/TREES.md).\n\n' +
         'It starts and stops its own workloads and never touches another process.\n\n' +
