@@ -357,24 +357,6 @@ test('splice on a tree: what is refused, with message and exit code, nothing tou
       'ESRCH',
       /no such process: 999999999/,
     ],
-    // Freeze-free to a page server stays refused on a tree (splice is not).
-    [
-      [
-        'pre-dump',
-        '-t',
-        String(w.pid),
-        '--pre-dump-mode',
-        'freeze-free',
-        '--page-server',
-        '--address',
-        '127.0.0.1',
-        '--port',
-        '1',
-      ],
-      1,
-      'EINVAL',
-      /the freeze-free mode is not supported on a tree of 4 processes sent to a page server yet: use --pre-dump-mode read, splice or auto/,
-    ],
   ];
   for (const [i, [args, exit, code, message]] of cases.entries()) {
     const dir = path.join(base, `img-${i}`);

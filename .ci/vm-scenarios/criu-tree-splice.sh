@@ -47,7 +47,7 @@ run() {
     --pre-dump-mode splice --json >2.json || fail "predump splice pre-dump 2 of the tree failed"
   expect_eq "$(json 2.json .mode)" splice "pre-dump 2's mode"
   expect_eq "$(json 2.json .trackBackend)" soft-dirty "pre-dump 2's tracking"
-  note "predump splice pre-dumps: $(json 1.json .pagesWritten) then $(json 2.json .pagesWritten) pages ($(json 2.json .pagesSkippedParent) left to the parent), $(json 2.json .pipes) pipes, $(json 2.json .injectedCalls) calls injected, stopped $(json 1.json .stoppedWindowMs) and $(json 2.json .stoppedWindowMs) ms, $(jq '.processes | length' 2.json) processes, $(jq '.sharedMemory | length' 2.json) shared objects"
+  note "predump splice pre-dumps: $(json 1.json .pagesWritten) then $(json 2.json .pagesWritten) pages ($(json 2.json .pagesSkippedParent) left to the parent), $(json 2.json .pipes) pipes, $(json 2.json .injectedCalls) calls injected, stopped $(jq '.stoppedWindowMs | round' 1.json) and $(jq '.stoppedWindowMs | round' 2.json) ms, $(jq '.processes | length' 2.json) processes, $(jq '.sharedMemory | length' 2.json) shared objects"
   note "pre-dump 2's note: $(json 2.json .trackNote)"
   # Each process's 4 MiB of private data is in the first; the second takes only what
   # was written since (10% of process 1's data, stacks; the shared objects as compared).

@@ -111,10 +111,11 @@ impl NotDumped {
 
 /// Why a single-process pre-dump leaves anonymous shared memory out: only the
 /// tree's path writes pagemap-shmem images, and a process of its own that maps
-/// such memory takes that path (see `maps_anonymous`) unless the mode is one
-/// that path lacks.
+/// such memory takes that path in every mode (see `maps_anonymous`): one that
+/// got here mapped it after it was listed.
 pub const ANONYMOUS_OF_ONE_PROCESS: &str =
-    "anonymous shared memory: not written in splice mode yet (read and freeze-free modes write it)";
+    "anonymous shared memory mapped after predump looked for it: not written by this \
+     pre-dump (the next one writes it)";
 
 /// Whether process `pid` maps anonymous shared memory (a pre-dump of it then
 /// writes pagemap-shmem images, as a tree's does).

@@ -130,7 +130,15 @@ pub(super) fn pre_dump_tree_freeze_free(
         TreeDest::Dir(_) => shmem_parent,
         TreeDest::Server(_) => None,
     };
-    let shared = copy_some(&[], None, &found_objects, dest, config, shmem_parent, progress)?;
+    let shared = copy_some(
+        &[],
+        None,
+        &found_objects,
+        dest,
+        config,
+        shmem_parent,
+        progress,
+    )?;
     let mut next_id = shared.shmem.len() as u32 + 1;
     let mut copy = shared.copy.clone();
     let mut copy_time = shared.copy_time;
