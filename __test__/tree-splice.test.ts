@@ -18,6 +18,7 @@ import {
   assertCliError,
   assertRunningUntraced,
   BIN,
+  heldThreads,
   type CliResult,
   leftoverDiff,
   mkfifo,
@@ -271,6 +272,41 @@ test('splice on a tree: a process killed before its pipes are drained still has 
   const size = (await readFile(path.join(tmp, 'img', `pages-${v.pagesId}.img`))).length;
   t.is(size, v.pagesWritten * 4096);
   for (const pid of pids.filter((p) => p !== victim)) await assertRunningUntraced(t, pid);
+});
+
+test('splice on a tree, predump killed inside its first injection: nothing held, the next run removes what it left and says so, every process as before', async (t) => {
+  const { w, pids } = await startTree(t);
+  const base = await tempDir(t);
+  const before = await Promise.all(pids.map((pid) => snapshot(pid)));
+  const gate = path.join(base, 'gate');
+  await mkfifo(gate);
+  // The run waits at the gate once the root (the first process spliced) holds its pipes.
+  const cli = startCli(spliceArgs(w.pid, path.join(base, 'killed'), undefined, 'none'), {
+    PREDUMP_TEST_INJECT_GATE: `splice-pipes-received:${gate}`,
+  });
+  t.teardown(() => {
+    if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
+  });
+  const fh = await reachGate(gate, cli);
+  cli.child.kill('SIGKILL');
+  await cli.done;
+  await fh.close();
+  for (const pid of pids) {
+    t.deepEqual(await heldThreads(pid), [], `process ${pid}: the killed run held nothing`);
+  }
+  const left = leftoverDiff(before[0]!, await snapshot(w.pid))[0];
+  t.true(left.length > 0, 'the killed run left its stub, scratch mapping or fds in the root');
+  // The next splice pre-dump of the tree removes them before its scan, and says so.
+  const r = await runCli(spliceArgs(w.pid, path.join(base, 'next'), undefined, 'none'));
+  t.is(r.code, 0, r.stderr);
+  const j = parseJson<PreDumpResult>(t, r);
+  assertAllSpliced(t, j, 4);
+  t.regex(j.leftoversRemoved ?? '', new RegExp(`\\(process ${w.pid}\\)$`));
+  for (const [i, pid] of pids.entries()) {
+    await assertRunningUntraced(t, pid);
+    const [diff] = leftoverDiff(before[i]!, await snapshot(pid));
+    t.deepEqual(diff, [], `process ${pid}: nothing of predump left`);
+  }
 });
 
 /** The CLI under an open-file limit of `nofile` (soft and hard): predump may not raise it. */
