@@ -370,6 +370,20 @@ export async function statState(pid: number): Promise<string | undefined> {
   return text.slice(text.lastIndexOf(')') + 2).charAt(0);
 }
 
+/**
+ * Kills `pid` (a process this test started, not its child: no waitpid) and returns once it
+ * has exited: a zombie or gone, its memory released. A SIGKILL is only queued when kill()
+ * returns; a run reading the process right after could still find its pages.
+ */
+export async function killAndWaitExit(pid: number): Promise<void> {
+  process.kill(pid, 'SIGKILL');
+  for (;;) {
+    const state = await statState(pid);
+    if (state === undefined || state === 'Z' || state === 'X') return;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
 /** Asserts that every thread of `pid` exists, is not stopped nor a zombie, and is untraced. */
 export async function assertRunningUntraced(t: T, pid: number): Promise<void> {
   const tids = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);

@@ -19,6 +19,7 @@ import {
   type CliResult,
   computing,
   holdAll,
+  killAndWaitExit,
   leftoverDiff,
   MiB,
   mkfifo,
@@ -171,7 +172,9 @@ test('freeze-free on a tree: a process that exits during its copy makes a partia
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
   t.true((await size()) > 0, "the victim's copy has begun");
-  process.kill(victim, 'SIGKILL');
+  // Exited before the gate opens: the rest of its copy (a few dozen pages) would otherwise
+  // race its SIGKILL, and could be read whole before it takes effect (exit 0, seen at load 12).
+  await killAndWaitExit(victim);
   await fh.write(Buffer.from('x'.repeat(order.length)));
   const r = await cli.done;
   await fh.close();
