@@ -110,6 +110,12 @@ impl AnonMap {
     }
 }
 
+// SAFETY: an AnonMap owns its mapping exclusively, as a `Box<[u8]>` owns its
+// allocation: moving it to another thread moves that ownership, and no other
+// object refers to the memory (the drain passes its buffers between its reader
+// and its writer this way).
+unsafe impl Send for AnonMap {}
+
 impl Drop for AnonMap {
     fn drop(&mut self) {
         // SAFETY: we own the mapping and no slice of it outlives `self`. A pipe that

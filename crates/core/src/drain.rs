@@ -10,7 +10,8 @@
 //!
 //! [`drain`] overlaps reading and writing on two cores with two page-aligned buffers:
 //! the calling thread fills one buffer while a writer thread `splice`s the other one's
-//! bytes from the pipe into the image. The buffers are the size of the pipe, so one
+//! bytes from the pipe into the image, or, for an output that takes buffers (a page
+//! server's socket, [`PagesOut::takes_buffers`]), sends them straight from the buffer. The buffers are the size of the pipe, so one
 //! fill always fits into it and memory stays bounded whatever the target's size.
 
 use std::fs::File;
@@ -343,22 +344,32 @@ impl Writer<'_> {
     }
 
     /// Serves (buffer, bytes) chunks until the reader hangs up, giving each buffer
-    /// back once its bytes have left the pipe. After an error it keeps draining (and
+    /// back once its bytes have left the pipe (or, for an output that takes
+    /// buffers, the buffer itself). After an error it keeps draining (and
     /// dropping) chunks so that the reader never blocks; `failed` tells it to stop.
     fn run(
         mut self,
-        work: mpsc::Receiver<(usize, usize, Vec<PageRange>)>,
-        free: mpsc::Sender<usize>,
+        work: mpsc::Receiver<(AnonMap, usize, Vec<PageRange>)>,
+        free: mpsc::Sender<AnonMap>,
         failed: &AtomicBool,
         progress: Option<&AtomicU64>,
     ) -> Result<(Duration, u64)> {
         let mut error = None;
+        let from_buffer = self.out.takes_buffers();
         for (buffer, len, regions) in work {
             if error.is_some() {
-                self.discard(len);
+                if !from_buffer {
+                    self.discard(len);
+                }
             } else {
                 let start = Instant::now();
-                let res = self.out.write_from_pipe(self.pipe.as_fd(), &regions, len);
+                let res = if from_buffer {
+                    self.out
+                        .write_from_buffer(&buffer.as_slice()[..len], &regions)
+                        .map_err(|e| (e, 0))
+                } else {
+                    self.out.write_from_pipe(self.pipe.as_fd(), &regions, len)
+                };
                 self.time += start.elapsed();
                 match res {
                     Ok(()) => {
@@ -393,31 +404,28 @@ struct ReadState {
     exited: bool,
 }
 
-/// The reader side of [`drain`]: fills free buffers and feeds them to the pipe.
+/// The reader side of [`drain`]: fills free buffers and feeds them to the pipe
+/// (or, for an output that takes buffers, hands them to the writer as they are).
 /// Consumes `work` so that the writer sees the hang-up however this returns.
 #[allow(clippy::too_many_arguments)]
 fn read_loop(
     pid: i32,
     ranges: &[PageRange],
     max_iovs: usize,
-    buffers: &mut [AnonMap; 2],
+    mut idle: Vec<AnonMap>,
     pipe: &File,
-    work: mpsc::Sender<(usize, usize, Vec<PageRange>)>,
-    free: mpsc::Receiver<usize>,
+    work: mpsc::Sender<(AnonMap, usize, Vec<PageRange>)>,
+    free: mpsc::Receiver<AnonMap>,
     failed: &AtomicBool,
-    owned_pipe: bool,
+    mut feed: Option<Feed>,
     st: &mut ReadState,
 ) -> Result<()> {
-    let limit = buffers[0].len() as u64;
-    let mut idle = vec![1usize, 0];
-    // An output that keeps referencing spliced pages (a socket) gets pipes
-    // that own theirs: the buffers are reused as soon as the pipe is emptied.
-    let mut feed = if owned_pipe { Feed::Copy } else { Feed::Gift };
+    let limit = idle.first().map_or(0, |b| b.len()) as u64;
     for batch in batches(ranges, max_iovs, limit) {
-        let b = match idle.pop() {
+        let mut b = match idle.pop() {
             Some(b) => b,
-            // The writer gives a buffer back only after splicing out all its bytes:
-            // only then may it be overwritten.
+            // The writer gives a buffer back only after splicing out all its bytes
+            // (or sending them): only then may it be overwritten.
             None => match free.recv() {
                 Ok(b) => b,
                 Err(_) => return Ok(()), // writer gone: its result tells why
@@ -427,13 +435,15 @@ fn read_loop(
             return Ok(());
         }
         let start = Instant::now();
-        let fill = fill_userbuf(pid, &batch, buffers[b].as_mut_slice());
+        let fill = fill_userbuf(pid, &batch, b.as_mut_slice());
         st.read_time += start.elapsed();
         let fill = fill?;
         st.readv_calls += fill.readv_calls;
         st.pages_gone += fill.pages_gone;
         if fill.bytes > 0 {
-            feed_pipe(pipe, &buffers[b].as_slice()[..fill.bytes], &mut feed)?;
+            if let Some(feed) = feed.as_mut() {
+                feed_pipe(pipe, &b.as_slice()[..fill.bytes], feed)?;
+            }
             for r in &fill.regions {
                 push_merged(&mut st.regions, r.start, r.pages);
             }
@@ -483,13 +493,23 @@ pub fn drain(
     }
     let (pipe_r, pipe_w, pipe_size) = sized_pipe(config.buffer_bytes)?;
     // One fill must fit in the pipe, so the buffers are exactly the pipe's real size.
-    let mut buffers = [
+    let buffers = vec![
         AnonMap::new(pipe_size, "a drain buffer")?,
         AnonMap::new(pipe_size, "a drain buffer")?,
     ];
     let failed = AtomicBool::new(false);
     let mut st = ReadState::default();
-    let owned_pipe = out.needs_owned_pipe();
+    // How the reader puts a buffer into the pipe: not at all for an output that
+    // takes the buffers (a socket sends from them); by a copy for one that keeps
+    // referencing spliced pages, since the buffers are reused as soon as the
+    // pipe is emptied; else by giving the pages away.
+    let feed = if out.takes_buffers() {
+        None
+    } else if out.needs_owned_pipe() {
+        Some(Feed::Copy)
+    } else {
+        Some(Feed::Gift)
+    };
     let writer = Writer {
         pipe: pipe_r,
         out,
@@ -506,12 +526,12 @@ pub fn drain(
             pid,
             ranges,
             config.max_iovs.min(MAX_IOVS),
-            &mut buffers,
+            buffers,
             &pipe_w,
             work_tx,
             free_rx,
             failed,
-            owned_pipe,
+            feed,
             &mut st,
         );
         let write_res = handle

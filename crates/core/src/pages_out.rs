@@ -33,6 +33,25 @@ pub trait PagesOut: Send {
         false
     }
 
+    /// Whether the read mode's drain hands this output its filled buffers
+    /// ([`PagesOut::write_from_buffer`]) instead of a pipe: true for a socket,
+    /// where sending from the buffer is the one copy the bytes need, while a
+    /// pipe would cost that copy (into pipe pages the socket may keep), a page
+    /// allocation per page and a splice.
+    fn takes_buffers(&self) -> bool {
+        false
+    }
+
+    /// Moves `regions` (sorted, back to back) out of `data`, their bytes: the
+    /// buffer is reused as soon as this returns. Only called on an output
+    /// whose [`PagesOut::takes_buffers`] is true.
+    fn write_from_buffer(&mut self, _data: &[u8], _regions: &[PageRange]) -> Result<()> {
+        Err(Error::InvalidArgument(format!(
+            "{} takes its pages from a pipe, not from a buffer",
+            self.describe()
+        )))
+    }
+
     /// The pages that stay in the parent images (PE_PARENT), sorted: told
     /// before any page is moved.
     fn parent_ranges(&mut self, _ranges: &[PageRange]) -> Result<()> {

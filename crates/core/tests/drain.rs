@@ -755,3 +755,122 @@ fn drain_to_a_full_device_is_no_space_and_does_not_hang() {
     .unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
 }
+
+/// An output that takes the drain's buffers (as a page server's connection
+/// does): keeps what it is handed, or fails at its `fail_at`-th call.
+struct Buffers {
+    data: Vec<u8>,
+    regions: Vec<PageRange>,
+    calls: usize,
+    fail_at: Option<usize>,
+}
+
+impl predump_core::pages_out::PagesOut for Buffers {
+    fn takes_buffers(&self) -> bool {
+        true
+    }
+    fn write_from_buffer(
+        &mut self,
+        data: &[u8],
+        regions: &[PageRange],
+    ) -> predump_core::Result<()> {
+        self.calls += 1;
+        if self.fail_at == Some(self.calls) {
+            return Err(Error::InvalidArgument("the test's output failed".into()));
+        }
+        assert_eq!(
+            data.len() as u64,
+            regions.iter().map(|r| r.len()).sum::<u64>(),
+            "the bytes handed over are the regions'"
+        );
+        self.data.extend_from_slice(data);
+        self.regions.extend_from_slice(regions);
+        Ok(())
+    }
+    fn write_from_pipe(
+        &mut self,
+        _: std::os::fd::BorrowedFd<'_>,
+        _: &[PageRange],
+        len: usize,
+    ) -> std::result::Result<(), (Error, usize)> {
+        Err((
+            Error::InvalidArgument("a pipe for an output that takes buffers".into()),
+            len,
+        ))
+    }
+    fn finish(&mut self) -> predump_core::Result<()> {
+        Ok(())
+    }
+    fn pagemap_entries(&self) -> usize {
+        0
+    }
+    fn describe(&self) -> String {
+        "the test's buffers".into()
+    }
+}
+
+#[test]
+fn an_output_that_takes_buffers_gets_every_page_from_them_in_order() {
+    // 2 + 100 + 1 pages in 16-page buffers, one page gone: both buffers reused
+    // several times, and what the output was handed is the pattern.
+    let layout = Layout::new(&[2, 100, 1]);
+    let mut child = Child::spawn();
+    let gone = layout.page(1, 40);
+    child.unmap(gone, 1);
+    let mut out = Buffers {
+        data: Vec::new(),
+        regions: Vec::new(),
+        calls: 0,
+        fail_at: None,
+    };
+    let progress = AtomicU64::new(0);
+    let got = drain(
+        child.pid,
+        &layout.regions,
+        &mut out,
+        &small_config(64 << 10),
+        Some(&progress),
+    )
+    .unwrap();
+    assert_eq!(got.regions, minus(&layout.regions, &[gone]));
+    assert_eq!(got.stats.pages_written, 102);
+    assert_eq!(got.stats.bytes_written, 102 * PAGE_SIZE);
+    assert_eq!(progress.load(Ordering::Relaxed), 102 * PAGE_SIZE);
+    assert_eq!(out.calls, 7);
+    assert_eq!(out.data, pattern(&got.regions));
+    let mut merged = Vec::new();
+    for r in &out.regions {
+        predump_core::push_merged(&mut merged, r.start, r.pages);
+    }
+    assert_eq!(merged, got.regions);
+}
+
+#[test]
+fn an_output_that_takes_buffers_and_fails_ends_the_drain_with_its_error() {
+    // Fails at its second buffer of 19: the reader, with batches left, must
+    // neither hang nor hide the error.
+    let layout = Layout::new(&[300]);
+    let child = Child::spawn();
+    let mut out = Buffers {
+        data: Vec::new(),
+        regions: Vec::new(),
+        calls: 0,
+        fail_at: Some(2),
+    };
+    let err = drain(
+        child.pid,
+        &layout.regions,
+        &mut out,
+        &small_config(64 << 10),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("the test's output failed"),
+        "{err}"
+    );
+    assert_eq!(
+        out.data,
+        pattern(&layout.regions)[..16 * PAGE_SIZE as usize]
+    );
+}

@@ -476,11 +476,22 @@ fn an_abort_ends_a_transfer_stuck_on_the_server() {
 /// address order, each hole between the ranges where it lies.
 #[test]
 fn server_pages_interleave_the_parents_holes_with_the_ranges_sent() {
+    server_pages_session("sender", false);
+}
+
+/// The same, the ranges handed over in the drain's buffers (read mode's way
+/// to a socket: sent from the buffer, no pipe).
+#[test]
+fn server_pages_sent_from_buffers_are_stored_alike() {
+    server_pages_session("sender-buf", true);
+}
+
+fn server_pages_session(tag: &str, from_buffer: bool) {
     use predump_core::pages_out::PagesOut;
     use predump_core::pageserver::sender::ServerPages;
     use predump_core::PageRange;
 
-    let tmp = TempDir::new("sender");
+    let tmp = TempDir::new(tag);
     let ps1 = tmp.0.join("ps1");
     std::fs::create_dir(&ps1).unwrap();
     for f in ["pagemap-9740.img", "pages-65537.img"] {
@@ -515,18 +526,29 @@ fn server_pages_interleave_the_parents_holes_with_the_ranges_sent() {
     assert!(sp.has_parent());
     sp.open().unwrap();
     sp.parent_ranges(&holes).unwrap();
-    let (reader, writer): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
-    let feed = data.clone();
-    let feeder = std::thread::spawn(move || std::fs::File::from(writer).write_all(&feed).unwrap());
+    assert!(sp.takes_buffers());
     // Two calls, as a drain hands over its buffers.
     let half = sent.len() / 2;
-    for part in [&sent[..half], &sent[half..]] {
-        let len = part.iter().map(|r| r.len() as usize).sum();
-        sp.write_from_pipe(reader.as_fd(), part, len)
-            .map_err(|(e, _)| e)
-            .unwrap();
+    if from_buffer {
+        let mut off = 0;
+        for part in [&sent[..half], &sent[half..]] {
+            let len: usize = part.iter().map(|r| r.len() as usize).sum();
+            sp.write_from_buffer(&data[off..off + len], part).unwrap();
+            off += len;
+        }
+    } else {
+        let (reader, writer): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        let feed = data.clone();
+        let feeder =
+            std::thread::spawn(move || std::fs::File::from(writer).write_all(&feed).unwrap());
+        for part in [&sent[..half], &sent[half..]] {
+            let len = part.iter().map(|r| r.len() as usize).sum();
+            sp.write_from_pipe(reader.as_fd(), part, len)
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        feeder.join().unwrap();
     }
-    feeder.join().unwrap();
     sp.finish().unwrap();
     let report = r.server.join().unwrap().unwrap();
     r.relay.join().unwrap();

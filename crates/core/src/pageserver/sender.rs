@@ -100,6 +100,29 @@ impl PagemapTx {
         Ok(())
     }
 
+    /// Sends `regions` (their bytes back to back in `data`), each after the
+    /// holes below it.
+    fn send_from_buffer(
+        &mut self,
+        client: &mut Client,
+        data: &[u8],
+        regions: &[PageRange],
+    ) -> Result<()> {
+        let dst = self.dst;
+        let mut off = 0usize;
+        for r in regions {
+            let len = r.len() as usize;
+            let bytes = data.get(off..off + len).ok_or_else(|| {
+                Error::InvalidArgument(format!("{} bytes of pages for regions of more", data.len()))
+            })?;
+            self.send_run(client, r.start, r.pages, |c| {
+                c.pages(dst, r.start, PE_PRESENT, bytes)
+            })?;
+            off += len;
+        }
+        Ok(())
+    }
+
     /// Sends `regions` (their data waiting in `pipe`, `len` bytes), each
     /// after the holes below it. On error, also the bytes of this call still
     /// in the pipe.
@@ -198,6 +221,20 @@ fn closed() -> Error {
 impl PagesOut for ServerPages {
     fn needs_owned_pipe(&self) -> bool {
         true
+    }
+
+    fn takes_buffers(&self) -> bool {
+        true
+    }
+
+    fn write_from_buffer(&mut self, data: &[u8], regions: &[PageRange]) -> Result<()> {
+        if !self.opened {
+            return Err(Error::InvalidArgument(
+                "pages sent before PS_IOV_OPEN2".into(),
+            ));
+        }
+        let client = self.client.as_mut().ok_or_else(closed)?;
+        self.tx.send_from_buffer(client, data, regions)
     }
 
     fn parent_ranges(&mut self, ranges: &[PageRange]) -> Result<()> {
@@ -411,6 +448,14 @@ impl TreePagemap<'_> {
 impl PagesOut for TreePagemap<'_> {
     fn needs_owned_pipe(&self) -> bool {
         true
+    }
+
+    fn takes_buffers(&self) -> bool {
+        true
+    }
+
+    fn write_from_buffer(&mut self, data: &[u8], regions: &[PageRange]) -> Result<()> {
+        self.tx.send_from_buffer(self.client, data, regions)
     }
 
     fn parent_ranges(&mut self, ranges: &[PageRange]) -> Result<()> {
