@@ -124,8 +124,9 @@ test('a chain sent in read, splice and freeze-free modes, then dumped, is stored
   process.kill(pid, 'SIGCONT');
 });
 
-test('TLS both ways with certtool certificates, the names checked', async (t) => {
-  const base = await tempDir(t);
+/** A CA and a certificate for 127.0.0.1 (both uses) made with certtool in `base`/pki: the
+ * `--tls*` options of both ends. */
+async function makeTls(base: string): Promise<string[]> {
   const pki = path.join(base, 'pki');
   await mkdir(pki);
   const certtool = (...args: string[]): Promise<unknown> =>
@@ -163,7 +164,7 @@ test('TLS both ways with certtool certificates, the names checked', async (t) =>
     '--outfile',
     'cert.pem',
   );
-  const tls = [
+  return [
     '--tls',
     '--tls-cacert',
     path.join(pki, 'ca.pem'),
@@ -172,6 +173,11 @@ test('TLS both ways with certtool certificates, the names checked', async (t) =>
     '--tls-key',
     path.join(pki, 'key.pem'),
   ];
+}
+
+test('TLS both ways with certtool certificates, the names checked', async (t) => {
+  const base = await tempDir(t);
+  const tls = await makeTls(base);
   const target = await startWorkload(t, { sizeBytes: 8 * MiB, threads: 1 });
   const server = await startServer(t, path.join(base, 'ps'), tls);
   const r = await runCli([
@@ -301,6 +307,27 @@ test('a page server whose disk fills fails the client, and neither side keeps an
     t,
     target,
     [...client(server.port), '--track-mem', 'none'],
+    /to the page server at 127\.0\.0\.1:\d+: the page server closed the connection/,
+  );
+  const r = await server.cli.done;
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /no space left/i);
+  t.false(existsSync(ps), 'the server kept nothing');
+});
+
+test('over TLS too, a page server whose disk fills fails the client, and nothing is kept', async (t) => {
+  const base = await tempDir(t);
+  const tls = await makeTls(base);
+  const disk = path.join(base, 'disk');
+  await mkdir(disk);
+  await mountTmpfs(t, disk, 'size=4m');
+  const target = await startWorkload(t, { sizeBytes: 32 * MiB, threads: 1 });
+  const ps = path.join(disk, 'ps');
+  const server = await startServer(t, ps, tls);
+  await failingPreDump(
+    t,
+    target,
+    [...client(server.port, ...tls), '--track-mem', 'none'],
     /to the page server at 127\.0\.0\.1:\d+: the page server closed the connection/,
   );
   const r = await server.cli.done;

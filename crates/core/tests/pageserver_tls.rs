@@ -502,3 +502,43 @@ fn predumps_client_over_tls_reaches_predumps_server_and_gnutls_own_server() {
         "gnutls-serv said: {status}"
     );
 }
+
+/// More page data than the server's decrypted buffers hold at once (4 of
+/// 1 MiB), in ranges that do not fill them evenly: every buffer is reused
+/// while its earlier bytes may still be on their way into the image, and the
+/// image holds exactly what was sent.
+#[test]
+fn tls_page_data_larger_than_the_servers_buffers_is_stored_exactly() {
+    use predump_core::pageserver::client::{Client, ClientOptions};
+    use predump_core::pageserver::link::Abort;
+    use predump_core::pageserver::wire::{Dst, Format, PE_PRESENT};
+    let pki = Pki::new("bulk");
+    let both = pki.cert("both", LOOPBACK);
+    let r = serve(&both);
+    let options = ClientOptions {
+        address: "127.0.0.1".into(),
+        port: r.port,
+        format: Format::Criu42,
+        tls: Some(both.clone()),
+        timeout: Duration::from_secs(30),
+    };
+    let mut client = Client::connect(&options, &Abort::new().unwrap()).unwrap();
+    let dst = Dst::process(7);
+    assert!(!client.parent(dst).unwrap());
+    assert!(!client.open(dst).unwrap());
+    let mut want = Vec::new();
+    let mut at = 0x10000u64;
+    for (i, pages) in [1536u64, 5, 700, 1].into_iter().enumerate() {
+        let data: Vec<u8> = (0..pages * 4096)
+            .map(|b| (b / 4096 * 7 + b % 251 + i as u64) as u8)
+            .collect();
+        client.pages(dst, at, PE_PRESENT, &data).unwrap();
+        want.extend_from_slice(&data);
+        at += (pages + 3) * 4096;
+    }
+    client.close().unwrap();
+    let report = r.done.join().unwrap().unwrap();
+    assert_eq!(report.pagemaps[0].pages_present, 1536 + 5 + 700 + 1);
+    let got = std::fs::read(r.dir.0.join("pages-65537.img")).unwrap();
+    assert!(got == want, "the image differs from what was sent");
+}

@@ -147,8 +147,19 @@ impl Spool {
         )
     }
 
+    /// Bytes submitted so far.
+    pub fn submitted(&self) -> u64 {
+        self.shared.progress.lock().expect("not poisoned").submitted
+    }
+
     /// Waits until everything submitted is in its file (not synced).
     pub fn flush(&self) -> io::Result<()> {
+        self.wait_written(self.submitted())
+    }
+
+    /// Waits until the first `mark` bytes submitted are in their files (not
+    /// synced): the pipe holds no reference to them any more.
+    pub fn wait_written(&self, mark: u64) -> io::Result<()> {
         let mut p = self.shared.progress.lock().expect("not poisoned");
         loop {
             if self.shared.failed.load(Ordering::Acquire) {
@@ -157,7 +168,7 @@ impl Spool {
                     .take()
                     .unwrap_or_else(|| io::Error::other("writing the pages image failed before")));
             }
-            if p.written >= p.submitted {
+            if p.written >= mark {
                 return Ok(());
             }
             if self.thread.as_ref().is_none_or(|t| t.is_finished()) {

@@ -1,18 +1,20 @@
 //! How the server reads a client's stream: plain TCP, with page data spliced
 //! from the socket into a pipe that a writer thread splices into the images
-//! meanwhile (see `spool`); TLS (see `tls`) through a bounded buffer. The
-//! client's side is in `client`.
+//! meanwhile (see `spool`); TLS (see `tls`) decrypted into a few buffers
+//! whose pages are put into the same kind of pipe by reference, so that
+//! decrypting and writing overlap there too. The client's side is in `client`.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
 use nix::errno::Errno;
-use nix::fcntl::{splice, SpliceFFlags};
+use nix::fcntl::{splice, vmsplice, SpliceFFlags};
 use nix::poll::PollFlags;
 
 use super::link::{connection_error, is_aborted, Link};
 use super::spool::Spool;
+use crate::anon::AnonMap;
 use crate::{Error, Result};
 
 /// A client connection, as the session reads it.
@@ -204,10 +206,46 @@ impl Conn for Plain {
     }
 }
 
-/// TLS: page data is decrypted through a bounded buffer (no splice).
+/// TLS: page data is decrypted into one of [`TLS_BUFFERS`] buffers, whose
+/// pages are then put into a spool's pipe by reference (vmsplice, no copy)
+/// and written into the image by the spool's writer while the next records
+/// are decrypted into the next buffer.
 pub struct Tls<C> {
     pub stream: rustls::StreamOwned<C, Link>,
-    buf: Vec<u8>,
+    /// The server's page data path, made at the first page data.
+    pages: Option<Decrypted>,
+}
+
+/// How many buffers of decrypted page data may wait for the writer.
+const TLS_BUFFERS: usize = 4;
+/// The size of each (64 TLS records of 16 KiB).
+const TLS_BUFFER_BYTES: usize = 1 << 20;
+
+/// The spool and the buffers that feed its pipe. The spool comes first so
+/// that it is dropped (its writer joined) before the buffers are unmapped.
+struct Decrypted {
+    spool: Spool,
+    /// Each buffer, and how many bytes the spool must have written before it
+    /// may be filled again (its bytes are out of the pipe then).
+    bufs: Vec<(AnonMap, u64)>,
+    next: usize,
+}
+
+impl Decrypted {
+    fn start() -> io::Result<Decrypted> {
+        let spool = Spool::start()?;
+        let mut bufs = Vec::with_capacity(TLS_BUFFERS);
+        for _ in 0..TLS_BUFFERS {
+            let b = AnonMap::new(TLS_BUFFER_BYTES, "a TLS receive buffer")
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            bufs.push((b, 0));
+        }
+        Ok(Decrypted {
+            spool,
+            bufs,
+            next: 0,
+        })
+    }
 }
 
 impl<C, S> Tls<C>
@@ -228,7 +266,7 @@ where
         }
         Ok(Tls {
             stream,
-            buf: Vec::new(),
+            pages: None,
         })
     }
 
@@ -275,28 +313,83 @@ impl Conn for Tls<rustls::ServerConnection> {
         out: &Arc<File>,
         mut len: u64,
     ) -> std::result::Result<(), CopyError> {
-        if self.buf.is_empty() {
-            self.buf = vec![0; 256 << 10];
+        if self.pages.is_none() {
+            self.pages = Some(Decrypted::start().map_err(CopyError::File)?);
+        }
+        let Tls { stream, pages } = self;
+        let d = pages.as_mut().expect("made above");
+        if d.spool.failed() {
+            return Err(spool_error(&d.spool));
         }
         while len > 0 {
-            let want = (len as usize).min(self.buf.len());
-            let n = match self.stream.read(&mut self.buf[..want]) {
-                Ok(0) => {
-                    return Err(CopyError::Net {
-                        e: eof(),
-                        missing: len,
-                    })
+            let (buf, mark) = &mut d.bufs[d.next];
+            // The buffer's last bytes must be out of the pipe before it is
+            // overwritten.
+            d.spool.wait_written(*mark).map_err(CopyError::File)?;
+            let want = (len as usize).min(buf.len());
+            let mut got = 0;
+            while got < want {
+                match stream.read(&mut buf.as_mut_slice()[got..want]) {
+                    Ok(0) => {
+                        return Err(CopyError::Net {
+                            e: eof(),
+                            missing: len - got as u64,
+                        })
+                    }
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(CopyError::Net {
+                            e,
+                            missing: len - got as u64,
+                        })
+                    }
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CopyError::Net { e, missing: len }),
-            };
-            (&**out)
-                .write_all(&self.buf[..n])
-                .map_err(CopyError::File)?;
-            len -= n as u64;
+            }
+            d.spool.submit(out, got as u64).map_err(CopyError::File)?;
+            let mut data = &buf.as_slice()[..got];
+            while !data.is_empty() {
+                // SAFETY: `data` is in a live mapping of ours; the pipe then
+                // references its pages, and the buffer is not written again
+                // before `wait_written` has said that the writer spliced these
+                // bytes out of the pipe (the mark set below).
+                let put = unsafe {
+                    vmsplice(
+                        d.spool.pipe(),
+                        &[IoSlice::new(data)],
+                        SpliceFFlags::SPLICE_F_NONBLOCK,
+                    )
+                };
+                match put {
+                    Ok(n) => data = &data[n..],
+                    Err(Errno::EINTR) => {}
+                    // The pipe is full: the writer empties it (into nothing
+                    // after a failed write); an abort ends the wait.
+                    Err(Errno::EAGAIN) => {
+                        stream
+                            .sock
+                            .abort()
+                            .wait(d.spool.pipe(), PollFlags::POLLOUT, None)
+                            .map_err(|e| CopyError::Net { e, missing: len })?;
+                    }
+                    Err(e) => return Err(CopyError::File(e.into())),
+                }
+            }
+            *mark = d.spool.submitted();
+            d.next = (d.next + 1) % d.bufs.len();
+            len -= got as u64;
+            if d.spool.failed() {
+                return Err(spool_error(&d.spool));
+            }
         }
         Ok(())
+    }
+
+    fn flush_writes(&mut self) -> io::Result<()> {
+        match &self.pages {
+            Some(d) => d.spool.flush(),
+            None => Ok(()),
+        }
     }
 
     fn say_goodbye(&mut self) {
