@@ -19,7 +19,6 @@ import {
   assertRunningUntraced,
   BIN,
   heldThreads,
-  type CliResult,
   leftoverDiff,
   mkfifo,
   NODE,
@@ -314,56 +313,112 @@ function runLimited(nofile: number, args: string[], env: NodeJS.ProcessEnv = {})
   return startProcess('prlimit', [`--nofile=${nofile}:${nofile}`, '--', NODE, BIN, ...args], env);
 }
 
-test("splice on a tree past predump's open-file limit: the processes whose pipes would pass it are copied as in read mode, named with the reason; the images verify", async (t) => {
+/** Checks each process not spliced of `j` (run under a limit of `nofile`) and returns them. */
+function assertFellBack(t: T, j: PreDumpResult, nofile: number) {
+  const fell = j.processes.filter((p) => p.fallback);
+  for (const p of fell) {
+    t.regex(
+      p.fallback!,
+      new RegExp(
+        `reached what predump's open-file limit \\(${nofile}\\) can hold \\(\\d+ more pipes needed\\): its pages are copied after the thaw, as in read mode`,
+      ),
+    );
+  }
+  return fell;
+}
+
+test("splice on a tree past predump's open-file limit: the processes whose pipes would pass it are copied as in read mode, named with the reason; the images verify; one of them killed during its copy makes a partial pre-dump", async (t) => {
   const { w, pids } = await startTree(t);
   t.teardown(() => signalAll(pids, 'SIGCONT'));
   const base = await tempDir(t);
   const before = await Promise.all(pids.map((pid) => snapshot(pid)));
-  signalAll(pids, 'SIGSTOP');
-  // Low enough that the tree's pipes cannot all be held (the pool keeps one pipe), high enough
-  // for node itself.
-  const r: CliResult = await runLimited(
-    90,
-    spliceArgs(w.pid, path.join(base, 'img'), undefined, 'none'),
-  ).done;
-  t.is(r.code, 0, r.stderr);
-  const j = parseJson<PreDumpResult>(t, r);
-  const fell = j.processes.filter((p) => p.fallback);
-  t.log(
-    `mode ${j.mode}: not spliced ${fell.map((p) => p.pid).join(', ')} of ${j.processes.length}`,
+  signalAll(pids, 'SIGSTOP'); // nothing changes until SIGCONT: verify is exact
+
+  // Low enough that none of the tree's pipes can be held beyond the pool's one: every process
+  // copied in read mode, the pre-dump says read mode with the reason, as one process's fallback.
+  const low = await runLimited(90, spliceArgs(w.pid, path.join(base, 'low'), undefined, 'none'))
+    .done;
+  t.is(low.code, 0, low.stderr);
+  const jl = parseJson<PreDumpResult>(t, low);
+  t.is(assertFellBack(t, jl, 90).length, 4, 'no process spliced');
+  t.like(jl, { mode: 'read', requestedMode: 'splice', pipes: 0 });
+  t.regex(jl.fallback!, /open-file limit \(90\)/);
+  t.regex(
+    low.stderr,
+    /warning: splice mode is not possible here \(.*open-file limit.*\): used read mode/,
   );
-  t.true(fell.length > 0, 'some process was not spliced');
+  t.is(await shownMode(t, path.join(base, 'low')), 'read');
+  await assertVerified(t, w.pid, path.join(base, 'low'), jl.sharedMemory!.length);
+
+  // Higher limits until some processes are spliced and the later ones are not (the node
+  // process's own fds vary): each spliced process holds its pipes' read ends until drained.
+  let mixed: { nofile: number; j: PreDumpResult; stderr: string } | undefined;
+  for (let nofile = 96; nofile <= 200 && !mixed; nofile += 8) {
+    const dir = path.join(base, `limit-${nofile}`);
+    const r = await runLimited(nofile, spliceArgs(w.pid, dir, undefined, 'none')).done;
+    t.is(r.code, 0, r.stderr);
+    const j = parseJson<PreDumpResult>(t, r);
+    const fell = j.processes.filter((p) => p.fallback);
+    if (j.mode === 'splice' && fell.length > 0) mixed = { nofile, j, stderr: r.stderr };
+  }
+  if (!mixed) {
+    t.fail('no open-file limit from 96 to 200 spliced some processes and not others');
+    return;
+  }
+  const { nofile, j } = mixed;
+  const fell = assertFellBack(t, j, nofile);
+  t.log(`limit ${nofile}: not spliced ${fell.map((p) => p.pid).join(', ')} of 4`);
+  t.like(j, { mode: 'splice', fallback: null });
+  t.true(j.pipes > 0);
   for (const p of fell) {
     t.regex(
-      p.fallback!,
-      /reached what predump's open-file limit \(90\) can hold \(\d+ more pipes needed\): its pages are copied after the thaw, as in read mode/,
+      mixed.stderr,
+      new RegExp(
+        `warning: splice mode was not possible for process ${p.pid} \\(.*\\): its pages were copied in read mode`,
+      ),
     );
-    t.true(p.pagesWritten === p.pagesPresent, `process ${p.pid}: every page copied`);
   }
-  if (fell.length === j.processes.length) {
-    // None could be: read mode, the reason as one process's fallback.
-    t.is(j.mode, 'read');
-    t.regex(
-      r.stderr,
-      /warning: splice mode is not possible here \(.*open-file limit.*\): used read mode/,
-    );
-  } else {
-    t.is(j.mode, 'splice');
-    t.is(j.fallback, null);
-    for (const p of fell) {
-      t.regex(
-        r.stderr,
-        new RegExp(
-          `warning: splice mode was not possible for process ${p.pid} \\(.*\\): its pages were copied in read mode`,
-        ),
-      );
-    }
-  }
-  t.is(await shownMode(t, path.join(base, 'img')), j.mode);
-  await assertVerified(t, w.pid, path.join(base, 'img'), j.sharedMemory!.length);
-  signalAll(pids, 'SIGCONT');
+  t.is(await shownMode(t, path.join(base, `limit-${nofile}`)), 'splice');
+  await assertVerified(t, w.pid, path.join(base, `limit-${nofile}`), j.sharedMemory!.length);
   for (const [i, pid] of pids.entries()) {
+    const [diff] = leftoverDiff(before[i]!, await snapshot(pid));
+    t.deepEqual(diff, [], `process ${pid}: nothing of predump left by the three runs`);
+  }
+
+  // The same limit, the last process (in tree order: a leaf, copied in read mode) killed
+  // while the first one's drain waits at the gate: its copy finds it gone, exit 3, named.
+  const victim = j.processes[j.processes.length - 1]!.pid;
+  t.truthy(
+    fell.find((p) => p.pid === victim),
+    'the last process is copied in read mode',
+  );
+  const gate = path.join(base, 'gate');
+  await mkfifo(gate);
+  const cli = runLimited(nofile, spliceArgs(w.pid, path.join(base, 'partial'), undefined, 'none'), {
+    PREDUMP_TEST_DRAIN_GATE: gate,
+  });
+  const fh = await reachGate(gate, cli);
+  process.kill(victim, 'SIGKILL');
+  await fh.write(Buffer.from('x'.repeat(4)));
+  const r = await cli.done;
+  await fh.close();
+  t.is(r.code, 3, r.stderr);
+  const jp = parseJson<PreDumpResult>(t, r);
+  t.true(jp.partial);
+  t.deepEqual(
+    jp.processes.filter((p) => p.partial).map((p) => p.pid),
+    [victim],
+  );
+  t.regex(r.stderr, new RegExp(`process ${victim} exited during the copy`));
+
+  signalAll(pids, 'SIGCONT');
+  // Its parent maps memory of its own once it learns of the death (a thread to reap it):
+  // the others are compared with their state before.
+  const parent = j.processes.find((p) => p.pid === victim)!.ppid;
+  for (const [i, pid] of pids.entries()) {
+    if (pid === victim) continue;
     await assertRunningUntraced(t, pid);
+    if (pid === parent) continue;
     const [diff] = leftoverDiff(before[i]!, await snapshot(pid));
     t.deepEqual(diff, [], `process ${pid}: nothing of predump left`);
   }
