@@ -42,7 +42,7 @@ const options = {
       'freeze-free: never stop the target (but once, briefly, on the first run): take and ' +
       're-arm its written pages with uffd-wp while it runs, then copy them. ' +
       'auto: freeze-free where uffd-wp tracking is in use, else read (read on a tree of ' +
-      'more than one process; freeze-free there only when asked for)',
+      'more than one process; splice or freeze-free there only when asked for)',
   },
   'track-mem': {
     type: 'string',
