@@ -163,7 +163,7 @@ fn hold_one(p: &crate::freeze::Frozen, f: &Found, pool: &mut TreePipes) -> Resul
     if 2 * new > pool.room {
         return Ok(Hold::Read(format!(
             "the tree's pages pinned in splice mode reached what predump's open-file limit \
-             ({}) can hold ({needed} more pipes needed): its pages are copied after the thaw, \
+             ({}) can hold ({new} more pipes needed): its pages are copied after the thaw, \
              as in read mode",
             pool.limit
         )));
