@@ -19,6 +19,7 @@ import {
   assertRunningUntraced,
   BIN,
   heldThreads,
+  killAndWaitExit,
   leftoverDiff,
   mkfifo,
   NODE,
@@ -398,7 +399,8 @@ test("splice on a tree past predump's open-file limit: the processes whose pipes
     PREDUMP_TEST_DRAIN_GATE: gate,
   });
   const fh = await reachGate(gate, cli);
-  process.kill(victim, 'SIGKILL');
+  // Gone before any copy goes on: its copy must not race the SIGKILL (a0c331e).
+  await killAndWaitExit(victim);
   await fh.write(Buffer.from('x'.repeat(4)));
   const r = await cli.done;
   await fh.close();
