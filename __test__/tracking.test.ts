@@ -11,6 +11,7 @@
  * soft-dirty ones there: .ci/vm-scenarios/ava-soft-dirty.sh).
  */
 import test, { type ExecutionContext } from 'ava';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../ts/native.js';
@@ -26,7 +27,9 @@ import {
   parseJson,
   reachGate,
   runCli,
+  snapshot,
   startCli,
+  startTree,
   startWorkload,
   tempDir,
   type Target,
@@ -362,3 +365,44 @@ test.serial(
     await assertRunningUntraced(t, target.pid);
   },
 );
+
+// A kernel without soft-dirty bits accepts clear_refs 4 and never sets bit 55: every page
+// would look unwritten, and a pre-dump on its parent would leave the written pages to it.
+// So soft-dirty asked for by name is refused there, before the target is touched; where it
+// works, it is taken.
+test('--track-mem soft-dirty: refused where the kernel keeps no soft-dirty bits, used where it does', async (t) => {
+  const one = await startWorkload(t, { sizeBytes: 4 * MiB, threads: 1 });
+  const { w: tree, pids } = await startTree(t);
+  const tmp = await tempDir(t);
+  for (const [name, pid, all] of [
+    ['one process', one.pid, [one.pid]],
+    ['a tree', tree.pid, pids],
+  ] as const) {
+    const before = await Promise.all(all.map((p) => snapshot(p)));
+    const dir = path.join(tmp, name);
+    const r = await runCli([
+      'pre-dump',
+      '-t',
+      String(pid),
+      '-D',
+      dir,
+      '--track-mem',
+      'soft-dirty',
+      '--json',
+    ]);
+    if (supported.has('soft-dirty')) {
+      t.is(r.code, 0, r.stderr);
+      t.like(parseJson<{ trackBackend: string }>(t, r), { trackBackend: 'soft-dirty' }, name);
+      continue;
+    }
+    assertCliError(t, r, {
+      exit: 1,
+      code: 'EINVAL',
+      message:
+        /soft-dirty tracking does not work on this kernel \(.*CONFIG_MEM_SOFT_DIRTY.*\): use --track-mem uffd-wp, auto or none/,
+    });
+    t.false(existsSync(dir), `${name}: no images directory`);
+    t.deepEqual(await Promise.all(all.map((p) => snapshot(p))), before, `${name}: untouched`);
+    for (const p of all) await assertRunningUntraced(t, p);
+  }
+});

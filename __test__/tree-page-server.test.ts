@@ -21,6 +21,7 @@ import {
   crit,
   firstLine,
   holdAll,
+  killAndWaitExit,
   leftoverDiff,
   MiB,
   mkfifo,
@@ -673,7 +674,9 @@ test('freeze-free on a tree to a page server: a process that exits during its co
   });
   await hold.write(Buffer.from('x'.repeat(order.indexOf(victim))));
   t.true(await serverReceiving(server.dir, [victim], true), "the victim's first pages are sent");
-  process.kill(victim, 'SIGKILL');
+  // Exited before the gate opens, or the rest of its copy could be read before its SIGKILL
+  // takes effect (exit 0 instead of 3, seen at load 40).
+  await killAndWaitExit(victim);
   await hold.write(Buffer.from('x'.repeat(order.length)));
   const r = await cli.done;
   await hold.close();

@@ -65,7 +65,10 @@ export class PredumpError extends Error {
 export function fromNative(err: unknown): PredumpError {
   if (err instanceof PredumpError) return err;
   if (err instanceof Error) {
-    const code = (err as Error & { code?: unknown }).code;
+    const raw = (err as Error & { code?: unknown }).code;
+    // The binding refuses its arguments with napi's InvalidArg status (an option out of
+    // range, a mode or tracking the core refuses): the core's EINVAL.
+    const code = raw === 'InvalidArg' ? 'EINVAL' : raw;
     return new PredumpError(isErrorCode(code) ? code : 'EINTERNAL', err.message, {
       cause: err,
     });

@@ -369,6 +369,13 @@ export async function preDump(options: PreDumpOptions): Promise<PreDumpResult> {
   // The core decides which names and combinations work (and what auto takes).
   const refused = native.preDumpChoiceRefused(mode, trackMem, options.finalDump ?? false);
   if (refused !== null) throw new PredumpError('EINVAL', refused);
+  // Then what this kernel cannot do (soft-dirty asked for by name where the kernel keeps no
+  // soft-dirty bits: every page would look unwritten), probed before anything is touched.
+  try {
+    native.resolvePreDumpMode(mode, trackMem, options.finalDump ?? false);
+  } catch (err) {
+    throw fromNative(err);
+  }
   const { pid } = options;
   if (!Number.isInteger(pid) || pid <= 0) {
     throw new PredumpError('EINVAL', `pid must be a positive integer, got ${pid}`);

@@ -103,13 +103,50 @@ pub fn check_names(
 /// per process: see [`Backend::detect`]).
 pub fn resolve(mode: Option<&str>, track_mem: Option<&str>, final_dump: bool) -> Result<Choice> {
     let (mode, track) = check_names(mode, track_mem, final_dump)?;
-    Ok(decide(
-        mode,
+    usable(
         track,
-        final_dump,
-        || Backend::UffdWp.works(),
-        Backend::detect,
-    ))
+        decide(
+            mode,
+            track,
+            final_dump,
+            || Backend::UffdWp.works(),
+            Backend::detect,
+        ),
+        soft_dirty_missing,
+    )
+}
+
+/// Why soft-dirty tracking does not work here (the probe of `predump check`),
+/// or None where it does.
+fn soft_dirty_missing() -> Option<String> {
+    match crate::probe::soft_dirty() {
+        Ok(p) if p.supported => None,
+        Ok(p) => Some(p.detail),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// `choice`, unless it tracks with soft-dirty asked for by name on a kernel
+/// that keeps no soft-dirty bits (`missing` says why, as the probe does).
+/// There the kernel accepts clear_refs 4 and never sets bit 55: every page
+/// would look unwritten, and a pre-dump on a parent would leave the pages
+/// written since to it, images that restore the wrong memory. (uffd-wp asked
+/// for where it does not work fails on its own, at its first ioctl.)
+fn usable(
+    track: TrackRequest,
+    choice: Choice,
+    missing: impl FnOnce() -> Option<String>,
+) -> Result<Choice> {
+    if track != TrackRequest::Backend(Backend::SoftDirty) {
+        return Ok(choice);
+    }
+    match missing() {
+        None => Ok(choice),
+        Some(why) => Err(Error::InvalidArgument(format!(
+            "soft-dirty tracking does not work on this kernel ({why}): use --track-mem \
+             uffd-wp, auto or none ('predump check' says which work)"
+        ))),
+    }
 }
 
 /// [`resolve`] without I/O: `uffd_wp_works` and `detect` answer what the
@@ -216,18 +253,48 @@ pub fn resolve_tree(
     processes: Option<usize>,
 ) -> Result<Choice> {
     let (mode, track) = check_tree(mode, track_mem, final_dump, to_page_server, processes)?;
-    Ok(decide(
-        ModeRequest::Mode(mode),
+    usable(
         track,
-        final_dump,
-        || Backend::UffdWp.works(),
-        Backend::detect,
-    ))
+        decide(
+            ModeRequest::Mode(mode),
+            track,
+            final_dump,
+            || Backend::UffdWp.works(),
+            Backend::detect,
+        ),
+        soft_dirty_missing,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_dirty_by_name_only_where_it_works() {
+        let choice = Choice {
+            mode: Mode::Read,
+            backend: Some(Backend::SoftDirty),
+            auto_track: false,
+        };
+        let by_name = TrackRequest::Backend(Backend::SoftDirty);
+        assert_eq!(usable(by_name, choice, || None).unwrap(), choice);
+        match usable(by_name, choice, || {
+            Some("CONFIG_MEM_SOFT_DIRTY is off".into())
+        }) {
+            Err(Error::InvalidArgument(m)) => assert_eq!(
+                m,
+                "soft-dirty tracking does not work on this kernel (CONFIG_MEM_SOFT_DIRTY is \
+                 off): use --track-mem uffd-wp, auto or none ('predump check' says which work)"
+            ),
+            other => panic!("expected EINVAL, got {other:?}"),
+        }
+        // auto never takes soft-dirty where the probe says no (detect), and other
+        // requests are not probed.
+        for track in [TrackRequest::Auto, TrackRequest::Backend(Backend::UffdWp)] {
+            assert!(usable(track, choice, || panic!("not asked")).is_ok());
+        }
+    }
 
     fn invalid(mode: Option<&str>, track: Option<&str>, final_dump: bool) -> String {
         match check_names(mode, track, final_dump) {
