@@ -372,6 +372,12 @@ test.serial(
         assertMeasured(t, s, row.label);
       }
       t.true(row.sendMBps.median > 0 && row.tcpMBps.median > 0 && row.writeMBps.median > 0);
+      // The local pre-dump's rate: its bytes over its own total, below the command's wall time.
+      t.true(row.localMBps.median > 0, String(row.localMBps.median));
+      t.true(
+        row.localMBps.min >= (row.sizeBytes / 1e6 / row.localWallMs.max) * 1000,
+        `${row.localMBps.min} MB/s in a command of ${row.localWallMs.max} ms`,
+      );
       // xTcp is the ratio of the unrounded medians (the rates are reported to 0.1 MB/s).
       const ratio = row.sendMBps.median / row.tcpMBps.median;
       t.true(Math.abs(row.xTcp - ratio) <= 0.001 + 0.01 * ratio, `${row.xTcp} vs ${ratio}`);
@@ -389,6 +395,11 @@ test.serial(
       ],
     );
     t.regex(renderPageServerTable(j), /8M\s+read\s+\d/);
+    t.regex(renderPageServerTable(j), /local MB\/s/);
+    t.regex(
+      j.goals[0]!.detail,
+      /a local pre-dump of the same process, no network: \d+ MB\/s, [\d.]+×/,
+    );
   },
 );
 
