@@ -728,3 +728,58 @@ fn a_tree_session_sends_every_pagemap_under_its_own_id_over_one_connection() {
     assert_eq!(sent[1].entries.len(), present.len());
     assert_eq!(s.stats().page_bytes, 2 * PAGE_SIZE + 2 * first_len as u64);
 }
+
+/// This process's own end of the TCP connection whose local port is `port`: a
+/// duplicate, found among the descriptors in /proc/self/fd.
+fn own_socket(port: u16) -> TcpStream {
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: the descriptor is only borrowed to be duplicated at once. Other
+        // tests run in this process: if it was closed since it was listed the
+        // duplication fails, and if its number was reused meanwhile the
+        // duplicate is of another file, whose address does not match below.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+        let Ok(dup) = fd.try_clone_to_owned() else {
+            continue;
+        };
+        let s = TcpStream::from(dup);
+        if s.local_addr().is_ok_and(|a| a.port() == port) && s.peer_addr().is_ok() {
+            return s;
+        }
+    }
+    panic!("no socket of this process at port {port}");
+}
+
+fn corked(s: &TcpStream) -> bool {
+    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::TcpCork).unwrap()
+}
+
+/// The client corks its socket so that headers and page data leave in full
+/// segments, and lifts the cork while it waits for an answer, until the
+/// answer is in. Lifted for a moment only, a tail that a shut window held back
+/// at that moment waited, corked again, for the kernel's 200 ms cork timer
+/// once the window opened: the end of every 1 GiB splice-mode session to a
+/// page server did (docs/PAGE-SERVER.md).
+#[test]
+fn the_socket_is_uncorked_while_an_answer_is_awaited() {
+    let (l, port) = fake_server();
+    let client = std::thread::spawn(move || {
+        let mut client = Client::connect(&short(port), &Abort::new().unwrap()).unwrap();
+        let held = client.open(Dst::process(1)).unwrap();
+        (client, held)
+    });
+    let (mut s, peer) = l.accept().unwrap();
+    let mut open = [0u8; 32];
+    s.read_exact(&mut open).unwrap();
+    // The client has sent PS_IOV_OPEN2 and waits for the answer, which is not
+    // given yet.
+    let theirs = own_socket(peer.port());
+    assert!(!corked(&theirs), "corked while waiting for the answer");
+    s.write_all(&[1]).unwrap();
+    let (client, held) = client.join().unwrap();
+    assert!(held);
+    assert!(corked(&theirs), "not corked again for the page data");
+    drop(client);
+}
