@@ -8,9 +8,9 @@ import {
   PE_PARENT,
   PE_PRESENT,
   pagesFileName,
+  readChain,
   readPreDumpDir,
   TRACK_FILE,
-  type PreDumpDir,
   whoseImages,
 } from './images/index.js';
 import { native } from './native.js';
@@ -64,26 +64,20 @@ export async function verifyChain(pid: number, dir: string): Promise<VerifyResul
   }
   // Any link may be a tree's: the chain of one process may have been a tree's for a while
   // (a child that came and went).
-  const which = { inTree: pid };
-  const newest = await readPreDumpDir(dir, which).catch((err: Error) => {
+  const newest = await readPreDumpDir(dir, { inTree: pid }).catch((err: Error) => {
     throw new PredumpError('EIMAGE', `cannot read ${dir}: ${err.message}`);
   });
   if (!newest.complete) throw new PredumpError('EIMAGE', `${dir} is incomplete (no inventory.img)`);
   if (newest.pid !== pid) {
     throw new PredumpError('EINVAL', `${dir} holds ${whoseImages(newest)}, not ${pid}`);
   }
-  let at: string | undefined = path.resolve(dir);
-  const seen = new Set<string>();
-  while (at !== undefined && !seen.has(at)) {
-    seen.add(at);
-    const d: PreDumpDir | undefined = await readPreDumpDir(at, which).catch(() => undefined);
-    if (!d?.complete) break; // what follows holds nothing: counted as not in the chain
+  // What follows the chain's end holds nothing: counted as not in the chain.
+  for (const { dir: at, images: d } of await readChain(dir, pid)) {
     chain.push({
       dir: at,
       pagesId: d.pagesId ?? 1,
       present: flat(d.entries.filter((e) => e.flags & PE_PRESENT)),
     });
-    at = d.parent === undefined ? undefined : path.resolve(at, d.parent);
   }
   const wanted = flat(newest.entries.filter((e) => e.flags & (PE_PRESENT | PE_PARENT)));
   const r = await native

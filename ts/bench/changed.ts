@@ -18,7 +18,8 @@ import {
   PE_PARENT,
   PE_PRESENT,
   pagesFileName,
-  readPreDumpDir,
+  readChain,
+  type ChainLink,
   type PagemapEntry,
 } from '../images/index.js';
 
@@ -38,12 +39,9 @@ interface Layer {
   runs: { start: number; end: number; flags: number; offset: number }[];
   pages?: FileHandle;
   pagesPath: string;
-  parent?: string;
 }
 
-async function layerOf(dir: string, pid: number): Promise<Layer | undefined> {
-  const d = await readPreDumpDir(dir, { inTree: pid }).catch(() => undefined);
-  if (!d?.complete || d.entries.length === 0) return undefined;
+function layerOf({ dir, images: d }: ChainLink): Layer {
   let offset = 0;
   const runs = d.entries.map((e: PagemapEntry) => {
     const run = {
@@ -55,9 +53,7 @@ async function layerOf(dir: string, pid: number): Promise<Layer | undefined> {
     if (e.flags & PE_PRESENT) offset += e.nrPages * PAGE_SIZE;
     return run;
   });
-  const layer: Layer = { runs, pagesPath: path.join(dir, pagesFileName(d.pagesId ?? 1)) };
-  if (d.parent !== undefined) layer.parent = path.resolve(dir, d.parent);
-  return layer;
+  return { runs, pagesPath: path.join(dir, pagesFileName(d.pagesId ?? 1)) };
 }
 
 /** The run of `layer` covering `addr` (runs are sorted by address). */
@@ -85,18 +81,9 @@ async function readPage(layer: Layer, offset: number, into: Buffer): Promise<voi
 /** Compares every page process `pid`'s pagemap in `dir` holds with the chain behind it. */
 export async function changedPages(dir: string, pid: number): Promise<ChangedPages> {
   const out: ChangedPages = { written: 0, changed: 0, added: 0, same: 0 };
-  const newest = await layerOf(dir, pid);
+  // The newest directory, then the chain behind it, read as far as it goes.
+  const [newest, ...chain] = (await readChain(dir, pid)).map(layerOf);
   if (!newest) return out;
-  // The chain behind, newest first, read as far as it goes.
-  const chain: Layer[] = [];
-  const seen = new Set([path.resolve(dir)]);
-  for (let at = newest.parent; at !== undefined && !seen.has(at);) {
-    seen.add(at);
-    const layer = await layerOf(at, pid);
-    if (!layer) break;
-    chain.push(layer);
-    at = layer.parent;
-  }
   const mine = Buffer.alloc(PAGE_SIZE);
   const theirs = Buffer.alloc(PAGE_SIZE);
   try {

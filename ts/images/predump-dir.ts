@@ -13,7 +13,7 @@
  * half-written file.
  */
 import { lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { randomHex } from '../random.js';
 import {
   imageFile,
@@ -371,6 +371,34 @@ function entryFromRecord(r: ReturnType<typeof decodePagemapEntry>): PagemapEntry
   const flags = r.inParent === true ? (r.flags ?? 0) | PE_PARENT : (r.flags ?? PE_PRESENT);
   // CRIU >= 4.0 writes the count in field 5 and leaves field 2 at 0.
   return { vaddr: r.vaddr, nrPages: r.nrPages ?? r.compatNrPages, flags };
+}
+
+/** One directory of a chain, as `readChain` reads it. */
+export interface ChainLink {
+  /** Its absolute path. */
+  dir: string;
+  images: PreDumpDir;
+}
+
+/**
+ * The chain ending at `dir`, newest first: each directory read with `readPreDumpDir(dir,
+ * { inTree: pid })` and followed to its parent, as CRIU's restore follows the parent links,
+ * up to the first that is missing, unreadable or incomplete (what follows it holds nothing
+ * the chain can use), or one seen already.
+ */
+export async function readChain(dir: string, pid: number): Promise<ChainLink[]> {
+  const chain: ChainLink[] = [];
+  const seen = new Set<string>();
+  for (let at: string | undefined = resolve(dir); at !== undefined && !seen.has(at);) {
+    seen.add(at);
+    const images: PreDumpDir | undefined = await readPreDumpDir(at, { inTree: pid }).catch(
+      () => undefined,
+    );
+    if (!images?.complete) break;
+    chain.push({ dir: at, images });
+    at = images.parent === undefined ? undefined : resolve(at, images.parent);
+  }
+  return chain;
 }
 
 /**

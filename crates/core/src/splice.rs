@@ -540,7 +540,7 @@ pub fn raise_nofile_to_hard() -> Result<u64> {
 /// Both ends of every pipe stay open here until used: make sure the soft limit
 /// on open files allows `fds` more.
 fn raise_nofile_limit(fds: u64) -> Result<()> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use nix::sys::resource::{getrlimit, Resource};
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::sys("getrlimit", e))?;
     let need = fds + 256; // what the process has open already, with room
@@ -552,7 +552,7 @@ fn raise_nofile_limit(fds: u64) -> Result<()> {
             "splice mode needs {fds} pipe fds but the open-file limit is {hard}: raise it (ulimit -n) or use read mode"
         )));
     }
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| Error::sys("setrlimit", e))
+    raise_nofile_to_hard().map(drop)
 }
 
 /// What one pipe holds, and the pages that could not be referenced.
